@@ -1,0 +1,1 @@
+"""The sync service (issue 3): fetching, transfer, reconciler and image stores."""

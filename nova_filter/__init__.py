@@ -1,0 +1,1 @@
+"""The nova-scheduler filter that lets only trusted images onto worker-node flavours."""

@@ -1,0 +1,1 @@
+"""The vmtrust command line."""

@@ -1,0 +1,73 @@
+"""The ``vmtrust`` command: argument parsing, dispatch, and the error contract.
+
+Contract other tools script against: exit 0 on success; on failure one line
+on standard error (``vmtrust: <what>: <problem>``) and the exit status of the
+failed rule (see :mod:`vmtrust.errors`), always below 124; never a traceback
+(``--debug`` shows one for bug reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from vmtrust import __version__
+from vmtrust.cli import imagecmd, listcmd
+from vmtrust.errors import VmtrustError
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmtrust",
+        description="Create, sign, verify and inspect HEPiX endorsed VM image lists.",
+        epilog="Run 'vmtrust COMMAND --help' for the options of a command. "
+        "Exit status: 0 success, 2 usage, 3 unreadable file, 4 configuration, "
+        "11 signature, 12 endorser DN mismatch, 13 endorser not allowed, 14 untrusted signer, "
+        "15 revoked, 16 CRL problem, 17 rollback, 21 not signable, 31 identifier mismatch, "
+        "33 created in the future, 34 expired, 37 bad JSON, 38 bad list structure.",
+    )
+    parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        metavar="FILE",
+        help="vmtrust.conf to read (repeatable; default: the standard oslo.config places, "
+        "e.g. /etc/vmtrust/vmtrust.conf)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    listcmd.register(commands)
+    imagecmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="vmtrust: %(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except VmtrustError as exc:
+        print(f"vmtrust: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vmtrust: interrupted", file=sys.stderr)
+        return 130 - 10  # below 124, distinct from every rule
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"vmtrust: internal error: {type(exc).__name__}: {exc} (run with --debug and "
+            "report it)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR

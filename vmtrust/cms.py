@@ -1,0 +1,187 @@
+"""Check a detached CMS (PKCS#7) SignedData over the list content.
+
+``cryptography`` signs PKCS#7 but (as of 50.0) cannot verify it, and no
+maintained Python library exposes OpenSSL's ``PKCS7_verify``; see
+docs/decisions/0001-signature-verification.md for what was compared.  So the
+ASN.1 is decoded by ``asn1crypto`` and every cryptographic operation is done
+by ``cryptography``; what remains here is the short, well-specified RFC 5652
+§5.4 rule: the content digest must equal the ``messageDigest`` attribute and
+the signature must verify over the DER SET of the signed attributes.
+
+Only the signature is checked here.  Whether the signer is *trusted* is the
+trust store's business (:mod:`vmtrust.truststore`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+
+from vmtrust.errors import BadSignature, SignerCountError, SmimeFormatError, WeakAlgorithm
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+_NEVER = frozenset({"md2", "md4", "md5"})
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """What a valid signature tells: who signed, with what, and the certificates sent along."""
+
+    signer: x509.Certificate
+    certificates: tuple[x509.Certificate, ...]
+    digest_algorithm: str
+
+
+def _load(der: bytes) -> cms.SignedData:
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise SmimeFormatError(
+                f"signature: PKCS#7 content type is {info['content_type'].native}, not signed data"
+            )
+        signed = info["content"]
+        signed.native  # force a full parse so malformed DER fails here, not later  # noqa: B018
+        return signed
+    except SmimeFormatError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SmimeFormatError(f"signature: not a valid PKCS#7 structure ({exc})") from None
+
+
+def _certificates(signed: cms.SignedData) -> list[x509.Certificate]:
+    certs = []
+    for choice in signed["certificates"] or []:
+        if choice.name != "certificate":
+            continue
+        try:
+            certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+        except ValueError as exc:
+            raise SmimeFormatError(
+                f"signature: embedded certificate is malformed ({exc})"
+            ) from None
+    return certs
+
+
+def _find_signer(signer_info: cms.SignerInfo, certs: list[x509.Certificate]) -> x509.Certificate:
+    sid = signer_info["sid"]
+    for cert in certs:
+        if sid.name == "issuer_and_serial_number":
+            wanted = sid.chosen
+            if (
+                cert.serial_number == wanted["serial_number"].native
+                and cert.issuer.public_bytes() == wanted["issuer"].dump()
+            ):
+                return cert
+        else:
+            try:
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            except x509.ExtensionNotFound:
+                continue
+            if ski.value.digest == sid.chosen.native:
+                return cert
+    raise BadSignature("signature: the signer certificate is not included in the message")
+
+
+def _hash_name(algorithm: str, allow_sha1: bool) -> type[hashes.HashAlgorithm]:
+    if algorithm in _NEVER:
+        raise WeakAlgorithm(f"signature: digest {algorithm} is not acceptable")
+    if algorithm == "sha1" and not allow_sha1:
+        raise WeakAlgorithm(
+            "signature: SHA-1 digest refused (set [trust] allow_sha1 for old AppDB lists)"
+        )
+    if algorithm not in _HASHES:
+        raise WeakAlgorithm(f"signature: unsupported digest algorithm {algorithm}")
+    return _HASHES[algorithm]
+
+
+def _verify_raw(
+    cert: x509.Certificate,
+    signer_info: cms.SignerInfo,
+    data: bytes,
+    digest: type[hashes.HashAlgorithm],
+) -> None:
+    key = cert.public_key()
+    signature = signer_info["signature"].native
+    algorithm = signer_info["signature_algorithm"]
+    name = algorithm.signature_algo
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and name == "rsassa_pss":
+            params = algorithm["parameters"]
+            pss_hash = _HASHES[params["hash_algorithm"]["algorithm"].native]()
+            mgf_hash = _HASHES[params["mask_gen_algorithm"]["parameters"]["algorithm"].native]()
+            key.verify(
+                signature,
+                data,
+                padding.PSS(padding.MGF1(mgf_hash), params["salt_length"].native),
+                pss_hash,
+            )
+        elif isinstance(key, rsa.RSAPublicKey) and name == "rsassa_pkcs1v15":
+            key.verify(signature, data, padding.PKCS1v15(), digest())
+        elif isinstance(key, ec.EllipticCurvePublicKey) and name == "ecdsa":
+            key.verify(signature, data, ec.ECDSA(digest()))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            raise BadSignature(
+                f"signature: algorithm {name} does not fit the signer's {type(key).__name__}"
+            )
+    except InvalidSignature:
+        raise BadSignature(
+            "signature: does not match the list content (tampered or corrupt)"
+        ) from None
+    except (UnsupportedAlgorithm, KeyError, ValueError) as exc:
+        raise BadSignature(f"signature: cannot be checked ({exc})") from None
+
+
+def verify_detached(der: bytes, content: bytes, *, allow_sha1: bool = False) -> SignatureInfo:
+    """Verify that ``der`` is a valid signature by exactly one signer over ``content``.
+
+    Raises a :class:`~vmtrust.errors.SignatureError` subclass otherwise.
+    """
+    signed = _load(der)
+    if signed["encap_content_info"]["content"].native is not None:
+        raise SmimeFormatError("signature: not detached (the list is inside the signature)")
+    infos = signed["signer_infos"]
+    if len(infos) != 1:
+        raise SignerCountError(f"signature: {len(infos)} signers, exactly one is required")
+    signer_info = infos[0]
+    certs = _certificates(signed)
+    signer = _find_signer(signer_info, certs)
+
+    digest_name = signer_info["digest_algorithm"]["algorithm"].native
+    digest = _hash_name(digest_name, allow_sha1)
+    hasher = hashes.Hash(digest())
+    hasher.update(content)
+    content_digest = hasher.finalize()
+
+    attrs = signer_info["signed_attrs"]
+    if attrs.native is None or len(attrs) == 0:
+        _verify_raw(signer, signer_info, content, digest)
+    else:
+        values = {}
+        for attr in attrs:
+            kind = attr["type"].native
+            if kind in values:
+                raise BadSignature(f"signature: signed attribute {kind} appears twice")
+            values[kind] = attr["values"]
+        if "content_type" not in values or "message_digest" not in values:
+            raise BadSignature("signature: contentType or messageDigest attribute missing")
+        if values["content_type"][0].native != "data":
+            raise BadSignature("signature: signed content type is not data")
+        if values["message_digest"][0].native != content_digest:
+            raise BadSignature("signature: does not match the list content (tampered or corrupt)")
+        # RFC 5652 §5.4: the signature covers the DER SET OF, not the [0] IMPLICIT tag.
+        original = attrs.dump()
+        _verify_raw(signer, signer_info, b"\x31" + original[1:], digest)
+    return SignatureInfo(signer=signer, certificates=tuple(certs), digest_algorithm=digest_name)

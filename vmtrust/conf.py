@@ -1,0 +1,115 @@
+"""Configuration options (oslo.config), registered per group.
+
+``vmtrust.conf`` is read the way every OpenStack service reads its file, and
+``oslo-config-generator --namespace vmtrust`` writes the documented sample
+``etc/vmtrust/vmtrust.conf.sample`` from :func:`list_opts` (a test keeps the
+sample current).  Command-line flags of ``vmtrust`` override these values.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from vmtrust import jsonsafe
+from vmtrust.errors import ConfigError
+
+trust_opts = [
+    cfg.StrOpt(
+        "ca_dir",
+        default="/etc/grid-security/certificates",
+        help="IGTF-style directory of trusted CAs: <hash>.0 certificates, <hash>.r0 CRLs "
+        "(kept current by fetch-crl), <hash>.namespaces and <hash>.signing_policy.",
+    ),
+    cfg.BoolOpt(
+        "require_crls",
+        default=True,
+        help="Refuse a signer when any CA of its chain has no valid CRL in ca_dir. When "
+        "false, CRLs that exist are still checked.",
+    ),
+    cfg.BoolOpt(
+        "require_namespaces",
+        default=True,
+        help="Refuse a signer whose issuing CA has no .namespaces or .signing_policy file. "
+        "When false, namespace files that exist are still enforced.",
+    ),
+    cfg.BoolOpt(
+        "allow_sha1",
+        default=False,
+        help="Accept list signatures made with a SHA-1 digest (old AppDB lists). SHA-1 is "
+        "broken for collision resistance; enable only for a list you cannot get re-signed.",
+    ),
+    cfg.IntOpt(
+        "clock_skew",
+        default=300,
+        min=0,
+        max=86400,
+        help="Seconds a list's dc:date:created may lie in the future, to absorb clock "
+        "differences between endorser and site.",
+    ),
+    cfg.IntOpt(
+        "max_list_bytes",
+        default=jsonsafe.DEFAULT_MAX_BYTES,
+        min=1024,
+        help="Largest signed image list accepted, in bytes. A 1,000-image list is about 1.5 MB.",
+    ),
+]
+
+endorser_opts = [
+    cfg.StrOpt(
+        "cert",
+        default="~/.globus/usercert.pem",
+        help="Endorser certificate (PEM) used by 'vmtrust list sign'.",
+    ),
+    cfg.StrOpt(
+        "key",
+        default="~/.globus/userkey.pem",
+        help="Private key (PEM) of the endorser certificate.",
+    ),
+    cfg.StrOpt(
+        "digest",
+        default="sha256",
+        choices=[
+            ("sha256", "SHA-256, what openssl smime -sign uses by default"),
+            ("sha512", "SHA-512"),
+        ],
+        help="Digest of the S/MIME signature (micalg).",
+    ),
+    cfg.IntOpt(
+        "lifetime_days",
+        default=28,
+        min=1,
+        max=3650,
+        help="Days from now to dc:date:expires when a list is created or bumped (the "
+        "HEPiX recommendation is about a month).",
+    ),
+]
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point ``oslo.config.opts`` for oslo-config-generator."""
+    return [("trust", trust_opts), ("endorser", endorser_opts)]
+
+
+def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
+    """Load configuration from ``config_files`` (or the standard places if None).
+
+    Every oslo.config failure becomes a one-line :class:`ConfigError`.
+    """
+    conf = cfg.ConfigOpts()
+    for group, opts in list_opts():
+        conf.register_opts(opts, group=group)
+    files = config_files if config_files is not None else cfg.find_config_files("vmtrust")
+    try:
+        conf(args=[], project="vmtrust", default_config_files=files, validate_default_values=True)
+        for group, opts in list_opts():
+            for opt in opts:
+                getattr(getattr(conf, group), opt.dest)
+    except cfg.ConfigFilesNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {', '.join(exc.config_files)}") from None
+    except cfg.ConfigFileParseError as exc:
+        raise ConfigError(f"configuration file {exc.config_file}: {exc.msg}") from None
+    except (cfg.ConfigFileValueError, ValueError) as exc:
+        raise ConfigError(f"configuration: {exc}") from None
+    except cfg.Error as exc:
+        raise ConfigError(f"configuration: {exc}") from None
+    return conf

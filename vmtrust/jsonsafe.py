@@ -1,0 +1,94 @@
+"""Bounded, strict JSON decoding for data that arrives from the network.
+
+An image list is fetched from servers the site does not control, so decoding
+must refuse in bounded time and memory: oversized documents, deep nesting,
+duplicate keys (which different parsers resolve differently — the signed
+bytes could then mean two things), invalid UTF-8, and the non-standard
+``NaN``/``Infinity`` constants.  Python's C decoder does the work; this
+module only wraps it with the limits and turns every failure into
+:class:`~vmtrust.errors.InvalidJSON` naming the position.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vmtrust.errors import InvalidJSON, ListTooLarge
+
+#: Default ceiling for one image list; a 1,000-image AppDB list is about 1.5 MB.
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+#: Deepest nesting accepted anywhere (a HEPiX list needs 5).
+MAX_DEPTH = 32
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of ``value``, stopping early once past ``limit``.
+
+    Iterative so that checking a hostile structure cannot itself recurse.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children)
+    return deepest
+
+
+def loads(data: bytes, *, what: str = "image list", max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """Decode ``data`` as one strict JSON document or raise :class:`InvalidJSON`.
+
+    ``what`` names the document in error messages.  Depth beyond
+    :data:`MAX_DEPTH` is refused by the caller that knows which values may
+    nest (see :func:`depth`); the decoder itself stops at Python's recursion
+    limit, which keeps hostile nesting bounded.
+    """
+    if len(data) > max_bytes:
+        raise ListTooLarge(
+            f"{what}: {len(data)} bytes is larger than the limit of {max_bytes} bytes"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"{what}: not UTF-8 (invalid byte at offset {exc.start})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except _DuplicateKey as exc:
+        raise InvalidJSON(f"{what}: duplicate key {json.dumps(str(exc))}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"{what}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise InvalidJSON(f"{what}: nesting is too deep") from None
+    except ValueError as exc:  # NaN/Infinity, integers beyond int_max_str_digits
+        raise InvalidJSON(f"{what}: not valid JSON: {exc}") from None
