@@ -48,7 +48,7 @@ _UNKNOWN_ISSUER = {2, 18, 19, 20, 21}
 
 def subject_hash(cert: x509.Certificate) -> str:
     """OpenSSL's subject-name hash, as used for the file names in the directory."""
-    return f"{crypto.X509.from_cryptography(cert).get_subject().hash():08x}"
+    return f"{crypto.X509.from_cryptography(cert).subject_name_hash():08x}"
 
 
 @dataclass

@@ -1,0 +1,173 @@
+"""Shared fixtures: a test PKI made by the tests, and list documents to sign.
+
+Key generation is the slow part, so the PKI is built once per session; every
+test that needs a trust directory gets its own copy to break.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmtrust import devpki, imagelist, smime
+from vmtrust.devpki import Credential
+from vmtrust.truststore import TrustStore
+
+IMAGE_BYTES = b"example image bytes\n"
+IMAGE_SHA512 = hashlib.sha512(IMAGE_BYTES).hexdigest()
+
+
+@dataclass
+class TestPKI:
+    """The cast of certificates every signature test draws from."""
+
+    ca: Credential
+    endorser: Credential
+    revoked: Credential  #: revoked by the CA's CRL
+    expired: Credential  #: validity ended yesterday
+    outside: Credential  #: subject outside the CA's namespace
+    no_sign: Credential  #: key usage without digitalSignature
+    rogue_ca: Credential  #: same DN as ``ca``, different key, not trusted
+    rogue: Credential  #: endorser DN, issued by the rogue CA
+    sub_ca: Credential  #: intermediate CA under ``ca``
+    sub_endorser: Credential  #: issued by ``sub_ca``
+    other_ca: Credential  #: a second trusted CA with its own namespace
+    other_endorser: Credential  #: issued by ``other_ca``
+
+    def write_trust_dir(self, directory: Path, *, crls: bool = True,
+                        namespaces: bool = True) -> Path:
+        """Install ``ca``, ``sub_ca`` and ``other_ca`` (with CRLs and namespaces)."""
+        ns = devpki.NAMESPACE if namespaces else None
+        devpki.write_ca(directory, self.ca,
+                        crl=devpki.make_crl(self.ca, [self.revoked.cert]) if crls else None,
+                        namespace=ns)
+        devpki.write_ca(directory, self.sub_ca,
+                        crl=devpki.make_crl(self.sub_ca) if crls else None, namespace=ns)
+        devpki.write_ca(directory, self.other_ca,
+                        crl=devpki.make_crl(self.other_ca) if crls else None,
+                        namespace="/DC=org/DC=other/*" if namespaces else None,
+                        style="signing_policy")
+        return directory
+
+
+@pytest.fixture(scope="session")
+def pki() -> TestPKI:
+    now = datetime.now(UTC)
+    ca = devpki.make_ca()
+    sub_ca = devpki.make_ca("/DC=org/DC=example/CN=Example Sub CA", issuer=ca)
+    other_ca = devpki.make_ca("/DC=org/DC=other/CN=Other CA")
+    rogue_ca = devpki.make_ca()
+    return TestPKI(
+        ca=ca,
+        endorser=devpki.make_endorser(ca),
+        revoked=devpki.make_endorser(ca, "/DC=org/DC=example/O=People/CN=Revoked Endorser"),
+        expired=devpki.make_endorser(ca, "/DC=org/DC=example/O=People/CN=Expired Endorser",
+                                     not_before=now - timedelta(days=30), days=29),
+        outside=devpki.make_endorser(ca, "/DC=org/DC=elsewhere/CN=Outside Endorser"),
+        no_sign=devpki.make_endorser(ca, "/DC=org/DC=example/O=People/CN=No Sign",
+                                     digital_signature=False),
+        rogue_ca=rogue_ca,
+        rogue=devpki.make_endorser(rogue_ca),
+        sub_ca=sub_ca,
+        sub_endorser=devpki.make_endorser(sub_ca, "/DC=org/DC=example/O=Sub/CN=Sub Endorser"),
+        other_ca=other_ca,
+        other_endorser=devpki.make_endorser(other_ca, "/DC=org/DC=other/CN=Other Endorser"),
+    )
+
+
+@pytest.fixture(scope="session")
+def _trust_dir_template(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pki.write_trust_dir(tmp_path_factory.mktemp("template") / "certificates")
+
+
+@pytest.fixture
+def ca_dir(_trust_dir_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the standard trust directory, free to modify."""
+    target = tmp_path / "certificates"
+    shutil.copytree(_trust_dir_template, target)
+    return target
+
+
+@pytest.fixture
+def trust(ca_dir: Path) -> TrustStore:
+    return TrustStore(ca_dir)
+
+
+def image_entry(identifier: str = "85bfb313-a852-444b-89e7-9cdf8c23dc91",
+                **overrides: Any) -> dict[str, Any]:
+    image = {
+        "dc:identifier": identifier,
+        "dc:title": "Example worker node",
+        "dc:description": "Minimal worker node image",
+        "hv:uri": "https://images.example.org/img/wn-3.qcow2",
+        "hv:size": len(IMAGE_BYTES),
+        "sl:checksum:sha512": IMAGE_SHA512,
+        "hv:format": "QCOW2",
+        "hv:hypervisor": "KVM",
+        "hv:version": "1.2",
+        "sl:arch": "x86_64",
+        "sl:os": "Linux",
+        "sl:osname": "AlmaLinux",
+        "sl:osversion": "9",
+        "sl:comments": "",
+        "hv:core_minimum": 1,
+        "hv:ram_minimum": 2048,
+    }
+    image.update(overrides)
+    return {"hv:image": {k: v for k, v in image.items() if v is not None}}
+
+
+def list_document(endorser: Credential | None = None, *, version: str = "3",
+                  created: datetime | None = None, expires: datetime | None = None,
+                  images: list[dict[str, Any]] | None = None,
+                  identifier: str = "65ef8feb-86d4-42ea-9960-f79bcc5a11b4",
+                  dn: str | None = None, ca: str | None = None) -> dict[str, Any]:
+    """A valid list document; ``endorser`` fills hv:dn/hv:ca unless given explicitly."""
+    now = datetime.now(UTC)
+    created = created or now - timedelta(hours=1)
+    expires = expires or now + timedelta(days=28)
+    return {"hv:imagelist": {
+        "dc:identifier": identifier,
+        "dc:title": "Example site images",
+        "dc:description": "Images endorsed for vo.example.org",
+        "dc:source": "https://images.example.org/",
+        "dc:date:created": imagelist.format_date(created),
+        "dc:date:expires": imagelist.format_date(expires),
+        "hv:version": version,
+        "hv:uri": "https://images.example.org/lists/site.list",
+        "ad:vo": "vo.example.org",
+        "hv:endorser": {"hv:x509": {
+            "dc:creator": "Jane Endorser",
+            "hv:email": "jane@example.org",
+            "hv:dn": dn or (endorser.dn if endorser else devpki.ENDORSER_DN),
+            "hv:ca": ca or (endorser.ca_dn if endorser else devpki.CA_DN),
+        }},
+        "hv:images": images if images is not None else [image_entry()],
+    }}
+
+
+SignFn = Callable[..., bytes]
+
+
+@pytest.fixture
+def sign(pki: TestPKI) -> SignFn:
+    """``sign(document=None, signer=pki.endorser, digest="sha256")`` → S/MIME bytes.
+
+    The document defaults to a valid list naming the signer as endorser.
+    """
+
+    def _sign(document: dict[str, Any] | None = None, signer: Credential | None = None,
+              digest: str = "sha256", extra: list | None = None) -> bytes:
+        signer = signer or pki.endorser
+        document = document if document is not None else list_document(signer)
+        return smime.sign(imagelist.dumps(document), signer.cert, signer.key, digest=digest,
+                          extra_certificates=extra)
+
+    return _sign

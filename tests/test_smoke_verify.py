@@ -1,0 +1,17 @@
+"""The happy path end to end: a list signed by the endorser verifies."""
+
+from vmtrust.verify import Policy, verify_signed_list
+
+
+def test_signed_list_verifies(sign, trust, pki):
+    verified = verify_signed_list(sign(), Policy(trust=trust))
+    assert verified.endorser.dn == pki.endorser.dn
+    assert verified.imagelist.images[0].size == 20
+    assert verified.chain[-1] == pki.ca.cert
+
+
+def test_intermediate_chain_verifies(sign, trust, pki):
+    data = sign(signer=pki.sub_endorser, extra=[pki.sub_ca.cert])
+    verified = verify_signed_list(data, Policy(trust=trust))
+    assert [c.subject for c in verified.chain] == [
+        pki.sub_endorser.cert.subject, pki.sub_ca.cert.subject, pki.ca.cert.subject]
