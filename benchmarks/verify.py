@@ -42,32 +42,57 @@ def make_list(pki: devpki.DevPKI, count: int) -> dict:
     images = []
     for index in range(count):
         ident = str(uuid.uuid4())
-        images.append({"hv:image": {
-            "ad:appid": str(1000 + index), "ad:group": "General group",
-            "ad:mpuri": f"https://appdb.example.org/store/vo/image/{ident}:{index}/",
-            "ad:user:fullname": "Jane Endorser", "ad:user:guid": str(uuid.uuid4()),
-            "ad:user:uri": "https://appdb.example.org/store/person/jane",
-            "dc:date:expires": imagelist.format_date(now + timedelta(days=365)),
-            "dc:description": f"Worker node image number {index} for the benchmark VO",
-            "dc:identifier": ident, "dc:title": f"Benchmark worker node {index}",
-            "hv:core_minimum": "1", "hv:format": "QCOW2", "hv:hypervisor": "QEMU,KVM",
-            "hv:ram_minimum": "2048", "hv:size": str(1_000_000_000 + index),
-            "hv:uri": f"https://images.example.org/img/wn-{index}.qcow2",
-            "hv:version": f"2026.{index % 12 + 1}.{index}", "sl:arch": "x86_64",
-            "sl:checksum:sha512": f"{index:0128x}", "sl:comments": "", "sl:os": "Linux",
-            "sl:osname": "AlmaLinux", "sl:osversion": "9.4",
-        }})
-    return {"hv:imagelist": {
-        "dc:identifier": str(uuid.uuid4()), "dc:title": "Benchmark list",
-        "dc:description": "1,000 images", "dc:source": "https://appdb.example.org/",
-        "dc:date:created": imagelist.format_date(now - timedelta(minutes=5)),
-        "dc:date:expires": imagelist.format_date(now + timedelta(days=28)),
-        "hv:version": "20261125120000", "hv:uri": "https://appdb.example.org/bench.list",
-        "ad:vo": "vo.example.org",
-        "hv:endorser": {"hv:x509": {"dc:creator": "Jane Endorser", "hv:email": "jane@x",
-                                    "hv:dn": pki.endorser.dn, "hv:ca": pki.endorser.ca_dn}},
-        "hv:images": images,
-    }}
+        images.append(
+            {
+                "hv:image": {
+                    "ad:appid": str(1000 + index),
+                    "ad:group": "General group",
+                    "ad:mpuri": f"https://appdb.example.org/store/vo/image/{ident}:{index}/",
+                    "ad:user:fullname": "Jane Endorser",
+                    "ad:user:guid": str(uuid.uuid4()),
+                    "ad:user:uri": "https://appdb.example.org/store/person/jane",
+                    "dc:date:expires": imagelist.format_date(now + timedelta(days=365)),
+                    "dc:description": f"Worker node image number {index} for the benchmark VO",
+                    "dc:identifier": ident,
+                    "dc:title": f"Benchmark worker node {index}",
+                    "hv:core_minimum": "1",
+                    "hv:format": "QCOW2",
+                    "hv:hypervisor": "QEMU,KVM",
+                    "hv:ram_minimum": "2048",
+                    "hv:size": str(1_000_000_000 + index),
+                    "hv:uri": f"https://images.example.org/img/wn-{index}.qcow2",
+                    "hv:version": f"2026.{index % 12 + 1}.{index}",
+                    "sl:arch": "x86_64",
+                    "sl:checksum:sha512": f"{index:0128x}",
+                    "sl:comments": "",
+                    "sl:os": "Linux",
+                    "sl:osname": "AlmaLinux",
+                    "sl:osversion": "9.4",
+                }
+            }
+        )
+    return {
+        "hv:imagelist": {
+            "dc:identifier": str(uuid.uuid4()),
+            "dc:title": "Benchmark list",
+            "dc:description": "1,000 images",
+            "dc:source": "https://appdb.example.org/",
+            "dc:date:created": imagelist.format_date(now - timedelta(minutes=5)),
+            "dc:date:expires": imagelist.format_date(now + timedelta(days=28)),
+            "hv:version": "20261125120000",
+            "hv:uri": "https://appdb.example.org/bench.list",
+            "ad:vo": "vo.example.org",
+            "hv:endorser": {
+                "hv:x509": {
+                    "dc:creator": "Jane Endorser",
+                    "hv:email": "jane@x",
+                    "hv:dn": pki.endorser.dn,
+                    "hv:ca": pki.endorser.ca_dn,
+                }
+            },
+            "hv:images": images,
+        }
+    }
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -97,8 +122,18 @@ def main() -> int:
         signed_path.write_bytes(smime.sign(content, pki.endorser.cert, pki.endorser.key))
         size = signed_path.stat().st_size
 
-        openssl_cmd = [openssl, "smime", "-verify", "-in", str(signed_path), "-CApath",
-                       str(ca_dir), "-crl_check_all", "-out", "/dev/null"]
+        openssl_cmd = [
+            openssl,
+            "smime",
+            "-verify",
+            "-in",
+            str(signed_path),
+            "-CApath",
+            str(ca_dir),
+            "-crl_check_all",
+            "-out",
+            "/dev/null",
+        ]
         subprocess.run(openssl_cmd, check=True, capture_output=True)  # warm the page cache
 
         def run_openssl() -> None:
@@ -110,8 +145,16 @@ def main() -> int:
             verified = verify_signed_list(signed_path.read_bytes(), Policy(trust=trust))
             assert len(verified.imagelist.images) == args.images
 
-        cli_cmd = [sys.executable, "-m", "vmtrust", "list", "verify", str(signed_path),
-                   "--ca-dir", str(ca_dir)]
+        cli_cmd = [
+            sys.executable,
+            "-m",
+            "vmtrust",
+            "list",
+            "verify",
+            str(signed_path),
+            "--ca-dir",
+            str(ca_dir),
+        ]
 
         def run_cli() -> None:
             subprocess.run(cli_cmd, check=True, capture_output=True)
@@ -120,22 +163,23 @@ def main() -> int:
         results = {}
         # Interleave the measurements so that machine noise hits both sides alike.
         for _round in range(3):
-            for name, fn in (("openssl", run_openssl), ("library", run_library),
-                             ("cli", run_cli)):
+            for name, fn in (("openssl", run_openssl), ("library", run_library), ("cli", run_cli)):
                 results.setdefault(name, []).extend(timed(fn, max(args.repeat // 3, 1)))
 
     base = statistics.median(results["openssl"])
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-          f"Python {platform.python_version()}, {subprocess.run([openssl, 'version'], capture_output=True, text=True).stdout.strip()}")  # noqa: E501
-    print(f"signed list: {args.images} images, {size / 1e6:.2f} MB; "
-          f"{args.repeat} runs each, medians")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"Python {platform.python_version()}, {subprocess.run([openssl, 'version'], capture_output=True, text=True).stdout.strip()}"
+    )  # noqa: E501
+    print(
+        f"signed list: {args.images} images, {size / 1e6:.2f} MB; {args.repeat} runs each, medians"
+    )
     print(f"  openssl smime -verify      {base * 1e3:8.1f} ms   1.00")
     for name, label in (("library", "vmtrust (library)"), ("cli", "vmtrust list verify")):
         median = statistics.median(results[name])
         print(f"  {label:<26} {median * 1e3:8.1f} ms   {median / base:.2f}")
     ratio = statistics.median(results["library"]) / base
-    print(f"target library/openssl <= 1.00: {'met' if ratio <= 1.0 else 'NOT met'} "
-          f"({ratio:.2f})")
+    print(f"target library/openssl <= 1.00: {'met' if ratio <= 1.0 else 'NOT met'} ({ratio:.2f})")
     return 0
 
 

@@ -41,19 +41,27 @@ class TestPKI:
     other_ca: Credential  #: a second trusted CA with its own namespace
     other_endorser: Credential  #: issued by ``other_ca``
 
-    def write_trust_dir(self, directory: Path, *, crls: bool = True,
-                        namespaces: bool = True) -> Path:
+    def write_trust_dir(
+        self, directory: Path, *, crls: bool = True, namespaces: bool = True
+    ) -> Path:
         """Install ``ca``, ``sub_ca`` and ``other_ca`` (with CRLs and namespaces)."""
         ns = devpki.NAMESPACE if namespaces else None
-        devpki.write_ca(directory, self.ca,
-                        crl=devpki.make_crl(self.ca, [self.revoked.cert]) if crls else None,
-                        namespace=ns)
-        devpki.write_ca(directory, self.sub_ca,
-                        crl=devpki.make_crl(self.sub_ca) if crls else None, namespace=ns)
-        devpki.write_ca(directory, self.other_ca,
-                        crl=devpki.make_crl(self.other_ca) if crls else None,
-                        namespace="/DC=org/DC=other/*" if namespaces else None,
-                        style="signing_policy")
+        devpki.write_ca(
+            directory,
+            self.ca,
+            crl=devpki.make_crl(self.ca, [self.revoked.cert]) if crls else None,
+            namespace=ns,
+        )
+        devpki.write_ca(
+            directory, self.sub_ca, crl=devpki.make_crl(self.sub_ca) if crls else None, namespace=ns
+        )
+        devpki.write_ca(
+            directory,
+            self.other_ca,
+            crl=devpki.make_crl(self.other_ca) if crls else None,
+            namespace="/DC=org/DC=other/*" if namespaces else None,
+            style="signing_policy",
+        )
         return directory
 
 
@@ -68,11 +76,16 @@ def pki() -> TestPKI:
         ca=ca,
         endorser=devpki.make_endorser(ca),
         revoked=devpki.make_endorser(ca, "/DC=org/DC=example/O=People/CN=Revoked Endorser"),
-        expired=devpki.make_endorser(ca, "/DC=org/DC=example/O=People/CN=Expired Endorser",
-                                     not_before=now - timedelta(days=30), days=29),
+        expired=devpki.make_endorser(
+            ca,
+            "/DC=org/DC=example/O=People/CN=Expired Endorser",
+            not_before=now - timedelta(days=30),
+            days=29,
+        ),
         outside=devpki.make_endorser(ca, "/DC=org/DC=elsewhere/CN=Outside Endorser"),
-        no_sign=devpki.make_endorser(ca, "/DC=org/DC=example/O=People/CN=No Sign",
-                                     digital_signature=False),
+        no_sign=devpki.make_endorser(
+            ca, "/DC=org/DC=example/O=People/CN=No Sign", digital_signature=False
+        ),
         rogue_ca=rogue_ca,
         rogue=devpki.make_endorser(rogue_ca),
         sub_ca=sub_ca,
@@ -100,8 +113,9 @@ def trust(ca_dir: Path) -> TrustStore:
     return TrustStore(ca_dir)
 
 
-def image_entry(identifier: str = "85bfb313-a852-444b-89e7-9cdf8c23dc91",
-                **overrides: Any) -> dict[str, Any]:
+def image_entry(
+    identifier: str = "85bfb313-a852-444b-89e7-9cdf8c23dc91", **overrides: Any
+) -> dict[str, Any]:
     image = {
         "dc:identifier": identifier,
         "dc:title": "Example worker node",
@@ -124,33 +138,43 @@ def image_entry(identifier: str = "85bfb313-a852-444b-89e7-9cdf8c23dc91",
     return {"hv:image": {k: v for k, v in image.items() if v is not None}}
 
 
-def list_document(endorser: Credential | None = None, *, version: str = "3",
-                  created: datetime | None = None, expires: datetime | None = None,
-                  images: list[dict[str, Any]] | None = None,
-                  identifier: str = "65ef8feb-86d4-42ea-9960-f79bcc5a11b4",
-                  dn: str | None = None, ca: str | None = None) -> dict[str, Any]:
+def list_document(
+    endorser: Credential | None = None,
+    *,
+    version: str = "3",
+    created: datetime | None = None,
+    expires: datetime | None = None,
+    images: list[dict[str, Any]] | None = None,
+    identifier: str = "65ef8feb-86d4-42ea-9960-f79bcc5a11b4",
+    dn: str | None = None,
+    ca: str | None = None,
+) -> dict[str, Any]:
     """A valid list document; ``endorser`` fills hv:dn/hv:ca unless given explicitly."""
     now = datetime.now(UTC)
     created = created or now - timedelta(hours=1)
     expires = expires or now + timedelta(days=28)
-    return {"hv:imagelist": {
-        "dc:identifier": identifier,
-        "dc:title": "Example site images",
-        "dc:description": "Images endorsed for vo.example.org",
-        "dc:source": "https://images.example.org/",
-        "dc:date:created": imagelist.format_date(created),
-        "dc:date:expires": imagelist.format_date(expires),
-        "hv:version": version,
-        "hv:uri": "https://images.example.org/lists/site.list",
-        "ad:vo": "vo.example.org",
-        "hv:endorser": {"hv:x509": {
-            "dc:creator": "Jane Endorser",
-            "hv:email": "jane@example.org",
-            "hv:dn": dn or (endorser.dn if endorser else devpki.ENDORSER_DN),
-            "hv:ca": ca or (endorser.ca_dn if endorser else devpki.CA_DN),
-        }},
-        "hv:images": images if images is not None else [image_entry()],
-    }}
+    return {
+        "hv:imagelist": {
+            "dc:identifier": identifier,
+            "dc:title": "Example site images",
+            "dc:description": "Images endorsed for vo.example.org",
+            "dc:source": "https://images.example.org/",
+            "dc:date:created": imagelist.format_date(created),
+            "dc:date:expires": imagelist.format_date(expires),
+            "hv:version": version,
+            "hv:uri": "https://images.example.org/lists/site.list",
+            "ad:vo": "vo.example.org",
+            "hv:endorser": {
+                "hv:x509": {
+                    "dc:creator": "Jane Endorser",
+                    "hv:email": "jane@example.org",
+                    "hv:dn": dn or (endorser.dn if endorser else devpki.ENDORSER_DN),
+                    "hv:ca": ca or (endorser.ca_dn if endorser else devpki.CA_DN),
+                }
+            },
+            "hv:images": images if images is not None else [image_entry()],
+        }
+    }
 
 
 SignFn = Callable[..., bytes]
@@ -163,11 +187,20 @@ def sign(pki: TestPKI) -> SignFn:
     The document defaults to a valid list naming the signer as endorser.
     """
 
-    def _sign(document: dict[str, Any] | None = None, signer: Credential | None = None,
-              digest: str = "sha256", extra: list | None = None) -> bytes:
+    def _sign(
+        document: dict[str, Any] | None = None,
+        signer: Credential | None = None,
+        digest: str = "sha256",
+        extra: list | None = None,
+    ) -> bytes:
         signer = signer or pki.endorser
         document = document if document is not None else list_document(signer)
-        return smime.sign(imagelist.dumps(document), signer.cert, signer.key, digest=digest,
-                          extra_certificates=extra)
+        return smime.sign(
+            imagelist.dumps(document),
+            signer.cert,
+            signer.key,
+            digest=digest,
+            extra_certificates=extra,
+        )
 
     return _sign

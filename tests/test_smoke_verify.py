@@ -14,4 +14,7 @@ def test_intermediate_chain_verifies(sign, trust, pki):
     data = sign(signer=pki.sub_endorser, extra=[pki.sub_ca.cert])
     verified = verify_signed_list(data, Policy(trust=trust))
     assert [c.subject for c in verified.chain] == [
-        pki.sub_endorser.cert.subject, pki.sub_ca.cert.subject, pki.ca.cert.subject]
+        pki.sub_endorser.cert.subject,
+        pki.sub_ca.cert.subject,
+        pki.ca.cert.subject,
+    ]

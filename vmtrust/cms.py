@@ -32,6 +32,17 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 _NEVER = frozenset({"md2", "md4", "md5"})
+#: asn1crypto is not hardened against hostile DER: besides ValueError it lets
+#: IndexError, AttributeError … escape from malformed input (found by fuzzing).
+_ASN1_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ def _load(der: bytes) -> cms.SignedData:
         return signed
     except SmimeFormatError:
         raise
-    except (ValueError, TypeError, KeyError) as exc:
+    except _ASN1_ERRORS as exc:
         raise SmimeFormatError(f"signature: not a valid PKCS#7 structure ({exc})") from None
 
 
@@ -65,11 +76,18 @@ def _certificates(signed: cms.SignedData) -> list[x509.Certificate]:
         if choice.name != "certificate":
             continue
         try:
-            certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
-        except ValueError as exc:
+            cert = x509.load_der_x509_certificate(choice.chosen.dump())
+            # cryptography parses names and extensions lazily: force it now so a
+            # malformed certificate fails here as a SmimeFormatError, not later
+            # as a ValueError from whoever touches the field first.
+            cert.subject.rdns  # noqa: B018
+            cert.issuer.rdns  # noqa: B018
+            len(cert.extensions)
+        except (ValueError, x509.InvalidVersion) as exc:
             raise SmimeFormatError(
                 f"signature: embedded certificate is malformed ({exc})"
             ) from None
+        certs.append(cert)
     return certs
 
 
@@ -110,16 +128,25 @@ def _verify_raw(
     signer_info: cms.SignerInfo,
     data: bytes,
     digest: type[hashes.HashAlgorithm],
+    allow_sha1: bool,
 ) -> None:
-    key = cert.public_key()
     signature = signer_info["signature"].native
     algorithm = signer_info["signature_algorithm"]
-    name = algorithm.signature_algo
     try:
+        name = algorithm.signature_algo
+    except ValueError:
+        raise BadSignature(
+            f"signature: unsupported signature algorithm {algorithm['algorithm'].dotted}"
+        ) from None
+    try:
+        key = cert.public_key()
         if isinstance(key, rsa.RSAPublicKey) and name == "rsassa_pss":
             params = algorithm["parameters"]
-            pss_hash = _HASHES[params["hash_algorithm"]["algorithm"].native]()
-            mgf_hash = _HASHES[params["mask_gen_algorithm"]["parameters"]["algorithm"].native]()
+            # The PSS hashes are digests too: the SHA-1/MD5 policy applies to them.
+            pss_hash = _hash_name(params["hash_algorithm"]["algorithm"].native, allow_sha1)()
+            mgf_hash = _hash_name(
+                params["mask_gen_algorithm"]["parameters"]["algorithm"].native, allow_sha1
+            )()
             key.verify(
                 signature,
                 data,
@@ -161,13 +188,20 @@ def verify_detached(der: bytes, content: bytes, *, allow_sha1: bool = False) -> 
 
     digest_name = signer_info["digest_algorithm"]["algorithm"].native
     digest = _hash_name(digest_name, allow_sha1)
+    # OpenSSL hashes the content with the digests SignedData.digestAlgorithms
+    # announces and fails when the signer's is not among them; refuse the same.
+    announced = {alg["algorithm"].native for alg in signed["digest_algorithms"]}
+    if digest_name not in announced:
+        raise BadSignature(
+            f"signature: signer digest {digest_name} is not listed in digestAlgorithms"
+        )
     hasher = hashes.Hash(digest())
     hasher.update(content)
     content_digest = hasher.finalize()
 
     attrs = signer_info["signed_attrs"]
     if attrs.native is None or len(attrs) == 0:
-        _verify_raw(signer, signer_info, content, digest)
+        _verify_raw(signer, signer_info, content, digest, allow_sha1)
     else:
         values = {}
         for attr in attrs:
@@ -175,6 +209,8 @@ def verify_detached(der: bytes, content: bytes, *, allow_sha1: bool = False) -> 
             if kind in values:
                 raise BadSignature(f"signature: signed attribute {kind} appears twice")
             values[kind] = attr["values"]
+            if kind in ("content_type", "message_digest") and len(attr["values"]) != 1:
+                raise BadSignature(f"signature: signed attribute {kind} must have one value")
         if "content_type" not in values or "message_digest" not in values:
             raise BadSignature("signature: contentType or messageDigest attribute missing")
         if values["content_type"][0].native != "data":
@@ -183,5 +219,5 @@ def verify_detached(der: bytes, content: bytes, *, allow_sha1: bool = False) -> 
             raise BadSignature("signature: does not match the list content (tampered or corrupt)")
         # RFC 5652 §5.4: the signature covers the DER SET OF, not the [0] IMPLICIT tag.
         original = attrs.dump()
-        _verify_raw(signer, signer_info, b"\x31" + original[1:], digest)
+        _verify_raw(signer, signer_info, b"\x31" + original[1:], digest, allow_sha1)
     return SignatureInfo(signer=signer, certificates=tuple(certs), digest_algorithm=digest_name)

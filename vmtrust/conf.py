@@ -8,6 +8,9 @@ sample current).  Command-line flags of ``vmtrust`` override these values.
 
 from __future__ import annotations
 
+import os
+import re
+
 from oslo_config import cfg
 
 from vmtrust import jsonsafe
@@ -90,10 +93,28 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [("trust", trust_opts), ("endorser", endorser_opts)]
 
 
+def _value_error(exc: Exception, group: str, opt: cfg.Opt, files: list[str]) -> ConfigError:
+    """One line naming the file, the ``[group] option`` and the problem.
+
+    oslo.config's own message embeds a ``LocationInfo(...)`` repr; only its
+    reason (after "is not valid: ") and the file (``detail``) are kept.
+    """
+    text = " ".join(str(exc).split())
+    reason = text.split(" is not valid: ", 1)[-1]
+    detail = re.search(r"detail='([^']*)'", text)
+    where = "configuration"
+    if detail:
+        source = detail.group(1)
+        is_file = source in {os.path.abspath(f) for f in files}
+        where = f"configuration file {source}" if is_file else f"configuration ({source})"
+    return ConfigError(f"{where}: [{group}] {opt.name}: {reason}")
+
+
 def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
     """Load configuration from ``config_files`` (or the standard places if None).
 
-    Every oslo.config failure becomes a one-line :class:`ConfigError`.
+    Every oslo.config failure becomes a one-line :class:`ConfigError`; values
+    are all read here, so a bad one is reported before any work starts.
     """
     conf = cfg.ConfigOpts()
     for group, opts in list_opts():
@@ -101,15 +122,26 @@ def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
     files = config_files if config_files is not None else cfg.find_config_files("vmtrust")
     try:
         conf(args=[], project="vmtrust", default_config_files=files, validate_default_values=True)
-        for group, opts in list_opts():
-            for opt in opts:
-                getattr(getattr(conf, group), opt.dest)
     except cfg.ConfigFilesNotFoundError as exc:
         raise ConfigError(f"configuration file not found: {', '.join(exc.config_files)}") from None
     except cfg.ConfigFileParseError as exc:
         raise ConfigError(f"configuration file {exc.config_file}: {exc.msg}") from None
-    except (cfg.ConfigFileValueError, ValueError) as exc:
+    except OSError as exc:  # a directory, an unreadable file
+        raise ConfigError(
+            f"configuration file {exc.filename or ', '.join(files)}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"configuration file {', '.join(files)}: not UTF-8 (byte at offset {exc.start})"
+        ) from None
+    except (cfg.Error, ValueError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
-    except cfg.Error as exc:
-        raise ConfigError(f"configuration: {exc}") from None
+    for group, opts in list_opts():
+        for opt in opts:
+            try:
+                getattr(getattr(conf, group), opt.dest)
+            except (cfg.ConfigSourceValueError, ValueError) as exc:
+                raise _value_error(exc, group, opt, files) from None
+            except cfg.Error as exc:
+                raise ConfigError(f"configuration: [{group}] {opt.name}: {exc}") from None
     return conf

@@ -52,29 +52,86 @@ def main() -> int:
 
     print("\n== The endorser publishes a list ==")
     listing = OUT / "demo.json"
-    run("list", "new", "--cert", str(cert), "--title", "Demo site images",
-        "--description", "Images endorsed for the demo VO", "--source", "https://demo.invalid/",
-        "--uri", "http://127.0.0.1:8080/demo.list", "--creator", "Jane Endorser",
-        "--email", "jane@example.org", "--vo", "vo.demo.example.org", "--out", str(listing))
+    run(
+        "list",
+        "new",
+        "--cert",
+        str(cert),
+        "--title",
+        "Demo site images",
+        "--description",
+        "Images endorsed for the demo VO",
+        "--source",
+        "https://demo.invalid/",
+        "--uri",
+        "http://127.0.0.1:8080/demo.list",
+        "--creator",
+        "Jane Endorser",
+        "--email",
+        "jane@example.org",
+        "--vo",
+        "vo.demo.example.org",
+        "--out",
+        str(listing),
+    )
     entry = OUT / "demo-wn.json"
-    run("image", "describe", str(image), "--uri", "http://127.0.0.1:8080/demo-wn-1.0.img",
-        "--title", "Demo worker node", "--osname", "AlmaLinux", "--osversion", "9",
-        "--format", "RAW", "--image-version", "1.0", "--out", str(entry))
+    run(
+        "image",
+        "describe",
+        str(image),
+        "--uri",
+        "http://127.0.0.1:8080/demo-wn-1.0.img",
+        "--title",
+        "Demo worker node",
+        "--osname",
+        "AlmaLinux",
+        "--osversion",
+        "9",
+        "--format",
+        "RAW",
+        "--image-version",
+        "1.0",
+        "--out",
+        str(entry),
+    )
     run("list", "add-image", str(listing), str(entry))
     signed = OUT / "demo.list"
     run("list", "sign", str(listing), "--cert", str(cert), "--key", str(key), "--out", str(signed))
 
     print("\n== A site verifies it ==")
-    run("list", "verify", str(signed), "--ca-dir", str(ca_dir),
-        "--endorser-dn", pki.endorser.dn, "--endorser-ca", pki.endorser.ca_dn)
+    run(
+        "list",
+        "verify",
+        str(signed),
+        "--ca-dir",
+        str(ca_dir),
+        "--endorser-dn",
+        pki.endorser.dn,
+        "--endorser-ca",
+        pki.endorser.ca_dn,
+    )
     run("list", "show", str(signed))
     if shutil.which("openssl"):
-        print(f"\n$ openssl smime -verify -in {signed} -CApath {ca_dir} -crl_check_all "
-              "-out /dev/null")
+        print(
+            f"\n$ openssl smime -verify -in {signed} -CApath {ca_dir} -crl_check_all -out /dev/null"
+        )
         check = subprocess.run(
-            ["openssl", "smime", "-verify", "-in", str(signed), "-CApath", str(ca_dir),
-             "-crl_check_all", "-out", "/dev/null"],
-            capture_output=True, text=True, check=False)
+            [
+                "openssl",
+                "smime",
+                "-verify",
+                "-in",
+                str(signed),
+                "-CApath",
+                str(ca_dir),
+                "-crl_check_all",
+                "-out",
+                "/dev/null",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         print(check.stderr.strip())
 
     print("\n== A tampered copy is refused ==")

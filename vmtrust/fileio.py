@@ -48,10 +48,12 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
             os.fsync(stream.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:  # also Ctrl-C: never leave the temporary file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -24,7 +24,8 @@ from vmtrust import jsonsafe
 from vmtrust.errors import InvalidListStructure
 
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
+# [0-9], not \d: \d and strptime would also take "٢٠٢٤-05-01T08:00:00Z".
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 _SHA512_RE = re.compile(r"[0-9a-fA-F]{128}\Z")
 _UINT_RE = re.compile(r"[0-9]{1,20}\Z")
 _URI_SCHEMES = ("http://", "https://", "file:")
@@ -177,6 +178,10 @@ class _Checker:
 
 
 def _show(value: Any) -> str:
+    # A deeply nested value in a field that wants a scalar: json.dumps could
+    # hit the recursion limit, and the message would be unreadable anyway.
+    if isinstance(value, dict | list) and jsonsafe.depth(value, 4) > 4:
+        return "[...]" if isinstance(value, list) else "{...}"
     text = json.dumps(value, ensure_ascii=True)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -240,7 +245,15 @@ def image_objects(fields: dict[str, Any]) -> Iterator[tuple[int, Any]]:
             yield index, entry.get("hv:image") if isinstance(entry, dict) else None
 
 
-def _check_unknown_depth(c: _Checker, obj: dict[str, Any], known: set[str], path: str) -> None:
+def _check_unknown_depth(
+    c: _Checker, obj: dict[str, Any], known: set[str] | frozenset[str], path: str
+) -> None:
+    """Refuse deep nesting under keys validation does not otherwise read.
+
+    Every object of the list structure (document, list, endorser wrapper,
+    hv:x509, image wrapper, image) is checked, so a valid list is bounded in
+    depth everywhere and can be written back with json.dumps.
+    """
     for key, value in obj.items():
         if key not in known and jsonsafe.depth(value) > jsonsafe.MAX_DEPTH:
             c.fail(f"{path}{key}", "nesting is too deep")
@@ -255,16 +268,17 @@ def _read_endorsers(c: _Checker, fields: dict[str, Any]) -> tuple[Endorser, ...]
         c.fail("hv:endorser", "is an empty array")
         return ()
     endorsers = []
+    wrappers = value if isinstance(value, list) else [value]
     for index, obj in enumerate(endorser_objects(fields)):
-        path = (
-            "hv:endorser.hv:x509."
-            if not isinstance(value, list)
-            else (f"hv:endorser[{index}].hv:x509.")
-        )
+        outer = "hv:endorser." if not isinstance(value, list) else f"hv:endorser[{index}]."
+        path = f"{outer}hv:x509."
+        if isinstance(wrappers[index], dict):
+            _check_unknown_depth(c, wrappers[index], {"hv:x509"}, outer)
         if not isinstance(obj, dict):
             c.fail(path.rstrip("."), "missing or not an object")
             continue
-        dn, ca, creator, email = (c.string(obj, key, path) for key in ENDORSER_REQUIRED)
+        dn, ca, email, creator = (c.string(obj, key, path) for key in ENDORSER_REQUIRED)
+        _check_unknown_depth(c, obj, set(ENDORSER_REQUIRED), path)
         if dn and ca:
             endorsers.append(Endorser(dn=dn, ca=ca, creator=creator or "", email=email or ""))
     return tuple(endorsers)
@@ -375,6 +389,9 @@ def validate(document: Any) -> ImageList:
     seen: dict[str, int] = {}
     for index, obj in image_objects(fields):
         path = f"hv:images[{index}]."
+        entry = fields["hv:images"][index]
+        if isinstance(entry, dict):
+            _check_unknown_depth(c, entry, {"hv:image"}, path)
         if not isinstance(obj, dict):
             c.fail(f"hv:images[{index}]", 'not an object of the form {"hv:image": {...}}')
             continue
@@ -392,6 +409,8 @@ def validate(document: Any) -> ImageList:
     if created and expires and expires <= created:
         c.fail("dc:date:expires", "is not after dc:date:created")
     _check_unknown_depth(c, fields, _LIST_KNOWN, "")
+    if fields is not document:
+        _check_unknown_depth(c, document, {"hv:imagelist"}, "(top level).")
     if c.problems:
         raise InvalidListStructure(c.problems)
     return ImageList(

@@ -3,15 +3,20 @@
 An image list is fetched from servers the site does not control, so decoding
 must refuse in bounded time and memory: oversized documents, deep nesting,
 duplicate keys (which different parsers resolve differently — the signed
-bytes could then mean two things), invalid UTF-8, and the non-standard
-``NaN``/``Infinity`` constants.  Python's C decoder does the work; this
-module only wraps it with the limits and turns every failure into
-:class:`~vmtrust.errors.InvalidJSON` naming the position.
+bytes could then mean two things), invalid UTF-8, the non-standard
+``NaN``/``Infinity`` constants, numbers too large for a float (``1e400``,
+which Python would turn into infinity and write back as ``Infinity``) and
+escaped lone surrogates (``"\\ud800"``, which no UTF-8 output can carry).
+Python's C decoder does the work; this module only wraps it with the limits
+and turns every failure into :class:`~vmtrust.errors.InvalidJSON` naming the
+position.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from vmtrust.errors import InvalidJSON, ListTooLarge
@@ -20,6 +25,10 @@ from vmtrust.errors import InvalidJSON, ListTooLarge
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 #: Deepest nesting accepted anywhere (a HEPiX list needs 5).
 MAX_DEPTH = 32
+
+# A \uD800-\uDFFF escape somewhere in the text: only then are strings scanned.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _DuplicateKey(ValueError):
@@ -39,6 +48,29 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (key or value) holding an unpaired surrogate, if any."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def depth(value: Any, limit: int = MAX_DEPTH) -> int:
@@ -79,8 +111,11 @@ def loads(data: bytes, *, what: str = "image list", max_bytes: int = DEFAULT_MAX
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        return json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
         )
     except _DuplicateKey as exc:
         raise InvalidJSON(f"{what}: duplicate key {json.dumps(str(exc))}") from None
@@ -90,5 +125,13 @@ def loads(data: bytes, *, what: str = "image list", max_bytes: int = DEFAULT_MAX
         ) from None
     except RecursionError:
         raise InvalidJSON(f"{what}: nesting is too deep") from None
-    except ValueError as exc:  # NaN/Infinity, integers beyond int_max_str_digits
+    except ValueError as exc:  # NaN/Infinity, 1e400, integers beyond int_max_str_digits
         raise InvalidJSON(f"{what}: not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        bad = _lone_surrogate(value)
+        if bad is not None:
+            raise InvalidJSON(
+                f"{what}: string {json.dumps(bad[:40])} holds an unpaired surrogate "
+                "(not valid Unicode)"
+            )
+    return value

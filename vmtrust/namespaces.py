@@ -103,6 +103,8 @@ def parse_eacl(text: str, path: Path, self_dn: dn.Components, policy: NamespaceP
                 raise ValueError(f"{path}: bad pattern {pattern!r}: {exc}") from None
             target = policy.permit if action == "PERMIT" else policy.deny
             target.setdefault(issuer, []).append(compiled)
+        if rest:
+            raise ValueError(f"{path}: incomplete rule {' '.join(rest)!r} in {line!r}")
 
 
 def parse_signing_policy(text: str, path: Path, policy: NamespacePolicy) -> None:
@@ -130,6 +132,8 @@ def load_for_ca(directory: Path, ca_hash: str, ca_dn: dn.Components) -> Namespac
             text = path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
         found = True
         if reader == "eacl":
             parse_eacl(text, path, ca_dn, policy)

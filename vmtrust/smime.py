@@ -30,6 +30,10 @@ from vmtrust.errors import SmimeFormatError
 
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+#: A line end as OpenSSL's ``strip_eol`` sees it: any run of CRs before the LF.
+_EOL = re.compile(rb"\r*\n")
+#: What OpenSSL's base64 decoder skips; anything else is corruption.
+_BASE64_SPACE = re.compile(rb"[ \t\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,11 @@ def canonical(data: bytes) -> bytes:
     """S/MIME canonical text: every line end CRLF, as OpenSSL hashes it.
 
     This is why a list whose line ends were turned into LF on the way still
-    verifies, as it does with ``openssl smime -verify``.
+    verifies, as it does with ``openssl smime -verify``.  Like OpenSSL's
+    ``strip_eol``, CRs directly before a line end are part of the line end
+    (``"a\\r\\r\\n"`` hashes as ``"a\\r\\n"``), so both accept the same bytes.
     """
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return _EOL.sub(b"\r\n", data)
 
 
 def is_smime(data: bytes) -> bool:
@@ -80,7 +86,7 @@ def _line_end(body: bytes, pos: int) -> int:
 def _part_end(body: bytes, delimiter_pos: int) -> int:
     """The part ends before the line break that precedes its closing delimiter."""
     end = delimiter_pos - 1  # the "\n" before the delimiter
-    if end > 0 and body[end - 1 : end] == b"\r":
+    while end > 0 and body[end - 1 : end] == b"\r":
         end -= 1
     return end
 
@@ -95,7 +101,10 @@ def split(data: bytes) -> SignedMessage:
         raise SmimeFormatError(
             f"S/MIME message: Content-Type is {headers.get_content_type()}, not multipart/signed"
         )
-    protocol = (headers.get_param("protocol") or "").lower()
+    protocol = headers.get_param("protocol") or ""
+    if not isinstance(protocol, str):  # RFC 2231 encoded: no S/MIME producer writes that
+        raise SmimeFormatError("S/MIME message: protocol parameter uses RFC 2231 encoding")
+    protocol = protocol.lower()
     if protocol not in SIGNATURE_TYPES:
         raise SmimeFormatError(f"S/MIME message: unsupported protocol {protocol or '(none)'!r}")
     boundary = headers.get_boundary()
@@ -115,6 +124,12 @@ def split(data: bytes) -> SignedMessage:
     closing = _delimiter_at(body, sig_start, delimiter)
     if closing < 0:
         raise SmimeFormatError("S/MIME message: signature part is not closed by the boundary")
+    # Exactly two parts, as OpenSSL's SMIME_read_PKCS7 requires: the next
+    # delimiter must be the close delimiter, not the start of a third part.
+    if not body.startswith(delimiter + b"--", closing):
+        raise SmimeFormatError(
+            "S/MIME message: more than two parts, or the closing boundary is missing"
+        )
     signature = _signature_part(body[sig_start : _part_end(body, closing)])
     micalg = headers.get_param("micalg")
     return SignedMessage(
@@ -129,16 +144,17 @@ def _signature_part(part: bytes) -> bytes:
     kind = message.get_content_type()
     if kind not in SIGNATURE_TYPES:
         raise SmimeFormatError(f"S/MIME message: second part is {kind}, not a PKCS#7 signature")
-    encoding = (message.get("Content-Transfer-Encoding") or "").strip().lower()
+    # str(): a header with non-ASCII bytes comes back as an email.header.Header
+    encoding = str(message.get("Content-Transfer-Encoding") or "").strip().lower()
     payload = message.get_payload(decode=False)
     if not isinstance(payload, str):
         raise SmimeFormatError("S/MIME message: signature part is not a single body")
-    if encoding != "base64":
-        raise SmimeFormatError(
-            f"S/MIME message: signature part encoding is {encoding or '(none)'}, not base64"
-        )
+    # OpenSSL decodes the signature part as base64 whatever it declares; an
+    # absent header is accepted as it is there, another declared encoding is not.
+    if encoding not in ("", "base64"):
+        raise SmimeFormatError(f"S/MIME message: signature part encoding is {encoding}, not base64")
     try:
-        return base64.b64decode("".join(payload.split()), validate=True)
+        return base64.b64decode(_BASE64_SPACE.sub(b"", payload.encode("ascii")), validate=True)
     except (binascii.Error, ValueError):
         raise SmimeFormatError("S/MIME message: signature part is not valid base64") from None
 

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import crypto
 
 from vmtrust import dn
@@ -53,8 +54,14 @@ def subject_hash(cert: x509.Certificate) -> str:
 
 @dataclass
 class _Cached:
-    stamp: tuple[float, int]
+    stamp: tuple[int, ...]
     value: object
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What identifies one version of a file: fetch-crl renames a new file into
+    place (new inode); an in-place rewrite changes the mtime (ns) or size."""
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @dataclass
@@ -81,7 +88,7 @@ class TrustStore:
         except FileNotFoundError:
             self._cache.pop(path, None)
             return None
-        stamp = (st.st_mtime, st.st_size)
+        stamp = _stamp(st)
         entry = self._cache.get(path)
         if entry is None or entry.stamp != stamp:
             entry = _Cached(stamp, loader(path))
@@ -90,7 +97,10 @@ class TrustStore:
 
     @staticmethod
     def _load_crl(path: Path) -> x509.CertificateRevocationList | None:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None  # unreadable: treated like an unparsable CRL (not a valid one)
         try:
             if b"-----BEGIN" in data:
                 return x509.load_pem_x509_crl(data)
@@ -145,8 +155,11 @@ class TrustStore:
                 if not (self.directory / f"{base}.r{index}").exists():
                     break
                 continue
-            if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):
-                continue
+            try:
+                if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):
+                    continue
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                continue  # a CRL that cannot be checked is not a valid CRL
             if crl.last_update_utc > at:
                 stale = f"CRL of {dn.slash(ca.subject)} is not yet valid"
                 continue
@@ -183,10 +196,12 @@ class TrustStore:
     def _namespace_policy(self, ca: x509.Certificate) -> NamespacePolicy | None:
         base = subject_hash(ca)
         key = self.directory / f"{base}.namespaces"
-        stamp = tuple(
-            (p.stat().st_mtime, p.stat().st_size) if p.exists() else (0.0, -1)
-            for p in (key, self.directory / f"{base}.signing_policy")
-        )
+        stamp: tuple[int, ...] = ()
+        for path in (key, self.directory / f"{base}.signing_policy"):
+            try:
+                stamp += _stamp(path.stat())
+            except FileNotFoundError:
+                stamp += (-1, -1, -1)
         entry = self._cache.get(key)
         if entry is None or entry.stamp != stamp:
             try:

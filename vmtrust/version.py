@@ -22,18 +22,38 @@ import functools
 import re
 
 _DELIMITED = re.compile(r"([-,./])")
-_RUNS = re.compile(r"(\d+)")
+# ASCII digits only, as vmcatcher's ``[0-9]+`` and Python 2's ``str.isdigit``:
+# Python 3's ``\d`` and ``isdigit()`` also match "٣" or "²" (int() rejects the latter).
+_RUNS = re.compile(r"([0-9]+)")
+_NUMERIC = re.compile(r"[0-9]+\Z")
 
 
 def _tokens(version: str) -> list[str]:
     return [t for t in _DELIMITED.split(version) if t != ""]
 
 
+def _is_numeric(token: str) -> bool:
+    return _NUMERIC.match(token) is not None
+
+
+def _compare_integers(a: str, b: str) -> int:
+    """Compare two ASCII digit strings as integers without int().
+
+    int() refuses strings of more than 4,300 digits (and is quadratic below
+    that); an endorser-controlled ``hv:version`` must not be able to crash or
+    slow down the rollback check.
+    """
+    a, b = a.lstrip("0"), b.lstrip("0")
+    if len(a) != len(b):
+        return 1 if len(a) > len(b) else -1
+    return (a > b) - (a < b)
+
+
 def _compare_atoms(a: str, b: str) -> int:
     """Compare two runs that are each all-digit or all-non-digit."""
-    a_num, b_num = a.isdigit(), b.isdigit()
+    a_num, b_num = _is_numeric(a), _is_numeric(b)
     if a_num and b_num:
-        return (int(a) > int(b)) - (int(a) < int(b))
+        return _compare_integers(a, b)
     if a_num != b_num:
         return 1 if a_num else -1
     return (a > b) - (a < b)
@@ -50,8 +70,7 @@ def _compare_sequences(a: list[str], b: list[str], atom) -> int:
 
 
 def _compare_tokens(a: str, b: str) -> int:
-    a_num, b_num = a.isdigit(), b.isdigit()
-    if a_num or b_num:
+    if _is_numeric(a) or _is_numeric(b):
         return _compare_atoms(a, b)
     a_runs = [r for r in _RUNS.split(a) if r]
     b_runs = [r for r in _RUNS.split(b) if r]
@@ -62,7 +81,9 @@ def compare(a: str, b: str) -> int:
     """Return 1 if ``a`` is newer than ``b``, -1 if older, 0 if equal in this order.
 
     Note that distinct strings can compare equal (``1.01`` and ``1.1``): the
-    order is a total preorder, as in vmcatcher.
+    order is a total preorder.  vmcatcher stops at the first pair of numeric
+    tokens with the same value (so it finds ``01.1`` equal to ``1.2``, which
+    is not transitive); this comparator goes on to the next token instead.
     """
     return _compare_sequences(_tokens(a), _tokens(b), _compare_tokens)
 
@@ -78,10 +99,17 @@ def bump(version: str) -> str:
     version with no digits gets ``".1"`` appended.  Leading zeros keep their
     width (``"0009"`` → ``"0010"``) so that date-like versions stay date-like.
     """
-    matches = list(re.finditer(r"\d+", version))
+    matches = list(_RUNS.finditer(version))
     if not matches:
         return f"{version}.1" if version else "1"
     last = matches[-1]
-    digits = last.group()
-    bumped = str(int(digits) + 1).zfill(len(digits))
-    return version[: last.start()] + bumped + version[last.end() :]
+    return version[: last.start()] + _increment(last.group()) + version[last.end() :]
+
+
+def _increment(digits: str) -> str:
+    """``digits`` + 1 as a decimal string of at least the same width (no int() limit)."""
+    head = digits.rstrip("9")
+    nines = len(digits) - len(head)
+    if not head:
+        return "1" + "0" * nines
+    return head[:-1] + str(int(head[-1]) + 1) + "0" * nines

@@ -22,6 +22,8 @@ from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
 
 PASSPHRASE_ENV = "VMTRUST_KEY_PASSPHRASE"
+#: The range [endorser] lifetime_days accepts; a date past year 9999 cannot be written.
+MIN_LIFETIME_DAYS, MAX_LIFETIME_DAYS = 1, 3650
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -198,8 +200,10 @@ def _lifetime(args: argparse.Namespace) -> timedelta:
     days = args.lifetime_days
     if days is None:
         days = make_conf(args.config_file).endorser.lifetime_days
-    if days < 1:
-        raise ConfigError("--lifetime-days must be at least 1")
+    if not MIN_LIFETIME_DAYS <= days <= MAX_LIFETIME_DAYS:
+        raise ConfigError(
+            f"--lifetime-days {days}: must be between {MIN_LIFETIME_DAYS} and {MAX_LIFETIME_DAYS}"
+        )
     return timedelta(days=days)
 
 
@@ -242,12 +246,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         lst = verified.imagelist
         print(
-            f"OK: list {lst.identifier} ({lst.title}) version {lst.version}, "
-            f"{len(lst.images)} image{'s' if len(lst.images) != 1 else ''}, "
-            f"expires {imagelist.format_date(lst.expires)}"
+            render.clean(
+                f"OK: list {lst.identifier} ({lst.title}) version {lst.version}, "
+                f"{len(lst.images)} image{'s' if len(lst.images) != 1 else ''}, "
+                f"expires {imagelist.format_date(lst.expires)}"
+            )
         )
-        print(f"    signed by {verified.endorser.dn}")
-        print(f"    issued by {verified.endorser.ca}")
+        print(f"    signed by {render.clean(verified.endorser.dn)}")
+        print(f"    issued by {render.clean(verified.endorser.ca)}")
     return 0
 
 
@@ -350,14 +356,14 @@ def cmd_add_image(args: argparse.Namespace) -> int:
     result, replaced = authoring.add_image(document, entry)
     _write_document(_edit_target(args), result)
     ident = entry["hv:image"].get("dc:identifier")
-    print(f"{'replaced' if replaced else 'added'} image {ident}", file=sys.stderr)
+    print(render.clean(f"{'replaced' if replaced else 'added'} image {ident}"), file=sys.stderr)
     return 0
 
 
 def cmd_remove_image(args: argparse.Namespace) -> int:
     document, _ = _read_document(args.list_json)
     _write_document(_edit_target(args), authoring.remove_image(document, args.identifier))
-    print(f"removed image {args.identifier}", file=sys.stderr)
+    print(render.clean(f"removed image {args.identifier}"), file=sys.stderr)
     return 0
 
 
@@ -368,7 +374,9 @@ def cmd_bump(args: argparse.Namespace) -> int:
     _write_document(_edit_target(args), result)
     fields = imagelist.list_fields(result) or {}
     print(
-        f"version {fields.get('hv:version')}, expires {fields.get('dc:date:expires')}",
+        render.clean(
+            f"version {fields.get('hv:version')}, expires {fields.get('dc:date:expires')}"
+        ),
         file=sys.stderr,
     )
     return 0

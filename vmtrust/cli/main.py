@@ -3,7 +3,10 @@
 Contract other tools script against: exit 0 on success; on failure one line
 on standard error (``vmtrust: <what>: <problem>``) and the exit status of the
 failed rule (see :mod:`vmtrust.errors`), always below 124; never a traceback
-(``--debug`` shows one for bug reports).
+(``--debug`` shows one for bug reports).  Usage errors are one line too, with
+status 2.  Messages quote untrusted data (identifiers, DNs, parser output), so
+they are printed through :func:`~vmtrust.cli.render.clean`: a line break in a
+list's identifier cannot turn one line into two.
 """
 
 from __future__ import annotations
@@ -11,17 +14,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__
 from vmtrust.cli import imagecmd, listcmd
+from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("vmtrust").strip()
+        where = f"{command}: " if command else ""
+        self.exit(
+            USAGE_ERROR,
+            f"vmtrust: {clean(where)}{clean(message)} (see '{clean(self.prog)} --help')\n",
+        )
+
+
+def _fail(message: str) -> None:
+    print(f"vmtrust: {clean(message)}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vmtrust",
         description="Create, sign, verify and inspect HEPiX endorsed VM image lists.",
         epilog="Run 'vmtrust COMMAND --help' for the options of a command. "
@@ -55,19 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except VmtrustError as exc:
-        print(f"vmtrust: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("vmtrust: interrupted", file=sys.stderr)
+        _fail("interrupted")
         return 130 - 10  # below 124, distinct from every rule
     except BrokenPipeError:
         return 0
     except Exception as exc:
         if args.debug:
             raise
-        print(
-            f"vmtrust: internal error: {type(exc).__name__}: {exc} (run with --debug and "
-            "report it)",
-            file=sys.stderr,
-        )
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug and report it)")
         return INTERNAL_ERROR

@@ -1,8 +1,44 @@
-"""Human-readable output: aligned fields and tables, plain text, no colour."""
+"""Human-readable output: aligned fields and tables, plain text, no colour.
+
+Everything shown comes from a list or certificate nobody has vouched for yet
+(``list show`` does not verify), so every value goes through :func:`clean`:
+a hostile title must not move the cursor, retitle the terminal, or forge a
+second line of output.
+"""
 
 from __future__ import annotations
 
+import unicodedata
+
 from vmtrust.imagelist import ImageList, format_date
+
+#: Unicode categories written as escapes: controls, format characters (bidi
+#: overrides), surrogates, line and paragraph separators.
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def clean(text: object) -> str:
+    """``text`` as one printable line: control and format characters become escapes
+    (``\\n``, ``\\x1b``, ``\\u202e``), so untrusted data can neither add lines nor
+    drive the terminal."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(
+        _escape(c) if c != " " and unicodedata.category(c) in _UNSAFE else c for c in value
+    )
 
 
 def _size(n: int) -> str:
@@ -14,12 +50,17 @@ def _size(n: int) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell; the last column is not padded."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    """Columns padded to their widest cell; the last column is not padded.
+
+    Cells are :func:`clean`-ed first, so the widths are those of what is printed.
+    """
+    headers = [clean(c) for c in headers]
+    rows = [[clean(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = []
     for row in [headers, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
-        lines.append("  ".join([*cells, str(row[-1])]).rstrip())
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
 
 
@@ -40,7 +81,7 @@ def show_list(lst: ImageList, *, signature: str | None) -> None:
     fields.append(("Signature", signature or "none (plain JSON list)"))
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
-        print(f"{key.ljust(width)}  {value}")
+        print(f"{key.ljust(width)}  {clean(value)}")
     print()
     if not lst.images:
         print("No images (an empty list decommissions the endorser's images).")
