@@ -167,10 +167,11 @@ def main() -> int:
                 results.setdefault(name, []).extend(timed(fn, max(args.repeat // 3, 1)))
 
     base = statistics.median(results["openssl"])
+    version = subprocess.run([openssl, "version"], capture_output=True, text=True).stdout.strip()
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"Python {platform.python_version()}, {subprocess.run([openssl, 'version'], capture_output=True, text=True).stdout.strip()}"
-    )  # noqa: E501
+        f"Python {platform.python_version()}, {version}"
+    )
     print(
         f"signed list: {args.images} images, {size / 1e6:.2f} MB; {args.repeat} runs each, medians"
     )
