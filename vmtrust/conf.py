@@ -87,10 +87,103 @@ endorser_opts = [
     ),
 ]
 
+default_opts = [
+    cfg.StrOpt(
+        "state_dir",
+        default="/var/lib/vmtrust",
+        help="Directory of the sync's state: accepted list versions (rollback protection), "
+        "last errors, and the lock that keeps two syncs from running at once.",
+    ),
+]
+
+trust_opts.append(
+    cfg.StrOpt(
+        "seal_key",
+        default="/etc/vmtrust/seal.key",
+        help="The site's Ed25519 sync key (make it with 'vmtrust keygen --out PATH'); "
+        "PATH.pub is the public half that the nova filter and 'vmtrust images' use.",
+    )
+)
+
+sync_opts = [
+    cfg.StrOpt(
+        "subscriptions_file",
+        default="/etc/vmtrust/subscriptions.yaml",
+        help="YAML file of subscriptions: list URL, allowed endorsers, VO, approval.",
+    ),
+    cfg.StrOpt(
+        "store",
+        default="local",
+        choices=[
+            ("local", "a directory (the embedded default)"),
+            ("glance", "OpenStack Glance"),
+            ("ec2", "an EC2-compatible cloud"),
+        ],
+        help="Where trusted images are stored.",
+    ),
+    cfg.StrOpt(
+        "retire",
+        default="deactivate",
+        choices=[
+            ("deactivate", "keep the bytes, unusable"),
+            ("hide", "keep the image, hidden from listings"),
+            ("delete", "delete after retire_grace_hours"),
+        ],
+        help="What happens to an image that leaves the trusted set.",
+    ),
+    cfg.IntOpt(
+        "retire_grace_hours",
+        default=168,
+        min=0,
+        help="Hours a retired image is kept before deletion (retire = delete).",
+    ),
+    cfg.IntOpt(
+        "parallel_downloads", default=2, min=1, max=16, help="Images downloaded at the same time."
+    ),
+    cfg.FloatOpt(
+        "http_timeout",
+        default=30.0,
+        min=1.0,
+        help="Seconds to connect, and to wait for the next bytes, per request.",
+    ),
+    cfg.IntOpt(
+        "http_retries",
+        default=5,
+        min=0,
+        max=50,
+        help="Reconnections (with HTTP Range resume) after a broken transfer.",
+    ),
+    cfg.FloatOpt(
+        "http_backoff",
+        default=1.0,
+        min=0.0,
+        help="First back-off in seconds between retries, doubled each time.",
+    ),
+    cfg.IntOpt(
+        "interval", default=3600, min=60, help="Seconds between passes of 'vmtrust-sync --daemon'."
+    ),
+]
+
+store_local_opts = [
+    cfg.StrOpt("path", default="/var/lib/vmtrust/images", help="Directory of the local store."),
+    cfg.StrOpt(
+        "hook",
+        default="",
+        help="Program run after an image is stored (AvailablePostfix) or retired "
+        "(ExpirePostfix) with vmcatcher's VMCATCHER_EVENT_* environment; no shell.",
+    ),
+]
+
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Entry point ``oslo.config.opts`` for oslo-config-generator."""
-    return [("trust", trust_opts), ("endorser", endorser_opts)]
+    return [
+        ("DEFAULT", default_opts),
+        ("trust", trust_opts),
+        ("endorser", endorser_opts),
+        ("sync", sync_opts),
+        ("store_local", store_local_opts),
+    ]
 
 
 def _value_error(exc: Exception, group: str, opt: cfg.Opt, files: list[str]) -> ConfigError:
@@ -118,7 +211,7 @@ def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
     """
     conf = cfg.ConfigOpts()
     for group, opts in list_opts():
-        conf.register_opts(opts, group=group)
+        conf.register_opts(opts, group=None if group == "DEFAULT" else group)
     files = config_files if config_files is not None else cfg.find_config_files("vmtrust")
     try:
         conf(args=[], project="vmtrust", default_config_files=files, validate_default_values=True)
@@ -139,7 +232,7 @@ def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
     for group, opts in list_opts():
         for opt in opts:
             try:
-                getattr(getattr(conf, group), opt.dest)
+                getattr(conf if group == "DEFAULT" else getattr(conf, group), opt.dest)
             except (cfg.ConfigSourceValueError, ValueError) as exc:
                 raise _value_error(exc, group, opt, files) from None
             except cfg.Error as exc:

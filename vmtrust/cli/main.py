@@ -18,7 +18,7 @@ import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__
-from vmtrust.cli import imagecmd, listcmd
+from vmtrust.cli import imagecmd, listcmd, sitecmd
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     listcmd.register(commands)
     imagecmd.register(commands)
+    sitecmd.register(commands)
     return parser
 
 

@@ -1,0 +1,247 @@
+"""The reconciler's pure half: desired set vs what the store holds → a plan.
+
+No I/O here.  The sync service computes the *desired* set from lists that
+verified and the site's approval, asks the store what it *holds*, and this
+module decides what to do, following the rules that make a sync safe:
+
+* an image whose subscription failed this run (list unreachable, bad
+  signature, rollback…) is left exactly as it is until that list's own
+  ``dc:date:expires`` — never retired because of an upstream failure;
+* a new version is created first; the versions it replaces are retired only
+  after it is in place (:class:`Replace` carries both);
+* an image leaves the trusted set when its list expires, when a newer list
+  no longer has it (HEPiX revocation), when its own expiry passes, or when the
+  site withdraws approval;
+* a held image whose record or seal does not verify is retired (quarantined);
+* retired images are purged after the grace period when the retire mode is
+  ``delete``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from vmtrust.imagelist import Endorser, Image, ImageList, format_date
+from vmtrust.record import TrustRecord
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One approved image version from a verified list."""
+
+    subscription: str
+    approval: str
+    image: Image
+    imagelist: ImageList
+    endorser: Endorser
+    vo: str
+
+    @property
+    def identifier(self) -> str:
+        return self.image.identifier
+
+    @property
+    def expires(self) -> datetime:
+        if self.image.expires is not None:
+            return min(self.image.expires, self.imagelist.expires)
+        return self.imagelist.expires
+
+    def record(self, *, store_id: str, sha512: str, size: int, disk_format: str) -> TrustRecord:
+        return TrustRecord(
+            image_identifier=self.image.identifier,
+            title=self.image.title,
+            image_version=self.image.version,
+            list_identifier=self.imagelist.identifier,
+            list_version=self.imagelist.version,
+            endorser_dn=self.endorser.dn,
+            endorser_ca=self.endorser.ca,
+            vo=self.vo,
+            subscription=self.subscription,
+            approval=self.approval,
+            expires=format_date(self.expires),
+            source_sha512=self.image.sha512,
+            sha512=sha512,
+            size=size,
+            store_id=store_id,
+            disk_format=disk_format,
+        )
+
+
+@dataclass(frozen=True)
+class Held:
+    """One image version the store holds, as the store reports it."""
+
+    store_id: str
+    record: TrustRecord | None  #: None when missing or unreadable
+    seal_ok: bool
+    retired: bool = False
+    retired_at: datetime | None = None
+    location: str = ""
+    problem: str | None = None  #: why the record or seal is not good
+
+    @property
+    def identifier(self) -> str | None:
+        return self.record.image_identifier if self.record else None
+
+
+@dataclass(frozen=True)
+class Create:
+    desired: Desired
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Create ``desired``; only once it is in place, retire ``old``."""
+
+    desired: Desired
+    old: tuple[Held, ...]
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Same bytes, new metadata (a new list version, another approval): re-seal."""
+
+    held: Held
+    desired: Desired
+
+
+@dataclass(frozen=True)
+class Retire:
+    held: Held
+    reason: str
+
+
+@dataclass(frozen=True)
+class Purge:
+    held: Held
+
+
+Action = Create | Replace | Refresh | Retire | Purge
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    kept: list[Held] = field(default_factory=list)  #: frozen by a failed subscription
+
+    def describe(self) -> list[str]:
+        lines = []
+        for action in self.actions:
+            if isinstance(action, Create):
+                d = action.desired
+                lines.append(
+                    f"create  {d.identifier} {d.image.version} ({d.image.title}) "
+                    f"from {d.subscription}"
+                )
+            elif isinstance(action, Replace):
+                d = action.desired
+                old = ", ".join(h.record.image_version for h in action.old if h.record)
+                lines.append(
+                    f"replace {d.identifier} {old} -> {d.image.version} "
+                    f"({d.image.title}) from {d.subscription}"
+                )
+            elif isinstance(action, Refresh):
+                lines.append(
+                    f"refresh {action.desired.identifier} metadata "
+                    f"(list {action.desired.imagelist.version})"
+                )
+            elif isinstance(action, Retire):
+                lines.append(
+                    f"retire  {action.held.identifier or action.held.store_id}: {action.reason}"
+                )
+            elif isinstance(action, Purge):
+                lines.append(
+                    f"purge   {action.held.store_id} (retired "
+                    f"{action.held.retired_at and format_date(action.held.retired_at)})"
+                )
+        for held in self.kept:
+            lines.append(
+                f"keep    {held.identifier} (its list failed this run; kept until the list expires)"
+            )
+        return lines
+
+
+_METADATA_IGNORED = {"store_id", "sha512", "size", "state", "disk_format"}
+
+
+def _same_metadata(held: TrustRecord, wanted: TrustRecord) -> bool:
+    a, b = held.__dict__, wanted.__dict__
+    return all(a[k] == b[k] for k in a if k not in _METADATA_IGNORED)
+
+
+def _same_bytes(record: TrustRecord, desired: Desired) -> bool:
+    return (
+        record.source_sha512 == desired.image.sha512
+        and record.image_version == desired.image.version
+    )
+
+
+def make_plan(
+    desired: dict[str, Desired],
+    held: list[Held],
+    *,
+    frozen: dict[str, datetime],
+    now: datetime,
+    retire_mode: str = "deactivate",
+    grace: timedelta = timedelta(days=7),
+) -> Plan:
+    """Decide what to do; ``frozen`` maps failed subscriptions to their last list's expiry."""
+    plan = Plan()
+    by_identifier: dict[str, list[Held]] = {}
+    for item in held:
+        if item.retired:
+            if retire_mode == "delete" and item.retired_at and item.retired_at + grace <= now:
+                plan.actions.append(Purge(item))
+            continue
+        if item.record is None or not item.seal_ok:
+            plan.actions.append(Retire(item, item.problem or "trust record or seal invalid"))
+            continue
+        by_identifier.setdefault(item.record.image_identifier, []).append(item)
+
+    for identifier, want in sorted(desired.items()):
+        holding = by_identifier.pop(identifier, [])
+        current = [h for h in holding if _same_bytes(h.record, want)]  # type: ignore[arg-type]
+        others = tuple(h for h in holding if h not in current)
+        if current:
+            keep, *duplicates = current
+            probe = want.record(
+                store_id=keep.store_id,
+                sha512=keep.record.sha512,  # type: ignore[union-attr]
+                size=keep.record.size,
+                disk_format=keep.record.disk_format,
+            )  # type: ignore[union-attr]
+            if not _same_metadata(keep.record, probe):  # type: ignore[arg-type]
+                plan.actions.append(Refresh(keep, want))
+            for extra in (*duplicates, *others):
+                plan.actions.append(Retire(extra, f"superseded by version {want.image.version}"))
+        elif others:
+            plan.actions.append(Replace(want, others))
+        else:
+            plan.actions.append(Create(want))
+
+    for identifier, holding in sorted(by_identifier.items()):
+        for item in holding:
+            record = item.record
+            assert record is not None
+            expires = _parse(record.expires)
+            if expires is not None and expires <= now:
+                plan.actions.append(Retire(item, f"expired at {record.expires}"))
+            elif record.subscription in frozen and frozen[record.subscription] > now:
+                plan.kept.append(item)
+            elif record.subscription in frozen:
+                plan.actions.append(Retire(item, "its list could not be refreshed and has expired"))
+            else:
+                plan.actions.append(
+                    Retire(item, f"no longer in an approved, valid list (image {identifier})")
+                )
+    return plan
+
+
+def _parse(text: str) -> datetime | None:
+    from vmtrust.imagelist import parse_date
+
+    try:
+        return parse_date(text)
+    except ValueError:
+        return None

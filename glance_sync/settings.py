@@ -1,0 +1,92 @@
+"""The sync's settings, read and validated from vmtrust.conf before anything is touched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from oslo_config import cfg
+
+from glance_sync.stores.base import Store
+from glance_sync.transfer import HttpSettings
+from vmtrust.errors import ConfigError
+from vmtrust.record import load_private_key
+from vmtrust.truststore import TrustStore
+
+
+@dataclass
+class SyncSettings:
+    state_dir: Path
+    subscriptions_file: Path
+    trust: TrustStore
+    seal_key: Ed25519PrivateKey
+    store_name: str
+    retire_mode: str
+    retire_grace: timedelta
+    parallel_downloads: int
+    http: HttpSettings
+    allow_sha1: bool
+    clock_skew: timedelta
+    max_list_bytes: int
+    hook: str | None
+    local_path: Path
+
+
+def _path(value: str, option: str) -> Path:
+    if not value:
+        raise ConfigError(f"configuration: {option} is not set")
+    return Path(value).expanduser()
+
+
+def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
+    state_dir = _path(conf.state_dir, "[DEFAULT] state_dir")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[DEFAULT] state_dir {state_dir}: {exc.strerror or exc}") from None
+    if not os.access(state_dir, os.W_OK):
+        raise ConfigError(f"[DEFAULT] state_dir {state_dir}: not writable")
+    seal_path = _path(conf.trust.seal_key, "[trust] seal_key")
+    if not seal_path.exists():
+        raise ConfigError(
+            f"[trust] seal_key {seal_path}: not found (make one with "
+            f"'vmtrust keygen --out {seal_path}')"
+        )
+    return SyncSettings(
+        state_dir=state_dir,
+        subscriptions_file=_path(conf.sync.subscriptions_file, "[sync] subscriptions_file"),
+        trust=TrustStore(
+            Path(conf.trust.ca_dir).expanduser(),
+            require_crls=conf.trust.require_crls,
+            require_namespaces=conf.trust.require_namespaces,
+        ),
+        seal_key=load_private_key(seal_path),
+        store_name=conf.sync.store,
+        retire_mode=conf.sync.retire,
+        retire_grace=timedelta(hours=conf.sync.retire_grace_hours),
+        parallel_downloads=conf.sync.parallel_downloads,
+        http=HttpSettings(
+            timeout=conf.sync.http_timeout,
+            retries=conf.sync.http_retries,
+            backoff=conf.sync.http_backoff,
+        ),
+        allow_sha1=conf.trust.allow_sha1,
+        clock_skew=timedelta(seconds=conf.trust.clock_skew),
+        max_list_bytes=conf.trust.max_list_bytes,
+        hook=conf.store_local.hook or None,
+        local_path=_path(conf.store_local.path, "[store_local] path"),
+    )
+
+
+def make_store(settings: SyncSettings) -> Store:
+    if settings.store_name == "local":
+        from glance_sync.stores.local import LocalStore
+
+        return LocalStore(settings.local_path, [settings.seal_key.public_key()])
+    raise ConfigError(
+        f"[sync] store = {settings.store_name}: not available yet "
+        "(this version has the local store)"
+    )

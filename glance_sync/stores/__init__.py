@@ -1,0 +1,1 @@
+"""Image stores: where the sync puts trusted images (a directory, Glance, EC2)."""

@@ -1,0 +1,69 @@
+"""The one interface every image store implements.
+
+The reconciler only ever talks to a store through these methods, so the
+guarantees (new before old, nothing half-written, nothing unmanaged touched)
+are proved once in the service and hold for every store that keeps this
+contract:
+
+* :meth:`Store.create` must make the image visible as trusted only after the
+  ``finish`` callback returned its sealed record — an interrupted create
+  leaves at most something :meth:`Store.cleanup` removes;
+* :meth:`Store.held` reports only images the store manages (carrying a
+  vmtrust record), never anything else;
+* :meth:`Store.retire` and :meth:`Store.purge` act on one held image only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import datetime
+from typing import IO
+
+from glance_sync.plan import Held
+from vmtrust.record import TrustRecord
+
+#: Called by a store once the bytes are written: (store_id, size, sha512) →
+#: (record, seal).  Raising aborts the create.
+Finish = Callable[[str, int, str], tuple[TrustRecord, str]]
+
+
+class Store(ABC):
+    name = "store"
+
+    @abstractmethod
+    def held(self) -> list[Held]:
+        """Every image version this store manages, trusted or retired."""
+
+    @abstractmethod
+    def free_bytes(self) -> int | None:
+        """Room left for new images, or None when the store cannot tell."""
+
+    def disk_format(self, source_format: str) -> str:
+        """The disk format the store wants for an image of ``source_format``."""
+        return source_format
+
+    @abstractmethod
+    def create(
+        self, identifier: str, version: str, stream: IO[bytes], disk_format: str, finish: Finish
+    ) -> Held:
+        """Write the image from ``stream`` and commit it with the record ``finish`` gives."""
+
+    @abstractmethod
+    def refresh(self, held: Held, record: TrustRecord, seal: str) -> Held:
+        """Replace the trust record and seal of an image whose bytes are unchanged."""
+
+    @abstractmethod
+    def retire(self, held: Held, mode: str, now: datetime) -> None:
+        """Take an image out of the trusted set (deactivate, hide or delete mode)."""
+
+    @abstractmethod
+    def purge(self, held: Held) -> None:
+        """Remove a retired image for good."""
+
+    def cleanup(self) -> list[str]:
+        """Remove leftovers of interrupted runs; return what was removed."""
+        return []
+
+    def location(self, held: Held) -> str:
+        return held.location

@@ -1,0 +1,347 @@
+"""Site policy: which lists a site subscribes to, and which of their images it approves.
+
+Endorsement is not approval: an endorser vouches for images, the site decides
+which of them it runs.  A subscriptions file (YAML) names, per subscription,
+the list URL, the endorsers allowed to sign it, the VO it serves and the
+approval — ``all``, a list of image identifiers, or rules::
+
+    subscriptions:
+      - name: cms
+        url: https://images.example.org/lists/cms.list
+        endorsers:
+          - dn: /DC=org/DC=example/O=People/CN=Jane Endorser
+            ca: /DC=org/DC=example/CN=Example Test CA
+        vo: cms
+        approve:
+          - 85bfb313-a852-444b-89e7-9cdf8c23dc91        # one image
+          - {os: Linux, arch: x86_64, hypervisor: kvm}   # a rule
+        new_images: refuse        # images that appear later wait for approval
+
+The whole file is validated before anything is touched; every problem names
+the file, the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vmtrust import dn
+from vmtrust.errors import ConfigError
+from vmtrust.imagelist import Endorser, Image, ImageList
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+RULE_KEYS = (
+    "identifier",
+    "vo",
+    "os",
+    "osname",
+    "osversion",
+    "arch",
+    "hypervisor",
+    "format",
+    "title",
+)
+SUBSCRIPTION_KEYS = {
+    "name",
+    "url",
+    "endorsers",
+    "identifier",
+    "vo",
+    "approve",
+    "new_images",
+    "credentials",
+    "tls_ca",
+    "site",
+    "description",
+}
+CREDENTIAL_KEYS = {"username", "password_file", "password_env", "token_file", "token_env"}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where the secret comes from — never the secret itself, so it is never logged."""
+
+    username: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) for HTTP Basic; AppDB tokens are ``<token>:x-oauth-basic``."""
+        token = _secret(self.token_file, self.token_env, "token")
+        if token is not None:
+            return token, "x-oauth-basic"
+        password = _secret(self.password_file, self.password_env, "password")
+        if self.username is None and password is None:
+            return None
+        return self.username or "", password or ""
+
+
+def _secret(path: str | None, env: str | None, what: str) -> str | None:
+    if path:
+        try:
+            return Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{what} file {path}: {exc.strerror or exc}") from None
+    if env:
+        if env not in os.environ:
+            raise ConfigError(f"{what} environment variable {env} is not set")
+        return os.environ[env]
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Image attributes that must all match (case-insensitive, shell-style globs)."""
+
+    index: int
+    match: tuple[tuple[str, str], ...]
+
+    def matches(self, image: Image, vo: str | None) -> bool:
+        values = {
+            "identifier": image.identifier,
+            "vo": vo or "",
+            "os": image.os,
+            "osname": image.osname or "",
+            "osversion": image.osversion,
+            "arch": image.arch,
+            "hypervisor": image.hypervisor,
+            "format": image.format or "",
+            "title": image.title,
+        }
+        return all(
+            fnmatch.fnmatchcase(values[k].lower(), pattern.lower()) for k, pattern in self.match
+        )
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    url: str
+    endorsers: tuple[Endorser, ...]
+    identifier: str | None = None
+    vo: str | None = None
+    approve_all: bool = False
+    identifiers: frozenset[str] = frozenset()
+    rules: tuple[Rule, ...] = ()
+    new_images: str = "accept"  #: "accept" or "refuse"
+    credentials: Credentials = field(default_factory=Credentials)
+    tls_ca: str | None = None
+    site: bool = False
+
+    def approval(self, image: Image, lst: ImageList, known: frozenset[str] | None) -> str | None:
+        """Why ``image`` is approved ("all", "identifier", "rule:N"), or None if it is not.
+
+        ``known`` are the identifiers seen when the subscription was first
+        accepted; with ``new_images: refuse`` later ones wait for approval.
+        """
+        if image.identifier in self.identifiers:
+            return "identifier"
+        if self.new_images == "refuse" and known is not None and image.identifier not in known:
+            return None
+        if self.approve_all:
+            return "all"
+        vo = self.vo or lst.vo
+        for rule in self.rules:
+            if rule.matches(image, vo):
+                return f"rule:{rule.index}"
+        return None
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{self.source}: {path}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            more = len(self.items) - 1
+            suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+            error = ConfigError(self.items[0] + suffix)
+            error.problems = self.items  # type: ignore[attr-defined]
+            raise error
+
+
+def _string(
+    p: _Problems, obj: dict[str, Any], key: str, path: str, required: bool = False
+) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            p.add(f"{path}.{key}", "missing")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        p.add(f"{path}.{key}", f"not a non-empty string: {value!r}")
+        return None
+    return value
+
+
+def _endorsers(p: _Problems, value: Any, path: str) -> tuple[Endorser, ...]:
+    if not isinstance(value, list) or not value:
+        p.add(path, "must be a non-empty list of {dn, ca}")
+        return ()
+    result = []
+    for index, entry in enumerate(value):
+        where = f"{path}[{index}]"
+        if not isinstance(entry, dict):
+            p.add(where, "not a mapping with dn and ca")
+            continue
+        subject = _string(p, entry, "dn", where, required=True)
+        issuer = _string(p, entry, "ca", where, required=True)
+        for key, text in (("dn", subject), ("ca", issuer)):
+            if text is not None:
+                try:
+                    dn.parse(text)
+                except ValueError as exc:
+                    p.add(f"{where}.{key}", str(exc))
+                    text = None
+        if subject and issuer:
+            result.append(Endorser(dn=subject, ca=issuer))
+    return tuple(result)
+
+
+def _approval(p: _Problems, value: Any, path: str) -> tuple[bool, frozenset[str], tuple[Rule, ...]]:
+    if value == "all":
+        return True, frozenset(), ()
+    if value is None:
+        p.add(path, "missing (all, a list of image identifiers, or rules)")
+        return False, frozenset(), ()
+    if not isinstance(value, list):
+        p.add(path, f"must be 'all' or a list, not {value!r}")
+        return False, frozenset(), ()
+    identifiers, rules = set(), []
+    for index, entry in enumerate(value):
+        where = f"{path}[{index}]"
+        if isinstance(entry, str) and entry.strip():
+            identifiers.add(entry.strip())
+        elif isinstance(entry, dict) and entry:
+            unknown = sorted(set(entry) - set(RULE_KEYS))
+            if unknown:
+                p.add(where, f"unknown rule key {unknown[0]!r} (use {', '.join(RULE_KEYS)})")
+                continue
+            if any(not isinstance(v, str | int | float) for v in entry.values()):
+                p.add(where, "rule values must be strings")
+                continue
+            rules.append(Rule(index=index, match=tuple((k, str(v)) for k, v in entry.items())))
+        else:
+            p.add(where, f"not an image identifier or a rule: {entry!r}")
+    return False, frozenset(identifiers), tuple(rules)
+
+
+def _credentials(p: _Problems, value: Any, path: str) -> Credentials:
+    if value is None:
+        return Credentials()
+    if not isinstance(value, dict):
+        p.add(path, "must be a mapping")
+        return Credentials()
+    unknown = sorted(set(value) - CREDENTIAL_KEYS)
+    if unknown:
+        p.add(
+            f"{path}.{unknown[0]}",
+            "unknown key (secrets come from *_file or *_env keys, never inline)",
+        )
+        return Credentials()
+    fields_ = {k: _string(p, value, k, path) for k in CREDENTIAL_KEYS}
+    if fields_["password_file"] and fields_["password_env"]:
+        p.add(path, "give password_file or password_env, not both")
+    if fields_["token_file"] and fields_["token_env"]:
+        p.add(path, "give token_file or token_env, not both")
+    return Credentials(**fields_)
+
+
+def _subscription(p: _Problems, obj: Any, path: str) -> Subscription | None:
+    if not isinstance(obj, dict):
+        p.add(path, "not a mapping")
+        return None
+    before = len(p.items)
+    for key in sorted(set(obj) - SUBSCRIPTION_KEYS):
+        p.add(f"{path}.{key}", "unknown key")
+    name = _string(p, obj, "name", path, required=True)
+    if name and not _NAME_RE.match(name):
+        p.add(f"{path}.name", f"{name!r}: use letters, digits, '.', '_' and '-' (max 64)")
+    url = _string(p, obj, "url", path, required=True)
+    if url and not url.startswith(("http://", "https://", "file:")):
+        p.add(f"{path}.url", f"not an http, https or file URL: {url}")
+    endorsers = _endorsers(p, obj.get("endorsers"), f"{path}.endorsers")
+    approve_all, identifiers, rules = _approval(p, obj.get("approve"), f"{path}.approve")
+    new_images = obj.get("new_images", "accept")
+    if new_images not in ("accept", "refuse"):
+        p.add(f"{path}.new_images", f"must be accept or refuse, not {new_images!r}")
+    site = obj.get("site", False)
+    if not isinstance(site, bool):
+        p.add(f"{path}.site", "must be true or false")
+    tls_ca = _string(p, obj, "tls_ca", path)
+    if tls_ca and not Path(tls_ca).expanduser().exists():
+        p.add(f"{path}.tls_ca", f"{tls_ca}: no such file or directory")
+    credentials = _credentials(p, obj.get("credentials"), f"{path}.credentials")
+    if len(p.items) > before:
+        return None
+    return Subscription(
+        name=name,
+        url=url,
+        endorsers=endorsers,
+        identifier=_string(p, obj, "identifier", path),
+        vo=_string(p, obj, "vo", path),
+        approve_all=approve_all,
+        identifiers=identifiers,
+        rules=rules,
+        new_images=new_images,
+        credentials=credentials,
+        tls_ca=str(Path(tls_ca).expanduser()) if tls_ca else None,
+        site=site,
+    )
+
+
+def parse_subscriptions(text: str, source: str = "subscriptions") -> tuple[Subscription, ...]:
+    """Parse and validate a subscriptions document; raise ConfigError listing problems."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{source}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+        ) from None
+    p = _Problems(source)
+    if not isinstance(document, dict) or not isinstance(document.get("subscriptions"), list):
+        raise ConfigError(f"{source}: must be a mapping with a 'subscriptions' list")
+    result: list[Subscription] = []
+    names: dict[str, int] = {}
+    for index, entry in enumerate(document["subscriptions"]):
+        sub = _subscription(p, entry, f"subscriptions[{index}]")
+        if sub is None:
+            continue
+        if sub.name in names:
+            p.add(
+                f"subscriptions[{index}].name",
+                f"{sub.name!r} is already used by subscriptions[{names[sub.name]}]",
+            )
+            continue
+        names[sub.name] = index
+        result.append(sub)
+    p.raise_if_any()
+    return tuple(result)
+
+
+def load_subscriptions(path: str | Path) -> tuple[Subscription, ...]:
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"subscriptions file {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"subscriptions file {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return parse_subscriptions(text, str(path))
