@@ -49,8 +49,22 @@ def test_entry_point_and_groups():
             "allow_sha1",
             "clock_skew",
             "max_list_bytes",
+            "seal_key",
         },
         "endorser": {"cert", "key", "digest", "lifetime_days"},
+        "DEFAULT": {"state_dir"},
+        "sync": {
+            "subscriptions_file",
+            "store",
+            "retire",
+            "retire_grace_hours",
+            "parallel_downloads",
+            "http_timeout",
+            "http_retries",
+            "http_backoff",
+            "interval",
+        },
+        "store_local": {"path", "hook"},
     }
 
 
