@@ -76,7 +76,7 @@ class Report:
     failures: list[str] = field(default_factory=list)
 
     def fail(self, line: str) -> None:
-        LOG.error("%s", line)
+        LOG.debug("failure: %s", line)  # printed once, by the command, after the run
         self.failures.append(line)
 
     @property
@@ -277,6 +277,10 @@ class SyncService:
                 for line in plan.describe() or ["nothing to do"]:
                     out(line)
                 return report
+            # Quarantine altered images first: a re-created copy may reuse their store id.
+            quarantine = [a for a in plan.actions if isinstance(a, Retire) and not a.held.seal_ok]
+            for action in quarantine:
+                self._retire(action.held, action.reason, report, now)
             creates = [a for a in plan.actions if isinstance(a, Create | Replace)]
             with ThreadPoolExecutor(max_workers=self.s.parallel_downloads) as pool:
                 list(pool.map(lambda a: self._apply_create(a, report, now), creates))
@@ -293,7 +297,7 @@ class SyncService:
                         report.done.append(f"refreshed {record.image_identifier} metadata")
                     except (VmtrustError, OSError) as exc:
                         report.fail(f"refresh {record.image_identifier}: {exc}")
-                elif isinstance(action, Retire):
+                elif isinstance(action, Retire) and action not in quarantine:
                     self._retire(action.held, action.reason, report, now)
                 elif isinstance(action, Purge):
                     try:

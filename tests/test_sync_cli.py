@@ -1,0 +1,144 @@
+"""``vmtrust-sync`` and the site commands as processes, including kill -9 mid-transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import image_entry, list_document
+from httpserve import Behaviour, Server, Site
+
+from vmtrust import imagelist, smime
+
+BIN = Path(sys.executable).parent
+IMAGE = os.urandom(2 * 1024 * 1024)
+
+
+@pytest.fixture
+def site():
+    with Server(Site()) as running:
+        yield running
+
+
+@pytest.fixture
+def conf(tmp_path: Path, ca_dir: Path, site: Site, pki) -> Path:
+    image = image_entry(
+        "wn",
+        **{
+            "hv:uri": site.url("/wn.img"),
+            "hv:size": len(IMAGE),
+            "sl:checksum:sha512": hashlib.sha512(IMAGE).hexdigest(),
+            "hv:format": "RAW",
+        },
+    )
+    site.files["/wn.img"] = IMAGE
+    document = list_document(pki.endorser, images=[image])
+    site.files["/site.list"] = smime.sign(
+        imagelist.dumps(document), pki.endorser.cert, pki.endorser.key
+    )
+    (tmp_path / "subs.yaml").write_text(
+        "subscriptions:\n  - name: example\n"
+        f"    url: {site.url('/site.list')}\n"
+        f"    endorsers:\n      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n"
+        "    vo: vo.example.org\n    approve: all\n"
+        "  - name: broken\n"
+        f"    url: {site.url('/missing.list')}\n"
+        f"    endorsers:\n      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n"
+        "    approve: all\n"
+    )
+    path = tmp_path / "vmtrust.conf"
+    path.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+        f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
+        f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\nhttp_retries = 1\n"
+        "http_backoff = 0.01\n"
+        f"[store_local]\npath = {tmp_path}/store\n"
+    )
+    subprocess.run(
+        [BIN / "vmtrust", "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
+    )
+    return path
+
+
+def sync(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / "vmtrust-sync", "--config-file", conf, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def images(conf: Path) -> list[dict]:
+    out = subprocess.run(
+        [BIN / "vmtrust", "--config-file", conf, "images", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_one_failing_list_is_one_line_and_exit_1_after_the_rest(conf):
+    result = sync(conf)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "subscription broken" in lines[0] and "HTTP 404" in lines[0]
+    (row,) = images(conf)
+    assert row["identifier"] == "wn" and row["state"] == "trusted"
+    assert row["sha512"] == hashlib.sha512(IMAGE).hexdigest()
+    assert {"identifier", "version", "state", "sha512", "location", "vo", "expires"} <= set(row)
+    status = subprocess.run(
+        [BIN / "vmtrust", "--config-file", conf, "status", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_name = {r["name"]: r for r in json.loads(status.stdout)}
+    assert by_name["example"]["last_error"] is None and by_name["example"]["list_version"]
+    assert "404" in by_name["broken"]["last_error"]
+
+
+def test_kill_9_mid_transfer_then_rerun_converges(conf, site):
+    site.behaviour["/wn.img"] = Behaviour(stall=0.05)
+    process = subprocess.Popen(
+        [BIN / "vmtrust-sync", "--config-file", conf],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store = conf.parent / "store"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any((store / ".partial").glob("*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert any((store / ".partial").glob("*")), "the kill should land mid-transfer"
+    site.behaviour.clear()
+    assert sync(conf).returncode == 1  # only the broken subscription fails
+    assert [r["state"] for r in images(conf)] == ["trusted"]
+    assert list((store / ".partial").iterdir()) == []
+    assert len(list(store.glob("images/*/*.img"))) == 1
+    second = sync(conf)
+    assert second.returncode == 1 and len(images(conf)) == 1
+
+
+def test_bad_configuration_is_one_line_before_anything_happens(conf, tmp_path):
+    (tmp_path / "subs.yaml").write_text("subscriptions:\n  - name: x\n    url: ftp://nope\n")
+    result = sync(conf)
+    assert result.returncode == 4
+    assert result.stderr.count("\n") == 1 and "subscriptions[0].url" in result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(conf, tmp_path):
+    result = sync(conf, "--dry-run")
+    assert "create  wn" in result.stdout
+    assert not list((tmp_path / "store").glob("images/*/*.img"))
