@@ -1,0 +1,156 @@
+"""The transfer pipeline: checks against the list, unpacking on the fly, and hooks."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import requests
+from httpserve import Server, Site
+
+from glance_sync import hooks
+from glance_sync.plan import Held
+from glance_sync.transfer import (
+    HttpSettings,
+    Source,
+    SourceReader,
+    TransferError,
+    copy_stream,
+    normalise_format,
+    open_disk,
+)
+
+DISK = os.urandom(700_000)
+
+
+def ova(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def fetch(
+    tmp_path: Path,
+    payload: bytes,
+    fmt: str | None,
+    *,
+    size: int | None = None,
+    sha: str | None = None,
+) -> tuple[bytes, str]:
+    path = tmp_path / "image.bin"
+    path.write_bytes(payload)
+    source = Source(
+        "img",
+        path.as_uri(),
+        len(payload) if size is None else size,
+        sha or hashlib.sha512(payload).hexdigest(),
+        fmt,
+    )
+    reader = SourceReader(source, requests.Session(), HttpSettings())
+    try:
+        stream, disk_format = open_disk(reader, fmt)
+        out = io.BytesIO()
+        copy_stream(stream, out.write, "img")
+        reader.drain()
+    finally:
+        reader.close()
+    return out.getvalue(), disk_format
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pack", "expected_format"),
+    [
+        ("QCOW2", lambda d: d, "qcow2"),
+        ("raw.gz", gzip.compress, "raw"),
+        ("RAW.BZ2", bz2.compress, "raw"),
+        ("qcow2.xz", lzma.compress, "qcow2"),
+        ("OVA", lambda d: ova({"a.ovf": b"<Envelope/>", "disk1.vmdk": d, "a.mf": b"x"}), "vmdk"),
+        (None, lambda d: d, "raw"),
+    ],
+)
+def test_formats_are_unpacked_on_the_fly(tmp_path, fmt, pack, expected_format):
+    data, disk_format = fetch(tmp_path, pack(DISK), fmt)
+    assert data == DISK and disk_format == expected_format
+
+
+def test_normalise_format_is_case_insensitive():
+    assert normalise_format("Raw.GZ") == ("gz", "raw")
+    assert normalise_format("vpc.gz") == ("gz", "vhd")
+    assert normalise_format("  QCOW2 ") == (None, "qcow2")
+
+
+def test_wrong_checksum_and_wrong_size_are_refused(tmp_path):
+    with pytest.raises(TransferError, match="SHA-512"):
+        fetch(tmp_path, DISK, "RAW", sha="0" * 128)
+    with pytest.raises(TransferError, match="more than the 10 bytes"):
+        fetch(tmp_path, DISK, "RAW", size=10)
+    with pytest.raises(TransferError, match="hv:size"):
+        fetch(tmp_path, DISK, "RAW", size=len(DISK) + 5)
+
+
+def test_checksum_of_ova_trailer_is_checked_too(tmp_path):
+    payload = ova({"disk1.vmdk": DISK, "zz.mf": b"trailer"})
+    with pytest.raises(TransferError, match="SHA-512"):
+        fetch(tmp_path, payload, "OVA", sha=hashlib.sha512(payload[:-1]).hexdigest())
+
+
+def test_ova_without_a_disk_and_corrupt_gzip_are_clear_errors(tmp_path):
+    with pytest.raises(TransferError, match="no disk image"):
+        fetch(tmp_path, ova({"a.ovf": b"<Envelope/>"}), "OVA")
+    with pytest.raises(TransferError, match="cannot unpack"):
+        fetch(tmp_path, b"\x1f\x8b\x08\x00garbage" * 10, "raw.gz")
+
+
+def test_http_error_is_named_and_not_retried(tmp_path):
+    with Server(Site()) as site:
+        source = Source("img", site.url("/nope.img"), 1, "0" * 128)
+        with pytest.raises(TransferError, match="HTTP 404"):
+            SourceReader(source, requests.Session(), HttpSettings(retries=3, backoff=0.01))
+        assert len(site.requests) == 1
+
+
+def test_server_ignoring_range_is_handled_by_skipping(tmp_path):
+    from httpserve import Behaviour
+
+    with Server(Site()) as site:
+        site.files["/d.img"] = DISK
+        site.behaviour["/d.img"] = Behaviour(cut_after=100_000, ignore_range=True)
+        source = Source("img", site.url("/d.img"), len(DISK), hashlib.sha512(DISK).hexdigest())
+        reader = SourceReader(source, requests.Session(), HttpSettings(backoff=0.01))
+        out = io.BytesIO()
+        copy_stream(io.BufferedReader(reader), out.write, "img")
+        reader.close()
+    assert out.getvalue() == DISK
+
+
+def test_hook_gets_vmcatcher_environment(tmp_path, pki):
+    from conftest import list_document
+
+    from vmtrust.imagelist import validate
+
+    lst = validate(list_document(pki.endorser))
+    script = tmp_path / "hook.sh"
+    script.write_text(f"#!/bin/sh\nenv | grep VMCATCHER_ > {tmp_path}/env.txt\nexit 3\n")
+    script.chmod(0o755)
+    held = Held(store_id="x/1", record=None, seal_ok=True, location="/store/x/1.img")
+    status = hooks.run(str(script), "AvailablePostfix", lst.images[0], lst, held)
+    env = dict(line.split("=", 1) for line in (tmp_path / "env.txt").read_text().splitlines())
+    assert status == 3
+    assert env["VMCATCHER_EVENT_TYPE"] == "AvailablePostfix"
+    assert env["VMCATCHER_EVENT_DC_IDENTIFIER"] == lst.images[0].identifier
+    assert env["VMCATCHER_EVENT_HV_SIZE"] == "20"
+    assert env["VMCATCHER_EVENT_IL_DC_IDENTIFIER"] == lst.identifier
+    assert env["VMCATCHER_EVENT_VO"] == "vo.example.org"
+    assert env["VMCATCHER_EVENT_FILENAME"] == "/store/x/1.img"
+    assert "VMCATCHER_EVENT_SL_COMMENTS" not in env  # empty values are not exported
