@@ -8,7 +8,8 @@ module decides what to do, following the rules that make a sync safe:
   signature, rollback…) is left exactly as it is until that list's own
   ``dc:date:expires`` — never retired because of an upstream failure;
 * a new version is created first; the versions it replaces are retired only
-  after it is in place (:class:`Replace` carries both);
+  after it is in place (:class:`Replace` carries both) — unless an old version
+  has already expired, which is retired at once;
 * an image leaves the trusted set when its list expires, when a newer list
   no longer has it (HEPiX revocation), when its own expiry passes, or when the
   site withdraws approval;
@@ -203,6 +204,12 @@ def make_plan(
         holding = by_identifier.pop(identifier, [])
         current = [h for h in holding if _same_bytes(h.record, want)]  # type: ignore[arg-type]
         others = tuple(h for h in holding if h not in current)
+        # An old version past its own expiry leaves now: carrying it in a Replace
+        # would keep it trusted for as long as the new version fails to arrive.
+        for item in others:
+            if _expired(item.record, now):  # type: ignore[arg-type]
+                plan.actions.append(Retire(item, _expired_reason(item.record)))  # type: ignore[arg-type]
+        others = tuple(h for h in others if not _expired(h.record, now))  # type: ignore[arg-type]
         if current:
             keep, *duplicates = current
             probe = want.record(
@@ -224,9 +231,8 @@ def make_plan(
         for item in holding:
             record = item.record
             assert record is not None
-            expires = _parse(record.expires)
-            if expires is not None and expires <= now:
-                plan.actions.append(Retire(item, f"expired at {record.expires}"))
+            if _expired(record, now):
+                plan.actions.append(Retire(item, _expired_reason(record)))
             elif record.subscription in frozen and frozen[record.subscription] > now:
                 plan.kept.append(item)
             elif record.subscription in frozen:
@@ -236,6 +242,18 @@ def make_plan(
                     Retire(item, f"no longer in an approved, valid list (image {identifier})")
                 )
     return plan
+
+
+def _expired(record: TrustRecord, now: datetime) -> bool:
+    """Past its expiry, or with an expiry that cannot be read (fail closed)."""
+    expires = _parse(record.expires)
+    return expires is None or expires <= now
+
+
+def _expired_reason(record: TrustRecord) -> str:
+    if _parse(record.expires) is None:
+        return f"unreadable expiry {record.expires!r}"
+    return f"expired at {record.expires}"
 
 
 def _parse(text: str) -> datetime | None:

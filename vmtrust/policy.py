@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -88,12 +89,19 @@ class Credentials:
 def _secret(path: str | None, env: str | None, what: str) -> str | None:
     if path:
         try:
-            return Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{what} file {path}: {exc.strerror or exc}") from None
+            value = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{what} file {path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        if not value:
+            raise ConfigError(f"{what} file {path}: empty")
+        return value
     if env:
         if env not in os.environ:
             raise ConfigError(f"{what} environment variable {env} is not set")
+        if not os.environ[env]:
+            raise ConfigError(f"{what} environment variable {env}: empty")
         return os.environ[env]
     return None
 
@@ -230,8 +238,10 @@ def _approval(p: _Problems, value: Any, path: str) -> tuple[bool, frozenset[str]
             if unknown:
                 p.add(where, f"unknown rule key {unknown[0]!r} (use {', '.join(RULE_KEYS)})")
                 continue
-            if any(not isinstance(v, str | int | float) for v in entry.values()):
-                p.add(where, "rule values must be strings")
+            # YAML turns `yes` into True and `8.10` into 8.1: only text and whole
+            # numbers say what the site wrote.
+            if any(isinstance(v, bool) or not isinstance(v, str | int) for v in entry.values()):
+                p.add(where, "rule values must be strings (quote values like '8.10' or 'yes')")
                 continue
             rules.append(Rule(index=index, match=tuple((k, str(v)) for k, v in entry.items())))
         else:
@@ -271,8 +281,17 @@ def _subscription(p: _Problems, obj: Any, path: str) -> Subscription | None:
     if name and not _NAME_RE.match(name):
         p.add(f"{path}.name", f"{name!r}: use letters, digits, '.', '_' and '-' (max 64)")
     url = _string(p, obj, "url", path, required=True)
-    if url and not url.startswith(("http://", "https://", "file:")):
-        p.add(f"{path}.url", f"not an http, https or file URL: {url}")
+    if url:
+        scheme = url.partition(":")[0]  # lower case only: the fetcher dispatches on it
+        try:
+            host = urlsplit(url).hostname
+        except ValueError as exc:
+            p.add(f"{path}.url", f"not a valid URL: {url} ({exc})")
+        else:
+            if scheme not in ("http", "https", "file"):
+                p.add(f"{path}.url", f"not an http, https or file URL: {url}")
+            elif scheme != "file" and not host:
+                p.add(f"{path}.url", f"no host in URL: {url}")
     endorsers = _endorsers(p, obj.get("endorsers"), f"{path}.endorsers")
     approve_all, identifiers, rules = _approval(p, obj.get("approve"), f"{path}.approve")
     new_images = obj.get("new_images", "accept")
@@ -285,14 +304,16 @@ def _subscription(p: _Problems, obj: Any, path: str) -> Subscription | None:
     if tls_ca and not Path(tls_ca).expanduser().exists():
         p.add(f"{path}.tls_ca", f"{tls_ca}: no such file or directory")
     credentials = _credentials(p, obj.get("credentials"), f"{path}.credentials")
+    identifier = _string(p, obj, "identifier", path)
+    vo = _string(p, obj, "vo", path)
     if len(p.items) > before:
         return None
     return Subscription(
         name=name,
         url=url,
         endorsers=endorsers,
-        identifier=_string(p, obj, "identifier", path),
-        vo=_string(p, obj, "vo", path),
+        identifier=identifier,
+        vo=vo,
         approve_all=approve_all,
         identifiers=identifiers,
         rules=rules,

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from vmtrust import fileio
-from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.errors import ConfigError, ListFormatError, VmtrustError
 
 SEAL_CONTEXT = b"vmtrust-trust-record-v1\n"
 STATES = ("trusted", "retired")
@@ -84,9 +84,11 @@ class TrustRecord:
                 continue
             value = data[name]
             if name == "size":
-                if isinstance(value, str) and value.isdigit():
+                # ASCII digits only: str.isdigit() also accepts "²" (int() fails) and
+                # other scripts' digits, which no store writes.
+                if isinstance(value, str) and value.isascii() and value.isdigit():
                     value = int(value)
-                if not isinstance(value, int) or isinstance(value, bool):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise SealError(f"trust record: size is not an integer: {value!r}")
             elif not isinstance(value, str):
                 raise SealError(f"trust record: {name} is not a string: {value!r}")
@@ -152,8 +154,15 @@ def generate_key_pair(path: Path, *, overwrite: bool = False) -> Path:
     return public_path
 
 
+def _read_key_file(path: Path, what: str) -> bytes:
+    try:
+        return fileio.read_bytes(path, what=what, limit=64 * 1024)
+    except ListFormatError as exc:  # "too large" is about the key file, not an image list
+        raise ConfigError(str(exc)) from None
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    data = fileio.read_bytes(path, what="seal key", limit=64 * 1024)
+    data = _read_key_file(path, "seal key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -164,7 +173,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    data = fileio.read_bytes(path, what="seal public key", limit=64 * 1024)
+    data = _read_key_file(path, "seal public key")
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:

@@ -1,0 +1,188 @@
+"""Benchmark: an image through the whole sync into the local store, against curl | sha512sum.
+
+Both sides fetch the same file from the same loopback web server (a separate
+``python -m http.server`` process) in the same run:
+
+* baseline: ``curl -s URL | sha512sum`` (download and hash, nothing stored);
+* vmtrust: one ``vmtrust-sync`` pass as a process — fetch and verify the signed
+  list, download the image, check size and SHA-512, write it to the local
+  store with fsync, seal its trust record.
+
+Reported: wall time and the ratio (target ≤ 1.2 at 1 GiB), and the peak
+resident memory of the ``vmtrust-sync`` process for each size (target under
+150 MiB whatever the image size).
+
+Usage: ``python benchmarks/transfer.py [--sizes 1,4] [--dir DIR]`` (sizes in GiB;
+needs twice the largest size in free disk space under DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vmtrust import authoring, devpki, imagelist, smime
+
+BIN = Path(sys.executable).parent
+CHUNK = 16 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_image(path: Path, size: int) -> str:
+    """Write ``size`` pseudo-random bytes (not compressible); return their SHA-512."""
+    digest = hashlib.sha512()
+    block = os.urandom(CHUNK)
+    with open(path, "wb") as out:
+        written = 0
+        while written < size:
+            chunk = block[: min(CHUNK, size - written)]
+            out.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+    return digest.hexdigest()
+
+
+def child_peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def run_size(
+    work: Path, gib: float, pki: devpki.DevPKI, ca_dir: Path, base: str, www: Path
+) -> tuple[float, float, float]:
+    size = int(gib * 1024**3)
+    image = www / f"wn-{gib}.img"
+    sha = make_image(image, size)
+    doc = authoring.new_list(
+        title="bench",
+        description="",
+        source="",
+        uri=f"{base}/b.list",
+        endorser_dn=pki.endorser.dn,
+        endorser_ca=pki.endorser.ca_dn,
+    )
+    entry = {
+        "hv:image": {
+            "dc:identifier": f"bench-{gib}",
+            "dc:title": "bench",
+            "dc:description": "",
+            "hv:uri": f"{base}/{image.name}",
+            "hv:size": size,
+            "sl:checksum:sha512": sha,
+            "sl:arch": "x86_64",
+            "sl:os": "Linux",
+            "sl:osversion": "9",
+            "sl:comments": "",
+            "hv:hypervisor": "KVM",
+            "hv:version": "1",
+            "hv:format": "RAW",
+        }
+    }
+    doc, _ = authoring.add_image(doc, entry)
+    (www / "b.list").write_bytes(
+        smime.sign(imagelist.dumps(doc), pki.endorser.cert, pki.endorser.key)
+    )
+    site = work / f"site-{gib}"
+    site.mkdir()
+    (site / "subs.yaml").write_text(
+        f"subscriptions:\n  - name: bench\n    url: {base}/b.list\n    endorsers:\n"
+        f"      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n    approve: all\n"
+    )
+    conf = site / "vmtrust.conf"
+    conf.write_text(
+        f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
+        f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
+        f"[store_local]\npath = {site}/store\n"
+    )
+    subprocess.run(
+        [BIN / "vmtrust", "keygen", "--out", site / "seal.key"], check=True, capture_output=True
+    )
+
+    start = time.perf_counter()
+    baseline = subprocess.run(
+        f"curl -s {base}/{image.name} | sha512sum",
+        shell=True,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    curl_time = time.perf_counter() - start
+    assert baseline.stdout.split()[0] == sha
+
+    start = time.perf_counter()
+    subprocess.run([BIN / "vmtrust-sync", "--config-file", conf], check=True)
+    sync_time = time.perf_counter() - start
+    peak = child_peak_rss_mib()
+    stored = list((site / "store" / "images").glob("*/*.img"))
+    assert len(stored) == 1 and stored[0].stat().st_size == size
+    shutil.rmtree(site)
+    image.unlink()
+    return curl_time, sync_time, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,4", help="GiB, comma-separated (default 1,4)")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    args = parser.parse_args()
+    if not shutil.which("curl"):
+        print("benchmark needs curl", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vmtrust-transfer-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        pki = devpki.DevPKI(work)
+        ca_dir = pki.install()
+        www = work / "www"
+        www.mkdir()
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(www),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)
+            print(
+                f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+                f"Python {platform.python_version()}"
+            )
+            for gib in (float(s) for s in args.sizes.split(",")):
+                curl_time, sync_time, peak = run_size(
+                    work, gib, pki, ca_dir, f"http://127.0.0.1:{port}", www
+                )
+                print(
+                    f"{gib:g} GiB: curl|sha512sum {curl_time:6.2f} s, vmtrust-sync "
+                    f"{sync_time:6.2f} s, ratio {sync_time / curl_time:.2f}; "
+                    f"peak RSS of vmtrust-sync so far {peak:.0f} MiB"
+                )
+        finally:
+            server.terminate()
+            server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
