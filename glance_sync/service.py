@@ -24,11 +24,13 @@ from pathlib import Path
 import requests
 
 from glance_sync import hooks
+from glance_sync.convert import convert
 from glance_sync.fetch import USER_AGENT, fetch_list
 from glance_sync.plan import Create, Desired, Held, Purge, Refresh, Replace, Retire, make_plan
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
+from glance_sync.stores.local import safe_name
 from glance_sync.transfer import Source, SourceReader, TransferError, open_disk
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.policy import Subscription
@@ -201,8 +203,18 @@ class SyncService:
         source = Source(image.identifier, image.uri, image.size, image.sha512, image.format)
         tick = self.progress(image.title, image.size) if self.progress else None
         reader = SourceReader(source, self.session, self.s.http, tick)
+        converted = None
         try:
             stream, disk_format = open_disk(reader, image.format)
+            wanted = self.store.disk_format(disk_format)
+            if wanted != disk_format:
+                workdir = self.s.state_dir / "convert"
+                workdir.mkdir(exist_ok=True)
+                converted = convert(
+                    stream, disk_format, wanted, workdir, safe_name(image.identifier)
+                )
+                reader.drain()  # the download is checked before the converted file is used
+                stream, disk_format = open(converted, "rb"), wanted  # noqa: SIM115
 
             def finish(store_id: str, size: int, sha512: str) -> tuple:
                 reader.drain()  # size and SHA-512 of the download, before committing
@@ -214,6 +226,9 @@ class SyncService:
             return self.store.create(image.identifier, image.version, stream, disk_format, finish)
         finally:
             reader.close()
+            if converted is not None:
+                stream.close()
+                converted.unlink(missing_ok=True)
 
     def _apply_create(self, action: Create | Replace, report: Report, now: datetime) -> None:
         want = action.desired

@@ -33,6 +33,7 @@ class SyncSettings:
     max_list_bytes: int
     hook: str | None
     local_path: Path
+    local_disk_format: str = ""
 
 
 def _path(value: str, option: str) -> Path:
@@ -78,6 +79,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         max_list_bytes=conf.trust.max_list_bytes,
         hook=conf.store_local.hook or None,
         local_path=_path(conf.store_local.path, "[store_local] path"),
+        local_disk_format=conf.store_local.disk_format.strip().lower(),
     )
 
 
@@ -85,7 +87,9 @@ def make_store(settings: SyncSettings) -> Store:
     if settings.store_name == "local":
         from glance_sync.stores.local import LocalStore
 
-        return LocalStore(settings.local_path, [settings.seal_key.public_key()])
+        return LocalStore(
+            settings.local_path, [settings.seal_key.public_key()], settings.local_disk_format
+        )
     raise ConfigError(
         f"[sync] store = {settings.store_name}: not available yet "
         "(this version has the local store)"

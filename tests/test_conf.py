@@ -64,7 +64,7 @@ def test_entry_point_and_groups():
             "http_backoff",
             "interval",
         },
-        "store_local": {"path", "hook"},
+        "store_local": {"path", "hook", "disk_format"},
     }
 
 

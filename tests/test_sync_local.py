@@ -8,6 +8,9 @@ this version covers.
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -107,8 +110,6 @@ def trusted(service: SyncService) -> dict[str, str]:
 
 
 def _seal_of(held) -> str:
-    import json
-
     return json.loads(Path(held.location).with_suffix(".json").read_text())["seal"]
 
 
@@ -242,3 +243,32 @@ def test_altered_record_breaks_the_seal_and_is_retired(sync, site, pki):
     assert problems and "seal" in problems[0].problem
     sync.run(sync.subs)
     assert trusted(sync) == {"a": "1"}  # re-created from the list, the altered copy retired
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (qemu-utils)")
+def test_store_asking_for_qcow2_gets_a_converted_image(sync, site, pki):
+    sync.store.target_format = "qcow2"
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    report = sync.run(sync.subs)
+    assert report.exit_code == 0, report.failures
+    (held,) = sync.store.held()
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", held.location],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(info.stdout)["format"] == "qcow2"
+    assert held.record.disk_format == "qcow2"
+    assert held.record.source_sha512 == hashlib.sha512(IMAGE_A).hexdigest()
+    assert trusted(sync) == {"a": "1"}  # seal and stored-bytes hash checked
+    assert list((sync.s.state_dir / "convert").iterdir()) == []
+
+
+def test_conversion_failure_is_reported_and_nothing_is_stored(sync, site, pki):
+    sync.store.target_format = "no-such-format"
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    report = sync.run(sync.subs)
+    assert report.exit_code == 1
+    assert "a" in report.failures[0] and ("qemu-img" in report.failures[0])
+    assert trusted(sync) == {}

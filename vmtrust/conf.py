@@ -172,6 +172,12 @@ store_local_opts = [
         help="Program run after an image is stored (AvailablePostfix) or retired "
         "(ExpirePostfix) with vmcatcher's VMCATCHER_EVENT_* environment; no shell.",
     ),
+    cfg.StrOpt(
+        "disk_format",
+        default="",
+        help="Convert every image to this disk format with qemu-img (e.g. raw or qcow2); "
+        "empty keeps each image in the format it was published in.",
+    ),
 ]
 
 

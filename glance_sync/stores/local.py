@@ -55,9 +55,12 @@ class LocalStoreError(VmtrustError):
 class LocalStore(Store):
     name = "local"
 
-    def __init__(self, path: Path, seal_keys: list[Ed25519PublicKey]) -> None:
+    def __init__(
+        self, path: Path, seal_keys: list[Ed25519PublicKey], target_format: str = ""
+    ) -> None:
         self.root = Path(path).expanduser()
         self.seal_keys = seal_keys
+        self.target_format = target_format
         try:
             for sub in ("images", "retired", ".partial"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -116,6 +119,9 @@ class LocalStore(Store):
             for meta in sorted((self.root / area).glob("*/*.json")):
                 result.append(self._read(meta, retired))
         return result
+
+    def disk_format(self, source_format: str) -> str:
+        return self.target_format or source_format
 
     def free_bytes(self) -> int | None:
         usage = shutil.disk_usage(self.root)
