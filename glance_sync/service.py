@@ -11,6 +11,7 @@ the run goes on with everything else, then exits non-zero.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -106,6 +107,7 @@ class SyncService:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.progress = progress
+        self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
 
     # --- lists ------------------------------------------------------------------
 
@@ -202,7 +204,9 @@ class SyncService:
             )
         source = Source(image.identifier, image.uri, image.size, image.sha512, image.format)
         tick = self.progress(image.title, image.size) if self.progress else None
-        reader = SourceReader(source, self.session, self.s.http, tick)
+        # Images come from the same endorser infrastructure as the list: same TLS anchors.
+        http = dataclasses.replace(self.s.http, verify=self._tls.get(want.subscription, True))
+        reader = SourceReader(source, self.session, http, tick)
         converted = None
         try:
             stream, disk_format = open_disk(reader, image.format)
@@ -267,6 +271,7 @@ class SyncService:
     ) -> Report:
         now = now or datetime.now(UTC)
         report = Report()
+        self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         with exclusive_lock(self.s.state_dir):
             if not dry_run:
                 for line in self.store.cleanup():

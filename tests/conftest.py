@@ -204,3 +204,59 @@ def sign(pki: TestPKI) -> SignFn:
         )
 
     return _sign
+
+
+# --- the sync service against a loopback web server ----------------------------
+
+
+@pytest.fixture
+def site():
+    """A real web server on a free loopback port, stopped after the test."""
+    from httpserve import Server, Site
+
+    with Server(Site()) as running:
+        yield running
+
+
+@pytest.fixture
+def sync(tmp_path: Path, ca_dir: Path, site, pki):
+    """A sync service with a fresh seal key and local store, subscribed to ``site``."""
+    from glance_sync.service import SyncService
+    from glance_sync.settings import SyncSettings
+    from glance_sync.stores.local import LocalStore
+    from glance_sync.transfer import HttpSettings
+    from vmtrust.imagelist import Endorser
+    from vmtrust.policy import Subscription
+    from vmtrust.record import generate_key_pair, load_private_key
+
+    generate_key_pair(tmp_path / "seal.key")
+    key = load_private_key(tmp_path / "seal.key")
+    settings = SyncSettings(
+        state_dir=tmp_path / "state",
+        subscriptions_file=tmp_path / "unused.yaml",
+        trust=TrustStore(ca_dir),
+        seal_key=key,
+        store_name="local",
+        retire_mode="deactivate",
+        retire_grace=timedelta(days=7),
+        parallel_downloads=2,
+        http=HttpSettings(timeout=5, retries=2, backoff=0.01),
+        allow_sha1=False,
+        clock_skew=timedelta(minutes=5),
+        max_list_bytes=1 << 20,
+        hook=None,
+        local_path=tmp_path / "store",
+    )
+    store = LocalStore(settings.local_path, [key.public_key()])
+    service = SyncService(settings, store)
+    subs = (
+        Subscription(
+            name="example",
+            url=site.url("/site.list"),
+            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
+            approve_all=True,
+        ),
+    )
+    service.subs = subs  # type: ignore[attr-defined]
+    yield service
+    service.close()

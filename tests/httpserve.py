@@ -7,6 +7,7 @@ error — the failures the sync must survive.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ class Site:
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     port: int = 0
+    scheme: str = "http"
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
 
 def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
@@ -82,9 +84,12 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
 class Server:
     """Context manager: start on a free loopback port, stop on exit."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, tls: ssl.SSLContext | None = None) -> None:
         self.site = site
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(site))
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            site.scheme = "https"
         self.httpd.daemon_threads = True
         site.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

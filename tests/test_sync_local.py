@@ -7,6 +7,7 @@ this version covers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -16,17 +17,11 @@ from pathlib import Path
 
 import pytest
 from conftest import image_entry, list_document
-from httpserve import Behaviour, Server, Site
+from httpserve import Behaviour, Site
 
 from glance_sync.service import LockError, SyncService, exclusive_lock
-from glance_sync.settings import SyncSettings
-from glance_sync.stores.local import LocalStore
-from glance_sync.transfer import HttpSettings
 from vmtrust import imagelist, smime
-from vmtrust.imagelist import Endorser
-from vmtrust.policy import Subscription
-from vmtrust.record import check_seal, generate_key_pair, load_private_key
-from vmtrust.truststore import TrustStore
+from vmtrust.record import check_seal
 
 IMAGE_A = b"A" * 300_000
 IMAGE_B = b"B" * 200_000
@@ -53,47 +48,6 @@ def publish(site: Site, pki, images: list[dict], version: str) -> None:
     site.files["/site.list"] = smime.sign(
         imagelist.dumps(document), pki.endorser.cert, pki.endorser.key
     )
-
-
-@pytest.fixture
-def site():
-    with Server(Site()) as running:
-        yield running
-
-
-@pytest.fixture
-def sync(tmp_path: Path, ca_dir: Path, site: Site, pki):
-    generate_key_pair(tmp_path / "seal.key")
-    key = load_private_key(tmp_path / "seal.key")
-    settings = SyncSettings(
-        state_dir=tmp_path / "state",
-        subscriptions_file=tmp_path / "unused.yaml",
-        trust=TrustStore(ca_dir),
-        seal_key=key,
-        store_name="local",
-        retire_mode="deactivate",
-        retire_grace=timedelta(days=7),
-        parallel_downloads=2,
-        http=HttpSettings(timeout=5, retries=2, backoff=0.01),
-        allow_sha1=False,
-        clock_skew=timedelta(minutes=5),
-        max_list_bytes=1 << 20,
-        hook=None,
-        local_path=tmp_path / "store",
-    )
-    store = LocalStore(settings.local_path, [key.public_key()])
-    service = SyncService(settings, store)
-    subs = (
-        Subscription(
-            name="example",
-            url=site.url("/site.list"),
-            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
-            approve_all=True,
-        ),
-    )
-    service.subs = subs  # type: ignore[attr-defined]
-    yield service
-    service.close()
 
 
 def trusted(service: SyncService) -> dict[str, str]:
@@ -272,3 +226,41 @@ def test_conversion_failure_is_reported_and_nothing_is_stored(sync, site, pki):
     assert report.exit_code == 1
     assert "a" in report.failures[0] and ("qemu-img" in report.failures[0])
     assert trusted(sync) == {}
+
+
+def test_no_room_in_the_store_is_refused_before_downloading(sync, site, pki):
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    sync.store.free_bytes = lambda: 1000  # the file system's answer, at the boundary
+    report = sync.run(sync.subs)
+    assert report.exit_code == 1 and "bytes free" in report.failures[0]
+    assert not any(p.startswith("/img/") for p, _ in site.requests)
+
+
+def test_retired_images_are_purged_after_the_grace_period_in_delete_mode(sync, site, pki):
+    sync.s.retire_mode = "delete"
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    sync.run(sync.subs)
+    publish(site, pki, [], "2")
+    sync.run(sync.subs)
+    retired = [h for h in sync.store.held() if h.retired]
+    assert len(retired) == 1 and Path(retired[0].location).exists()
+    sync.run(sync.subs, now=datetime.now(UTC) + timedelta(days=8))
+    assert sync.store.held() == [] and not Path(retired[0].location).exists()
+
+
+def test_same_image_in_two_subscriptions_is_a_conflict_and_not_trusted(sync, site, pki):
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    site.files["/other.list"] = site.files["/site.list"]
+    other = dataclasses.replace(sync.subs[0], name="other", url=site.url("/other.list"))
+    report = sync.run((*sync.subs, other))
+    assert report.exit_code == 1
+    assert "several subscriptions" in report.failures[0] and "example, other" in report.failures[0]
+    assert trusted(sync) == {}
+
+
+def test_withdrawn_approval_retires_the_image(sync, site, pki):
+    publish(site, pki, [entry("a", IMAGE_A, site), entry("b", IMAGE_B, site)], "1")
+    sync.run(sync.subs)
+    only_a = (dataclasses.replace(sync.subs[0], approve_all=False, identifiers=frozenset({"a"})),)
+    assert sync.run(only_a).exit_code == 0
+    assert trusted(sync) == {"a": "1"}
