@@ -142,3 +142,26 @@ def test_dry_run_prints_the_plan_and_changes_nothing(conf, tmp_path):
     result = sync(conf, "--dry-run")
     assert "create  wn" in result.stdout
     assert not list((tmp_path / "store").glob("images/*/*.img"))
+
+
+def test_daemon_syncs_then_stops_cleanly_on_sigterm(conf):
+    process = subprocess.Popen(
+        [BIN / "vmtrust-sync", "--config-file", conf, "--daemon", "--interval", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        store = conf.parent / "store"
+        while time.monotonic() < deadline and not list(store.glob("images/*/*.json")):
+            time.sleep(0.1)
+        assert list(store.glob("images/*/*.json")), "the daemon should have stored the image"
+        time.sleep(1.5)  # at least one more pass
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert err.count("subscription broken") >= 2  # reported on every pass, daemon goes on
+    assert len(images(conf)) == 1
