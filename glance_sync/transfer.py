@@ -20,6 +20,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import http.client
 import io
 import logging
 import lzma
@@ -238,48 +239,61 @@ class SourceReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def _reopen(self) -> None:
+        self._close_body()
+        self._open()
+
+    def read_chunk(self, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes of the image, checked and hashed; b"" at the verified end.
+
+        A broken or early-closed connection is resumed (HTTP Range) with
+        back-off, at most ``retries`` times without receiving a byte in between.
+        """
         if self._eof:
-            return 0
+            return b""
+        local = self.source.uri.startswith("file:")
         attempt = 0
         while True:
             try:
-                count = self._body.readinto(buffer) if hasattr(self._body, "readinto") else 0
-                break
-            except (requests.ConnectionError, requests.Timeout, OSError, ConnectionError) as exc:
-                if self.source.uri.startswith("file:"):
+                chunk = self._body.read(size)
+            except (requests.RequestException, OSError, http.client.HTTPException) as exc:
+                if local:
                     raise TransferError(
                         f"image {self.source.identifier}: read error: {exc}"
                     ) from None
                 attempt = self._backoff(attempt, exc)
-                self._close_body()
-                self._open()
-            except Exception as exc:  # urllib3 ProtocolError etc.
-                if type(exc).__module__.startswith("urllib3"):
-                    attempt = self._backoff(attempt, exc)
-                    self._close_body()
-                    self._open()
-                    continue
-                raise
-        if count == 0:
-            if self.received < self.source.size and not self.source.uri.startswith("file:"):
-                # The server closed early without an error: resume.
-                attempt = self._backoff(0, ConnectionError("connection closed early"))
-                self._close_body()
-                self._open()
-                return self.readinto(buffer)
+                self._reopen()
+                continue
+            except Exception as exc:  # urllib3's ProtocolError and friends
+                if not type(exc).__module__.startswith("urllib3"):
+                    raise
+                attempt = self._backoff(attempt, exc)
+                self._reopen()
+                continue
+            if chunk:
+                break
+            if self.received < self.source.size and not local:
+                attempt = self._backoff(attempt, ConnectionError("connection closed early"))
+                self._reopen()
+                continue
             self._eof = True
             self._finish()
-            return 0
-        self.received += count
+            return b""
+        self.received += len(chunk)
         if self.received > self.source.size:
             raise TransferError(
                 f"image {self.source.identifier}: more than the {self.source.size} "
                 "bytes the list gives (hv:size)"
             )
-        self.digest.update(bytes(memoryview(buffer)[:count]))
+        self.digest.update(chunk)
         if self.progress:
-            self.progress(count)
+            self.progress(len(chunk))
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read_chunk(len(buffer))
+        count = len(chunk)
+        memoryview(buffer)[:count] = chunk
         return count
 
     def _finish(self) -> None:
@@ -298,8 +312,7 @@ class SourceReader(io.RawIOBase):
 
     def drain(self) -> None:
         """Read to the end so that size and checksum are checked (OVA trailers)."""
-        buffer = bytearray(CHUNK)
-        while self.readinto(buffer):
+        while self.read_chunk(CHUNK):
             pass
 
     def _close_body(self) -> None:
@@ -323,7 +336,7 @@ def open_disk(reader: SourceReader, fmt: str | None) -> tuple[IO[bytes], str]:
     """
     compression, disk = normalise_format(fmt)
     if compression is None and disk not in ("ova", "tar"):
-        return _Passthrough(reader, CHUNK), disk
+        return _Passthrough(reader), disk  # type: ignore[return-value]
     buffered = io.BufferedReader(reader, CHUNK)
     stream: IO[bytes] = buffered
     if compression == "gz":
@@ -337,17 +350,24 @@ def open_disk(reader: SourceReader, fmt: str | None) -> tuple[IO[bytes], str]:
     return stream, disk
 
 
-class _Passthrough(io.BufferedReader):
+class _Passthrough:
     """Disk bytes that *are* the download: the reader's SHA-512 is the stored bytes' too.
 
-    Saves hashing every byte twice, which would halve the throughput of the
-    common case (QCOW2 or raw images stored as they are).
+    Hands the reader's chunks through without copying them and saves hashing
+    every byte twice — the common case of QCOW2 or raw images stored as they are.
     """
 
+    def __init__(self, reader: SourceReader) -> None:
+        self.reader = reader
+
+    def read(self, size: int = CHUNK) -> bytes:
+        return self.reader.read_chunk(size)
+
     def source_digest(self) -> str:
-        raw = self.raw
-        assert isinstance(raw, SourceReader)
-        return raw.digest.hexdigest()
+        return self.reader.digest.hexdigest()
+
+    def close(self) -> None:
+        """The reader is closed by whoever opened it."""
 
 
 def _ova_disk(stream: IO[bytes], identifier: str) -> tuple[IO[bytes], str]:

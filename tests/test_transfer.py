@@ -154,3 +154,27 @@ def test_hook_gets_vmcatcher_environment(tmp_path, pki):
     assert env["VMCATCHER_EVENT_VO"] == "vo.example.org"
     assert env["VMCATCHER_EVENT_FILENAME"] == "/store/x/1.img"
     assert "VMCATCHER_EVENT_SL_COMMENTS" not in env  # empty values are not exported
+
+
+def test_a_server_that_keeps_cutting_without_progress_is_given_up_after_the_retries():
+    from httpserve import Behaviour
+
+    with Server(Site()) as site:
+        site.files["/d.img"] = DISK
+
+        class Always(Behaviour):
+            @property
+            def cut_after(self):  # every response stops before the first byte
+                return 0
+
+            @cut_after.setter
+            def cut_after(self, value):
+                pass
+
+        site.behaviour["/d.img"] = Always()
+        source = Source("img", site.url("/d.img"), len(DISK), hashlib.sha512(DISK).hexdigest())
+        reader = SourceReader(source, requests.Session(), HttpSettings(retries=3, backoff=0.01))
+        with pytest.raises(TransferError, match="gave up after 4 attempts"):
+            reader.drain()
+        reader.close()
+        assert len(site.requests) == 4
