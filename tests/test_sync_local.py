@@ -264,3 +264,36 @@ def test_withdrawn_approval_retires_the_image(sync, site, pki):
     only_a = (dataclasses.replace(sync.subs[0], approve_all=False, identifiers=frozenset({"a"})),)
     assert sync.run(only_a).exit_code == 0
     assert trusted(sync) == {"a": "1"}
+
+
+def test_site_hook_runs_after_store_and_retire_with_vmcatcher_events(sync, site, pki, tmp_path):
+    log = tmp_path / "events.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'echo "$VMCATCHER_EVENT_TYPE $VMCATCHER_EVENT_DC_IDENTIFIER '
+        f'$VMCATCHER_EVENT_HV_VERSION" >> {log}\n'
+    )
+    hook.chmod(0o755)
+    sync.s.hook = str(hook)
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    sync.run(sync.subs)
+    publish(site, pki, [entry("a", IMAGE_A + b"2", site, version="2")], "2")
+    sync.run(sync.subs)
+    assert log.read_text().splitlines() == [
+        "AvailablePostfix a 1",
+        "AvailablePostfix a 2",
+        "ExpirePostfix a 1",
+    ]
+
+
+def test_new_images_wait_for_approval_when_the_site_refuses_them(sync, site, pki):
+    careful = (dataclasses.replace(sync.subs[0], new_images="refuse"),)
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    sync.run(careful)
+    publish(site, pki, [entry("a", IMAGE_A, site), entry("b", IMAGE_B, site)], "2")
+    assert sync.run(careful).exit_code == 0
+    assert trusted(sync) == {"a": "1"}
+    approved = (dataclasses.replace(careful[0], identifiers=frozenset({"b"})),)
+    sync.run(approved)
+    assert trusted(sync) == {"a": "1", "b": "1"}
