@@ -7,6 +7,7 @@ error — the failures the sync must survive.
 
 from __future__ import annotations
 
+import base64
 import ssl
 import threading
 import time
@@ -29,6 +30,7 @@ class Site:
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     port: int = 0
     scheme: str = "http"
+    basic_auth: str | None = None  #: "user:password" required for *.list paths
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
@@ -44,6 +46,14 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             range_header = self.headers.get("Range")
             site.requests.append((self.path, range_header))
+            if site.basic_auth is not None and self.path.endswith(".list"):
+                wanted = "Basic " + base64.b64encode(site.basic_auth.encode()).decode()
+                if self.headers.get("Authorization") != wanted:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="lists"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
             data = site.files.get(self.path)
             how = site.behaviour.get(self.path, Behaviour())
             if how.status is not None:

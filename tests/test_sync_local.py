@@ -21,6 +21,7 @@ from httpserve import Behaviour, Site
 
 from glance_sync.service import LockError, SyncService, exclusive_lock
 from vmtrust import imagelist, smime
+from vmtrust.policy import Credentials
 from vmtrust.record import check_seal
 
 IMAGE_A = b"A" * 300_000
@@ -297,3 +298,32 @@ def test_new_images_wait_for_approval_when_the_site_refuses_them(sync, site, pki
     approved = (dataclasses.replace(careful[0], identifiers=frozenset({"b"})),)
     sync.run(approved)
     assert trusted(sync) == {"a": "1", "b": "1"}
+
+
+def test_list_identifier_is_pinned_on_first_use(sync, site, pki):
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    sync.run(sync.subs)
+    document = list_document(
+        pki.endorser, version="2", identifier="another-list", images=[entry("b", IMAGE_B, site)]
+    )
+    site.files["/site.list"] = smime.sign(
+        imagelist.dumps(document), pki.endorser.cert, pki.endorser.key
+    )
+    report = sync.run(sync.subs)
+    assert report.exit_code == 1 and "expected identifier" in report.failures[0]
+    assert trusted(sync) == {"a": "1"}
+
+
+def test_appdb_token_credentials_from_a_file(sync, site, pki, tmp_path, caplog):
+    site.basic_auth = "s3cret-token:x-oauth-basic"  # AppDB's form for private VO lists
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    denied = sync.run(sync.subs)
+    assert denied.exit_code == 1 and "HTTP 401" in denied.failures[0]
+    assert "credentials" in denied.failures[0]
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    sub = dataclasses.replace(sync.subs[0], credentials=Credentials(token_file=str(token)))
+    report = sync.run((sub,))
+    assert report.exit_code == 0, report.failures
+    assert trusted(sync) == {"a": "1"}
+    assert all("s3cret" not in r.getMessage() for r in caplog.records)
