@@ -8,6 +8,9 @@ Both sides fetch the same file from the same loopback web server (a separate
   list, download the image, check size and SHA-512, write it to the local
   store with fsync, seal its trust record.
 
+Each side runs three times, interleaved, into a fresh store each time; medians are
+reported (the first round pays cold caches on both sides).
+
 Reported: wall time and the ratio (target ≤ 1.2 at 1 GiB), and the peak
 resident memory of the ``vmtrust-sync`` process for each size (target under
 150 MiB whatever the image size).
@@ -25,6 +28,7 @@ import platform
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,7 @@ from vmtrust import authoring, devpki, imagelist, smime
 
 BIN = Path(sys.executable).parent
 CHUNK = 16 * 1024 * 1024
+ROUNDS = 3
 
 
 def free_port() -> int:
@@ -67,6 +72,7 @@ def run_size(
     size = int(gib * 1024**3)
     image = www / f"wn-{gib}.img"
     sha = make_image(image, size)
+    os.sync()  # flush the new file now, so its write-back does not land inside a measurement
     doc = authoring.new_list(
         title="bench",
         description="",
@@ -112,23 +118,31 @@ def run_size(
         [BIN / "vmtrust", "keygen", "--out", site / "seal.key"], check=True, capture_output=True
     )
 
-    start = time.perf_counter()
-    baseline = subprocess.run(
-        f"curl -s {base}/{image.name} | sha512sum",
-        shell=True,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    curl_time = time.perf_counter() - start
-    assert baseline.stdout.split()[0] == sha
-
-    start = time.perf_counter()
-    subprocess.run([BIN / "vmtrust-sync", "--config-file", conf], check=True)
-    sync_time = time.perf_counter() - start
+    curl_times, sync_times = [], []
+    for _round in range(ROUNDS):  # interleaved; medians; the first round also warms up
+        start = time.perf_counter()
+        baseline = subprocess.run(
+            f"curl -s {base}/{image.name} | sha512sum",
+            shell=True,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        curl_times.append(time.perf_counter() - start)
+        assert baseline.stdout.split()[0] == sha
+        for leftover in ("store", "state"):
+            shutil.rmtree(site / leftover, ignore_errors=True)
+        start = time.perf_counter()
+        subprocess.run([BIN / "vmtrust-sync", "--config-file", conf], check=True)
+        sync_times.append(time.perf_counter() - start)
+        stored = list((site / "store" / "images").glob("*/*.img"))
+        assert len(stored) == 1 and stored[0].stat().st_size == size
     peak = child_peak_rss_mib()
-    stored = list((site / "store" / "images").glob("*/*.img"))
-    assert len(stored) == 1 and stored[0].stat().st_size == size
+    print(
+        f"  samples: curl {', '.join(f'{t:.2f}' for t in curl_times)}; "
+        f"sync {', '.join(f'{t:.2f}' for t in sync_times)}"
+    )
+    curl_time, sync_time = statistics.median(curl_times), statistics.median(sync_times)
     shutil.rmtree(site)
     image.unlink()
     return curl_time, sync_time, peak
@@ -175,7 +189,7 @@ def main() -> int:
                 )
                 print(
                     f"{gib:g} GiB: curl|sha512sum {curl_time:6.2f} s, vmtrust-sync "
-                    f"{sync_time:6.2f} s, ratio {sync_time / curl_time:.2f}; "
+                    f"{sync_time:6.2f} s (medians of {ROUNDS}), ratio {sync_time / curl_time:.2f}; "
                     f"peak RSS of vmtrust-sync so far {peak:.0f} MiB"
                 )
         finally:
