@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import IO
 
@@ -38,8 +39,9 @@ def convert(
             f"image {identifier}: converting {source_format} to {target_format} "
             "needs qemu-img (install the qemu-utils package)"
         )
-    source = workdir / f"{identifier}.source"
-    target = workdir / f"{identifier}.{target_format}"
+    work = uuid.uuid4().hex  # list data never becomes a file name
+    source = workdir / f"{work}.source"
+    target = workdir / f"{work}.{target_format}"
     with open(source, "wb") as out:
         copy_stream(stream, out.write, identifier)
     try:

@@ -76,7 +76,6 @@ def run(
     image: Image | None,
     imagelist: ImageList | None,
     held: Held,
-    settings: Any = None,
 ) -> int | None:
     """Run the site hook for ``event``; return its exit status (None if no hook)."""
     if not command:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from vmtrust.imagelist import Endorser, Image, ImageList, format_date
+from vmtrust.imagelist import Endorser, Image, ImageList, format_date, parse_date
 from vmtrust.record import TrustRecord
 
 
@@ -257,8 +257,6 @@ def _expired_reason(record: TrustRecord) -> str:
 
 
 def _parse(text: str) -> datetime | None:
-    from vmtrust.imagelist import parse_date
-
     try:
         return parse_date(text)
     except ValueError:

@@ -31,7 +31,6 @@ from glance_sync.plan import Create, Desired, Held, Purge, Refresh, Replace, Ret
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
-from glance_sync.stores.local import safe_name
 from glance_sync.transfer import Source, SourceReader, TransferError, open_disk
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.policy import Subscription
@@ -214,9 +213,7 @@ class SyncService:
             if wanted != disk_format:
                 workdir = self.s.state_dir / "convert"
                 workdir.mkdir(exist_ok=True)
-                converted = convert(
-                    stream, disk_format, wanted, workdir, safe_name(image.identifier)
-                )
+                converted = convert(stream, disk_format, wanted, workdir, image.identifier)
                 reader.drain()  # the download is checked before the converted file is used
                 stream, disk_format = open(converted, "rb"), wanted  # noqa: SIM115
 
@@ -245,7 +242,7 @@ class SyncService:
             report.fail(f"image {want.identifier}: {exc}")
             return
         report.done.append(f"stored {want.identifier} {want.image.version} ({want.image.title})")
-        hooks.run(self.s.hook, "AvailablePostfix", want.image, want.imagelist, held, self.s)
+        hooks.run(self.s.hook, "AvailablePostfix", want.image, want.imagelist, held)
         if isinstance(action, Replace):
             for old in action.old:
                 self._retire(old, f"replaced by version {want.image.version}", report, now)
@@ -257,7 +254,7 @@ class SyncService:
             report.fail(f"retire {held.identifier or held.store_id}: {exc}")
             return
         report.done.append(f"retired {held.identifier or held.store_id}: {reason}")
-        hooks.run(self.s.hook, "ExpirePostfix", None, None, held, self.s)
+        hooks.run(self.s.hook, "ExpirePostfix", None, None, held)
 
     # --- the pass -----------------------------------------------------------------------
 

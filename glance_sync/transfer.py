@@ -28,6 +28,7 @@ import queue
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -72,8 +73,8 @@ def normalise_format(value: str | None) -> tuple[str | None, str]:
     """Split ``hv:format`` into (compression, disk format), case-insensitively.
 
     ``"QCOW2"`` → (None, "qcow2"); ``"raw.gz"`` → ("gz", "raw"); ``"OVA"`` →
-    (None, "ova"); unknown or missing → (None, "raw")? No: missing stays
-    "raw" only because HEPiX lists without ``hv:format`` are raw disks.
+    (None, "ova").  A missing ``hv:format`` means a raw disk, as in HEPiX lists
+    that predate the field; other names pass through lower-cased.
     """
     if not value:
         return None, "raw"
@@ -402,12 +403,6 @@ def copy_stream(
                 digest.update(chunk)
             write(chunk)
             size += len(chunk)
-    except (OSError, EOFError, lzma.LZMAError, tarfile.TarError, zlib_error()) as exc:
+    except (OSError, EOFError, lzma.LZMAError, tarfile.TarError, zlib.error) as exc:
         raise TransferError(f"image {identifier}: cannot unpack ({exc})") from None
     return size, passthrough() if passthrough is not None else digest.hexdigest()
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from conftest import list_document
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
+from verify_support import refused, verify
 
 from vmtrust import devpki, imagelist, smime
 from vmtrust.errors import (
@@ -33,18 +33,6 @@ from vmtrust.errors import (
 )
 from vmtrust.imagelist import Endorser
 from vmtrust.truststore import TrustStore, subject_hash
-from vmtrust.verify import Policy, verify_signed_list
-
-
-def verify(data, trust, **policy):
-    return verify_signed_list(data, Policy(trust=trust, **policy))
-
-
-def refused(exc, fragment, data, trust, **policy):
-    with pytest.raises(exc) as info:
-        verify(data, trust, **policy)
-    assert fragment in str(info.value)
-    return info.value
 
 
 def write_crl(ca_dir, ca, **kwargs):

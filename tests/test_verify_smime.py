@@ -8,23 +8,12 @@ import subprocess
 
 import pytest
 from conftest import list_document
+from verify_support import refused, verify
 
 from vmtrust import imagelist, smime
 from vmtrust.errors import BadSignature, SmimeFormatError, VmtrustError, WeakAlgorithm
-from vmtrust.verify import Policy, verify_signed_list
 
 requires_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH")
-
-
-def verify(data, trust, **policy):
-    return verify_signed_list(data, Policy(trust=trust, **policy))
-
-
-def refused(exc, fragment, data, trust, **policy):
-    with pytest.raises(exc) as info:
-        verify(data, trust, **policy)
-    assert fragment in str(info.value)
-    return info.value
 
 
 ENVELOPE = """MIME-Version: 1.0

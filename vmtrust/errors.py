@@ -15,6 +15,13 @@ for timeouts and signals.
 from __future__ import annotations
 
 
+def summarise(problems: list[str]) -> str:
+    """The first problem, and how many more there are: one line for many problems."""
+    more = len(problems) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return problems[0] + suffix
+
+
 class VmtrustError(Exception):
     """Base of all errors vmtrust reports to a user.
 
@@ -38,6 +45,14 @@ class ConfigError(VmtrustError):
 
     exit_code = 4
     rule = "config"
+
+
+class InvalidConfiguration(ConfigError):
+    """A configuration file with one or more problems; ``problems`` has them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(summarise(problems))
 
 
 class InputError(VmtrustError):
@@ -75,10 +90,7 @@ class InvalidListStructure(ListFormatError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        first = problems[0]
-        more = len(problems) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        super().__init__(f"invalid image list: {first}{suffix}")
+        super().__init__(f"invalid image list: {summarise(problems)}")
 
 
 # --- the signed envelope and the signature --------------------------------------

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from vmtrust import dn
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, InvalidConfiguration
 from vmtrust.imagelist import Endorser, Image, ImageList
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -174,11 +174,7 @@ class _Problems:
 
     def raise_if_any(self) -> None:
         if self.items:
-            more = len(self.items) - 1
-            suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-            error = ConfigError(self.items[0] + suffix)
-            error.problems = self.items  # type: ignore[attr-defined]
-            raise error
+            raise InvalidConfiguration(self.items)
 
 
 def _string(

@@ -34,7 +34,6 @@ from vmtrust import fileio
 from vmtrust.errors import ConfigError, ListFormatError, VmtrustError
 
 SEAL_CONTEXT = b"vmtrust-trust-record-v1\n"
-STATES = ("trusted", "retired")
 
 
 class SealError(VmtrustError):
