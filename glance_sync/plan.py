@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from vmtrust.imagelist import Endorser, Image, ImageList, format_date, parse_date
-from vmtrust.record import TrustRecord
+from vmtrust.record import TrustRecord, entry_digest
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Desired:
             size=size,
             store_id=store_id,
             disk_format=disk_format,
+            entry_digest=entry_digest(self.image.raw),
         )
 
 

@@ -224,7 +224,7 @@ class SyncService:
                 )
                 return record, seal(record, self.s.seal_key)
 
-            return self.store.create(image.identifier, image.version, stream, disk_format, finish)
+            return self.store.create(want, stream, disk_format, finish)
         finally:
             reader.close()
             if converted is not None:
@@ -282,9 +282,10 @@ class SyncService:
                     frozen[sub.name] = expiry or now
             # Images of subscriptions no longer configured are not approved any more.
             desired = self._desired(lists, report, now)
+            held = self.store.held()
             plan = make_plan(
                 desired,
-                self.store.held(),
+                held,
                 frozen=frozen,
                 now=now,
                 retire_mode=self.s.retire_mode,
@@ -310,7 +311,9 @@ class SyncService:
                         disk_format=action.held.record.disk_format,
                     )
                     try:
-                        self.store.refresh(action.held, record, seal(record, self.s.seal_key))
+                        self.store.refresh(
+                            action.held, action.desired, record, seal(record, self.s.seal_key)
+                        )
                         report.done.append(f"refreshed {record.image_identifier} metadata")
                     except (VmtrustError, OSError) as exc:
                         report.fail(f"refresh {record.image_identifier}: {exc}")
@@ -322,6 +325,12 @@ class SyncService:
                         report.done.append(f"purged {action.held.store_id}")
                     except (VmtrustError, OSError) as exc:
                         report.fail(f"purge {action.held.store_id}: {exc}")
+            gone = {a.held.store_id for a in plan.actions if isinstance(a, Retire | Purge)}
+            try:
+                for line in self.store.converge([h for h in held if h.store_id not in gone]):
+                    report.done.append(line)
+            except (VmtrustError, OSError) as exc:
+                report.fail(f"store {self.store.name}: {exc}")
         return report
 
     def close(self) -> None:

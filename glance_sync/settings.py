@@ -34,6 +34,7 @@ class SyncSettings:
     hook: str | None
     local_path: Path
     local_disk_format: str = ""
+    conf: cfg.ConfigOpts | None = None  #: for store-specific sections ([store_glance] …)
 
 
 def _path(value: str, option: str) -> Path:
@@ -80,6 +81,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         hook=conf.store_local.hook or None,
         local_path=_path(conf.store_local.path, "[store_local] path"),
         local_disk_format=conf.store_local.disk_format.strip().lower(),
+        conf=conf,
     )
 
 
@@ -90,7 +92,11 @@ def make_store(settings: SyncSettings) -> Store:
         return LocalStore(
             settings.local_path, [settings.seal_key.public_key()], settings.local_disk_format
         )
+    if settings.store_name == "glance" and settings.conf is not None:
+        from glance_sync.stores.glance import from_conf
+
+        return from_conf(settings.conf, [settings.seal_key.public_key()])
     raise ConfigError(
         f"[sync] store = {settings.store_name}: not available yet "
-        "(this version has the local store)"
+        "(this version has the local and glance stores)"
     )

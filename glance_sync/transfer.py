@@ -29,7 +29,7 @@ import tarfile
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
@@ -390,19 +390,38 @@ def _ova_disk(stream: IO[bytes], identifier: str) -> tuple[IO[bytes], str]:
     )
 
 
-def copy_stream(
-    stream: IO[bytes], write: Callable[[bytes], Any], identifier: str
-) -> tuple[int, str]:
-    """Copy disk bytes to ``write`` in chunks; return (size, sha512) of what was written."""
+@dataclass
+class Tally:
+    """Size and SHA-512 of the bytes a stream yielded, set when it is exhausted."""
+
+    size: int = 0
+    sha512: str = ""
+
+
+def iter_chunks(stream: IO[bytes], identifier: str, tally: Tally) -> Iterator[bytes]:
+    """Yield the disk bytes in chunks, for stores that pull (an HTTP upload body).
+
+    The SHA-512 comes from the download hasher when nothing was unpacked (the
+    bytes are the same), else it is computed here; both end up in ``tally``.
+    """
     passthrough = getattr(stream, "source_digest", None)
     digest = hashlib.sha512()
-    size = 0
     try:
         while chunk := stream.read(CHUNK):
             if passthrough is None:
                 digest.update(chunk)
-            write(chunk)
-            size += len(chunk)
+            tally.size += len(chunk)
+            yield chunk
     except (OSError, EOFError, lzma.LZMAError, tarfile.TarError, zlib.error) as exc:
         raise TransferError(f"image {identifier}: cannot unpack ({exc})") from None
-    return size, passthrough() if passthrough is not None else digest.hexdigest()
+    tally.sha512 = passthrough() if passthrough is not None else digest.hexdigest()
+
+
+def copy_stream(
+    stream: IO[bytes], write: Callable[[bytes], Any], identifier: str
+) -> tuple[int, str]:
+    """Copy disk bytes to ``write`` in chunks; return (size, sha512) of what was written."""
+    tally = Tally()
+    for chunk in iter_chunks(stream, identifier, tally):
+        write(chunk)
+    return tally.size, tally.sha512

@@ -7,6 +7,7 @@ test that needs a trust directory gets its own copy to break.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,5 +259,95 @@ def sync(tmp_path: Path, ca_dir: Path, site, pki):
         ),
     )
     service.subs = subs  # type: ignore[attr-defined]
+    yield service
+    service.close()
+
+
+# --- a real Glance (tests/glance_server.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def glance(tmp_path_factory: pytest.TempPathFactory):
+    """One real Glance 33 for the session; each test works in a project of its own."""
+    from glance_server import GlanceServer, available
+
+    why_not = available()
+    if why_not:
+        if os.environ.get("VMTRUST_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"Glance is required here: {why_not}")
+        pytest.skip(why_not)
+    server = GlanceServer(tmp_path_factory.mktemp("glance")).start()
+    yield server
+    server.stop()
+
+
+def write_clouds_yaml(path: Path, url: str, clouds: dict[str, tuple[str, str]]) -> Path:
+    """clouds.yaml with one admin_token cloud per name: name → (project, roles)."""
+    from glance_server import token
+
+    lines = ["clouds:"]
+    for name, (project, roles) in clouds.items():
+        lines += [
+            f"  {name}:",
+            "    auth_type: admin_token",
+            "    auth:",
+            f"      endpoint: {url}",
+            f"      token: '{token(project, roles)}'",
+            f"    image_endpoint_override: {url}",
+            "    region_name: RegionOne",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
+    """Like ``sync``, storing into the real Glance, in a fresh service project."""
+    import uuid
+
+    from glance_server import SERVICE_ROLES
+    from glance_sync.cloud import connect_cloud
+    from glance_sync.service import SyncService
+    from glance_sync.settings import SyncSettings
+    from glance_sync.stores.glance import GlanceStore
+    from glance_sync.transfer import HttpSettings
+    from vmtrust.imagelist import Endorser
+    from vmtrust.policy import Subscription
+    from vmtrust.record import generate_key_pair, load_private_key
+
+    project = "svc" + uuid.uuid4().hex[:12]
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", glance.url, {"sync": (project, SERVICE_ROLES)})
+    generate_key_pair(tmp_path / "seal.key")
+    key = load_private_key(tmp_path / "seal.key")
+    settings = SyncSettings(
+        state_dir=tmp_path / "state",
+        subscriptions_file=tmp_path / "unused.yaml",
+        trust=TrustStore(ca_dir),
+        seal_key=key,
+        store_name="glance",
+        retire_mode="deactivate",
+        retire_grace=timedelta(days=7),
+        parallel_downloads=2,
+        http=HttpSettings(timeout=5, retries=2, backoff=0.01),
+        allow_sha1=False,
+        clock_skew=timedelta(minutes=5),
+        max_list_bytes=1 << 20,
+        hook=None,
+        local_path=tmp_path / "unused-store",
+    )
+    store = GlanceStore(
+        connect_cloud("sync", str(clouds)), project_id=project, seal_keys=[key.public_key()]
+    )
+    service = SyncService(settings, store)
+    service.subs = (  # type: ignore[attr-defined]
+        Subscription(
+            name="example",
+            url=site.url("/site.list"),
+            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
+            approve_all=True,
+        ),
+    )
+    service.project = project  # type: ignore[attr-defined]
+    service.clouds = clouds  # type: ignore[attr-defined]
     yield service
     service.close()

@@ -180,6 +180,78 @@ store_local_opts = [
     ),
 ]
 
+store_glance_opts = [
+    cfg.StrOpt(
+        "cloud",
+        default="",
+        help="Cloud name in clouds.yaml with the sync's credentials. Empty: the keystoneauth "
+        "options of this section (auth_type, auth_url, ...) are used instead.",
+    ),
+    cfg.StrOpt(
+        "clouds_file",
+        default="",
+        help="clouds.yaml to read; empty: openstacksdk's usual places "
+        "(OS_CLIENT_CONFIG_FILE, ./clouds.yaml, ~/.config/openstack, /etc/openstack).",
+    ),
+    cfg.StrOpt(
+        "project_id",
+        default="",
+        help="The service project that owns every image vmtrust writes; only its images that "
+        "carry vmtrust_managed are ever changed. Empty: the project of the credentials.",
+    ),
+    cfg.StrOpt(
+        "visibility",
+        default="shared",
+        choices=[
+            ("private", "the service project only"),
+            ("shared", "the service project and the projects mapped to the image's VO"),
+            ("community", "every project, not listed by default"),
+            ("public", "every project (needs Glance's publicize_image right)"),
+        ],
+        help="Visibility of the images vmtrust creates.",
+    ),
+    cfg.MultiStrOpt(
+        "vo_project",
+        default=[],
+        help="VO:PROJECT_ID[:CLOUD] (repeat per project): share images of this VO with this "
+        "project (visibility = shared). With CLOUD, a clouds.yaml entry scoped to that "
+        "project, the membership is also accepted so the image shows in its listings.",
+    ),
+    cfg.ListOpt(
+        "disk_formats",
+        default=[],
+        help="Disk formats this cloud accepts, preferred first (e.g. qcow2,raw). An image in "
+        "another format is converted to the first with qemu-img. Empty: keep each image's "
+        "format.",
+    ),
+    cfg.StrOpt("name_prefix", default="", help="Prefix of the Glance image names (dc:title)."),
+    cfg.FloatOpt(
+        "api_timeout",
+        default=300.0,
+        min=1.0,
+        help="Seconds to wait for a Glance API answer (an upload's end included).",
+    ),
+]
+
+
+def _keystoneauth_opts() -> list[cfg.Opt]:
+    """keystoneauth's own options for [store_glance] (as nova has for [glance]), when present."""
+    try:
+        from keystoneauth1 import loading as ks_loading
+    except ImportError:  # the [glance] extra is not installed
+        return []
+    opts = [
+        *ks_loading.get_auth_common_conf_options(),
+        *ks_loading.get_session_conf_options(),
+        *ks_loading.get_adapter_conf_options(include_deprecated=False),
+    ]
+    seen, unique = set(), []
+    for opt in opts:
+        if opt.dest not in seen:
+            seen.add(opt.dest)
+            unique.append(opt)
+    return unique
+
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Entry point ``oslo.config.opts`` for oslo-config-generator."""
@@ -189,6 +261,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("endorser", endorser_opts),
         ("sync", sync_opts),
         ("store_local", store_local_opts),
+        ("store_glance", store_glance_opts + _keystoneauth_opts()),
     ]
 
 

@@ -43,6 +43,15 @@ class SealError(VmtrustError):
     rule = "seal"
 
 
+_OPTIONAL = ("state", "disk_format", "entry_digest")
+
+
+def entry_digest(entry: dict[str, Any]) -> str:
+    """SHA-256 of an hv:image entry in canonical JSON (sorted keys, no whitespace)."""
+    body = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
+
+
 @dataclass(frozen=True)
 class TrustRecord:
     """What the site asserts about one stored image version."""
@@ -64,6 +73,9 @@ class TrustRecord:
     store_id: str  #: the store's own id (file name, Glance image id, AMI id)
     state: str = "trusted"
     disk_format: str = "raw"
+    #: SHA-256 of the list's hv:image entry (canonical JSON): a change to any of the
+    #: entry's metadata without new bytes makes the sync refresh the store's metadata.
+    entry_digest: str = ""
 
     def canonical(self) -> bytes:
         """The exact bytes the seal signs."""
@@ -74,7 +86,7 @@ class TrustRecord:
     def from_dict(cls, data: dict[str, Any]) -> TrustRecord:
         """Build from stored metadata; raise SealError if fields are missing or mistyped."""
         names = {f.name: f.type for f in fields(cls)}
-        missing = [n for n in names if n not in data and n not in ("state", "disk_format")]
+        missing = [n for n in names if n not in data and n not in _OPTIONAL]
         if missing:
             raise SealError(f"trust record: missing {', '.join(sorted(missing))}")
         values = {}

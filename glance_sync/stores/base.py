@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import IO
 
-from glance_sync.plan import Held
+from glance_sync.plan import Desired, Held
 from vmtrust.record import TrustRecord
 
 #: Called by a store once the bytes are written: (store_id, size, sha512) →
@@ -44,14 +44,16 @@ class Store(ABC):
         return source_format
 
     @abstractmethod
-    def create(
-        self, identifier: str, version: str, stream: IO[bytes], disk_format: str, finish: Finish
-    ) -> Held:
-        """Write the image from ``stream`` and commit it with the record ``finish`` gives."""
+    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+        """Write the image from ``stream`` and commit it with the record ``finish`` gives.
+
+        ``want`` carries the list's metadata for stores that publish it (Glance
+        properties, EC2 tags); the trust record itself comes only from ``finish``.
+        """
 
     @abstractmethod
-    def refresh(self, held: Held, record: TrustRecord, seal: str) -> Held:
-        """Replace the trust record and seal of an image whose bytes are unchanged."""
+    def refresh(self, held: Held, want: Desired, record: TrustRecord, seal: str) -> Held:
+        """Replace the record, seal and list metadata of an image whose bytes are unchanged."""
 
     @abstractmethod
     def retire(self, held: Held, mode: str, now: datetime) -> None:
@@ -60,6 +62,12 @@ class Store(ABC):
     @abstractmethod
     def purge(self, held: Held) -> None:
         """Remove a retired image for good."""
+
+    def converge(self, held: list[Held]) -> list[str]:
+        """Bring per-image state that comes from configuration, not from the record
+        (Glance sharing, say), in line for the trusted images held; return what changed.
+        Runs after the plan is applied; a no-op run must stay cheap."""
+        return []
 
     def cleanup(self) -> list[str]:
         """Remove leftovers of interrupted runs; return what was removed."""

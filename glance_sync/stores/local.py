@@ -29,7 +29,7 @@ from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from glance_sync.plan import Held
+from glance_sync.plan import Desired, Held
 from glance_sync.stores.base import Finish, Store
 from glance_sync.transfer import copy_stream
 from vmtrust import fileio
@@ -129,9 +129,8 @@ class LocalStore(Store):
 
     # --- writing ------------------------------------------------------------------
 
-    def create(
-        self, identifier: str, version: str, stream: IO[bytes], disk_format: str, finish: Finish
-    ) -> Held:
+    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+        identifier, version = want.identifier, want.image.version
         partial = self.root / ".partial" / f"{uuid.uuid4().hex}.img"
         try:
             with open(partial, "wb") as out:
@@ -158,7 +157,7 @@ class LocalStore(Store):
         body = {"record": record.__dict__, "seal": seal, **extra}
         fileio.write_atomic(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
 
-    def refresh(self, held: Held, record: TrustRecord, seal: str) -> Held:
+    def refresh(self, held: Held, want: Desired, record: TrustRecord, seal: str) -> Held:
         meta = Path(held.location).with_suffix(".json")
         self._write_meta(meta, record, seal)
         return Held(store_id=held.store_id, record=record, seal_ok=True, location=held.location)

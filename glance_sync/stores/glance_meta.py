@@ -1,0 +1,86 @@
+"""The list's metadata as the Glance properties clouds and EGI tools read.
+
+Besides the trust record (:mod:`vmtrust.glanceprops`), an image in Glance
+carries what nova, Horizon and the EGI tools expect, as atrope and
+cloudkeeper-os wrote it (see docs/glance.md for the table):
+
+* nova and Horizon: ``architecture``, ``os_distro``, ``os_version``,
+  ``hypervisor_type``, ``min_ram`` (MiB), ``min_disk`` (GiB);
+* cloud-info-provider, cloud-info-api and cASO: ``vmcatcher_event_*`` (the
+  vmcatcher event variables, lower-cased), ``APPLIANCE_ATTRIBUTES`` (the
+  list's ``hv:image`` entry as JSON);
+* atrope's identity properties ``appdb_id``, ``image_list``, ``image_hash``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from glance_sync.hooks import event_environment
+from glance_sync.plan import Desired, Held
+
+#: hv:hypervisor → nova's hypervisor_type (nova.objects.fields.HVType); others are omitted,
+#: since a wrong value would make ImagePropertiesFilter refuse every host.
+_HYPERVISORS = {"kvm": "kvm", "qemu": "qemu", "xen": "xen", "vmware": "vmware", "hyperv": "hyperv"}
+_ARCHES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "i386": "i686",
+    "i686": "i686",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def min_ram_mib(value: int | None) -> int | None:
+    """``hv:ram_minimum`` in MiB: the spec says bytes, AppDB sends MB.
+
+    A value of a mebibyte or more can only be bytes (no VM needs a terabyte
+    of RAM as its minimum); a smaller one is read as MiB, as AppDB meant it.
+    """
+    if not value:
+        return None
+    return math.ceil(value / MIB) if value >= MIB else value
+
+
+def list_properties(want: Desired, size: int, prefix: str = "") -> dict[str, str | int]:
+    """Everything but the trust record, from the verified list entry."""
+    image = want.image
+    props: dict[str, str | int] = {"name": f"{prefix}{image.title}"[:255]}
+    arch = _ARCHES.get(image.arch.strip().lower())
+    if arch:
+        props["architecture"] = arch
+    distro = (image.osname or image.os).strip().lower()
+    if distro:
+        props["os_distro"] = distro
+    if image.osversion.strip():
+        props["os_version"] = image.osversion.strip()
+    hypervisor = _HYPERVISORS.get(image.hypervisor.strip().lower())
+    if hypervisor:
+        props["hypervisor_type"] = hypervisor
+    ram = min_ram_mib(image.ram_minimum)
+    if ram:
+        props["min_ram"] = ram
+    if size:
+        props["min_disk"] = math.ceil(size / GIB)
+    placeholder = Held(store_id="", record=None, seal_ok=False)
+    env = event_environment("AvailablePostfix", image, want.imagelist, placeholder)
+    for name, value in env.items():
+        if name.startswith("VMCATCHER_EVENT_") and name not in (
+            "VMCATCHER_EVENT_TYPE",
+            "VMCATCHER_EVENT_UUID_SESSION",
+            "VMCATCHER_EVENT_FILENAME",
+        ):
+            props[name.lower()] = value
+    if want.vo:
+        props["vmcatcher_event_vo"] = want.vo
+    props["APPLIANCE_ATTRIBUTES"] = json.dumps(image.raw, sort_keys=True)
+    props["appdb_id"] = image.identifier
+    props["image_list"] = want.imagelist.identifier
+    props["image_hash"] = f"sha512:{image.sha512}"
+    return props

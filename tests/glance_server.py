@@ -1,0 +1,192 @@
+"""A real Glance 33 for the tests and benchmarks: gunicorn, sqlite, file store, loopback.
+
+Started from ``.venv-glance`` (``make venv-glance``), configured as in
+``docs/testing.md``: the header-trusting test pipeline with
+:mod:`glance_testauth` in front, the property protections vmtrust ships
+(``etc/glance/property-protections-vmtrust.conf``), the metadefs namespace it
+ships loaded with ``glance-manage db_load_metadefs``, sha512 multihash.  The
+server listens on 127.0.0.1 on a free port and is stopped by process id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("VMTRUST_GLANCE_VENV", ROOT / ".venv-glance"))
+SERVICE_ROLES = "member,reader,vmtrust_service"
+MEMBER_ROLES = "member,reader"
+ADMIN_ROLES = "admin,member,reader"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def token(project: str, roles: str = SERVICE_ROLES, user: str | None = None) -> str:
+    """The X-Auth-Token the test pipeline maps to this identity."""
+    return f"test:{user or project + '-user'}:{project}:{roles}"
+
+
+def available() -> str | None:
+    """None when a test Glance can start here, else why not."""
+    if not (VENV / "bin" / "gunicorn").exists():
+        return f"no Glance environment at {VENV} (run 'make venv-glance')"
+    return None
+
+
+_PASTE = """\
+[pipeline:glance-api-testauth]
+pipeline = versionnegotiation testauth context rootapp
+[composite:rootapp]
+paste.composite_factory = glance.api:root_app_factory
+/: apiversions
+/v2: apiv2app
+[app:apiversions]
+paste.app_factory = glance.api.versions:create_resource
+[app:apiv2app]
+paste.app_factory = glance.api.v2.router:API.factory
+[filter:versionnegotiation]
+paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
+[filter:testauth]
+paste.filter_factory = glance_testauth:filter_factory
+[filter:context]
+paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+"""
+
+
+class GlanceServer:
+    def __init__(self, base: Path, *, protections: bool = True) -> None:
+        self.base = base
+        self.etc = base / "etc"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.protections = protections
+        self.process: subprocess.Popen | None = None
+        self.log = base / "glance-api.log"
+
+    def _configure(self) -> None:
+        for sub in ("etc", "images", "staging", "tasks", "locks"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        protection = ""
+        if self.protections:
+            shutil.copy(
+                ROOT / "etc/glance/property-protections-vmtrust.conf",
+                self.etc / "property-protections.conf",
+            )
+            protection = (
+                f"property_protection_file = {self.etc}/property-protections.conf\n"
+                "property_protection_rule_format = roles\n"
+            )
+        (self.etc / "glance-api-paste.ini").write_text(_PASTE)
+        (self.etc / "glance-api.conf").write_text(
+            "[DEFAULT]\n"
+            "enabled_backends = fs:file\n"
+            "enabled_import_methods = [glance-direct,copy-image]\n"
+            f"{protection}"
+            f"worker_self_reference_url = {self.url}\n"
+            "hashing_algorithm = sha512\n"
+            f"log_file = {self.log}\n"
+            "[glance_store]\ndefault_backend = fs\n"
+            f"[fs]\nfilesystem_store_datadir = {self.base}/images/\n"
+            f"[os_glance_staging_store]\nfilesystem_store_datadir = {self.base}/staging/\n"
+            f"[os_glance_tasks_store]\nfilesystem_store_datadir = {self.base}/tasks/\n"
+            f"[database]\nconnection = sqlite:///{self.base}/glance.sqlite\n"
+            f"[paste_deploy]\nconfig_file = {self.etc}/glance-api-paste.ini\n"
+            "flavor = testauth\n"
+            f"[oslo_concurrency]\nlock_path = {self.base}/locks\n"
+        )
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["OS_GLANCE_CONFIG_DIR"] = str(self.etc)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent)
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def start(self) -> GlanceServer:
+        self._configure()
+        manage = [
+            str(VENV / "bin/glance-manage"),
+            "--config-file",
+            str(self.etc / "glance-api.conf"),
+        ]
+        for args in (["db_sync"], ["db_load_metadefs", str(ROOT / "etc/glance/metadefs")]):
+            done = subprocess.run(
+                [*manage, *args], env=self._env(), capture_output=True, text=True, timeout=300
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"glance-manage {args[0]} failed: {done.stderr[-2000:]}")
+        self.process = subprocess.Popen(
+            [
+                str(VENV / "bin/gunicorn"),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                "1",
+                # One request at a time: sqlite under concurrent writers fails with
+                # "database is locked" (a site's Glance runs on MySQL).
+                "--threads",
+                "1",
+                "--timeout",
+                "600",
+                "glance.wsgi.api:application",
+            ],
+            env=self._env(),
+            stdout=open(self.base / "gunicorn.out", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Glance exited: {self.tail()}")
+            try:
+                reply = requests.get(
+                    f"{self.url}/v2/images",
+                    headers={"X-Auth-Token": token("probe", MEMBER_ROLES)},
+                    timeout=5,
+                )
+                if reply.status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"Glance did not answer within 120 s: {self.tail()}")
+
+    def tail(self) -> str:
+        text = ""
+        for name in ("gunicorn.out", "glance-api.log"):
+            path = self.base / name
+            if path.exists():
+                text += path.read_text(errors="replace")[-3000:]
+        return text
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    # --- direct API access for tests (not through vmtrust) ------------------------------
+
+    def api(self, project: str, roles: str = SERVICE_ROLES) -> requests.Session:
+        session = requests.Session()
+        session.headers["X-Auth-Token"] = token(project, roles)
+        return session
