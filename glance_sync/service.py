@@ -345,7 +345,7 @@ def tty_progress() -> Callable[[str, int], Callable[[int], None]] | None:
     from tqdm import tqdm  # only needed on a TTY
 
     def make(title: str, total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=title[:30], leave=False)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=title[:30], leave=True)
         return bar.update
 
     return make

@@ -306,6 +306,7 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
     import uuid
 
     from glance_server import SERVICE_ROLES
+
     from glance_sync.cloud import connect_cloud
     from glance_sync.service import SyncService
     from glance_sync.settings import SyncSettings
@@ -316,7 +317,9 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
     from vmtrust.record import generate_key_pair, load_private_key
 
     project = "svc" + uuid.uuid4().hex[:12]
-    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", glance.url, {"sync": (project, SERVICE_ROLES)})
+    clouds = write_clouds_yaml(
+        tmp_path / "clouds.yaml", glance.url, {"sync": (project, SERVICE_ROLES)}
+    )
     generate_key_pair(tmp_path / "seal.key")
     key = load_private_key(tmp_path / "seal.key")
     settings = SyncSettings(

@@ -74,6 +74,7 @@ class GlanceServer:
         self.protections = protections
         self.process: subprocess.Popen | None = None
         self.log = base / "glance-api.log"
+        self.access_log = base / "access.log"  #: one line per API request (benchmarks count them)
 
     def _configure(self) -> None:
         for sub in ("etc", "images", "staging", "tasks", "locks"):
@@ -140,6 +141,8 @@ class GlanceServer:
                 "1",
                 "--timeout",
                 "600",
+                "--access-logfile",
+                str(self.access_log),
                 "glance.wsgi.api:application",
             ],
             env=self._env(),

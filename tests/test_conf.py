@@ -41,6 +41,12 @@ def test_entry_point_and_groups():
     assert point.value == "vmtrust.conf:list_opts"
     assert point.load() is conf_module.list_opts
     groups = {group: {opt.name for opt in opts} for group, opts in list_opts()}
+    glance = groups.pop("store_glance")
+    own = {"cloud", "clouds_file", "project_id", "visibility", "vo_project", "disk_formats",
+           "name_prefix", "api_timeout"}  # fmt: skip
+    # the rest are keystoneauth's own (auth, session, adapter), as nova has for [glance]
+    assert own <= glance
+    assert {"auth_type", "auth_section", "cafile", "insecure", "endpoint-override"} <= glance
     assert groups == {
         "trust": {
             "ca_dir",

@@ -210,6 +210,15 @@ def test_approve_all():
     assert one(subs()).approval(lst.images[0], lst, None) == "all"
 
 
+def test_site_list_images_are_recorded_as_the_sites_own():
+    lst = the_list(image_entry(ID_A), image_entry(ID_B))
+    sub = one(subs("site: true", approve=f"[{ID_B}]"))
+    assert sub.site
+    # the site's own list still needs approval; what it approves is marked "site"
+    assert [sub.approval(img, lst, None) for img in lst.images] == [None, "site"]
+    assert one(subs("site: true")).approval(lst.images[0], lst, None) == "site"
+
+
 def test_approve_by_identifier_only_the_listed_images():
     lst = the_list(image_entry(ID_A), image_entry(ID_B))
     sub = one(subs(approve=f"[{ID_B}]"))

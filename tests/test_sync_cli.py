@@ -165,3 +165,40 @@ def test_daemon_syncs_then_stops_cleanly_on_sigterm(conf):
     assert process.returncode == 0
     assert err.count("subscription broken") >= 2  # reported on every pass, daemon goes on
     assert len(images(conf)) == 1
+
+
+def test_progress_bar_on_a_terminal_and_none_otherwise(conf, tmp_path: Path):
+    """On a TTY each image gets a tqdm bar; captured output (above) stays one line per failure."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    # A new pseudo-terminal is 0x0 and tqdm draws nothing in no columns: be 100x30.
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    try:
+        process = subprocess.Popen(
+            [BIN / "vmtrust-sync", "--config-file", conf],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=secondary,
+        )
+        os.close(secondary)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=120) == 1  # the 'broken' subscription still fails
+    finally:
+        os.close(primary)
+    text = output.decode(errors="replace")
+    assert "Example worker node" in text  # the bar is labelled with the image title
+    assert "100%" in text and "2.10M" in text  # it reached the full 2 MiB (2.10 MB)
+    assert "subscription broken" in text
+    assert [row["state"] for row in images(conf)] == ["trusted"]

@@ -146,11 +146,19 @@ class Subscription:
     site: bool = False
 
     def approval(self, image: Image, lst: ImageList, known: frozenset[str] | None) -> str | None:
-        """Why ``image`` is approved ("all", "identifier", "rule:N"), or None if it is not.
+        """Why ``image`` is approved ("all", "identifier", "rule:N", "site"), or None.
 
         ``known`` are the identifiers seen when the subscription was first
-        accepted; with ``new_images: refuse`` later ones wait for approval.
+        accepted; with ``new_images: refuse`` later ones wait for approval.  A
+        subscription marked ``site: true`` is the site's own list (signed by the
+        site itself): its approved images are recorded with approval "site", so
+        the trust record, ``vmtrust images`` and the store's metadata tell the
+        site's own images from endorsed ones.
         """
+        why = self._approval(image, lst, known)
+        return "site" if why is not None and self.site else why
+
+    def _approval(self, image: Image, lst: ImageList, known: frozenset[str] | None) -> str | None:
         if image.identifier in self.identifiers:
             return "identifier"
         if self.new_images == "refuse" and known is not None and image.identifier not in known:

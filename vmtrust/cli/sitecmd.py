@@ -66,14 +66,19 @@ def _public_keys(conf) -> list:
 
 def cmd_images(args: argparse.Namespace) -> int:
     conf = make_conf(args.config_file)
-    if conf.sync.store != "local":
-        raise ConfigError(
-            f"[sync] store = {conf.sync.store}: 'vmtrust images' reads the local "
-            "store in this version"
-        )
-    from glance_sync.stores.local import LocalStore
+    if conf.sync.store == "local":
+        from glance_sync.stores.local import LocalStore
 
-    store = LocalStore(Path(conf.store_local.path), _public_keys(conf))
+        store = LocalStore(Path(conf.store_local.path), _public_keys(conf))
+    elif conf.sync.store == "glance":
+        from glance_sync.stores.glance import from_conf
+
+        store = from_conf(conf, _public_keys(conf))
+    else:
+        raise ConfigError(
+            f"[sync] store = {conf.sync.store}: 'vmtrust images' reads the local and "
+            "glance stores in this version"
+        )
     rows = []
     for held in store.held():
         rec = held.record

@@ -1,0 +1,248 @@
+"""Benchmark: images into a real Glance 33 — the whole sync against a plain openstacksdk upload.
+
+Starts the same real Glance the tests use (``tests/glance_server.py``: gunicorn,
+sqlite, file store, loopback; needs ``make venv-glance``) and, in one run:
+
+1. **Ingest.** A 1 GiB image (random bytes) is served by a separate
+   ``python -m http.server`` process.  Baseline: ``conn.image.create_image(…,
+   filename=…)`` of the same local file with openstacksdk (no local hashing).
+   vmtrust: one ``vmtrust-sync`` pass as a process — fetch and verify the signed
+   list, download the image, hash it, stream it into Glance, check Glance's
+   ``os_hash_value``, seal and commit.  Interleaved rounds, medians; target ratio
+   ≤ 1.15.
+2. **No-op re-sync.** 500 trusted images already in Glance (tiny ones, stored by
+   the sync itself); one more ``vmtrust-sync`` pass that has nothing to do.
+   Reported: Glance API requests it made (counted in Glance's access log; target:
+   a small constant plus paging, not one per image) and its wall time (target
+   under 2 s).
+
+Usage: ``python benchmarks/glance_ingest.py [--gib 1] [--rounds 3] [--images 500] [--dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from glance_server import SERVICE_ROLES, GlanceServer, available, free_port, token  # noqa: E402
+from transfer import make_image  # noqa: E402
+
+from vmtrust import authoring, devpki, imagelist, smime  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def entry(identifier: str, uri: str, size: int, sha: str) -> dict:
+    return {
+        "hv:image": {
+            "dc:identifier": identifier,
+            "dc:title": identifier,
+            "dc:description": "",
+            "hv:uri": uri,
+            "hv:size": size,
+            "sl:checksum:sha512": sha,
+            "sl:arch": "x86_64",
+            "sl:os": "Linux",
+            "sl:osversion": "9",
+            "sl:comments": "",
+            "hv:hypervisor": "KVM",
+            "hv:version": "1",
+            "hv:format": "RAW",
+        }
+    }
+
+
+def publish(pki: devpki.DevPKI, www: Path, base: str, name: str, entries: list[dict]) -> None:
+    doc = authoring.new_list(
+        title=name,
+        description="",
+        source="",
+        uri=f"{base}/{name}.list",
+        endorser_dn=pki.endorser.dn,
+        endorser_ca=pki.endorser.ca_dn,
+    )
+    for item in entries:
+        doc, _ = authoring.add_image(doc, item)
+    body = smime.sign(imagelist.dumps(doc), pki.endorser.cert, pki.endorser.key)
+    (www / f"{name}.list").write_bytes(body)
+
+
+def site_config(work: Path, name: str, glance: GlanceServer, ca_dir: Path, list_url: str, pki):
+    """A vmtrust.conf storing into ``glance`` in project ``name``; returns its path."""
+    site = work / name
+    site.mkdir()
+    (site / "clouds.yaml").write_text(
+        "clouds:\n  sync:\n    auth_type: admin_token\n    auth:\n"
+        f"      endpoint: {glance.url}\n      token: '{token(name, SERVICE_ROLES)}'\n"
+        f"    image_endpoint_override: {glance.url}\n    region_name: RegionOne\n"
+    )
+    (site / "subs.yaml").write_text(
+        f"subscriptions:\n  - name: bench\n    url: {list_url}\n    endorsers:\n"
+        f"      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n    approve: all\n"
+    )
+    conf = site / "vmtrust.conf"
+    conf.write_text(
+        f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
+        f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
+        f"store = glance\nparallel_downloads = 1\n[store_glance]\ncloud = sync\n"
+        f"clouds_file = {site}/clouds.yaml\nproject_id = {name}\n"
+    )
+    subprocess.run(
+        [BIN / "vmtrust", "keygen", "--out", site / "seal.key"], check=True, capture_output=True
+    )
+    return conf
+
+
+def sync(conf: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([BIN / "vmtrust-sync", "--config-file", conf], check=True)
+    return time.perf_counter() - start
+
+
+def ingest(work, glance, pki, ca_dir, www, base, gib: float, rounds: int) -> None:
+    import openstack
+
+    size = int(gib * 1024**3)
+    image = www / "big.img"
+    sha = make_image(image, size)
+    os.sync()
+    publish(pki, www, base, "big", [entry("big", f"{base}/big.img", size, sha)])
+    region = openstack.config.OpenStackConfig(
+        config_files=[
+            str(site_config(work, "plain", glance, ca_dir, "", pki).parent / "clouds.yaml")
+        ]
+    ).get_one(cloud="sync")
+    conn = openstack.connection.Connection(config=region)
+    plain, ours = [], []
+    for n in range(rounds):
+        start = time.perf_counter()
+        created = conn.image.create_image(
+            name=f"plain-{n}",
+            filename=str(image),
+            disk_format="raw",
+            container_format="bare",
+            wait=True,
+        )
+        plain.append(time.perf_counter() - start)
+        conn.image.delete_image(created.id)
+        conf = site_config(work, f"ingest{n}", glance, ca_dir, f"{base}/big.list", pki)
+        ours.append(sync(conf))
+        reply = glance_get(glance, f"ingest{n}", "/v2/images?vmtrust_state=trusted")
+        stored = reply["images"]
+        assert len(stored) == 1 and stored[0]["os_hash_value"] == sha, stored
+        glance_delete(glance, f"ingest{n}", stored[0]["id"])
+        os.sync()
+    print(
+        f"  samples: openstacksdk {', '.join(f'{t:.2f}' for t in plain)}; "
+        f"vmtrust-sync {', '.join(f'{t:.2f}' for t in ours)}"
+    )
+    a, b = statistics.median(plain), statistics.median(ours)
+    print(
+        f"1. {gib:g} GiB into Glance: openstacksdk create_image {a:6.2f} s, whole vmtrust-sync "
+        f"{b:6.2f} s (medians of {rounds}), ratio {b / a:.2f} (target <= 1.15)"
+    )
+    image.unlink()
+
+
+def glance_get(glance: GlanceServer, project: str, path: str) -> dict:
+    reply = glance.api(project).get(glance.url + path, timeout=60)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def glance_delete(glance: GlanceServer, project: str, image_id: str) -> None:
+    glance.api(project).delete(f"{glance.url}/v2/images/{image_id}", timeout=60).raise_for_status()
+
+
+def noop(work, glance, pki, ca_dir, www, base, count: int) -> None:
+    entries = []
+    for n in range(count):
+        data = f"image {n}\n".encode() * 64
+        (www / f"small-{n}.img").write_bytes(data)
+        entries.append(
+            entry(
+                f"small-{n}", f"{base}/small-{n}.img", len(data), hashlib.sha512(data).hexdigest()
+            )
+        )
+    publish(pki, www, base, "many", entries)
+    conf = site_config(work, "noop", glance, ca_dir, f"{base}/many.list", pki)
+    fill = sync(conf)
+    held = glance_get(glance, "noop", f"/v2/images?vmtrust_state=trusted&limit={count + 10}")
+    assert len(held["images"]) == count, len(held["images"])
+    times, calls = [], []
+    for _ in range(3):
+        before = glance.access_log.read_text().count("\n")
+        times.append(sync(conf))
+        calls.append(glance.access_log.read_text().count("\n") - before)
+    print(
+        f"2. no-op re-sync with {count} trusted images in Glance (filled in {fill:.1f} s): "
+        f"{calls[-1]} Glance API requests (runs: {calls}), {statistics.median(times):.2f} s "
+        f"(median of 3 whole vmtrust-sync runs: {', '.join(f'{t:.2f}' for t in times)}; "
+        f"target under 2 s)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="ingest image size (GiB)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved ingest rounds")
+    parser.add_argument("--images", type=int, default=500, help="images for the no-op re-sync")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    args = parser.parse_args()
+    why_not = available()
+    if why_not:
+        print(f"benchmark needs a Glance: {why_not}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vmtrust-glance-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        pki = devpki.DevPKI(work)
+        ca_dir = pki.install()
+        www = work / "www"
+        www.mkdir()
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(www),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        glance = GlanceServer(work / "glance").start()
+        try:
+            print(
+                f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+                f"Python {platform.python_version()}; Glance 33 under gunicorn, sqlite, file store"
+            )
+            base = f"http://127.0.0.1:{port}"
+            if args.gib > 0:
+                ingest(work, glance, pki, ca_dir, www, base, args.gib, max(1, args.rounds))
+            if args.images > 0:
+                noop(work, glance, pki, ca_dir, www, base, args.images)
+        finally:
+            glance.stop()
+            server.terminate()
+            server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
