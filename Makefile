@@ -9,8 +9,10 @@ BIN    := $(VENV)/bin
 CONSTRAINTS := requirements/openstack.txt
 # The real Glance the integration tests start runs from its own environment.
 GLANCE_VENV := .venv-glance
+# nova's scheduler code and in-process functional stack, with vmtrust installed into it.
+NOVA_VENV := .venv-nova
 
-.PHONY: demo test lint sample bench bench-glance venv venv-glance clean
+.PHONY: demo test lint sample bench bench-glance venv venv-glance venv-nova clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +30,22 @@ $(GLANCE_VENV)/bin/.installed: $(CONSTRAINTS)
 
 venv-glance: $(GLANCE_VENV)/bin/.installed
 
+$(NOVA_VENV)/bin/.installed: $(CONSTRAINTS) pyproject.toml setup.py
+	$(PYTHON) -m venv $(NOVA_VENV)
+	$(NOVA_VENV)/bin/pip install --quiet --upgrade pip
+	$(NOVA_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) nova openstack-placement \
+		oslotest wsgi-intercept testtools pytest -e '.[glance]'
+	touch $@
+
+venv-nova: $(NOVA_VENV)/bin/.installed
+
 demo: venv
 	$(BIN)/python -m vmtrust.demo
 
 # Every test runs: the services they need are required, not skipped.
-test: venv venv-glance lint
+test: venv venv-glance venv-nova lint
 	VMTRUST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
+	VMTRUST_REQUIRE_SERVICES=1 $(NOVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_nova
 
 lint: venv
 	$(BIN)/ruff check .
@@ -49,4 +61,4 @@ bench-glance: venv venv-glance
 	$(BIN)/python benchmarks/glance_ingest.py
 
 clean:
-	rm -rf $(VENV) $(GLANCE_VENV) demo-out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) demo-out .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,105 @@
+"""``[vmtrust]`` options in nova.conf, registered by the filter on nova's own CONF.
+
+keystoneauth's auth, session and adapter options give the filter its own
+credentials for the Glance look-up (nova's ``[glance]`` section has none, and
+the user's token may not see another project's properties); the rest say
+which images count as trusted.  ``oslo-config-generator --namespace
+vmtrust.nova`` writes the documented snippet ``etc/nova/nova-vmtrust.conf.sample``.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = "vmtrust"
+
+filter_opts = [
+    cfg.ListOpt(
+        "trusted_owners",
+        default=[],
+        help="Project ids whose images may be trusted: the project(s) vmtrust-sync writes "
+        "into ([store_glance] project_id). Empty: no image is trusted on worker flavours.",
+    ),
+    cfg.ListOpt(
+        "seal_public_keys",
+        default=[],
+        help="PEM files of the sites' Ed25519 seal public keys (the .pub that "
+        "'vmtrust keygen' wrote next to [trust] seal_key).",
+    ),
+    cfg.IntOpt(
+        "cache_ttl",
+        default=60,
+        min=0,
+        help="Seconds a verified decision per image id is reused (never past the image's "
+        "own expiry). It bounds how long a retired image can still be scheduled; 0 "
+        "looks every request up in Glance.",
+    ),
+    cfg.IntOpt(
+        "cache_size", default=1024, min=1, help="Image decisions kept in the cache at most."
+    ),
+    cfg.StrOpt(
+        "moves",
+        default="allow",
+        choices=[
+            ("allow", "migrate, evacuate, resize and unshelve pass; untrusted ones log a warning"),
+            ("enforce", "moves are filtered like new servers"),
+        ],
+        help="Moves of existing worker servers. 'allow' keeps a host failure from stranding "
+        "servers whose image was revoked after they launched.",
+    ),
+    cfg.BoolOpt(
+        "aggregate_trusted_only",
+        default=False,
+        help="Also treat a request as a worker-node one on hosts in an aggregate with "
+        "metadata vmtrust_trusted_only=true (for sites that mark hosts, not flavours).",
+    ),
+    cfg.MultiStrOpt(
+        "project_vo",
+        default=[],
+        help="PROJECT_ID:VO (repeat): the VO each project works for. With require_vo_match, "
+        "a worker server boots only an image whose vmtrust_vo is its project's VO.",
+    ),
+    cfg.BoolOpt(
+        "require_vo_match",
+        default=False,
+        help="Refuse worker-node images of another VO than the requesting project's "
+        "(projects without a project_vo entry are refused).",
+    ),
+]
+
+
+def _keystoneauth_opts() -> list[cfg.Opt]:
+    from keystoneauth1 import loading as ks_loading
+
+    opts, seen = [], set()
+    for opt in (
+        *ks_loading.get_auth_common_conf_options(),
+        *ks_loading.get_session_conf_options(),
+        *ks_loading.get_adapter_conf_options(include_deprecated=False),
+    ):
+        if opt.dest not in seen:
+            seen.add(opt.dest)
+            opts.append(opt)
+    return opts
+
+
+def register(conf: cfg.ConfigOpts) -> None:
+    """Register ``[vmtrust]`` on ``conf`` (idempotent)."""
+    group = cfg.OptGroup(GROUP, title="vmtrust trusted-image filter")
+    conf.register_group(group)
+    conf.register_opts(filter_opts, group=group)
+    conf.register_opts(_keystoneauth_opts(), group=group)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point ``oslo.config.opts`` (namespace ``vmtrust.nova``)."""
+    from keystoneauth1 import loading as ks_loading
+
+    return [
+        (
+            GROUP,
+            filter_opts
+            + _keystoneauth_opts()
+            + ks_loading.get_auth_plugin_conf_options("password"),
+        )
+    ]

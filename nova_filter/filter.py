@@ -1,0 +1,190 @@
+"""``TrustedImageFilter``: on worker-node flavours, only images the site's sync sealed.
+
+A request is a *worker-node request* when its flavour has the extra spec
+``vmtrust:trusted_only=true`` or, with ``[vmtrust] aggregate_trusted_only``,
+for hosts in an aggregate whose metadata has ``vmtrust_trusted_only=true``.
+Other requests pass untouched.  For a worker-node request the image must have
+an id (boot from an existing volume has none) and be trusted by
+:class:`nova_filter.decision.ImageTrust` (owner, seal, hash, state, expiry);
+optionally its VO must be the requesting project's.
+
+Cost: :meth:`filter_all` is overridden so the decision is computed once per
+request, not per host; ``run_filter_once_per_request`` reuses it for the
+other instances of a multi-create.  The Glance client and key files are set
+up on first use, not at import, so the scheduler starts as fast as without
+the filter.
+
+Rebuilds are filtered (``RUN_ON_REBUILD``); moves of existing servers
+(migrate, evacuate, resize, unshelve — the conductor restricts them to the
+instance's cell) follow ``[vmtrust] moves``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from nova import conf as nova_conf
+from nova.scheduler import filters
+from nova.scheduler import utils as scheduler_utils
+from oslo_log import log as logging
+
+from nova_filter import conf as vmtrust_conf
+from nova_filter.decision import Decision, ImageTrust, glance_fetch
+
+LOG = logging.getLogger(__name__)
+CONF = nova_conf.CONF
+vmtrust_conf.register(CONF)
+
+FLAVOR_KEY = "vmtrust:trusted_only"
+AGGREGATE_KEY = "vmtrust_trusted_only"
+
+_trust: ImageTrust | None = None
+_trust_lock = threading.Lock()
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    """A field of a nova object if set (unset fields raise on access, not AttributeError)."""
+    return getattr(obj, name) if name in obj else default
+
+
+def _true(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def image_trust() -> ImageTrust:
+    """The process-wide decision cache, built from ``[vmtrust]`` on first use."""
+    global _trust
+    with _trust_lock:
+        if _trust is None:
+            _trust = _build(CONF)
+        return _trust
+
+
+def reset() -> None:
+    """Forget the cache and configuration (tests; a SIGHUP-style reload)."""
+    global _trust
+    with _trust_lock:
+        _trust = None
+
+
+def _build(conf: Any) -> ImageTrust:
+    from keystoneauth1 import loading as ks_loading
+
+    from vmtrust.record import load_public_key
+
+    section = conf.vmtrust
+    keys = [load_public_key(path) for path in section.seal_public_keys]
+    auth = ks_loading.load_auth_from_conf_options(conf, vmtrust_conf.GROUP)
+    session = ks_loading.load_session_from_conf_options(conf, vmtrust_conf.GROUP, auth=auth)
+    adapter = ks_loading.load_adapter_from_conf_options(
+        conf, vmtrust_conf.GROUP, session=session, auth=auth
+    )
+    adapter.service_type = adapter.service_type or "image"
+    return ImageTrust(
+        glance_fetch(adapter),
+        keys,
+        section.trusted_owners,
+        ttl=section.cache_ttl,
+        size=section.cache_size,
+    )
+
+
+def is_move(spec_obj: Any) -> bool:
+    """Migrate, resize, evacuate, live-migrate, unshelve: the conductor pins the cell."""
+    if scheduler_utils.request_is_rebuild(spec_obj):
+        return False  # a rebuild brings a new image: always filtered
+    destination = _field(spec_obj, "requested_destination")
+    return destination is not None and _field(destination, "cell") is not None
+
+
+def _image_id(spec_obj: Any) -> str | None:
+    image = _field(spec_obj, "image")
+    image_id = _field(image, "id") if image is not None else None
+    return str(image_id) if image_id else None
+
+
+def _project_vo(project_id: str) -> str | None:
+    for entry in CONF.vmtrust.project_vo:
+        project, _, vo = entry.partition(":")
+        if project.strip() == project_id:
+            return vo.strip()
+    return None
+
+
+class TrustedImageFilter(filters.BaseHostFilter):
+    """Only trusted images on worker-node flavours (or worker-marked aggregates)."""
+
+    RUN_ON_REBUILD = True
+    run_filter_once_per_request = True
+
+    def _worker_flavour(self, spec_obj: Any) -> bool:
+        flavor = _field(spec_obj, "flavor")
+        specs = (_field(flavor, "extra_specs") or {}) if flavor is not None else {}
+        return _true(specs.get(FLAVOR_KEY, ""))
+
+    def _worker_host(self, host_state: Any) -> bool:
+        if not CONF.vmtrust.aggregate_trusted_only:
+            return False
+        return any(
+            _true((aggregate.metadata or {}).get(AGGREGATE_KEY, ""))
+            for aggregate in getattr(host_state, "aggregates", []) or []
+        )
+
+    def decide(self, spec_obj: Any) -> Decision:
+        """The request's verdict: computed once, logged once if it refuses."""
+        image_id = _image_id(spec_obj)
+        if image_id is None:
+            decision = Decision(False, "boot from volume or no image id: not allowed on worker "
+                                "flavours")  # fmt: skip
+        else:
+            decision = image_trust().decide(image_id)
+            if decision.trusted and CONF.vmtrust.require_vo_match:
+                wanted = _project_vo(_field(spec_obj, "project_id", "") or "")
+                if wanted is None:
+                    decision = Decision(False, "requesting project has no VO (project_vo)")
+                elif wanted != decision.vo:
+                    decision = Decision(
+                        False, f"image serves VO {decision.vo!r}, the project works for {wanted!r}"
+                    )
+        if not decision.trusted and is_move(spec_obj) and CONF.vmtrust.moves == "allow":
+            LOG.warning(
+                "TrustedImageFilter: allowing a move of instance %s although its image %s is "
+                "not trusted (%s); [vmtrust] moves = allow",
+                _field(spec_obj, "instance_uuid", "?"),
+                image_id,
+                decision.reason,
+            )
+            return Decision(True, f"move allowed: {decision.reason}", decision.vo)
+        if not decision.trusted:
+            LOG.info(
+                "TrustedImageFilter: refusing image %s for instance %s on a worker-node "
+                "request: %s",
+                image_id,
+                _field(spec_obj, "instance_uuid", "?"),
+                decision.reason,
+            )
+        return decision
+
+    def filter_all(self, filter_obj_list: Any, spec_obj: Any) -> list[Any]:
+        hosts = list(filter_obj_list)
+        worker_flavour = self._worker_flavour(spec_obj)
+        if not worker_flavour and not CONF.vmtrust.aggregate_trusted_only:
+            return hosts  # the common case for non-worker requests: no per-host work
+        decision: Decision | None = None
+        passed = []
+        for host in hosts:
+            if not (worker_flavour or self._worker_host(host)):
+                passed.append(host)
+                continue
+            if decision is None:
+                decision = self.decide(spec_obj)
+            if decision.trusted:
+                passed.append(host)
+        return passed
+
+    def host_passes(self, host_state: Any, spec_obj: Any) -> bool:
+        return bool(self.filter_all([host_state], spec_obj))
+
+
+__all__ = ["TrustedImageFilter", "is_move"]
