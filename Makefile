@@ -12,7 +12,7 @@ GLANCE_VENV := .venv-glance
 # nova's scheduler code and in-process functional stack, with vmtrust installed into it.
 NOVA_VENV := .venv-nova
 
-.PHONY: demo test lint sample bench bench-glance venv venv-glance venv-nova clean
+.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench: venv
 
 bench-glance: venv venv-glance
 	$(BIN)/python benchmarks/glance_ingest.py
+
+bench-filter: venv-nova venv-glance
+	$(NOVA_VENV)/bin/python benchmarks/filter.py
 
 clean:
 	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) demo-out .pytest_cache .ruff_cache .hypothesis
