@@ -12,7 +12,7 @@ GLANCE_VENV := .venv-glance
 # nova's scheduler code and in-process functional stack, with vmtrust installed into it.
 NOVA_VENV := .venv-nova
 
-.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova clean
+.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,23 @@ $(NOVA_VENV)/bin/.installed: $(CONSTRAINTS) pyproject.toml setup.py
 
 venv-nova: $(NOVA_VENV)/bin/.installed
 
+# cloud-init is not on PyPI: its Debian package's Python tree gives the tests its own
+# schema and user-data processing (used at test time only, never vendored).
+CLOUD_INIT := .cloud-init
+$(CLOUD_INIT)/.extracted:
+	mkdir -p $(CLOUD_INIT)
+	cd $(CLOUD_INIT) && (apt-get download cloud-init 2>/dev/null \
+		|| (apt-get update -qq && apt-get download cloud-init))
+	dpkg -x $(CLOUD_INIT)/cloud-init_*.deb $(CLOUD_INIT)/root
+	touch $@
+
+cloud-init: $(CLOUD_INIT)/.extracted
+
 demo: venv
 	$(BIN)/python -m vmtrust.demo
 
 # Every test runs: the services they need are required, not skipped.
-test: venv venv-glance venv-nova lint
+test: venv venv-glance venv-nova cloud-init lint
 	VMTRUST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
 	VMTRUST_REQUIRE_SERVICES=1 $(NOVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_nova
 
@@ -64,4 +76,4 @@ bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py
 
 clean:
-	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) demo-out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__
-from vmtrust.cli import imagecmd, listcmd, sitecmd
+from vmtrust.cli import contextcmd, imagecmd, listcmd, sitecmd
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     listcmd.register(commands)
     imagecmd.register(commands)
     sitecmd.register(commands)
+    contextcmd.register(commands)
     return parser
 
 

@@ -1,0 +1,148 @@
+"""Explain what a user-data does, and whether a site's policy allows it.
+
+For user-data that did not come from ``vmtrust context build`` (a pilot
+factory's, a VO's template) a site wants to know, before letting it near a
+worker node: which parts cloud-init will run and when, which files, accounts,
+keys and commands it brings, and what in it reaches into the site's share.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import yaml
+
+from vmtrust.context.compose import Part
+from vmtrust.context.profiles import SITE_ONLY, SiteProfile, _allowed_path
+from vmtrust.context.userdata import unpack
+
+_OWN_SLOTS = ("/etc/cvmfs/default.local", "/etc/vo/pilot.env")
+_RISKY_TYPES = {
+    "text/part-handler": "runs arbitrary Python inside cloud-init",
+    "text/x-include-url": "fetches more user-data from the network at boot",
+    "text/x-include-once-url": "fetches more user-data from the network at boot",
+    "text/cloud-boothook": "runs on every boot, before site policy is applied",
+    "text/jinja2": "is rendered from instance data at boot; its result cannot be checked here",
+    "text/cloud-config-archive": "carries parts that cannot be checked here",
+    "text/cloud-config-jsonp": "patches the configuration after it is checked",
+}
+
+
+def _describe_config(name: str, config: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in config.items():
+        if key == "write_files" and isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    lines.append(
+                        f"  writes {item.get('path')} (mode {item.get('permissions', '0644')}, "
+                        f"owner {item.get('owner', 'root:root')}"
+                        f"{', after users exist' if item.get('defer') else ''})"
+                    )
+        elif key == "runcmd" and isinstance(value, list):
+            lines.append(f"  runs {len(value)} command(s) as root in the config stage")
+        elif key == "users" and isinstance(value, list):
+            names = [u if isinstance(u, str) else u.get("name") for u in value]
+            lines.append(f"  creates users: {', '.join(str(n) for n in names)}")
+        elif key == "ssh_authorized_keys" and isinstance(value, list):
+            lines.append(f"  authorises {len(value)} ssh key(s) for the default user")
+        elif key == "packages" and isinstance(value, list):
+            lines.append(f"  installs packages: {', '.join(str(p) for p in value)}")
+        elif key == "ca_certs":
+            lines.append("  adds trusted CA certificates")
+        elif key == "rsyslog":
+            remotes = (value or {}).get("remotes", {}) if isinstance(value, dict) else {}
+            lines.append(f"  forwards syslog to {', '.join(map(str, remotes.values()))}")
+        elif key == "disable_ec2_metadata":
+            lines.append(f"  {'blocks' if value else 'keeps'} access to the metadata service")
+        else:
+            lines.append(f"  sets {key}")
+    return [f"{name}: cloud-config", *lines]
+
+
+def explain(data: bytes, site: SiteProfile | None = None) -> tuple[list[str], list[str]]:
+    """(what each part does, what the site policy refuses) for a user-data blob."""
+    parts = unpack(data)
+    lines: list[str] = [f"{len(parts)} part(s), {len(data)} bytes"]
+    problems: list[str] = []
+    configs = 0
+    for part in parts:
+        if part.content_type == "text/cloud-config":
+            configs += 1
+            try:
+                config = yaml.safe_load(part.body) or {}
+            except yaml.YAMLError:
+                problems.append(f"{part.filename}: cloud-config is not valid YAML")
+                continue
+            if not isinstance(config, dict):
+                problems.append(f"{part.filename}: cloud-config is not a mapping")
+                continue
+            lines += _describe_config(part.filename, config)
+            if site is not None:
+                problems += _policy(part, config, site)
+        elif part.content_type == "text/x-shellscript":
+            count = len(part.body.splitlines())
+            lines.append(
+                f"{part.filename}: shell script, {count} lines, run as root at the end of boot "
+                "(user scripts run in file-name order)"
+            )
+        else:
+            why = _RISKY_TYPES.get(part.content_type, "is not a type vmtrust composes")
+            lines.append(f"{part.filename}: {part.content_type} — {why}")
+            if site is not None:
+                problems.append(f"{part.filename}: {part.content_type} not allowed: it {why}")
+    if configs > 1:
+        lines.append("note: later cloud-config parts replace top-level keys of earlier ones")
+        if site is not None:
+            problems.append(
+                f"{configs} cloud-config parts: a later part can replace the site's keys "
+                "(cloud-init merges by replacing top-level lists)"
+            )
+    if site is not None and site.cvmfs is not None:
+        text = "\n".join(p.body for p in parts)
+        if site.cvmfs.proxy not in text:
+            problems.append("the site's CVMFS proxy is not configured")
+    return lines, problems
+
+
+def _policy(part: Part, config: dict[str, Any], site: SiteProfile) -> list[str]:
+    problems = []
+    where = part.filename
+    if "merge_how" in config or "merge_type" in config:
+        problems.append(f"{where}: merge_how changes how parts override the site's")
+    users = config.get("users", [])
+    allowed_users = {"default", site.pilot_user}
+    for user in users if isinstance(users, list) else []:
+        name = user if isinstance(user, str) else (user or {}).get("name")
+        if name not in allowed_users:
+            problems.append(f"{where}: users: {name} ({SITE_ONLY['users']})")
+    keys = config.get("ssh_authorized_keys", [])
+    for key in keys if isinstance(keys, list) else []:
+        if key not in site.admin_ssh_keys:
+            problems.append(f"{where}: ssh_authorized_keys: a key that is not the site's")
+    for key in ("bootcmd", "ssh_keys", "mounts"):
+        if key in config:
+            problems.append(f"{where}: {key}: {SITE_ONLY[key]}")
+    if config.get("disable_root") is False:
+        problems.append(f"{where}: disable_root: {SITE_ONLY['disable_root']}")
+    if site.syslog:
+        remotes = (config.get("rsyslog") or {}).get("remotes", {})
+        if not isinstance(remotes, dict) or set(remotes.values()) != set(site.syslog):
+            problems.append(f"{where}: rsyslog: not forwarding to the site's syslog")
+    if site.ca_certificates:
+        trusted = (config.get("ca_certs") or {}).get("trusted", [])
+        if not set(site.ca_certificates) <= set(trusted or []):
+            problems.append(f"{where}: ca_certs: the site's CA certificates are missing")
+    for item in config.get("write_files", []) or []:
+        path = item.get("path", "") if isinstance(item, dict) else ""
+        if path in _OWN_SLOTS or path.startswith("/etc/systemd/system/"):
+            continue  # vmtrust's own slots; the proxy check covers default.local
+        why = _allowed_path(path, site)
+        if why:
+            problems.append(f"{where}: write_files: {path} {why}")
+    packages = config.get("packages", []) or []
+    for name in packages if isinstance(packages, list) else []:
+        if not any(fnmatch.fnmatchcase(str(name), pat) for pat in site.packages):
+            problems.append(f"{where}: packages: {name} is not on the site's allow-list")
+    return problems
