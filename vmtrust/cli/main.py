@@ -18,7 +18,7 @@ import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__
-from vmtrust.cli import contextcmd, imagecmd, listcmd, sitecmd
+from vmtrust.cli import contextcmd, imagecmd, launchcmd, listcmd, sitecmd
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     imagecmd.register(commands)
     sitecmd.register(commands)
     contextcmd.register(commands)
+    launchcmd.register(commands)
     return parser
 
 
