@@ -270,9 +270,15 @@ class SyncService:
         report = Report()
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         with exclusive_lock(self.s.state_dir):
-            if not dry_run:
-                for line in self.store.cleanup():
-                    LOG.warning("removed %s", line)
+            try:
+                if not dry_run:
+                    for line in self.store.cleanup():
+                        LOG.warning("removed %s", line)
+                held = self.store.held()
+            except (VmtrustError, OSError) as exc:
+                # Without knowing what the store holds nothing can be planned safely.
+                report.fail(str(exc))  # store errors name the store themselves
+                return report
             lists = [v for sub in subscriptions if (v := self._verify(sub, report, now))]
             ok = {v.subscription.name for v in lists}
             frozen = {}
@@ -282,7 +288,6 @@ class SyncService:
                     frozen[sub.name] = expiry or now
             # Images of subscriptions no longer configured are not approved any more.
             desired = self._desired(lists, report, now)
-            held = self.store.held()
             plan = make_plan(
                 desired,
                 held,

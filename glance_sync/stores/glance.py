@@ -26,7 +26,9 @@ failure becomes one :class:`GlanceError` line naming the call and the status.
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any
@@ -35,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
 from glance_sync.stores.base import Finish, Store
-from glance_sync.stores.glance_meta import list_properties
+from glance_sync.stores.glance_meta import list_properties, stale_properties
 from glance_sync.transfer import Tally, iter_chunks
 from vmtrust import glanceprops as gp
 from vmtrust.errors import VmtrustError
@@ -75,6 +77,7 @@ class GlanceStore(Store):
         self.disk_formats = disk_formats or []
         self.name_prefix = name_prefix
         self._seen: dict[str, dict[str, Any]] = {}  #: image id → last listing of it
+        self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
         self.calls = 0  #: Glance API requests made (the no-op benchmark counts them)
 
     # --- REST plumbing --------------------------------------------------------------
@@ -82,17 +85,26 @@ class GlanceStore(Store):
     def _call(self, method: str, url: str, ok: tuple[int, ...], conn: Any = None, **kw: Any) -> Any:
         from keystoneauth1 import exceptions as ks_exc
 
-        adapter = (conn or self.conn).image
         self.calls += 1
+        # JSON errors carry Glance's explanation; its HTML pages hide it in markup.
+        headers = {"Accept": "application/json", **kw.pop("headers", {})}
         try:
-            reply = adapter.request(url, method, raise_exc=False, **kw)
+            adapter = (conn or self.conn).image  # endpoint discovery happens here
+            reply = adapter.request(url, method, raise_exc=False, headers=headers, **kw)
         except ks_exc.ConnectFailure as exc:
-            raise GlanceError(f"glance {method} {url}: cannot connect ({_short(exc)})") from None
+            text = _short(exc)
+            if "aborted" in text or "RemoteDisconnected" in text or "reset" in text:
+                raise GlanceError(f"glance {method} {url}: connection lost ({text})") from None
+            raise GlanceError(f"glance {method} {url}: cannot connect ({text})") from None
         except ks_exc.ConnectTimeout:
             raise GlanceError(f"glance {method} {url}: connection timed out") from None
         except ks_exc.RequestTimeout:
             raise GlanceError(f"glance {method} {url}: no answer in time") from None
-        except ks_exc.ClientException as exc:  # authentication, catalogue, discovery
+        except ks_exc.DiscoveryFailure as exc:
+            raise GlanceError(
+                f"glance {method} {url}: cannot connect, or no Glance API there ({_short(exc)})"
+            ) from None
+        except ks_exc.ClientException as exc:  # authentication, catalogue
             raise GlanceError(f"glance {method} {url}: {_short(exc)}") from None
         if reply.status_code not in ok:
             raise GlanceError(
@@ -154,13 +166,17 @@ class GlanceStore(Store):
             problem = f"image status is {image.get('status')}"
         return Held(image_id, record, problem is None, retired, retired_at, location, problem)
 
+    def _managed(self) -> list[dict[str, Any]]:
+        """Every managed image of the project, visible and hidden (two listings + paging)."""
+        return [image for hidden in ("false", "true") for image in self._list(os_hidden=hidden)]
+
     def held(self) -> list[Held]:
-        self._seen = {}
-        for hidden in ("false", "true"):
-            for image in self._list(os_hidden=hidden):
-                if image.get(gp.STATE) != gp.UPLOADING:
-                    self._seen[image["id"]] = image
-        return [self._held(image) for image in self._seen.values()]
+        # cleanup() of the same pass has just listed them: one listing per pass, not two
+        images, self._listing = self._listing, None
+        if images is None:
+            images = [i for i in self._managed() if i.get(gp.STATE) != gp.UPLOADING]
+        self._seen = {image["id"]: image for image in images}
+        return [self._held(image) for image in images]
 
     def free_bytes(self) -> int | None:
         return None  # Glance has quotas, not free space; a 413 is reported per image
@@ -193,6 +209,9 @@ class GlanceStore(Store):
                 (204,),
                 data=iter_chunks(stream, identifier, tally),
                 headers={"Content-Type": "application/octet-stream"},
+                # a stream cannot be sent twice: a retried PUT would store an empty image
+                status_code_retries=0,
+                connect_retries=0,
             )
             record, seal = finish(image_id, tally.size, tally.sha512)
             image = self._call("GET", f"/images/{image_id}", (200,)).json()
@@ -211,6 +230,12 @@ class GlanceStore(Store):
             shared = self._share(image_id, record.vo)
             ops = _set_ops(image, {**gp.record_properties(record, seal), gp.SHARED_WITH: shared})
             image = self._patch(image_id, ops)
+        except GlanceError as exc:
+            self._remove_failed(image_id, identifier)
+            message = str(exc)
+            if not message.startswith(f"image {identifier}:"):
+                message = f"image {identifier}: {message}"
+            raise GlanceError(message) from None
         except BaseException:
             self._remove_failed(image_id, identifier)
             raise
@@ -232,7 +257,13 @@ class GlanceStore(Store):
         )
         wanted: dict[str, Any] = dict(list_properties(want, record.size, self.name_prefix))
         wanted.update(gp.record_properties(record, seal))
-        self._seen[held.store_id] = self._patch(held.store_id, _set_ops(image, wanted))
+        # What the entry no longer gives must go too: a stale hypervisor_type or
+        # os_distro would steer nova's scheduler by metadata the list withdrew.
+        wanted.setdefault("min_ram", 0)
+        wanted.setdefault("min_disk", 0)
+        ops = _set_ops(image, wanted)
+        ops += [{"op": "remove", "path": f"/{key}"} for key in stale_properties(image, wanted)]
+        self._seen[held.store_id] = self._patch(held.store_id, ops)
         return Held(held.store_id, record, True, location=held.location)
 
     def retire(self, held: Held, mode: str, now: datetime) -> None:
@@ -252,14 +283,18 @@ class GlanceStore(Store):
         self._call("DELETE", f"/images/{held.store_id}", (204, 404))
 
     def cleanup(self) -> list[str]:
-        removed = []
-        for image in list(self._list(**{gp.STATE: gp.UPLOADING})):
+        removed, kept = [], []
+        for image in self._managed():
+            if image.get(gp.STATE) != gp.UPLOADING:
+                kept.append(image)
+                continue
             try:
                 self._call("DELETE", f"/images/{image['id']}", (204, 404))
             except GlanceError as exc:
                 LOG.error("could not remove unfinished image %s: %s", image["id"], exc)
                 continue
             removed.append(f"unfinished Glance image {image['id']} ({image.get('status')})")
+        self._listing = kept
         return removed
 
     # --- sharing ------------------------------------------------------------------------
@@ -297,8 +332,13 @@ class GlanceStore(Store):
                 continue
             image = self._seen.get(item.store_id, {})
             wanted = ",".join(sorted(project for project, _ in self._projects(item.record.vo)))
-            if image.get(gp.SHARED_WITH, "") == wanted:
+            visibility = image.get("visibility", self.visibility)
+            if image.get(gp.SHARED_WITH, "") == wanted and visibility == self.visibility:
                 continue
+            if visibility != self.visibility:
+                # Before sharing (only shared images take members); leaving "shared"
+                # is what takes the image away from the members it had.
+                image = self._patch(item.store_id, _set_ops(image, {"visibility": self.visibility}))
             shared = self._share(item.store_id, item.record.vo)
             self._seen[item.store_id] = self._patch(
                 item.store_id, _set_ops(image, {gp.SHARED_WITH: shared})
@@ -334,6 +374,7 @@ def _reason(reply: Any) -> str:
     except ValueError:
         lines = [line.strip() for line in reply.text.splitlines() if line.strip()]
         text = lines[-1] if lines else ""
+    text = html.unescape(re.sub(r"<[^>]*>", " ", text))
     return " ".join(text.split())[:200] or reply.reason or ""
 
 

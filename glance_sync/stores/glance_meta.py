@@ -33,6 +33,20 @@ _ARCHES = {
     "ppc64le": "ppc64le",
     "s390x": "s390x",
 }
+#: What :func:`list_properties` may write besides ``name``, ``min_ram``, ``min_disk`` and
+#: the ``vmcatcher_event_*`` variables: a refresh removes those the entry no longer gives.
+LIST_PROPERTIES = frozenset(
+    {
+        "architecture",
+        "os_distro",
+        "os_version",
+        "hypervisor_type",
+        "APPLIANCE_ATTRIBUTES",
+        "appdb_id",
+        "image_list",
+        "image_hash",
+    }
+)
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -84,3 +98,12 @@ def list_properties(want: Desired, size: int, prefix: str = "") -> dict[str, str
     props["image_list"] = want.imagelist.identifier
     props["image_hash"] = f"sha512:{image.sha512}"
     return props
+
+
+def stale_properties(image: dict, wanted: dict) -> list[str]:
+    """List properties ``image`` carries that the entry (``wanted``) no longer gives."""
+    return sorted(
+        key
+        for key in image
+        if key not in wanted and (key in LIST_PROPERTIES or key.startswith("vmcatcher_event_"))
+    )
