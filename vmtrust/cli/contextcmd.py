@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vmtrust import context, fileio
+from vmtrust.cli.render import clean
 from vmtrust.errors import PolicyError
 
 #: user-data larger than this is not read (every cloud's limit is far below)
@@ -69,12 +70,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     data = fileio.read_bytes(args.user_data, what="user-data", limit=MAX_USER_DATA)
     site = context.load_site(args.site) if args.site else None
     lines, problems = context.explain(data, site)
-    for line in lines:
-        print(line)
+    for line in lines:  # untrusted text (paths, names): one printable line each
+        print(clean(line))
     if site is None:
         return 0
     for problem in problems:
-        print(f"refused: {problem}")
+        print(f"refused: {clean(problem)}")
     if problems:
         raise PolicyError(
             f"user-data {args.user_data}: {len(problems)} thing(s) the policy of site "

@@ -9,15 +9,20 @@ keys and commands it brings, and what in it reaches into the site's share.
 from __future__ import annotations
 
 import fnmatch
+import shlex
 from typing import Any
 
 import yaml
 
-from vmtrust.context.compose import Part
-from vmtrust.context.profiles import SITE_ONLY, SiteProfile, _allowed_path
+from vmtrust.context.compose import Part, dropin
+from vmtrust.context.profiles import _UNIT, SITE_ONLY, SiteProfile, _allowed_path
 from vmtrust.context.userdata import unpack
 
-_OWN_SLOTS = ("/etc/cvmfs/default.local", "/etc/vo/pilot.env")
+DEFAULT_LOCAL = "/etc/cvmfs/default.local"
+_OWN_SLOTS = (DEFAULT_LOCAL, "/etc/vo/pilot.env")
+_UNITS = "/etc/systemd/system/"
+#: what vmtrust itself sets for the pilot user; sudo, groups, passwords… are the site's
+_PILOT_USER_KEYS = {"name", "gecos", "shell", "lock_passwd", "no_user_group"}
 _RISKY_TYPES = {
     "text/part-handler": "runs arbitrary Python inside cloud-init",
     "text/x-include-url": "fetches more user-data from the network at boot",
@@ -67,6 +72,7 @@ def explain(data: bytes, site: SiteProfile | None = None) -> tuple[list[str], li
     lines: list[str] = [f"{len(parts)} part(s), {len(data)} bytes"]
     problems: list[str] = []
     configs = 0
+    default_local: str | None = None  #: as cloud-init leaves it after all write_files
     for part in parts:
         if part.content_type == "text/cloud-config":
             configs += 1
@@ -78,9 +84,14 @@ def explain(data: bytes, site: SiteProfile | None = None) -> tuple[list[str], li
             if not isinstance(config, dict):
                 problems.append(f"{part.filename}: cloud-config is not a mapping")
                 continue
-            lines += _describe_config(part.filename, config)
-            if site is not None:
-                problems += _policy(part, config, site)
+            default_local = _written(config, DEFAULT_LOCAL, default_local)
+            try:
+                lines += _describe_config(part.filename, config)
+                if site is not None:
+                    problems += _policy(part, config, site)
+            except (AttributeError, TypeError, ValueError):
+                # cloud-init's schema would refuse it too; never pass what cannot be read
+                problems.append(f"{part.filename}: cloud-config has values of unexpected types")
         elif part.content_type == "text/x-shellscript":
             count = len(part.body.splitlines())
             lines.append(
@@ -92,6 +103,9 @@ def explain(data: bytes, site: SiteProfile | None = None) -> tuple[list[str], li
             lines.append(f"{part.filename}: {part.content_type} — {why}")
             if site is not None:
                 problems.append(f"{part.filename}: {part.content_type} not allowed: it {why}")
+    if configs == 0 and site is not None:
+        # no cloud-config at all: the site's keys, syslog and CAs are missing too
+        problems += _policy(Part("user-data", "text/cloud-config", ""), {}, site)
     if configs > 1:
         lines.append("note: later cloud-config parts replace top-level keys of earlier ones")
         if site is not None:
@@ -100,10 +114,58 @@ def explain(data: bytes, site: SiteProfile | None = None) -> tuple[list[str], li
                 "(cloud-init merges by replacing top-level lists)"
             )
     if site is not None and site.cvmfs is not None:
-        text = "\n".join(p.body for p in parts)
-        if site.cvmfs.proxy not in text:
+        proxy = _shell_value(default_local or "", "CVMFS_HTTP_PROXY")
+        if proxy is None:
             problems.append("the site's CVMFS proxy is not configured")
+        elif proxy != site.cvmfs.proxy:
+            problems.append(
+                f"the site's CVMFS proxy is not configured: {DEFAULT_LOCAL} sets "
+                f"CVMFS_HTTP_PROXY to {proxy!r}"
+            )
     return lines, problems
+
+
+def _written(config: dict[str, Any], path: str, before: str | None) -> str | None:
+    """The content of ``path`` after this config's write_files (later entries replace)."""
+    items = config.get("write_files", [])
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("path") == path:
+            content = item.get("content", "")
+            content = content if isinstance(content, str) and not item.get("encoding") else ""
+            before = (before or "") + content if item.get("append") else content
+    return before
+
+
+def _shell_value(text: str, name: str) -> str | None:
+    """The last value ``text`` (a KEY=value file sourced by /bin/sh) gives ``name``."""
+    value = None
+    for line in text.splitlines():
+        if line.lstrip().startswith(f"{name}=") or line.lstrip().startswith(f"export {name}="):
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError:
+                return ""
+            word = words[-1] if words else ""
+            value = word.split("=", 1)[1] if "=" in word and len(words) <= 2 else ""
+    return value
+
+
+def _service_problem(path: str, files: list, site: SiteProfile) -> str | None:
+    """None if ``path`` is a VO unit or vmtrust's drop-in for it, as vmtrust writes them."""
+    contents = {i.get("path"): i.get("content") for i in files if isinstance(i, dict)}
+    name = path.removeprefix(_UNITS)
+    if _UNIT.match(name):
+        if contents.get(f"{path}.d/50-vmtrust.conf") == dropin(site.pilot_user):
+            return None
+        return f"is a service that does not run as {site.pilot_user} (no vmtrust drop-in)"
+    unit, _, rest = name.partition(".d/")
+    if (
+        _UNIT.match(unit)
+        and rest == "50-vmtrust.conf"
+        and contents.get(path) == dropin(site.pilot_user)
+    ):
+        return None
+    return "is a site-controlled location"
 
 
 def _policy(part: Part, config: dict[str, Any], site: SiteProfile) -> list[str]:
@@ -117,6 +179,11 @@ def _policy(part: Part, config: dict[str, Any], site: SiteProfile) -> list[str]:
         name = user if isinstance(user, str) else (user or {}).get("name")
         if name not in allowed_users:
             problems.append(f"{where}: users: {name} ({SITE_ONLY['users']})")
+        elif isinstance(user, dict) and set(user) - _PILOT_USER_KEYS:
+            extra = ", ".join(sorted(map(str, set(user) - _PILOT_USER_KEYS)))
+            problems.append(f"{where}: users: {name}: {extra} ({SITE_ONLY['users']})")
+    if "groups" in config:
+        problems.append(f"{where}: groups: {SITE_ONLY['groups']}")
     keys = config.get("ssh_authorized_keys", [])
     for key in keys if isinstance(keys, list) else []:
         if key not in site.admin_ssh_keys:
@@ -134,11 +201,15 @@ def _policy(part: Part, config: dict[str, Any], site: SiteProfile) -> list[str]:
         trusted = (config.get("ca_certs") or {}).get("trusted", [])
         if not set(site.ca_certificates) <= set(trusted or []):
             problems.append(f"{where}: ca_certs: the site's CA certificates are missing")
-    for item in config.get("write_files", []) or []:
-        path = item.get("path", "") if isinstance(item, dict) else ""
-        if path in _OWN_SLOTS or path.startswith("/etc/systemd/system/"):
+    files = config.get("write_files", []) or []
+    for item in files if isinstance(files, list) else []:
+        path = str(item.get("path", "")) if isinstance(item, dict) else ""
+        if path in _OWN_SLOTS:
             continue  # vmtrust's own slots; the proxy check covers default.local
-        why = _allowed_path(path, site)
+        if path.startswith(_UNITS):
+            why = _service_problem(path, files, site)
+        else:
+            why = _allowed_path(str(path), site)
         if why:
             problems.append(f"{where}: write_files: {path} {why}")
     packages = config.get("packages", []) or []

@@ -104,6 +104,16 @@ fi
 """
 
 
+def dropin(user: str) -> str:
+    """The drop-in that makes a VO's systemd unit run as the site's pilot user."""
+    return (
+        f"# Written by vmtrust: the VO's service runs as the site's pilot user.\n"
+        f"[Service]\nUser={user}\nGroup={user}\nSupplementaryGroups=\nAmbientCapabilities=\n"
+        "Environment=MACHINEFEATURES=/etc/machinefeatures JOBOUTPUTS=/etc/joboutputs\n"
+        "EnvironmentFile=-/etc/vo/pilot.env\n"
+    )
+
+
 def _pilot_start(site: SiteProfile, vo: VoProfile) -> str:
     pilot = vo.pilot
     assert pilot is not None
@@ -151,7 +161,7 @@ def compose(site: SiteProfile, vo: VoProfile) -> tuple[dict, list[Part]]:
     repos = list(
         dict.fromkeys([*(site.cvmfs.repositories if site.cvmfs else ()), *vo.repositories])
     )
-    if site.cvmfs is not None and repos:
+    if site.cvmfs is not None:  # the site's proxy, even when nothing is mounted at boot
         files.append({"path": "/etc/cvmfs/default.local", "owner": "root:root",
                       "permissions": "0644", "content": _default_local(site, repos)})  # fmt: skip
     # --- the VO's parts, in the slots the site allows ----------------------------------
@@ -176,6 +186,10 @@ def compose(site: SiteProfile, vo: VoProfile) -> tuple[dict, list[Part]]:
         if pilot.unit:
             files.append({"path": f"/etc/systemd/system/{pilot.unit_name}",
                           "content": pilot.unit, "permissions": "0644"})  # fmt: skip
+            # the VO's unit runs as the site's pilot user, whatever User= it says
+            files.append({"path": f"/etc/systemd/system/{pilot.unit_name}.d/50-vmtrust.conf",
+                          "content": dropin(site.pilot_user),
+                          "permissions": "0644"})  # fmt: skip
     if vo.packages:
         config["packages"] = list(vo.packages)
     if files:

@@ -48,7 +48,8 @@ SITE_ONLY = {
 }
 _REPO = re.compile(r"[a-z0-9][a-z0-9.-]*\.[a-z]{2,}\Z")
 _PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]*\Z")
-_UNIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*\.service\Z")
+#: "vo-" so that a VO unit cannot replace a system service (sshd, rsyslog …)
+_UNIT = re.compile(r"vo-[A-Za-z0-9_.@-]*\.service\Z")
 
 
 @dataclass(frozen=True)
@@ -149,25 +150,26 @@ def _text(p: _Problems, obj: dict, key: str, *, required: bool = False, default:
     return value
 
 
-def _texts(p: _Problems, obj: dict, key: str) -> tuple[str, ...]:
+def _texts(p: _Problems, obj: dict, key: str, prefix: str = "") -> tuple[str, ...]:
     value = obj.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        p.add(key, "must be a list of non-empty strings")
+        p.add(prefix + key, "must be a list of non-empty strings")
         return ()
     return tuple(value)
 
 
-def _int(p: _Problems, obj: dict, key: str, default: int, low: int = 0) -> int:
+def _int(p: _Problems, obj: dict, key: str, default: int, low: int = 0, prefix: str = "") -> int:
     value = obj.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        p.add(key, f"must be an integer of at least {low}")
+        p.add(prefix + key, f"must be an integer of at least {low}")
         return default
     return value
 
 
 def _unknown(p: _Problems, obj: dict, known: set[str], prefix: str = "") -> None:
     for key in sorted(set(obj) - known, key=str):
-        p.add(f"{prefix}{key}", "unknown key")
+        name = str(key) if str(key).isprintable() else repr(key)
+        p.add(f"{prefix}{name}", "unknown key")
 
 
 def load_site(path: Path) -> SiteProfile:
@@ -208,12 +210,13 @@ def load_site(path: Path) -> SiteProfile:
     if not isinstance(lifetime, dict):
         p.add("lifetime", "must be a mapping with max_seconds and grace_seconds")
         lifetime = {}
+    _unknown(p, lifetime, {"max_seconds", "grace_seconds"}, "lifetime.")
     vo_may = data.get("vo_may", {}) or {}
     if not isinstance(vo_may, dict):
         p.add("vo_may", "must be a mapping")
         vo_may = {}
     _unknown(p, vo_may, {"packages", "file_prefixes", "runcmd"}, "vo_may.")
-    prefixes = _texts(p, vo_may, "file_prefixes") if "file_prefixes" in vo_may else None
+    prefixes = _texts(p, vo_may, "file_prefixes", "vo_may.") if "file_prefixes" in vo_may else None
     for prefix in prefixes or ():
         if not prefix.startswith("/") or not prefix.endswith("/"):
             p.add("vo_may.file_prefixes", f"must be absolute directories ending in '/': {prefix}")
@@ -234,10 +237,10 @@ def load_site(path: Path) -> SiteProfile:
         syslog=syslog,
         admin_ssh_keys=_texts(p, data, "admin_ssh_keys"),
         ca_certificates=ca,
-        max_lifetime=_int(p, lifetime, "max_seconds", 172800, 60),
-        grace=_int(p, lifetime, "grace_seconds", 600, 0),
+        max_lifetime=_int(p, lifetime, "max_seconds", 172800, 60, "lifetime."),
+        grace=_int(p, lifetime, "grace_seconds", 600, 0, "lifetime."),
         pilot_user=_text(p, data, "pilot_user", default="pilot"),
-        packages=_texts(p, vo_may, "packages"),
+        packages=_texts(p, vo_may, "packages", "vo_may."),
         file_prefixes=prefixes if prefixes is not None else ("/opt/", "/etc/vo/"),
         runcmd=runcmd if isinstance(runcmd, bool) else False,
         source=str(path),
@@ -315,6 +318,8 @@ _SITE_PATHS = ("/etc/cvmfs/", "/etc/ssh/", "/root/", "/etc/rsyslog", "/etc/sudoe
 
 def _allowed_path(path: str, site: SiteProfile) -> str | None:
     """None if a VO may write ``path``, else why not."""
+    if not path.isprintable():
+        return "must be a path of printable characters"
     if not path.startswith("/") or "/../" in path + "/" or "//" in path:
         return "must be an absolute path without '..'"
     if any(path.startswith(s) or path + "/" == s for s in _SITE_PATHS):
@@ -342,8 +347,8 @@ def _files(p: _Problems, value: Any, site: SiteProfile) -> tuple[VoFile, ...]:
             continue
         why = _allowed_path(path, site)
         if why:
-            p.add(f"{where}.path", f"{path} {why}")
-        if not isinstance(perms, str) or not re.fullmatch(r"0?[0-7]{3}", perms):
+            p.add(f"{where}.path", f"{path if path.isprintable() else repr(path)} {why}")
+        if not isinstance(perms, str) or not re.fullmatch(r"0?[0-7]{3,4}", perms):
             p.add(f"{where}.permissions", "must be an octal string such as '0644'")
             continue
         if int(perms, 8) & 0o6000:
@@ -365,9 +370,14 @@ def _pilot(p: _Problems, value: Any, site: SiteProfile) -> Pilot | None:
     unit = _text(p, value, "systemd_unit")
     if bool(command) == bool(unit):
         p.add("pilot", "give exactly one of command or systemd_unit")
+    # '+' and '!' Exec prefixes and PermissionsStartOnly= run commands as root despite User=
+    if unit and re.search(r"^\s*(Exec\w*\s*=\s*[-@:]*[+!]|PermissionsStartOnly\s*=)", unit, re.M):
+        p.add("pilot.systemd_unit", "privileged Exec prefixes ('+', '!') are not allowed: "
+              f"the pilot runs as {site.pilot_user}")  # fmt: skip
     unit_name = _text(p, value, "unit_name", default="vo-pilot.service")
     if not _UNIT.match(unit_name):
-        p.add("pilot.unit_name", "must be a systemd service name ending in .service")
+        p.add("pilot.unit_name", "must be a service name 'vo-….service' "
+              "(a VO unit cannot replace a system service)")  # fmt: skip
     paths: dict[str, tuple[str, str]] = {}
     for key in ("config", "credential"):
         item = value.get(key)
@@ -385,7 +395,7 @@ def _pilot(p: _Problems, value: Any, site: SiteProfile) -> Pilot | None:
             continue
         why = _allowed_path(path, site)
         if why:
-            p.add(f"pilot.{key}.path", f"{path} {why}")
+            p.add(f"pilot.{key}.path", f"{path if path.isprintable() else repr(path)} {why}")
         paths[key] = (path, content)
     env = value.get("environment", {}) or {}
     pairs: list[tuple[str, str]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import zlib
 from email import message_from_bytes
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -96,7 +97,7 @@ def unpack(data: bytes) -> list[Part]:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise UserDataError(f"user-data: gzip data is damaged ({exc})") from None
     head = data[:4096].lower()
     if b"mime-version:" not in head:
@@ -107,16 +108,27 @@ def unpack(data: bytes) -> list[Part]:
         if item.is_multipart():
             continue
         payload = item.get_payload(decode=True) or b""
-        if payload[:2] == b"\x1f\x8b":
-            payload = gzip.decompress(payload)
         kind = item.get_content_type()
-        if kind == "text/plain":
-            kind = _type_of(payload)
+        if payload[:2] == b"\x1f\x8b":
+            try:
+                payload = gzip.decompress(payload)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise UserDataError(f"user-data: gzip part is damaged ({exc})") from None
+            if kind in _GZIP_TYPES:
+                kind = "text/plain"  # cloud-init: type unknown until decompressed
+        if kind in _RETYPED:
+            # as cloud-init does: these types are decided by the first line
+            kind = _type_of(payload, default=kind)
         name = item.get_filename() or f"part-{index:03d}"
         parts.append(Part(name, kind, payload.decode("utf-8", errors="replace")))
     return parts
 
 
+#: content types cloud-init re-types from the payload's first line (user_data.py)
+_RETYPED = ("text/plain", "text/x-not-multipart", "text/x-shellscript")
+_GZIP_TYPES = ("application/gzip", "application/gzip-compressed", "application/gzipped",
+               "application/x-compress", "application/x-compressed", "application/x-gunzip",
+               "application/x-gzip", "application/x-gzip-compressed")  # fmt: skip
 _STARTS = (
     ("#cloud-config-archive", "text/cloud-config-archive"),
     ("#cloud-config-jsonp", "text/cloud-config-jsonp"),
@@ -130,9 +142,10 @@ _STARTS = (
 )
 
 
-def _type_of(data: bytes) -> str:
-    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+def _type_of(data: bytes, default: str = "text/plain") -> str:
+    # cloud-init compares case-insensitively after leading white space
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff").lstrip().lower()
     for start, kind in _STARTS:
         if text.startswith(start):
             return kind
-    return "text/plain"
+    return default
