@@ -65,6 +65,7 @@ lint: venv
 # Regenerate etc/vmtrust/vmtrust.conf.sample after changing options.
 sample: venv
 	$(BIN)/oslo-config-generator --config-file etc/vmtrust/vmtrust-config-generator.conf
+	$(BIN)/oslo-config-generator --config-file etc/nova/vmtrust-nova-config-generator.conf
 
 bench: venv
 	$(BIN)/python benchmarks/verify.py

@@ -45,7 +45,9 @@ filter_opts = [
             ("enforce", "moves are filtered like new servers"),
         ],
         help="Moves of existing worker servers. 'allow' keeps a host failure from stranding "
-        "servers whose image was revoked after they launched.",
+        "servers whose image was revoked after they launched; it applies only to servers that "
+        "already were worker servers: a resize onto a worker flavour is filtered as a new "
+        "server.",
     ),
     cfg.BoolOpt(
         "aggregate_trusted_only",

@@ -16,7 +16,10 @@ the filter.
 
 Rebuilds are filtered (``RUN_ON_REBUILD``); moves of existing servers
 (migrate, evacuate, resize, unshelve — the conductor restricts them to the
-instance's cell) follow ``[vmtrust] moves``.
+instance's cell) follow ``[vmtrust] moves``.  ``allow`` forgives an untrusted
+image only when the instance already was a worker-node server (its current
+flavour, or in aggregate mode its host, says so): a resize of another server
+onto a worker flavour makes a new worker server and is filtered as one.
 """
 
 from __future__ import annotations
@@ -98,6 +101,40 @@ def is_move(spec_obj: Any) -> bool:
     return destination is not None and _field(destination, "cell") is not None
 
 
+def was_worker_server(spec_obj: Any) -> bool:
+    """For a move: was the instance a worker-node server before it?
+
+    The request carries the *target* flavour (a resize's new one), so the
+    instance's current flavour is read from its cell, and in aggregate mode
+    whether its host is in a marked aggregate.  Unknown (no context, a
+    database error) counts as no: the move is then filtered like a new server.
+    """
+    from nova import context as nova_context
+    from nova import objects
+
+    try:
+        context = spec_obj._context
+        cell = spec_obj.requested_destination.cell
+        with nova_context.target_cell(context, cell) as cell_context:
+            instance = objects.Instance.get_by_uuid(
+                cell_context, spec_obj.instance_uuid, expected_attrs=["flavor"]
+            )
+        if _true((instance.flavor.extra_specs or {}).get(FLAVOR_KEY, "")):
+            return True
+        if CONF.vmtrust.aggregate_trusted_only and instance.host:
+            aggregates = objects.AggregateList.get_by_host(context, instance.host,
+                                                           key=AGGREGATE_KEY)  # fmt: skip
+            return any(_true((a.metadata or {}).get(AGGREGATE_KEY, "")) for a in aggregates)
+    except Exception as exc:  # fail closed: the move is filtered
+        LOG.warning(
+            "TrustedImageFilter: cannot tell whether instance %s was a worker-node server "
+            "(%s); its move is filtered like a new server",
+            _field(spec_obj, "instance_uuid", "?"),
+            " ".join(str(exc).split())[:200],
+        )
+    return False
+
+
 def _image_id(spec_obj: Any) -> str | None:
     image = _field(spec_obj, "image")
     image_id = _field(image, "id") if image is not None else None
@@ -147,7 +184,12 @@ class TrustedImageFilter(filters.BaseHostFilter):
                     decision = Decision(
                         False, f"image serves VO {decision.vo!r}, the project works for {wanted!r}"
                     )
-        if not decision.trusted and is_move(spec_obj) and CONF.vmtrust.moves == "allow":
+        if (
+            not decision.trusted
+            and is_move(spec_obj)
+            and CONF.vmtrust.moves == "allow"
+            and was_worker_server(spec_obj)
+        ):
             LOG.warning(
                 "TrustedImageFilter: allowing a move of instance %s although its image %s is "
                 "not trusted (%s); [vmtrust] moves = allow",
@@ -187,4 +229,4 @@ class TrustedImageFilter(filters.BaseHostFilter):
         return bool(self.filter_all([host_state], spec_obj))
 
 
-__all__ = ["TrustedImageFilter", "is_move"]
+__all__ = ["TrustedImageFilter", "is_move", "was_worker_server"]

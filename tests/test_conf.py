@@ -36,6 +36,20 @@ def test_sample_config_is_current(tmp_path):
     )
 
 
+def test_nova_filter_sample_is_current(tmp_path):
+    """etc/nova/nova-vmtrust.conf.sample documents nova_filter.conf's [vmtrust] options."""
+    generator = Path(sys.executable).with_name("oslo-config-generator")
+    output = tmp_path / "nova-vmtrust.conf.sample"
+    proc = subprocess.run(
+        [generator, "--config-file", ROOT / "etc/nova/vmtrust-nova-config-generator.conf",
+         "--output-file", output],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sample = ROOT / "etc/nova/nova-vmtrust.conf.sample"
+    assert output.read_text() == sample.read_text(), f"{sample} is out of date: run make sample"
+
+
 def test_entry_point_and_groups():
     (point,) = [e for e in entry_points(group="oslo.config.opts") if e.name == "vmtrust"]
     assert point.value == "vmtrust.conf:list_opts"
