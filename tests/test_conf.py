@@ -57,7 +57,7 @@ def test_entry_point_and_groups():
     groups = {group: {opt.name for opt in opts} for group, opts in list_opts()}
     glance = groups.pop("store_glance")
     own = {"cloud", "clouds_file", "project_id", "visibility", "vo_project", "disk_formats",
-           "name_prefix", "api_timeout"}  # fmt: skip
+           "name_prefix", "api_timeout", "hypervisor_type"}  # fmt: skip
     # the rest are keystoneauth's own (auth, session, adapter), as nova has for [glance]
     assert own <= glance
     assert {"auth_type", "auth_section", "cafile", "insecure", "endpoint-override"} <= glance

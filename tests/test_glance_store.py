@@ -790,3 +790,16 @@ def test_trust_properties_copied_onto_another_image_do_not_make_it_trusted(
     assert images[copy["id"]]["vmtrust_state"] == "retired"
     assert images[copy["id"]]["status"] == "deactivated"
     assert versions(glance, glance_sync) == {"img-a": "1"}
+
+
+def test_retired_images_keep_their_record_for_the_site(glance_sync, site, pki):
+    """A retired image still shows what it was (identifier, version), with its seal checked."""
+    publish(site, pki, [entry("img-a", IMAGE_A, site)], "1")
+    assert glance_sync.run(glance_sync.subs).failures == []
+    publish(site, pki, [entry("img-b", IMAGE_B, site)], "2")
+    assert glance_sync.run(glance_sync.subs).failures == []
+    retired = [h for h in glance_sync.store.held() if h.retired]
+    assert len(retired) == 1
+    (held,) = retired
+    assert held.record is not None and held.record.image_identifier == "img-a"
+    assert held.record.state == "retired" and held.seal_ok and held.problem is None

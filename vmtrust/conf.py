@@ -225,6 +225,13 @@ store_glance_opts = [
         "format.",
     ),
     cfg.StrOpt("name_prefix", default="", help="Prefix of the Glance image names (dc:title)."),
+    cfg.BoolOpt(
+        "hypervisor_type",
+        default=True,
+        help="Write nova's hypervisor_type from hv:hypervisor (kvm, qemu, xen, ...). nova's "
+        "ImagePropertiesFilter then keeps the image off hosts of another hypervisor; turn it "
+        "off where KVM hosts report qemu.",
+    ),
     cfg.FloatOpt(
         "api_timeout",
         default=300.0,

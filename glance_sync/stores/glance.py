@@ -26,6 +26,7 @@ failure becomes one :class:`GlanceError` line naming the call and the status.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import logging
 import re
@@ -67,6 +68,7 @@ class GlanceStore(Store):
         vo_projects: dict[str, list[tuple[str, Any]]] | None = None,
         disk_formats: list[str] | None = None,
         name_prefix: str = "",
+        hypervisor_type: bool = True,
     ) -> None:
         self.conn = conn
         self.project_id = project_id
@@ -76,6 +78,7 @@ class GlanceStore(Store):
         self.vo_projects = vo_projects or {}
         self.disk_formats = disk_formats or []
         self.name_prefix = name_prefix
+        self.hypervisor_type = hypervisor_type
         self._seen: dict[str, dict[str, Any]] = {}  #: image id → last listing of it
         self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
         self.calls = 0  #: Glance API requests made (the no-op benchmark counts them)
@@ -152,7 +155,9 @@ class GlanceStore(Store):
                 retired_at = parse_date(image[gp.RETIRED_AT])
         try:
             record, seal = gp.read_record(image)
-            check_seal(record, seal, self.seal_keys)
+            # retiring changes only vmtrust_state: the seal is over the trusted record
+            sealed = dataclasses.replace(record, state="trusted") if retired else record
+            check_seal(sealed, seal, self.seal_keys)
         except SealError as exc:
             return Held(image_id, None, False, retired, retired_at, location, str(exc))
         problem = None
@@ -191,7 +196,9 @@ class GlanceStore(Store):
     def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
         identifier = want.identifier
         body: dict[str, Any] = {
-            **list_properties(want, want.image.size, self.name_prefix),
+            **list_properties(
+                want, want.image.size, self.name_prefix, hypervisor_type=self.hypervisor_type
+            ),
             "disk_format": disk_format,
             "container_format": "bare",
             "visibility": self.visibility,
@@ -255,7 +262,11 @@ class GlanceStore(Store):
             self._seen.get(held.store_id)
             or self._call("GET", f"/images/{held.store_id}", (200,)).json()
         )
-        wanted: dict[str, Any] = dict(list_properties(want, record.size, self.name_prefix))
+        wanted: dict[str, Any] = dict(
+            list_properties(
+                want, record.size, self.name_prefix, hypervisor_type=self.hypervisor_type
+            )
+        )
         wanted.update(gp.record_properties(record, seal))
         # What the entry no longer gives must go too: a stale hypervisor_type or
         # os_distro would steer nova's scheduler by metadata the list withdrew.
@@ -428,4 +439,5 @@ def from_conf(conf: Any, seal_keys: list[Ed25519PublicKey]) -> GlanceStore:
         vo_projects=vo_projects,
         disk_formats=formats,
         name_prefix=section.name_prefix,
+        hypervisor_type=section.hypervisor_type,
     )

@@ -62,8 +62,15 @@ def min_ram_mib(value: int | None) -> int | None:
     return math.ceil(value / MIB) if value >= MIB else value
 
 
-def list_properties(want: Desired, size: int, prefix: str = "") -> dict[str, str | int]:
-    """Everything but the trust record, from the verified list entry."""
+def list_properties(
+    want: Desired, size: int, prefix: str = "", *, hypervisor_type: bool = True
+) -> dict[str, str | int]:
+    """Everything but the trust record, from the verified list entry.
+
+    ``hypervisor_type = False`` leaves nova's hypervisor_type out: nova's
+    ImagePropertiesFilter refuses hosts whose hypervisor differs (a "kvm" image
+    on hosts that report "qemu"), which some sites do not want from list data.
+    """
     image = want.image
     props: dict[str, str | int] = {"name": f"{prefix}{image.title}"[:255]}
     arch = _ARCHES.get(image.arch.strip().lower())
@@ -75,7 +82,7 @@ def list_properties(want: Desired, size: int, prefix: str = "") -> dict[str, str
     if image.osversion.strip():
         props["os_version"] = image.osversion.strip()
     hypervisor = _HYPERVISORS.get(image.hypervisor.strip().lower())
-    if hypervisor:
+    if hypervisor and hypervisor_type:
         props["hypervisor_type"] = hypervisor
     ram = min_ram_mib(image.ram_minimum)
     if ram:
