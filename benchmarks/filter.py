@@ -41,12 +41,13 @@ from nova import objects  # noqa: E402
 objects.register_all()
 
 from glance_ingest import entry, publish, site_config  # noqa: E402
-from glance_server import GlanceServer, available, free_port, token  # noqa: E402
+from glance_server import GlanceServer, available, token  # noqa: E402
 from keystoneauth1 import adapter as ks_adapter  # noqa: E402
 from keystoneauth1 import session as ks_session  # noqa: E402
 from nova.scheduler import filters as nova_filters  # noqa: E402
 from nova.scheduler.filters.image_props_filter import ImagePropertiesFilter  # noqa: E402
 from nova.tests.unit.scheduler import fakes  # noqa: E402
+from transfer import web_server  # noqa: E402
 
 from nova_filter import filter as trusted_filter  # noqa: E402
 from nova_filter.decision import ImageTrust, glance_fetch  # noqa: E402
@@ -66,36 +67,11 @@ def trusted_image(work: Path, glance: GlanceServer) -> tuple[str, str, object]:
     www.mkdir()
     data = b"worker node\n" * 1000
     (www / "wn.img").write_bytes(data)
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "http.server",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            str(www),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
-        base = f"http://127.0.0.1:{port}"
-        publish(
-            pki,
-            www,
-            base,
-            "wn",
-            [entry("wn", f"{base}/wn.img", len(data), hashlib.sha512(data).hexdigest())],
-        )
+    with web_server(www) as base:
+        entries = [entry("wn", f"{base}/wn.img", len(data), hashlib.sha512(data).hexdigest())]
+        publish(pki, www, base, "wn", entries)
         conf = site_config(work, "filterbench", glance, ca_dir, f"{base}/wn.list", pki)
         subprocess.run([BIN / "vmtrust-sync", "--config-file", conf], check=True)
-    finally:
-        server.terminate()
-        server.wait()
     reply = glance.api("filterbench").get(f"{glance.url}/v2/images?vmtrust_state=trusted")
     (image,) = reply.json()["images"]
     key = load_private_key(conf.parent / "seal.key").public_key()

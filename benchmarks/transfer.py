@@ -24,6 +24,7 @@ comparison: what is left is vmtrust's own cost over download-and-hash.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import platform
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from vmtrust import authoring, devpki, imagelist, smime
@@ -48,6 +50,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def web_server(directory: Path) -> Iterator[str]:
+    """``python -m http.server`` on a free loopback port, in its own process; yields its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def make_image(path: Path, size: int) -> str:
@@ -168,39 +188,18 @@ def main() -> int:
         ca_dir = pki.install()
         www = work / "www"
         www.mkdir()
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(www),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(1.0)
+        with web_server(www) as base:
             print(
                 f"machine: {platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}"
             )
             for gib in (float(s) for s in args.sizes.split(",")):
-                curl_time, sync_time, peak = run_size(
-                    work, gib, pki, ca_dir, f"http://127.0.0.1:{port}", www, rounds
-                )
+                curl_time, sync_time, peak = run_size(work, gib, pki, ca_dir, base, www, rounds)
                 print(
                     f"{gib:g} GiB: curl|sha512sum {curl_time:6.2f} s, vmtrust-sync "
                     f"{sync_time:6.2f} s (medians of {rounds}), ratio {sync_time / curl_time:.2f}; "
                     f"peak RSS of vmtrust-sync so far {peak:.0f} MiB"
                 )
-        finally:
-            server.terminate()
-            server.wait()
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from vmtrust.conf import keystoneauth_opts
+
 GROUP = "vmtrust"
 
 filter_opts = [
@@ -70,27 +72,12 @@ filter_opts = [
 ]
 
 
-def _keystoneauth_opts() -> list[cfg.Opt]:
-    from keystoneauth1 import loading as ks_loading
-
-    opts, seen = [], set()
-    for opt in (
-        *ks_loading.get_auth_common_conf_options(),
-        *ks_loading.get_session_conf_options(),
-        *ks_loading.get_adapter_conf_options(include_deprecated=False),
-    ):
-        if opt.dest not in seen:
-            seen.add(opt.dest)
-            opts.append(opt)
-    return opts
-
-
 def register(conf: cfg.ConfigOpts) -> None:
     """Register ``[vmtrust]`` on ``conf`` (idempotent)."""
     group = cfg.OptGroup(GROUP, title="vmtrust trusted-image filter")
     conf.register_group(group)
     conf.register_opts(filter_opts, group=group)
-    conf.register_opts(_keystoneauth_opts(), group=group)
+    conf.register_opts(keystoneauth_opts(), group=group)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
@@ -101,7 +88,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         (
             GROUP,
             filter_opts
-            + _keystoneauth_opts()
+            + keystoneauth_opts()
             + ks_loading.get_auth_plugin_conf_options("password"),
         )
     ]

@@ -225,26 +225,20 @@ def site():
         yield running
 
 
-@pytest.fixture
-def sync(tmp_path: Path, ca_dir: Path, site, pki):
-    """A sync service with a fresh seal key and local store, subscribed to ``site``."""
-    from glance_sync.service import SyncService
+def sync_settings(
+    tmp_path: Path, ca_dir: Path, key: Any, *, store_name: str, retire_mode: str = "deactivate"
+) -> Any:
+    """SyncSettings for tests: fast HTTP retries, the test CA directory, a store under tmp_path."""
     from glance_sync.settings import SyncSettings
-    from glance_sync.stores.local import LocalStore
     from glance_sync.transfer import HttpSettings
-    from vmtrust.imagelist import Endorser
-    from vmtrust.policy import Subscription
-    from vmtrust.record import generate_key_pair, load_private_key
 
-    generate_key_pair(tmp_path / "seal.key")
-    key = load_private_key(tmp_path / "seal.key")
-    settings = SyncSettings(
+    return SyncSettings(
         state_dir=tmp_path / "state",
         subscriptions_file=tmp_path / "unused.yaml",
         trust=TrustStore(ca_dir),
         seal_key=key,
-        store_name="local",
-        retire_mode="deactivate",
+        store_name=store_name,
+        retire_mode=retire_mode,
         retire_grace=timedelta(days=7),
         parallel_downloads=2,
         http=HttpSettings(timeout=5, retries=2, backoff=0.01),
@@ -254,6 +248,20 @@ def sync(tmp_path: Path, ca_dir: Path, site, pki):
         hook=None,
         local_path=tmp_path / "store",
     )
+
+
+@pytest.fixture
+def sync(tmp_path: Path, ca_dir: Path, site, pki):
+    """A sync service with a fresh seal key and local store, subscribed to ``site``."""
+    from glance_sync.service import SyncService
+    from glance_sync.stores.local import LocalStore
+    from vmtrust.imagelist import Endorser
+    from vmtrust.policy import Subscription
+    from vmtrust.record import generate_key_pair, load_private_key
+
+    generate_key_pair(tmp_path / "seal.key")
+    key = load_private_key(tmp_path / "seal.key")
+    settings = sync_settings(tmp_path, ca_dir, key, store_name="local")
     store = LocalStore(settings.local_path, [key.public_key()])
     service = SyncService(settings, store)
     subs = (
@@ -315,9 +323,7 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
 
     from glance_sync.cloud import connect_cloud
     from glance_sync.service import SyncService
-    from glance_sync.settings import SyncSettings
     from glance_sync.stores.glance import GlanceStore
-    from glance_sync.transfer import HttpSettings
     from vmtrust.imagelist import Endorser
     from vmtrust.policy import Subscription
     from vmtrust.record import generate_key_pair, load_private_key
@@ -328,22 +334,7 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
     )
     generate_key_pair(tmp_path / "seal.key")
     key = load_private_key(tmp_path / "seal.key")
-    settings = SyncSettings(
-        state_dir=tmp_path / "state",
-        subscriptions_file=tmp_path / "unused.yaml",
-        trust=TrustStore(ca_dir),
-        seal_key=key,
-        store_name="glance",
-        retire_mode="deactivate",
-        retire_grace=timedelta(days=7),
-        parallel_downloads=2,
-        http=HttpSettings(timeout=5, retries=2, backoff=0.01),
-        allow_sha1=False,
-        clock_skew=timedelta(minutes=5),
-        max_list_bytes=1 << 20,
-        hook=None,
-        local_path=tmp_path / "unused-store",
-    )
+    settings = sync_settings(tmp_path, ca_dir, key, store_name="glance")
     store = GlanceStore(
         connect_cloud("sync", str(clouds)), project_id=project, seal_keys=[key.public_key()]
     )

@@ -241,8 +241,12 @@ store_glance_opts = [
 ]
 
 
-def _keystoneauth_opts() -> list[cfg.Opt]:
-    """keystoneauth's own options for [store_glance] (as nova has for [glance]), when present."""
+def keystoneauth_opts() -> list[cfg.Opt]:
+    """keystoneauth's auth, session and adapter options (as nova has for [glance]).
+
+    Empty when keystoneauth is not installed (the [glance] extra); the filter's
+    ``[vmtrust]`` section in nova.conf uses the same list.
+    """
     try:
         from keystoneauth1 import loading as ks_loading
     except ImportError:  # the [glance] extra is not installed
@@ -268,7 +272,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("endorser", endorser_opts),
         ("sync", sync_opts),
         ("store_local", store_local_opts),
-        ("store_glance", store_glance_opts + _keystoneauth_opts()),
+        ("store_glance", store_glance_opts + keystoneauth_opts()),
     ]
 
 

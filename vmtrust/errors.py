@@ -55,6 +55,25 @@ class InvalidConfiguration(ConfigError):
         super().__init__(summarise(problems))
 
 
+class Problems:
+    """Collects every problem of one configuration file, then raises them together.
+
+    A site fixing its subscriptions or profiles sees all problems at once, each
+    named ``<source>: <key path>: <what is wrong>``, not one per attempt.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{self.source}: {path}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidConfiguration(self.items)
+
+
 class InputError(VmtrustError):
     """A file the user named cannot be read or written."""
 

@@ -165,13 +165,13 @@ def launch(
         "max_count": count,
         "user_data": base64.b64encode(user_data).decode("ascii"),
         "networks": networks,
+        "return_reservation_id": True,  # one id for the whole batch, listed below
     }
     if key_name:
         server["key_name"] = key_name
     headers = {"OpenStack-API-Version": "compute 2.37"}
     reply = _call(
-        conn, "POST", "compute", "/servers", (202,), json={"server": server,
-                                                          "return_reservation_id": True},
+        conn, "POST", "compute", "/servers", (202,), json={"server": server},
         headers=headers,
     )  # fmt: skip
     reservation = reply.json().get("reservation_id")

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from vmtrust import dn
-from vmtrust.errors import ConfigError, InvalidConfiguration
+from vmtrust.errors import ConfigError, Problems
 from vmtrust.imagelist import Endorser, Image, ImageList
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -172,21 +172,8 @@ class Subscription:
         return None
 
 
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(f"{self.source}: {path}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise InvalidConfiguration(self.items)
-
-
 def _string(
-    p: _Problems, obj: dict[str, Any], key: str, path: str, required: bool = False
+    p: Problems, obj: dict[str, Any], key: str, path: str, required: bool = False
 ) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -199,7 +186,7 @@ def _string(
     return value
 
 
-def _endorsers(p: _Problems, value: Any, path: str) -> tuple[Endorser, ...]:
+def _endorsers(p: Problems, value: Any, path: str) -> tuple[Endorser, ...]:
     if not isinstance(value, list) or not value:
         p.add(path, "must be a non-empty list of {dn, ca}")
         return ()
@@ -223,7 +210,7 @@ def _endorsers(p: _Problems, value: Any, path: str) -> tuple[Endorser, ...]:
     return tuple(result)
 
 
-def _approval(p: _Problems, value: Any, path: str) -> tuple[bool, frozenset[str], tuple[Rule, ...]]:
+def _approval(p: Problems, value: Any, path: str) -> tuple[bool, frozenset[str], tuple[Rule, ...]]:
     if value == "all":
         return True, frozenset(), ()
     if value is None:
@@ -253,7 +240,7 @@ def _approval(p: _Problems, value: Any, path: str) -> tuple[bool, frozenset[str]
     return False, frozenset(identifiers), tuple(rules)
 
 
-def _credentials(p: _Problems, value: Any, path: str) -> Credentials:
+def _credentials(p: Problems, value: Any, path: str) -> Credentials:
     if value is None:
         return Credentials()
     if not isinstance(value, dict):
@@ -274,7 +261,7 @@ def _credentials(p: _Problems, value: Any, path: str) -> Credentials:
     return Credentials(**fields_)
 
 
-def _subscription(p: _Problems, obj: Any, path: str) -> Subscription | None:
+def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
     if not isinstance(obj, dict):
         p.add(path, "not a mapping")
         return None
@@ -338,7 +325,7 @@ def parse_subscriptions(text: str, source: str = "subscriptions") -> tuple[Subsc
         raise ConfigError(
             f"{source}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
         ) from None
-    p = _Problems(source)
+    p = Problems(source)
     if not isinstance(document, dict) or not isinstance(document.get("subscriptions"), list):
         raise ConfigError(f"{source}: must be a mapping with a 'subscriptions' list")
     result: list[Subscription] = []

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import fixtures
 import pytest
-from conftest import image_entry, list_document, write_clouds_yaml
+from conftest import image_entry, list_document, sync_settings, write_clouds_yaml
 from glance_server import ADMIN_ROLES, MEMBER_ROLES, SERVICE_ROLES, token
 from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import session as ks_session
@@ -66,13 +66,10 @@ class SiteSync:
     def __init__(self, glance, site, pki, ca_dir: Path, tmp_path: Path) -> None:
         from glance_sync.cloud import connect_cloud
         from glance_sync.service import SyncService
-        from glance_sync.settings import SyncSettings
         from glance_sync.stores.glance import GlanceStore
-        from glance_sync.transfer import HttpSettings
         from vmtrust.imagelist import Endorser
         from vmtrust.policy import Subscription
         from vmtrust.record import generate_key_pair, load_private_key
-        from vmtrust.truststore import TrustStore
 
         self.site, self.pki = site, pki
         self.project = "svc" + uuid.uuid4().hex[:12]
@@ -81,22 +78,7 @@ class SiteSync:
         )
         self.public_key_file = generate_key_pair(tmp_path / "seal.key")
         key = load_private_key(tmp_path / "seal.key")
-        settings = SyncSettings(
-            state_dir=tmp_path / "state",
-            subscriptions_file=tmp_path / "unused.yaml",
-            trust=TrustStore(ca_dir),
-            seal_key=key,
-            store_name="glance",
-            retire_mode="hide",
-            retire_grace=timedelta(days=7),
-            parallel_downloads=2,
-            http=HttpSettings(timeout=5, retries=2, backoff=0.01),
-            allow_sha1=False,
-            clock_skew=timedelta(minutes=5),
-            max_list_bytes=1 << 20,
-            hook=None,
-            local_path=tmp_path / "unused-store",
-        )
+        settings = sync_settings(tmp_path, ca_dir, key, store_name="glance", retire_mode="hide")
         self.store = GlanceStore(
             connect_cloud("sync", str(clouds)),
             project_id=self.project,
@@ -173,7 +155,9 @@ def snapshot_conf_properties() -> list[str]:
     return list(conf.non_inheritable_image_properties)
 
 
-class TrustedImageFilterFunctionalTest(integrated_helpers._IntegratedTestBase):
+class WorkerCloudBase(integrated_helpers._IntegratedTestBase):
+    """nova's stack with the filter, the real Glance and a sync; no tests of its own."""
+
     ADMIN_API = True
     microversion = "latest"
     compute_driver = "fake.MediumFakeDriver"
@@ -182,6 +166,7 @@ class TrustedImageFilterFunctionalTest(integrated_helpers._IntegratedTestBase):
     def _vmtrust_services(self, glance, site, pki, ca_dir, tmp_path):
         """pytest fixtures for a unittest-style nova test: Glance, the list site, a sync."""
         self._glance_server = glance
+        self._glance_tmp = tmp_path
         self._sync = SiteSync(glance, site, pki, ca_dir, tmp_path)
         yield
         self._sync.close()
@@ -291,8 +276,8 @@ class TrustedImageFilterFunctionalTest(integrated_helpers._IntegratedTestBase):
         self.assertEqual(200, reply.status_code, reply.text)
         return reply.json()
 
-    # --- tests ----------------------------------------------------------------------------
 
+class TrustedImageFilterFunctionalTest(WorkerCloudBase):
     def test_trusted_image_boots_on_worker_flavour_and_others_do_not(self):
         self._sync.publish_and_sync([self._sync.entry("a", IMAGE_A)], "1")
         trusted = self._sync.image_id("a")

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from vmtrust.errors import ConfigError, InvalidConfiguration
+from vmtrust.errors import ConfigError, Problems
 
 #: VO keys that are the site's business by policy, with the reason given to the VO.
 SITE_ONLY = {
@@ -109,19 +109,6 @@ class VoProfile:
     source: str = ""
 
 
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(f"{self.source}: {path}: {message}")
-
-    def done(self) -> None:
-        if self.items:
-            raise InvalidConfiguration(self.items)
-
-
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -138,7 +125,7 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _text(p: _Problems, obj: dict, key: str, *, required: bool = False, default: str = "") -> str:
+def _text(p: Problems, obj: dict, key: str, *, required: bool = False, default: str = "") -> str:
     value = obj.get(key)
     if value is None:
         if required:
@@ -150,7 +137,7 @@ def _text(p: _Problems, obj: dict, key: str, *, required: bool = False, default:
     return value
 
 
-def _texts(p: _Problems, obj: dict, key: str, prefix: str = "") -> tuple[str, ...]:
+def _texts(p: Problems, obj: dict, key: str, prefix: str = "") -> tuple[str, ...]:
     value = obj.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         p.add(prefix + key, "must be a list of non-empty strings")
@@ -158,7 +145,7 @@ def _texts(p: _Problems, obj: dict, key: str, prefix: str = "") -> tuple[str, ..
     return tuple(value)
 
 
-def _int(p: _Problems, obj: dict, key: str, default: int, low: int = 0, prefix: str = "") -> int:
+def _int(p: Problems, obj: dict, key: str, default: int, low: int = 0, prefix: str = "") -> int:
     value = obj.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         p.add(prefix + key, f"must be an integer of at least {low}")
@@ -166,7 +153,7 @@ def _int(p: _Problems, obj: dict, key: str, default: int, low: int = 0, prefix: 
     return value
 
 
-def _unknown(p: _Problems, obj: dict, known: set[str], prefix: str = "") -> None:
+def _unknown(p: Problems, obj: dict, known: set[str], prefix: str = "") -> None:
     for key in sorted(set(obj) - known, key=str):
         name = str(key) if str(key).isprintable() else repr(key)
         p.add(f"{prefix}{name}", "unknown key")
@@ -174,7 +161,7 @@ def _unknown(p: _Problems, obj: dict, known: set[str], prefix: str = "") -> None
 
 def load_site(path: Path) -> SiteProfile:
     data = read_yaml(path, "site profile")
-    p = _Problems(f"site profile {path}")
+    p = Problems(f"site profile {path}")
     _unknown(p, data, {"site", "cvmfs", "syslog", "admin_ssh_keys", "ca_certificates",
                        "lifetime", "pilot_user", "vo_may"})  # fmt: skip
     cvmfs = None
@@ -185,7 +172,7 @@ def load_site(path: Path) -> SiteProfile:
         else:
             _unknown(p, raw, {"proxy", "quota_mb", "cache_base", "client_profile",
                               "repositories", "allowed_repositories"}, "cvmfs.")  # fmt: skip
-            sub = _Problems(f"site profile {path}")
+            sub = Problems(f"site profile {path}")
             proxy = _text(sub, raw, "proxy", required=True)
             if proxy and proxy.strip() not in ("DIRECT", "auto") and not _proxy_ok(proxy):
                 sub.add("proxy", "not a CVMFS proxy list (URLs joined by '|' and ';', "
@@ -247,7 +234,7 @@ def load_site(path: Path) -> SiteProfile:
     )
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", site.pilot_user):
         p.add("pilot_user", "not a valid user name")
-    p.done()
+    p.raise_if_any()
     return site
 
 
@@ -265,7 +252,7 @@ def _proxy_ok(text: str) -> bool:
 def load_vo(path: Path, site: SiteProfile) -> VoProfile:
     """Read a VO profile and check it against ``site``: every refusal names the key."""
     data = read_yaml(path, "VO profile")
-    p = _Problems(f"VO profile {path}")
+    p = Problems(f"VO profile {path}")
     for key in sorted(set(data) & set(SITE_ONLY)):
         p.add(key, f"not allowed by the site ({SITE_ONLY[key]})")
     known = {"vo", "cvmfs", "pilot", "lifetime", "packages", "write_files", "runcmd"}
@@ -306,7 +293,7 @@ def load_vo(path: Path, site: SiteProfile) -> VoProfile:
         p.add("runcmd", "not allowed by the site")
     pilot = _pilot(p, data.get("pilot"), site)
     vo = _text(p, data, "vo", required=True)
-    p.done()
+    p.raise_if_any()
     return VoProfile(vo, repos, pilot, lifetime, packages, files, runcmd, str(path))
 
 
@@ -329,7 +316,7 @@ def _allowed_path(path: str, site: SiteProfile) -> str | None:
     return None
 
 
-def _files(p: _Problems, value: Any, site: SiteProfile) -> tuple[VoFile, ...]:
+def _files(p: Problems, value: Any, site: SiteProfile) -> tuple[VoFile, ...]:
     if not isinstance(value, list):
         p.add("write_files", "must be a list of {path, content, permissions}")
         return ()
@@ -358,7 +345,7 @@ def _files(p: _Problems, value: Any, site: SiteProfile) -> tuple[VoFile, ...]:
     return tuple(files)
 
 
-def _pilot(p: _Problems, value: Any, site: SiteProfile) -> Pilot | None:
+def _pilot(p: Problems, value: Any, site: SiteProfile) -> Pilot | None:
     if value is None:
         return None
     if not isinstance(value, dict):
