@@ -8,7 +8,9 @@ each connection carries one request).  A rule can:
 * answer with an HTTP status of its own (``status=503``) and close;
 * ``stall``: take the request and never answer (the client must time out);
 * ``cut_after``: forward the request but drop both connections once that many
-  bytes of it have passed (an upload broken mid-way).
+  bytes of it have passed (an upload broken mid-way);
+* ``flip_at``: forward the request with the byte at that offset changed (bytes
+  damaged on the way, which only a hash comparison notices).
 
 Rules apply ``times`` times (None: always).  Threads only; stopped by
 :meth:`TcpProxy.stop`, which closes every socket it opened.
@@ -29,6 +31,7 @@ class Rule:
     status: int | None = None
     stall: bool = False
     cut_after: int | None = None  #: bytes of the request (headers included) to forward
+    flip_at: int | None = None  #: offset in the request (headers included) of a byte to change
     times: int | None = 1
     hits: int = 0
 
@@ -130,9 +133,10 @@ class TcpProxy:
                 return
             upstream = self._track(socket.create_connection(("127.0.0.1", self.target)))
             limit = rule.cut_after if rule is not None else None
+            flip = rule.flip_at if rule is not None else None
             back = threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True)
             back.start()
-            self._pump(client, upstream, limit, head)
+            self._pump(client, upstream, limit, head, flip)
         except OSError:
             _close(client)
 
@@ -150,12 +154,20 @@ class TcpProxy:
         _close(client)
 
     def _pump(
-        self, src: socket.socket, dst: socket.socket, limit: int | None, first: bytes = b""
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        limit: int | None,
+        first: bytes = b"",
+        flip: int | None = None,
     ) -> None:
         sent = 0
         data = first
         try:
             while True:
+                if data and flip is not None and sent <= flip < sent + len(data):
+                    at = flip - sent
+                    data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
                 if data:
                     if limit is not None and sent + len(data) >= limit:
                         dst.sendall(data[: max(0, limit - sent)])

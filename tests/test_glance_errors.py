@@ -280,6 +280,29 @@ def test_503_on_the_commit_patch_removes_the_uploaded_image(stored, glance, prox
     _clean_run_converges(stored, glance)
 
 
+def test_409_on_the_commit_is_one_line_and_removes_the_image(stored, glance, proxy):
+    _through(stored, proxy, Rule("PATCH", "/v2/images/", status=409, times=None))
+    code, failures = _attempt(stored)
+    assert code == 1 and len(failures) == 1
+    _one_line(failures[0], "glance PATCH /images/", "HTTP 409")
+    assert _leftovers(glance, stored.project) == []
+    assert len(_images(glance, stored.project)) == 1
+    _a_still_trusted(stored, glance)
+    _clean_run_converges(stored, glance)
+
+
+def test_bytes_damaged_on_the_way_to_glance_are_caught_by_its_hash(stored, glance, proxy):
+    """Glance stores what arrived; its os_hash_value differs from vmtrust's: removed."""
+    _through(stored, proxy, Rule("PUT", "/file", flip_at=20_000))
+    code, failures = _attempt(stored)
+    assert code == 1 and len(failures) == 1
+    _one_line(failures[0], "image b:", "differs from vmtrust's SHA-512", "removed")
+    assert _leftovers(glance, stored.project) == []
+    assert len(_images(glance, stored.project)) == 1  # only "a"
+    _a_still_trusted(stored, glance)
+    _clean_run_converges(stored, glance)
+
+
 def test_503_on_listing_changes_nothing(stored, glance, proxy):
     _through(stored, proxy, Rule("GET", "/v2/images", status=503, times=None))
     code, failures = _attempt(stored)
