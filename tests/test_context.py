@@ -468,10 +468,16 @@ def test_pilot_config_and_credential_are_private_to_the_pilot_user(built):
     assert "defer" not in vo_file_item
 
 
-def test_metadata_is_blocked_only_when_a_credential_is_carried(tmp_path):
+def test_metadata_is_blocked_only_when_pilot_secrets_are_carried(tmp_path):
     site, vo = load(tmp_path)
     assert cloud_config(context.build(site, vo))["disable_ec2_metadata"] is True
+    # the pilot's configuration and environment files (mode 0600) may hold secrets too
     site, vo = load(tmp_path, vo={"pilot.credential": DROP})
+    assert cloud_config(context.build(site, vo))["disable_ec2_metadata"] is True
+    plain = {"pilot.credential": DROP, "pilot.config": DROP, "pilot.environment": DROP}
+    site, vo = load(tmp_path, vo=plain)
+    assert cloud_config(context.build(site, vo))["disable_ec2_metadata"] is False
+    site, vo = load(tmp_path, vo={"pilot": DROP})
     assert cloud_config(context.build(site, vo))["disable_ec2_metadata"] is False
 
 
@@ -994,6 +1000,17 @@ def _check_changed(site, vo, change) -> list[str]:
             "write_files: /etc/ssh/sshd_config is a site-controlled location",
         ),
         (lambda c: c["packages"].append("nginx"), "packages: nginx is not on"),
+        (lambda c: c.update(power_state={"mode": "poweroff"}), "power_state: "),
+        (
+            lambda c: c["write_files"].append(
+                {"path": "/opt/vo/tool", "content": "x", "permissions": "4755"}
+            ),
+            "write_files: /opt/vo/tool is setuid or setgid (4755)",
+        ),
+        (
+            lambda c: c.update(disable_ec2_metadata=False),
+            "disable_ec2_metadata: files with secrets",
+        ),
     ],
     ids=[
         "user",
@@ -1011,6 +1028,9 @@ def _check_changed(site, vo, change) -> list[str]:
         "no-proxy",
         "site-path",
         "package",
+        "power-state",
+        "setuid",
+        "metadata-open",
     ],
 )
 def test_check_refuses_what_reaches_into_the_site_share(built, change, expected):
@@ -1078,6 +1098,22 @@ def test_check_follows_appends_to_default_local(built):
     site, vo, _ = built
     extra = {"path": DEFAULT_LOCAL, "content": "CVMFS_NFILES=131072\n", "append": True}
     assert _check_changed(site, vo, lambda c: c["write_files"].append(extra)) == []
+
+
+def test_pilot_config_without_credential_also_closes_the_metadata_service(tmp_path):
+    """Every 0600 pilot file may hold a secret; vmtrust's own output passes its own check."""
+    site_path = tmp_path / "site.yaml"
+    site_path.write_text("site: S\nlifetime: {max_seconds: 3600}\n")
+    vo_path = tmp_path / "vo.yaml"
+    vo_path.write_text(
+        "vo: v\npilot:\n  command: /opt/pilot\n"
+        "  config: {path: /etc/vo/pilot.cfg, content: 'token = abc'}\n"
+    )
+    site = context.load_site(site_path)
+    data = context.build(site, context.load_vo(vo_path, site))
+    config = yaml.safe_load(context.unpack(data)[0].body)
+    assert config["disable_ec2_metadata"] is True
+    assert context.explain(data, site)[1] == []
 
 
 def test_check_allows_vmtrust_output_for_a_cvmfs_site_without_repositories(tmp_path):

@@ -188,7 +188,7 @@ def _policy(part: Part, config: dict[str, Any], site: SiteProfile) -> list[str]:
     for key in keys if isinstance(keys, list) else []:
         if key not in site.admin_ssh_keys:
             problems.append(f"{where}: ssh_authorized_keys: a key that is not the site's")
-    for key in ("bootcmd", "ssh_keys", "mounts"):
+    for key in ("bootcmd", "ssh_keys", "mounts", "power_state"):
         if key in config:
             problems.append(f"{where}: {key}: {SITE_ONLY[key]}")
     if config.get("disable_root") is False:
@@ -212,6 +212,18 @@ def _policy(part: Part, config: dict[str, Any], site: SiteProfile) -> list[str]:
             why = _allowed_path(str(path), site)
         if why:
             problems.append(f"{where}: write_files: {path} {why}")
+        mode = str(item.get("permissions", "")) if isinstance(item, dict) else ""
+        if mode.isdigit() and set(mode) <= set("01234567") and int(mode, 8) & 0o6000:
+            problems.append(f"{where}: write_files: {path} is setuid or setgid ({mode})")
+    secrets = [
+        item for item in files if isinstance(item, dict) and str(item.get("permissions")) in
+        ("0600", "600", "0400", "400")
+    ]  # fmt: skip
+    if secrets and config.get("disable_ec2_metadata") is not True:
+        problems.append(
+            f"{where}: disable_ec2_metadata: files with secrets (mode 0600) while any process "
+            "can read the user-data back from the metadata service"
+        )
     packages = config.get("packages", []) or []
     for name in packages if isinstance(packages, list) else []:
         if not any(fnmatch.fnmatchcase(str(name), pat) for pat in site.packages):

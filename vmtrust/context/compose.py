@@ -152,7 +152,10 @@ def compose(site: SiteProfile, vo: VoProfile) -> tuple[dict, list[Part]]:
             "remotes": {f"site{n}": remote for n, remote in enumerate(site.syslog)}
         }
     # Credentials in user-data are readable from the metadata service by any process.
-    config["disable_ec2_metadata"] = vo.pilot is not None and bool(vo.pilot.credential)
+    pilot = vo.pilot
+    config["disable_ec2_metadata"] = pilot is not None and bool(
+        pilot.credential or pilot.config or pilot.environment
+    )  # every file written 0600 for the pilot may hold a secret
     config["users"] = [
         "default",
         {"name": site.pilot_user, "gecos": "VO pilot (vmtrust)", "shell": "/bin/bash",
