@@ -280,16 +280,23 @@ def sync(tmp_path: Path, ca_dir: Path, site, pki):
 # --- a real Glance (tests/glance_server.py) ------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def glance(tmp_path_factory: pytest.TempPathFactory):
-    """One real Glance 33 for the session; each test works in a project of its own."""
-    from glance_server import GlanceServer, available
+def require_glance() -> None:
+    """Skip without a Glance environment, or fail where services are required (make test)."""
+    from glance_server import available
 
     why_not = available()
     if why_not:
         if os.environ.get("VMTRUST_REQUIRE_SERVICES") == "1":
             pytest.fail(f"Glance is required here: {why_not}")
         pytest.skip(why_not)
+
+
+@pytest.fixture(scope="session")
+def glance(tmp_path_factory: pytest.TempPathFactory):
+    """One real Glance 33 for the session; each test works in a project of its own."""
+    from glance_server import GlanceServer
+
+    require_glance()
     server = GlanceServer(tmp_path_factory.mktemp("glance")).start()
     yield server
     server.stop()

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import write_clouds_yaml
-from glance_server import MEMBER_ROLES, SERVICE_ROLES, GlanceServer, available, free_port
+from conftest import require_glance, write_clouds_yaml
+from glance_server import MEMBER_ROLES, SERVICE_ROLES, GlanceServer, free_port
 from httpserve import Behaviour, Server, Site
 from tcpproxy import Rule, TcpProxy
 from test_sync_local import entry, publish
@@ -196,11 +196,7 @@ class CappedGlance(GlanceServer):
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory):
-    why_not = available()
-    if why_not:
-        if os.environ.get("VMTRUST_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Glance is required here: {why_not}")
-        pytest.skip(why_not)
+    require_glance()
     server = CappedGlance(tmp_path_factory.mktemp("capped")).start()
     yield server
     server.stop()
