@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 success, 2 usage, 3 unreadable file, 4 configuration, "
         "11 signature, 12 endorser DN mismatch, 13 endorser not allowed, 14 untrusted signer, "
         "15 revoked, 16 CRL problem, 17 rollback, 21 not signable, 31 identifier mismatch, "
-        "33 created in the future, 34 expired, 37 bad JSON, 38 bad list structure.",
+        "33 created in the future, 34 expired, 37 bad JSON, 38 bad list structure, "
+        "5 user-data too large, 20 refused by policy (also 'context check'), 41 local store, "
+        "42 Glance, 50 launch failed, 51 no trusted image.",
     )
     parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
