@@ -1203,3 +1203,12 @@ def test_cli_check_unreadable_user_data(tmp_path):
     assert result.returncode == 3
     err = result.stderr.decode()
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_shipped_sample_profiles_build_and_pass_their_own_check():
+    """etc/vmtrust/context/ stays a working example."""
+    root = Path(__file__).resolve().parent.parent / "etc" / "vmtrust" / "context"
+    site = context.load_site(root / "site.yaml")
+    data = context.build(site, context.load_vo(root / "vo.yaml", site))
+    assert context.explain(data, site)[1] == []
+    assert site.cvmfs is not None and site.cvmfs.proxy in data.decode()
