@@ -40,14 +40,14 @@ from nova import objects  # noqa: E402
 
 objects.register_all()
 
-from glance_ingest import entry, publish, site_config  # noqa: E402
+from glance_ingest import site_config  # noqa: E402
 from glance_server import GlanceServer, available, token  # noqa: E402
 from keystoneauth1 import adapter as ks_adapter  # noqa: E402
 from keystoneauth1 import session as ks_session  # noqa: E402
 from nova.scheduler import filters as nova_filters  # noqa: E402
 from nova.scheduler.filters.image_props_filter import ImagePropertiesFilter  # noqa: E402
 from nova.tests.unit.scheduler import fakes  # noqa: E402
-from transfer import web_server  # noqa: E402
+from transfer import entry, publish, web_server  # noqa: E402
 
 from nova_filter import filter as trusted_filter  # noqa: E402
 from nova_filter.decision import ImageTrust, glance_fetch  # noqa: E402

@@ -37,46 +37,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from glance_server import SERVICE_ROLES, GlanceServer, available, token  # noqa: E402
-from transfer import make_image, web_server  # noqa: E402
+from transfer import entry, make_image, publish, web_server  # noqa: E402
 
-from vmtrust import authoring, devpki, imagelist, smime  # noqa: E402
+from vmtrust import devpki  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def entry(identifier: str, uri: str, size: int, sha: str) -> dict:
-    return {
-        "hv:image": {
-            "dc:identifier": identifier,
-            "dc:title": identifier,
-            "dc:description": "",
-            "hv:uri": uri,
-            "hv:size": size,
-            "sl:checksum:sha512": sha,
-            "sl:arch": "x86_64",
-            "sl:os": "Linux",
-            "sl:osversion": "9",
-            "sl:comments": "",
-            "hv:hypervisor": "KVM",
-            "hv:version": "1",
-            "hv:format": "RAW",
-        }
-    }
-
-
-def publish(pki: devpki.DevPKI, www: Path, base: str, name: str, entries: list[dict]) -> None:
-    doc = authoring.new_list(
-        title=name,
-        description="",
-        source="",
-        uri=f"{base}/{name}.list",
-        endorser_dn=pki.endorser.dn,
-        endorser_ca=pki.endorser.ca_dn,
-    )
-    for item in entries:
-        doc, _ = authoring.add_image(doc, item)
-    body = smime.sign(imagelist.dumps(doc), pki.endorser.cert, pki.endorser.key)
-    (www / f"{name}.list").write_bytes(body)
 
 
 def site_config(work: Path, name: str, glance: GlanceServer, ca_dir: Path, list_url: str, pki):

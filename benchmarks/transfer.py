@@ -70,6 +70,43 @@ def web_server(directory: Path) -> Iterator[str]:
         server.wait()
 
 
+def entry(identifier: str, uri: str, size: int, sha: str, title: str = "") -> dict:
+    """An hv:image entry for a RAW image of random bytes."""
+    return {
+        "hv:image": {
+            "dc:identifier": identifier,
+            "dc:title": title or identifier,
+            "dc:description": "",
+            "hv:uri": uri,
+            "hv:size": size,
+            "sl:checksum:sha512": sha,
+            "sl:arch": "x86_64",
+            "sl:os": "Linux",
+            "sl:osversion": "9",
+            "sl:comments": "",
+            "hv:hypervisor": "KVM",
+            "hv:version": "1",
+            "hv:format": "RAW",
+        }
+    }
+
+
+def publish(pki: devpki.DevPKI, www: Path, base: str, name: str, entries: list[dict]) -> None:
+    """Sign a list of ``entries`` and serve it as ``<base>/<name>.list``."""
+    doc = authoring.new_list(
+        title=name,
+        description="",
+        source="",
+        uri=f"{base}/{name}.list",
+        endorser_dn=pki.endorser.dn,
+        endorser_ca=pki.endorser.ca_dn,
+    )
+    for item in entries:
+        doc, _ = authoring.add_image(doc, item)
+    body = smime.sign(imagelist.dumps(doc), pki.endorser.cert, pki.endorser.key)
+    (www / f"{name}.list").write_bytes(body)
+
+
 def make_image(path: Path, size: int) -> str:
     """Write ``size`` pseudo-random bytes (not compressible); return their SHA-512."""
     digest = hashlib.sha512()
@@ -95,34 +132,8 @@ def run_size(
     image = www / f"wn-{gib}.img"
     sha = make_image(image, size)
     os.sync()  # flush the new file now, so its write-back does not land inside a measurement
-    doc = authoring.new_list(
-        title="bench",
-        description="",
-        source="",
-        uri=f"{base}/b.list",
-        endorser_dn=pki.endorser.dn,
-        endorser_ca=pki.endorser.ca_dn,
-    )
-    entry = {
-        "hv:image": {
-            "dc:identifier": f"bench-{gib}",
-            "dc:title": "bench",
-            "dc:description": "",
-            "hv:uri": f"{base}/{image.name}",
-            "hv:size": size,
-            "sl:checksum:sha512": sha,
-            "sl:arch": "x86_64",
-            "sl:os": "Linux",
-            "sl:osversion": "9",
-            "sl:comments": "",
-            "hv:hypervisor": "KVM",
-            "hv:version": "1",
-            "hv:format": "RAW",
-        }
-    }
-    doc, _ = authoring.add_image(doc, entry)
-    (www / "b.list").write_bytes(
-        smime.sign(imagelist.dumps(doc), pki.endorser.cert, pki.endorser.key)
+    publish(
+        pki, www, base, "b", [entry(f"bench-{gib}", f"{base}/{image.name}", size, sha, "bench")]
     )
     site = work / f"site-{gib}"
     site.mkdir()

@@ -87,8 +87,6 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [
         (
             GROUP,
-            filter_opts
-            + keystoneauth_opts()
-            + ks_loading.get_auth_plugin_conf_options("password"),
+            filter_opts + keystoneauth_opts() + ks_loading.get_auth_plugin_conf_options("password"),
         )
     ]

@@ -1,6 +1,6 @@
 """Is this Glance image trusted?  One look-up, one verdict, a short thread-safe cache.
 
-Nova does not imports here: the decision is the same whether the scheduler or
+Nothing here imports nova: the decision is the same whether the scheduler or
 a test asks, and :mod:`vmtrust.glanceprops` holds the rule itself (owner,
 status, state, seal bound to image id and Glance's hash, expiry).  What this
 module adds is the scheduler's side of it:

@@ -41,7 +41,7 @@ from glance_sync.stores.base import Finish, Store
 from glance_sync.stores.glance_meta import list_properties, stale_properties
 from glance_sync.transfer import Tally, iter_chunks
 from vmtrust import glanceprops as gp
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.record import SealError, TrustRecord, check_seal
 
@@ -391,8 +391,6 @@ def _reason(reply: Any) -> str:
 
 def parse_vo_projects(entries: list[str]) -> dict[str, list[tuple[str, str]]]:
     """``VO:PROJECT[:CLOUD]`` entries → VO → [(project, cloud or "")]."""
-    from vmtrust.errors import ConfigError
-
     result: dict[str, list[tuple[str, str]]] = {}
     for entry in entries:
         parts = [part.strip() for part in entry.split(":")]
@@ -408,7 +406,6 @@ def parse_vo_projects(entries: list[str]) -> dict[str, list[tuple[str, str]]]:
 def from_conf(conf: Any, seal_keys: list[Ed25519PublicKey]) -> GlanceStore:
     """The store as ``[store_glance]`` describes it; every option checked, nothing contacted."""
     from glance_sync import cloud
-    from vmtrust.errors import ConfigError
 
     section = conf.store_glance
     mapping = parse_vo_projects(section.vo_project)
