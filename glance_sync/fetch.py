@@ -22,7 +22,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from glance_sync.transfer import HttpSettings
+from glance_sync.download import HttpSettings
 from vmtrust import __version__
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import Subscription

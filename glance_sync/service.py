@@ -26,12 +26,14 @@ import requests
 
 from glance_sync import hooks
 from glance_sync.convert import convert
+from glance_sync.download import Source, SourceReader
 from glance_sync.fetch import USER_AGENT, fetch_list
 from glance_sync.plan import Create, Desired, Held, Purge, Refresh, Replace, Retire, make_plan
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
-from glance_sync.transfer import Source, SourceReader, TransferError, open_disk
+from glance_sync.transfer import TransferError
+from glance_sync.unpack import open_disk
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.policy import Subscription
 from vmtrust.record import seal

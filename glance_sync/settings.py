@@ -10,8 +10,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from oslo_config import cfg
 
+from glance_sync.download import HttpSettings
 from glance_sync.stores.base import Store
-from glance_sync.transfer import HttpSettings
 from vmtrust.errors import ConfigError
 from vmtrust.record import load_private_key
 from vmtrust.truststore import TrustStore

@@ -229,8 +229,8 @@ def sync_settings(
     tmp_path: Path, ca_dir: Path, key: Any, *, store_name: str, retire_mode: str = "deactivate"
 ) -> Any:
     """SyncSettings for tests: fast HTTP retries, the test CA directory, a store under tmp_path."""
+    from glance_sync.download import HttpSettings
     from glance_sync.settings import SyncSettings
-    from glance_sync.transfer import HttpSettings
 
     return SyncSettings(
         state_dir=tmp_path / "state",

@@ -16,16 +16,10 @@ import requests
 from httpserve import Server, Site
 
 from glance_sync import hooks
+from glance_sync.download import HttpSettings, Source, SourceReader
 from glance_sync.plan import Held
-from glance_sync.transfer import (
-    HttpSettings,
-    Source,
-    SourceReader,
-    TransferError,
-    copy_stream,
-    normalise_format,
-    open_disk,
-)
+from glance_sync.transfer import TransferError, copy_stream
+from glance_sync.unpack import normalise_format, open_disk
 
 DISK = os.urandom(700_000)
 
