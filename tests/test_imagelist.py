@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import IMAGE_SHA512, image_entry, list_document
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vmtrust import imagelist
 from vmtrust.errors import InvalidJSON, InvalidListStructure, ListTooLarge
@@ -397,3 +399,18 @@ def test_loads_refuses_bad_json_and_oversized_lists():
         imagelist.loads(data, max_bytes=100)
     with pytest.raises(InvalidJSON, match="image list: not valid JSON"):
         imagelist.loads(data[:-3])
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)))
+def test_parse_date_agrees_with_strptime(moment):
+    text = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    expected = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert imagelist.parse_date(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2023-02-29T00:00:00Z", "2026-04-31T00:00:00Z",
+                                  "2026-01-01T24:00:00Z", "2026-01-01T00:60:00Z",
+                                  "0000-01-01T00:00:00Z"])  # fmt: skip
+def test_parse_date_refuses_impossible_dates(text):
+    with pytest.raises(ValueError):
+        imagelist.parse_date(text)

