@@ -162,8 +162,10 @@ def load(data: str | bytes, *, source: str, max_bytes: int = MAX_BYTES) -> Any:
 
     ``source`` names the document in errors ("subscriptions file /etc/…").
     """
-    size = len(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
-    if size > max_bytes:
+    # a character is at least one byte: only a short enough text is encoded to measure it
+    if len(data) > max_bytes or (
+        isinstance(data, str) and len(data.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
         raise YamlRefused(f"{source}: larger than the limit of {max_bytes} bytes for YAML")
     loader = _Loader(data)
     try:

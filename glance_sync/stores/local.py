@@ -54,6 +54,7 @@ _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _AREAS = ("images", "retired", ".partial")
 LOCK_NAME = ".vmtrust-sync.lock"
 MAX_RECORD_BYTES = 64 * 1024  #: a record is about 2 KB
+NOT_OURS = ", which the store did not put there (not followed; remove it)"
 #: images and records: readable by the hypervisors' users; the umask can take more away
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -109,7 +110,7 @@ class LocalStore(Store):
         if isinstance(exc, OSError) and exc.filename:
             why = f"{exc.filename}: {why}"
         if isinstance(exc, Unexpected):
-            why += ", which the store did not put there (not followed; remove it)"
+            why += NOT_OURS
         return LocalStoreError(f"local store {self.root}: {doing}{why}")
 
     @contextlib.contextmanager
@@ -143,13 +144,12 @@ class LocalStore(Store):
     # --- reading ------------------------------------------------------------------
 
     def _planted(self, where: Dir, name: str, mode: int, store_id: str) -> Held:
-        problem = f"{where.path(name)} is {where.describe(name, mode)}"
         return Planted(
             store_id=store_id,
             record=None,
             seal_ok=False,
             location=str(self.root / where.path(name)),
-            problem=f"{problem}, which the store did not put there (not followed; remove it)",
+            problem=f"{where.path(name)} is {where.describe(name, mode)}{NOT_OURS}",
         )
 
     def _read(self, folder: Dir, stem: str, retired: bool) -> Held:
@@ -191,7 +191,7 @@ class LocalStore(Store):
         except SealError as exc:
             problem = str(exc)
         except Unexpected as exc:
-            problem = f"{exc}, which the store did not put there (not followed; remove it)"
+            problem = f"{exc}{NOT_OURS}"
         except OSError as exc:
             problem = f"image file: {exc.strerror or exc}"
         return Held(
@@ -226,9 +226,10 @@ class LocalStore(Store):
                 for area, retired in (("images", False), ("retired", True)):
                     with root.subdir(area) as top:
                         for name, mode in top.entries():
+                            if stat.S_ISREG(mode):
+                                continue  # a plain file is not the store's, and harmless
                             if not stat.S_ISDIR(mode):
-                                if not stat.S_ISREG(mode):  # plain files: not the store's
-                                    result.append(self._planted(top, name, mode, f"{area}/{name}"))
+                                result.append(self._planted(top, name, mode, f"{area}/{name}"))
                                 continue
                             try:
                                 with top.subdir(name) as folder:
