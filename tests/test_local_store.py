@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -227,6 +228,15 @@ def test_a_second_sync_with_another_state_directory_is_refused_on_the_same_store
     )
     assert trusted(sync) == {}
     assert sync.run(sync.subs).exit_code == 0  # free again once the other is done
+
+
+def test_a_store_root_gone_since_start_is_one_line_not_made_again(sync, site, pki):
+    """An unmounted store must not be re-created on the file system below the mount point."""
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    shutil.rmtree(store_root(sync))
+    with pytest.raises(local.LocalStoreError, match=r"^local store .*: No such file"):
+        sync.run(sync.subs)
+    assert not store_root(sync).exists()
 
 
 # --- names cannot collide ------------------------------------------------------------------

@@ -107,7 +107,7 @@ class LocalStore(Store):
 
     def _error(self, exc: OSError | Unexpected | VmtrustError, doing: str = "") -> LocalStoreError:
         why = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
-        if isinstance(exc, OSError) and exc.filename:
+        if isinstance(exc, OSError) and exc.filename and Path(exc.filename) != self.root:
             why = f"{exc.filename}: {why}"
         if isinstance(exc, Unexpected):
             why += NOT_OURS
@@ -138,7 +138,11 @@ class LocalStore(Store):
                 f"lock {path}); not starting a second one on it"
             )
 
-        with Dir.root(self.root) as root, lock.hold(path, holder, busy, dir_fd=root.fd):
+        try:
+            root = Dir.root(self.root)  # not made again: an unmounted store stays empty
+        except OSError as exc:
+            raise self._error(exc) from None
+        with root, lock.hold(path, holder, busy, dir_fd=root.fd):
             yield  # (the folders are checked by the pass, which reports what is wrong)
 
     # --- reading ------------------------------------------------------------------
