@@ -239,6 +239,15 @@ def test_a_store_root_gone_since_start_is_one_line_not_made_again(sync, site, pk
     assert not store_root(sync).exists()
 
 
+def test_a_store_whose_folders_are_gone_is_not_filled_again(sync, site, pki):
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    for area in ("images", "retired", ".partial"):
+        (store_root(sync) / area).rmdir()  # as an empty mount point looks
+    report = sync.run(sync.subs)
+    assert report.exit_code == 1 and ": No such file or directory" in report.failures[0]
+    assert list(store_root(sync).iterdir()) == [store_root(sync) / LOCK_NAME]
+
+
 # --- names cannot collide ------------------------------------------------------------------
 
 

@@ -96,7 +96,7 @@ class LocalStore(Store):
         self.target_format = target_format
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with self._open():
+            with self._open(create=True):
                 pass
         except LocalStoreError as exc:
             raise ConfigError(str(exc)) from None
@@ -114,14 +114,16 @@ class LocalStore(Store):
         return LocalStoreError(f"local store {self.root}: {doing}{why}")
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[Dir]:
-        """The root, its three folders made if missing; a folder that is not a real
-        directory refuses the whole store (no image can be placed or found safely)."""
+    def _open(self, *, create: bool = False) -> Iterator[Dir]:
+        """The root, checking its three folders; a folder that is not a real directory
+        refuses the whole store (no image can be placed or found safely).  They are
+        made only when the store is opened: a pass that finds them gone (a file system
+        not mounted) stops rather than fill the mount point."""
         with Dir.root(self.root) as root:
             try:
                 for area in _AREAS:
                     mode = 0o700 if area == ".partial" else DIR_MODE
-                    with root.subdir(area, create=True, mode=mode):
+                    with root.subdir(area, create=create, mode=mode):
                         pass
             except Unexpected as exc:
                 raise self._error(exc) from None
