@@ -116,14 +116,14 @@ class LocalStore(Store):
     @contextlib.contextmanager
     def _open(self, *, create: bool = False) -> Iterator[Dir]:
         """The root, checking its three folders; a folder that is not a real directory
-        refuses the whole store (no image can be placed or found safely).  They are
-        made only when the store is opened: a pass that finds them gone (a file system
-        not mounted) stops rather than fill the mount point."""
+        refuses the whole store (no image can be placed or found safely).  ``images``
+        and ``retired`` are made only when the store is opened: a pass that finds them
+        gone (a file system not mounted) stops rather than fill the mount point."""
         with Dir.root(self.root) as root:
             try:
-                for area in _AREAS:
+                for area in _AREAS:  # .partial last, made again whenever missing
                     mode = 0o700 if area == ".partial" else DIR_MODE
-                    with root.subdir(area, create=create, mode=mode):
+                    with root.subdir(area, create=create or area == ".partial", mode=mode):
                         pass
             except Unexpected as exc:
                 raise self._error(exc) from None
