@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,17 +22,18 @@ from pathlib import Path
 
 import requests
 
-from glance_sync import hooks
+from glance_sync import hooks, lock
 from glance_sync.convert import convert
 from glance_sync.download import Source, SourceReader
 from glance_sync.fetch import USER_AGENT, fetch_list
+from glance_sync.lock import LockError as LockError  # where callers found it before
 from glance_sync.plan import Create, Desired, Held, Purge, Refresh, Replace, Retire, make_plan
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
 from glance_sync.transfer import TransferError
 from glance_sync.unpack import open_disk
-from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.errors import VmtrustError
 from vmtrust.policy import Subscription
 from vmtrust.record import seal
 from vmtrust.verify import Policy, VerifiedList, verify_signed_list
@@ -42,34 +41,17 @@ from vmtrust.verify import Policy, VerifiedList, verify_signed_list
 LOG = logging.getLogger("vmtrust.sync")
 
 
-class LockError(ConfigError):
-    exit_code = 75  # EX_TEMPFAIL
-    rule = "lock"
-
-
 @contextlib.contextmanager
 def exclusive_lock(state_dir: Path) -> Iterator[None]:
     """One sync at a time per state directory; the second one is told who holds it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "sync.lock"
-    handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise LockError(
-                f"another vmtrust-sync is running (pid {holder}, lock {path}); "
-                "not starting a second one"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+
+    def busy(holder: str) -> str:
+        return f"another vmtrust-sync is running ({holder}, lock {path}); not starting a second one"
+
+    with lock.hold(path, lock.holder(state_dir), busy):
         yield
-    finally:
-        handle.close()
 
 
 @dataclass
@@ -271,7 +253,7 @@ class SyncService:
         now = now or datetime.now(UTC)
         report = Report()
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
-        with exclusive_lock(self.s.state_dir):
+        with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
             try:
                 if not dry_run:
                     for line in self.store.cleanup():

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from vmtrust import dn
+from vmtrust import dn, yamlsafe
 from vmtrust.errors import ConfigError, Problems
 from vmtrust.imagelist import Endorser, Image, ImageList
 
@@ -318,7 +318,7 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
 def parse_subscriptions(text: str, source: str = "subscriptions") -> tuple[Subscription, ...]:
     """Parse and validate a subscriptions document; raise ConfigError listing problems."""
     try:
-        document = yaml.safe_load(text)
+        document = yamlsafe.load(text, source=source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -15,6 +15,7 @@ contract:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
@@ -68,6 +69,12 @@ class Store(ABC):
         (Glance sharing, say), in line for the trusted images held; return what changed.
         Runs after the plan is applied; a no-op run must stay cheap."""
         return []
+
+    def lock(self, holder: str) -> contextlib.AbstractContextManager[None]:
+        """Exclusive use of the store for one pass, ``holder`` naming the sync to a
+        second one.  A store in a directory two syncs could share locks it; the
+        default relies on the state directory's lock."""
+        return contextlib.nullcontext()
 
     def cleanup(self) -> list[str]:
         """Remove leftovers of interrupted runs; return what was removed."""

@@ -1,17 +1,26 @@
 """The local directory store, the embedded default.
 
 For plain KVM/Xen sites, for sites whose existing vmcatcher event handlers
-take images from a directory, and for trying vmtrust out.  Layout::
+take images from a directory, and for trying vmtrust out.  Layout (see
+docs/local-store.md)::
 
     <path>/images/<identifier>/<version>-<sha16>.img    trusted image bytes
     <path>/images/<identifier>/<version>-<sha16>.json   {"record": …, "seal": …}
     <path>/retired/<identifier>/…                       retired versions, same pair
-    <path>/.partial/                                    downloads in progress
+    <path>/.partial/                                    downloads in progress (0700)
+    <path>/.vmtrust-sync.lock                           held by the sync using the store
 
 Crash safety: bytes are written under ``.partial`` and fsynced; the file is
 renamed into ``images/``; the record is written last, atomically.  The record
 is the commit point: an ``.img`` without its ``.json`` is an orphan of an
-interrupted run and :meth:`cleanup` removes it, as it removes ``.partial``.
+interrupted run and :meth:`cleanup` removes it, as it empties ``.partial``.
+
+The store cannot be used against its owner: nothing below the root is
+reached through a symbolic link (:mod:`glance_sync.stores.localfs`); a link or
+other file the store did not put where it expects its own is reported, every
+pass, and left alone.  Folder and file names are an injective function of the
+identifier and version (:func:`safe_name`), and a create never replaces what
+already has its name.
 """
 
 from __future__ import annotations
@@ -22,34 +31,58 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from glance_sync import lock
 from glance_sync.plan import Desired, Held
 from glance_sync.stores.base import Finish, Store
+from glance_sync.stores.localfs import Dir, Unexpected
 from glance_sync.transfer import copy_stream
-from vmtrust import fileio
+from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.record import SealError, TrustRecord, check_seal
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+_AREAS = ("images", "retired", ".partial")
+LOCK_NAME = ".vmtrust-sync.lock"
+MAX_RECORD_BYTES = 64 * 1024  #: a record is about 2 KB
+NOT_OURS = ", which the store did not put there (not followed; remove it)"
+#: images and records: readable by the hypervisors' users; the umask can take more away
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 def safe_name(text: str) -> str:
-    """A file-system-safe name: the text itself when harmless, else a hash of it."""
+    """A file-system-safe name: the text itself when harmless, else ``_`` and its SHA-256.
+
+    Injective: a harmless name starts with a letter or digit, a hashed one
+    with ``_``, so no identifier can take another's folder.  (Stores written
+    before this rule used ``h-`` and 32 hex digits; their records carry their
+    store ids, and they are read and retired where they are.)
+    """
     if _SAFE.match(text) and ".." not in text:
         return text
-    return "h-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return "_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class LocalStoreError(VmtrustError):
     exit_code = 41
     rule = "store"
+
+
+class Planted(Held):
+    """Something where the store keeps its own files that the store did not put
+    there: a symbolic link, a FIFO, a device.  Reported on every pass (the planner
+    retires it as an invalid image, and :meth:`LocalStore.retire` refuses, naming
+    it), never followed, moved or removed: the operator looks at it first."""
 
 
 class LocalStore(Store):
@@ -62,27 +95,87 @@ class LocalStore(Store):
         self.seal_keys = seal_keys
         self.target_format = target_format
         try:
-            for sub in ("images", "retired", ".partial"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._open(create=True):
+                pass
+        except LocalStoreError as exc:
+            raise ConfigError(str(exc)) from None
         except OSError as exc:
             raise ConfigError(f"local store {self.root}: {exc.strerror or exc}") from None
 
+    # --- the root and its folders ----------------------------------------------------
+
+    def _error(self, exc: OSError | Unexpected | VmtrustError, doing: str = "") -> LocalStoreError:
+        why = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
+        if isinstance(exc, OSError) and exc.filename and Path(exc.filename) != self.root:
+            why = f"{exc.filename}: {why}"
+        if isinstance(exc, Unexpected):
+            why += NOT_OURS
+        return LocalStoreError(f"local store {self.root}: {doing}{why}")
+
+    @contextlib.contextmanager
+    def _open(self, *, create: bool = False) -> Iterator[Dir]:
+        """The root, checking its three folders; a folder that is not a real directory
+        refuses the whole store (no image can be placed or found safely).  ``images``
+        and ``retired`` are made only when the store is opened: a pass that finds them
+        gone (a file system not mounted) stops rather than fill the mount point."""
+        with Dir.root(self.root) as root:
+            try:
+                for area in _AREAS:  # .partial last, made again whenever missing
+                    mode = 0o700 if area == ".partial" else DIR_MODE
+                    with root.subdir(area, create=create or area == ".partial", mode=mode):
+                        pass
+            except Unexpected as exc:
+                raise self._error(exc) from None
+            yield root
+
+    @contextlib.contextmanager
+    def lock(self, holder: str) -> Iterator[None]:
+        """One sync per store, whatever its state directory."""
+        path = self.root / LOCK_NAME
+
+        def busy(other: str) -> str:
+            return (
+                f"local store {self.root} is in use by another vmtrust-sync ({other}; "
+                f"lock {path}); not starting a second one on it"
+            )
+
+        try:
+            root = Dir.root(self.root)  # not made again: an unmounted store stays empty
+        except OSError as exc:
+            raise self._error(exc) from None
+        with root, lock.hold(path, holder, busy, dir_fd=root.fd):
+            yield  # (the folders are checked by the pass, which reports what is wrong)
+
     # --- reading ------------------------------------------------------------------
 
-    def _read(self, meta: Path, retired: bool) -> Held:
-        data_path = meta.with_suffix(".img")
-        store_id = f"{meta.parent.name}/{meta.stem}"
+    def _planted(self, where: Dir, name: str, mode: int, store_id: str) -> Held:
+        return Planted(
+            store_id=store_id,
+            record=None,
+            seal_ok=False,
+            location=str(self.root / where.path(name)),
+            problem=f"{where.path(name)} is {where.describe(name, mode)}{NOT_OURS}",
+        )
+
+    def _read(self, folder: Dir, stem: str, retired: bool) -> Held:
+        store_id = f"{os.path.basename(folder.rel)}/{stem}"
+        location = str(self.root / folder.path(f"{stem}.img"))
         try:
-            content = json.loads(meta.read_text(encoding="utf-8"))
+            content = jsonsafe.loads(
+                folder.read(f"{stem}.json", MAX_RECORD_BYTES),
+                what="trust record",
+                max_bytes=MAX_RECORD_BYTES,
+            )
             record = TrustRecord.from_dict(content["record"])
             seal = content.get("seal", "")
-        except (OSError, ValueError, KeyError, TypeError, SealError) as exc:
+        except (OSError, Unexpected, VmtrustError, KeyError, TypeError, AttributeError) as exc:
             return Held(
                 store_id=store_id,
                 record=None,
                 seal_ok=False,
                 retired=retired,
-                location=str(data_path),
+                location=location,
                 problem=f"unreadable trust record ({exc})",
             )
         retired_at = None
@@ -90,34 +183,68 @@ class LocalStore(Store):
             with contextlib.suppress(ValueError):
                 retired_at = parse_date(content["retired_at"])
         problem = None
+        image = f"{stem}.img"
         try:
             check_seal(record, seal, self.seal_keys)
             if record.store_id != store_id:
                 problem = f"record belongs to {record.store_id}, found at {store_id}"
-            elif not data_path.is_file():
+            elif not folder.regular(image):
                 problem = "image file missing"
-            elif data_path.stat().st_size != record.size:
-                problem = (
-                    f"image file has {data_path.stat().st_size} bytes, "
-                    f"the record says {record.size}"
-                )
+            else:
+                size = os.stat(image, dir_fd=folder.fd, follow_symlinks=False).st_size
+                if size != record.size:
+                    problem = f"image file has {size} bytes, the record says {record.size}"
         except SealError as exc:
             problem = str(exc)
+        except Unexpected as exc:
+            problem = f"{exc}{NOT_OURS}"
+        except OSError as exc:
+            problem = f"image file: {exc.strerror or exc}"
         return Held(
             store_id=store_id,
             record=record,
             seal_ok=problem is None,
             retired=retired,
             retired_at=retired_at,
-            location=str(data_path),
+            location=location,
             problem=problem,
         )
 
+    def _folder(self, folder: Dir, retired: bool) -> list[Held]:
+        """The images of one folder, and whatever in it is not a plain file."""
+        found = []
+        entries = dict(folder.entries())
+        for name, mode in entries.items():
+            stem = name.removesuffix(".json").removesuffix(".img")
+            if name == f"{stem}.json" and stat.S_ISREG(mode):
+                found.append(self._read(folder, stem, retired))
+            elif not stat.S_ISREG(mode) and not (
+                name == f"{stem}.img" and stat.S_ISREG(entries.get(f"{stem}.json", 0))
+            ):  # (an image that is no file but has a record: that record's problem)
+                store_id = f"{os.path.basename(folder.rel)}/{name}"
+                found.append(self._planted(folder, name, mode, store_id))
+        return found
+
     def held(self) -> list[Held]:
         result = []
-        for area, retired in (("images", False), ("retired", True)):
-            for meta in sorted((self.root / area).glob("*/*.json")):
-                result.append(self._read(meta, retired))
+        try:
+            with self._open() as root:
+                for area, retired in (("images", False), ("retired", True)):
+                    with root.subdir(area) as top:
+                        for name, mode in top.entries():
+                            if stat.S_ISREG(mode):
+                                continue  # a plain file is not the store's, and harmless
+                            if not stat.S_ISDIR(mode):
+                                result.append(self._planted(top, name, mode, f"{area}/{name}"))
+                                continue
+                            try:
+                                with top.subdir(name) as folder:
+                                    result += self._folder(folder, retired)
+                            except Unexpected:  # replaced since the listing
+                                now = top.mode(name) or 0
+                                result.append(self._planted(top, name, now, f"{area}/{name}"))
+        except (OSError, Unexpected) as exc:
+            raise self._error(exc, "cannot list the images: ") from None
         return result
 
     def disk_format(self, source_format: str) -> str:
@@ -131,75 +258,178 @@ class LocalStore(Store):
 
     def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
         identifier, version = want.identifier, want.image.version
-        partial = self.root / ".partial" / f"{uuid.uuid4().hex}.img"
+        partial_name = f"{uuid.uuid4().hex}.img"
+        folder_name = safe_name(identifier)
         try:
-            with open(partial, "wb") as out:
-                size, sha512 = copy_stream(stream, out.write, identifier)
-                out.flush()
-                os.fsync(out.fileno())
-            store_id = f"{safe_name(identifier)}/{safe_name(version)}-{sha512[:16]}"
-            record, seal = finish(store_id, size, sha512)
-            target_dir = self.root / "images" / safe_name(identifier)
-            target_dir.mkdir(exist_ok=True)
-            data_path = target_dir / f"{safe_name(version)}-{sha512[:16]}.img"
-            os.replace(partial, data_path)
-            self._write_meta(data_path.with_suffix(".json"), record, seal)
-        except OSError as exc:
-            raise LocalStoreError(
-                f"local store {self.root}: cannot store image {identifier}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        return Held(store_id=store_id, record=record, seal_ok=True, location=str(data_path))
+            with self._open() as root, root.subdir(".partial") as partial:
+                try:
+                    with partial.create(partial_name, FILE_MODE) as out:
+                        size, sha512 = copy_stream(stream, out.write, identifier)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    stem = f"{safe_name(version)}-{sha512[:16]}"
+                    store_id = f"{folder_name}/{stem}"
+                    record, seal = finish(store_id, size, sha512)
+                    with (
+                        root.subdir("images") as images,
+                        images.subdir(folder_name, create=True, mode=DIR_MODE) as folder,
+                    ):
+                        for name in (f"{stem}.img", f"{stem}.json"):
+                            if folder.mode(name) is not None:  # an old layout's, say
+                                raise LocalStoreError(
+                                    f"local store {self.root}: {folder.path(name)} already "
+                                    "exists; not replaced"
+                                )
+                        partial.move(partial_name, folder, f"{stem}.img")
+                        try:
+                            self._write_record(folder, stem, record, seal)
+                        except BaseException:
+                            with contextlib.suppress(OSError):
+                                folder.remove(f"{stem}.img")
+                            raise
+                        location = str(self.root / folder.path(f"{stem}.img"))
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        partial.remove(partial_name)
+        except (OSError, Unexpected) as exc:
+            raise self._error(exc, f"cannot store image {identifier}: ") from None
+        return Held(store_id=store_id, record=record, seal_ok=True, location=location)
 
-    def _write_meta(self, path: Path, record: TrustRecord, seal: str, **extra: str) -> None:
+    def _write_record(
+        self, folder: Dir, stem: str, record: TrustRecord, seal: str, **extra: str
+    ) -> None:
         body = {"record": record.__dict__, "seal": seal, **extra}
-        fileio.write_atomic(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+        data = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+        folder.write_atomic(f"{stem}.json", data, FILE_MODE)
+
+    def _pair(self, held: Held, *, retired: bool) -> tuple[str, str]:
+        """(folder, stem) of a held image, refusing what the store must not touch."""
+        if isinstance(held, Planted):
+            raise LocalStoreError(f"local store {self.root}: {held.problem}")
+        if held.retired != retired:
+            state = "retired" if held.retired else "trusted"
+            raise LocalStoreError(f"local store {self.root}: {held.store_id} is {state}")
+        folder, _, stem = held.store_id.partition("/")
+        for part in (folder, stem):
+            if not part or "/" in part or part in (".", "..") or "\0" in part:
+                raise LocalStoreError(f"local store {self.root}: bad store id {held.store_id!r}")
+        return folder, stem
 
     def refresh(self, held: Held, want: Desired, record: TrustRecord, seal: str) -> Held:
-        meta = Path(held.location).with_suffix(".json")
-        self._write_meta(meta, record, seal)
+        folder_name, stem = self._pair(held, retired=False)
+        try:
+            with (
+                self._open() as root,
+                root.subdir("images") as images,
+                images.subdir(folder_name) as folder,
+            ):
+                folder.regular(f"{stem}.json")  # a link there is reported, not replaced
+                self._write_record(folder, stem, record, seal)
+        except (OSError, Unexpected) as exc:
+            raise self._error(exc) from None
         return Held(store_id=held.store_id, record=record, seal_ok=True, location=held.location)
 
     def retire(self, held: Held, mode: str, now: datetime) -> None:
-        source = Path(held.location)
-        target_dir = self.root / "retired" / source.parent.name
-        target_dir.mkdir(parents=True, exist_ok=True)
-        meta = source.with_suffix(".json")
-        content: dict = {}
-        with contextlib.suppress(OSError, ValueError):
-            content = json.loads(meta.read_text(encoding="utf-8"))
-        content["retired_at"] = format_date(now)
-        content["retire_mode"] = mode
-        if source.exists():
-            os.replace(source, target_dir / source.name)
-        fileio.write_atomic(
-            target_dir / meta.name, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode()
-        )
-        with contextlib.suppress(FileNotFoundError):
-            meta.unlink()
-        with contextlib.suppress(OSError):
-            source.parent.rmdir()
+        folder_name, stem = self._pair(held, retired=False)
+        image, meta = f"{stem}.img", f"{stem}.json"
+        try:
+            with (
+                self._open() as root,
+                root.subdir("images") as images,
+                images.subdir(folder_name) as folder,
+            ):
+                has_image = folder.regular(image)  # links refused before anything moves
+                content: dict = {}
+                if folder.regular(meta):
+                    with contextlib.suppress(OSError, VmtrustError):
+                        loaded = jsonsafe.loads(
+                            folder.read(meta, MAX_RECORD_BYTES), max_bytes=MAX_RECORD_BYTES
+                        )
+                        content = loaded if isinstance(loaded, dict) else {}
+                content["retired_at"] = format_date(now)
+                content["retire_mode"] = mode
+                data = (json.dumps(content, indent=2, sort_keys=True) + "\n").encode()
+                with (
+                    root.subdir("retired") as retired,
+                    retired.subdir(folder_name, create=True, mode=DIR_MODE) as target,
+                ):
+                    # record first: a crash leaves the image trusted, never recordless
+                    target.write_atomic(meta, data, FILE_MODE)
+                    if has_image:
+                        folder.move(image, target, image)
+                        target.sync()
+                with contextlib.suppress(FileNotFoundError):
+                    folder.remove(meta)
+                images.remove_dir_if_empty(folder_name)
+        except (OSError, Unexpected) as exc:
+            raise self._error(exc) from None
 
     def purge(self, held: Held) -> None:
-        source = Path(held.location)
-        for path in (source, source.with_suffix(".json")):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        with contextlib.suppress(OSError):
-            source.parent.rmdir()
+        folder_name, stem = self._pair(held, retired=True)
+        try:
+            with (
+                self._open() as root,
+                root.subdir("retired") as retired,
+                retired.subdir(folder_name) as folder,
+            ):
+                present = [n for n in (f"{stem}.img", f"{stem}.json") if folder.regular(n)]
+                for name in present:
+                    folder.remove(name)
+                retired.remove_dir_if_empty(folder_name)
+        except (OSError, Unexpected) as exc:
+            raise self._error(exc) from None
 
     def cleanup(self) -> list[str]:
         removed = []
-        for leftover in (self.root / ".partial").iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-                removed.append(f"partial download {leftover.name}")
-        for area in ("images", "retired"):
-            for data in (self.root / area).glob("*/*.img"):
-                if not data.with_suffix(".json").exists():
-                    with contextlib.suppress(OSError):
-                        data.unlink()
-                        removed.append(f"orphan {area}/{data.parent.name}/{data.name}")
+        try:
+            with self._open() as root:
+                with root.subdir(".partial") as partial:
+                    self._private(partial)
+                    for name, mode in partial.entries():
+                        removed.append(self._leftover(partial, name, mode))
+                for area in ("images", "retired"):
+                    with root.subdir(area) as top:
+                        for name, mode in top.entries():
+                            if stat.S_ISDIR(mode):
+                                with contextlib.suppress(Unexpected), top.subdir(name) as folder:
+                                    removed += self._orphans(folder)
+        except (OSError, Unexpected) as exc:
+            raise self._error(exc, "cannot clean up: ") from None
+        return removed
+
+    @staticmethod
+    def _leftover(partial: Dir, name: str, mode: int) -> str:
+        """Remove one name from ``.partial``: a link goes, never what it points to;
+        a hard link goes, the file's other names keep it."""
+        what = f"{partial.path(name)}, {partial.describe(name, mode)}"
+        if stat.S_ISDIR(mode):
+            partial.remove_tree(name)
+            return f"{what}, and all in it (links inside removed, not followed)"
+        partial.remove(name)
+        if stat.S_ISREG(mode):
+            return f"partial download {partial.path(name)}"
+        return f"{what} (only the link itself)" if stat.S_ISLNK(mode) else what
+
+    def _private(self, partial: Dir) -> None:
+        """``.partial`` holds bytes not yet checked: the sync's own, nobody else's."""
+        info = os.fstat(partial.fd)
+        if info.st_uid != os.geteuid():
+            raise LocalStoreError(
+                f"local store {self.root}: .partial belongs to uid {info.st_uid}, not to the "
+                f"sync's uid {os.geteuid()}; remove it"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.fchmod(partial.fd, 0o700)
+
+    def _orphans(self, folder: Dir) -> list[str]:
+        """Images whose record was never written, and temporary files of record writes."""
+        removed = []
+        entries = dict(folder.entries())
+        for name, mode in entries.items():
+            if not stat.S_ISREG(mode):
+                continue  # links and the like are reported by held(), not touched
+            orphan = name.endswith(".img") and f"{name[:-4]}.json" not in entries
+            if orphan or (name.startswith(".") and name.endswith(".tmp")):
+                folder.remove(name)
+                removed.append(f"orphan {folder.path(name)}")
         return removed

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from vmtrust import yamlsafe
 from vmtrust.context.compose import Part, dropin
 from vmtrust.context.profiles import _UNIT, SITE_ONLY, SiteProfile, _allowed_path
 from vmtrust.context.userdata import unpack
@@ -77,7 +78,7 @@ def explain(data: bytes, site: SiteProfile | None = None) -> tuple[list[str], li
         if part.content_type == "text/cloud-config":
             configs += 1
             try:
-                config = yaml.safe_load(part.body) or {}
+                config = yamlsafe.load(part.body, source=f"user-data part {part.filename}") or {}
             except yaml.YAMLError:
                 problems.append(f"{part.filename}: cloud-config is not valid YAML")
                 continue

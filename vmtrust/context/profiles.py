@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from vmtrust import yamlsafe
 from vmtrust.errors import ConfigError, Problems
 
 #: VO keys that are the site's business by policy, with the reason given to the VO.
@@ -111,7 +112,7 @@ class VoProfile:
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yamlsafe.load_file(path, source=f"{what} {path}")
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
