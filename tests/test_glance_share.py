@@ -13,7 +13,10 @@ looks at Glance directly, as the service project or as the VO project.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import subprocess
+import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +24,15 @@ from pathlib import Path
 
 import pytest
 from conftest import write_clouds_yaml
-from glance_server import MEMBER_ROLES
+from glance_server import MEMBER_ROLES, SERVICE_ROLES
+from test_glance_config import subscription, write_conf
 from test_glance_store import VO, _url, members, project_images, small, visible_to
 from test_sync_local import entry, publish
 
 from glance_sync.cloud import connect_cloud
 from glance_sync.stores.glance import GlanceStore
+
+BIN = Path(sys.executable).parent
 
 
 def vo_cloud(glance, tmp_path: Path, name: str = "vo") -> tuple[str, object, Path]:
@@ -200,3 +206,134 @@ def test_a_vo_cloud_that_cannot_be_reached_is_a_failure_and_repaired_once_back(
         f"accepted img-a for project {b} (Glance did not list it as accepted there)"
     ]
     assert image_id in visible_to(glance, b)
+
+
+# --- 3. a VO project without a cloud: nobody can accept for it, so say so ----------------------
+
+
+def test_the_service_project_cannot_accept_for_a_vo_project(glance_sync, site, pki, glance):
+    """Glance's modify_member policy: the owner of the image may not accept for a member."""
+    glance_sync.store = with_vo(glance_sync, {VO: [("novo" + uuid.uuid4().hex[:8], None)]})
+    publish(site, pki, [entry("img-a", small("a"), site)], "1")
+    assert glance_sync.run(vo_subs(glance_sync)).failures == []
+    (image_id,) = project_images(glance, glance_sync.project)
+    (project,) = members(glance, glance_sync.project, image_id)
+    reply = glance.api(glance_sync.project).put(
+        _url(glance, f"/images/{image_id}/members/{project}"), json={"status": "accepted"}
+    )
+    assert reply.status_code == 403
+    assert members(glance, glance_sync.project, image_id) == {project: "pending"}
+
+
+@pytest.fixture
+def site_with_vos(tmp_path, ca_dir, glance, site, pki):
+    """vmtrust.conf for the CLI: VO project P without a cloud, Q with one."""
+    svc = "svc" + uuid.uuid4().hex[:12]
+    p, q = ("p" + uuid.uuid4().hex[:12] for _ in range(2))
+    clouds = write_clouds_yaml(
+        tmp_path / "clouds.yaml", glance.url, {"s": (svc, SERVICE_ROLES), "q": (q, MEMBER_ROLES)}
+    )
+    conf = write_conf(
+        tmp_path,
+        ca_dir,
+        f"cloud = s\nclouds_file = {clouds}\nproject_id = {svc}\n"
+        f"vo_project = {VO}:{p}\nvo_project = {VO}:{q}:q\n",
+        subscription(site, pki),
+    )
+    publish(site, pki, [entry("img-a", small("a"), site), entry("img-b", small("b"), site)], "1")
+    return conf, svc, p, q
+
+
+def _cli(*args) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BIN / args[0], *args[1:]], capture_output=True, text=True, timeout=300)
+
+
+def test_without_a_cloud_the_sync_warns_at_start_and_status_says_what_to_run(site_with_vos, glance):
+    conf, svc, p, q = site_with_vos
+    sync = _cli("vmtrust-sync", "--config-file", conf)
+    assert sync.returncode == 0, sync.stderr
+    warnings = [line for line in sync.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, sync.stderr  # P only: Q has a cloud
+    assert f"vo_project {VO}:{p} names no cloud" in warnings[0]
+    assert "openstack image set --accept IMAGE_ID" in warnings[0]
+    assert f"glance member-update IMAGE_ID {p} accepted" in warnings[0]
+    ids = {i["vmtrust_image_identifier"]: i["id"] for i in project_images(glance, svc).values()}
+    assert set(ids.values()) <= visible_to(glance, q)
+    assert not set(ids.values()) & visible_to(glance, p)
+
+    text = _cli("vmtrust", "--config-file", conf, "status")
+    assert text.returncode == 0, text.stderr
+    assert "Images VO projects do not see yet" in text.stdout
+    for name, image_id in ids.items():
+        (line,) = [row for row in text.stdout.splitlines() if row.startswith(name)]
+        assert image_id in line and p in line and "pending" in line
+        assert f"openstack image set --accept {image_id}" in line
+        assert f"glance member-update {image_id} {p} accepted" in line
+    assert q not in text.stdout
+
+    status = _cli("vmtrust", "--config-file", conf, "status", "--json")
+    (row,) = json.loads(status.stdout)
+    assert {(w["identifier"], w["image_id"], w["project"], w["membership"], w["vo"])
+            for w in row["vo_acceptance"]} == {
+        (name, image_id, p, "pending", VO) for name, image_id in ids.items()
+    }  # fmt: skip
+
+    # The VO accepts one, and the site's service project removes the other's membership.
+    _set_status(glance, p, ids["img-a"], "accepted")
+    _remove_member(glance, svc, ids["img-b"], p)
+    status = _cli("vmtrust", "--config-file", conf, "status", "--json")
+    (row,) = json.loads(status.stdout)
+    ((waiting),) = row["vo_acceptance"]
+    assert (waiting["identifier"], waiting["membership"]) == ("img-b", "none")
+    assert f"openstack image add project {ids['img-b']} {p}" in waiting["fix"]
+    assert ids["img-a"] in visible_to(glance, p)
+
+
+def test_status_without_vo_projects_does_not_ask_glance(tmp_path, ca_dir, site, pki):
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", "http://127.0.0.1:9", {"s": ("p", "r")})
+    conf = write_conf(tmp_path, ca_dir, f"cloud = s\nclouds_file = {clouds}\nproject_id = p\n",
+                      subscription(site, pki))  # fmt: skip
+    status = _cli("vmtrust", "--config-file", conf, "status", "--json")
+    assert status.returncode == 0 and status.stderr == ""
+    (row,) = json.loads(status.stdout)
+    assert row["vo_acceptance"] == []
+
+
+def test_status_says_in_one_line_when_glance_cannot_be_asked(tmp_path, ca_dir, site, pki):
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", "http://127.0.0.1:9", {"s": ("p", "r")})
+    conf = write_conf(
+        tmp_path,
+        ca_dir,
+        f"cloud = s\nclouds_file = {clouds}\nproject_id = p\nvo_project = {VO}:x\n",
+        subscription(site, pki),
+    )
+    publish(site, pki, [entry("img-a", small("a"), site)], "1")
+    status = _cli("vmtrust", "--config-file", conf, "status")
+    assert status.returncode == 0
+    assert "SUBSCRIPTION" in status.stdout and "example" in status.stdout
+    (line,) = status.stderr.strip().splitlines()
+    assert line.startswith("vmtrust status: VO memberships not checked: glance GET /images")
+    assert "cannot connect" in line and "Traceback" not in status.stderr
+
+
+@pytest.mark.parametrize(
+    ("visibility", "words"),
+    [("private", "vo_project is ignored"), ("community", "publishes none of them")],
+)
+def test_visibility_that_hides_images_from_vo_projects_is_said_at_start(
+    tmp_path, ca_dir, glance, site, pki, visibility, words
+):
+    svc = "svc" + uuid.uuid4().hex[:12]
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", glance.url, {"s": (svc, SERVICE_ROLES)})
+    conf = write_conf(
+        tmp_path,
+        ca_dir,
+        f"cloud = s\nclouds_file = {clouds}\nproject_id = {svc}\nvisibility = {visibility}\n"
+        f"vo_project = {VO}:someproject\n",
+        subscription(site, pki),
+    )
+    publish(site, pki, [entry("img-a", small("a"), site)], "1")
+    sync = _cli("vmtrust-sync", "--config-file", conf)
+    assert sync.returncode == 0, sync.stderr
+    (warning,) = [line for line in sync.stderr.splitlines() if "WARNING" in line]
+    assert words in warning and "names no cloud" not in warning
