@@ -208,6 +208,22 @@ def test_a_vo_cloud_that_cannot_be_reached_is_a_failure_and_repaired_once_back(
     assert image_id in visible_to(glance, b)
 
 
+def test_a_vo_cloud_scoped_to_another_project_is_a_failure_that_says_so(
+    glance_sync, site, pki, glance, tmp_path
+):
+    b = "vob" + uuid.uuid4().hex[:10]
+    _, elsewhere, _ = vo_cloud(glance, tmp_path)  # credentials of some other project
+    with_vo(glance_sync, {VO: [(b, elsewhere)]})
+    publish(site, pki, [entry("img-a", small("a"), site)], "1")
+    for _ in range(2):  # and again on the next pass
+        report = glance_sync.run(vo_subs(glance_sync))
+        (failure,) = report.failures
+        assert f"image img-a: project {b} could not accept it" in failure
+        assert f"is its cloud scoped to project {b}?" in failure
+    (image_id,) = project_images(glance, glance_sync.project)
+    assert members(glance, glance_sync.project, image_id) == {b: "pending"}
+
+
 # --- 3. a VO project without a cloud: nobody can accept for it, so say so ----------------------
 
 

@@ -127,7 +127,8 @@ class GlanceStore(Store):
             raise GlanceError(f"glance {method} {url}: {short(exc)}") from None
         if reply.status_code not in ok:
             raise GlanceError(
-                f"glance {method} {url}: HTTP {reply.status_code} {reason(reply)}"
+                f"glance {method} {url}: HTTP {reply.status_code} {reason(reply)}",
+                reply.status_code,
             ) from None
         return reply
 
@@ -352,8 +353,7 @@ class GlanceStore(Store):
             try:
                 glance_share.accept(self, image_id, project, conn)
             except GlanceError as exc:
-                LOG.warning("image %s: project %s could not accept it yet (retried before the "
-                            "pass ends): %s", identifier, project, exc)  # fmt: skip
+                LOG.warning("image %s: %s (tried again before the pass ends)", identifier, exc)
 
     def converge(self, held: list[Held]) -> list[str]:
         return glance_share.converge(self, held)

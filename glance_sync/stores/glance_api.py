@@ -20,6 +20,10 @@ class GlanceError(VmtrustError):
     exit_code = 42
     rule = "glance"
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  #: Glance's HTTP status, when it answered
+
 
 def set_ops(image: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
     """JSON-patch operations that give ``image`` the ``wanted`` values (only the changes)."""

@@ -106,8 +106,14 @@ def share(store: GlanceStore, image_id: str, vo: str) -> str:
 
 def accept(store: GlanceStore, image_id: str, project: str, conn: Any) -> None:
     """Accept the membership of ``project`` in ``image_id``, as that project."""
-    store.call("PUT", f"/images/{image_id}/members/{project}", (200,), conn,
-               json={"status": "accepted"})  # fmt: skip
+    try:
+        store.call("PUT", f"/images/{image_id}/members/{project}", (200,), conn,
+                   json={"status": "accepted"})  # fmt: skip
+    except GlanceError as exc:
+        # Glance hides a shared image from any project but its members: a 404 (or 403)
+        # here means the cloud is not scoped to this project.
+        hint = f"; is its cloud scoped to project {project}?" if exc.status in (403, 404) else ""
+        raise GlanceError(f"project {project} could not accept it: {exc}{hint}") from None
 
 
 def accepted_by(

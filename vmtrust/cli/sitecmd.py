@@ -187,7 +187,8 @@ def _vo_acceptance(conf) -> list[dict]:
     Asks Glance (one request per shared image) only with ``store = glance`` and
     ``vo_project`` set; an error is one line on stderr, the rest of status still shows.
     """
-    if conf.sync.store != "glance" or not conf.store_glance.vo_project:
+    section = conf.store_glance
+    if conf.sync.store != "glance" or not section.vo_project or section.visibility != "shared":
         return []
     from glance_sync.stores.glance import from_conf
     from glance_sync.stores.glance_share import waiting_memberships
