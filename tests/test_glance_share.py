@@ -183,6 +183,26 @@ def test_no_op_pass_costs_one_listing_more_per_vo_project_with_a_cloud(
     assert no_op_cost(vo_subs(glance_sync)) == plain + 2  # not one per image
 
 
+def test_an_image_whose_vo_changes_is_shared_with_the_new_vo_in_the_same_pass(
+    glance_sync, site, pki, glance, tmp_path
+):
+    b, conn_b, _ = vo_cloud(glance, tmp_path)
+    with_vo(glance_sync, {VO: [(b, conn_b)]})
+    elsewhere = (dataclasses.replace(glance_sync.subs[0], vo="vo.elsewhere.org"),)
+    publish(site, pki, [entry("img-a", small("a"), site)], "1")
+    assert glance_sync.run(elsewhere).failures == []
+    (image_id,) = project_images(glance, glance_sync.project)
+    assert members(glance, glance_sync.project, image_id) == {}
+
+    report = glance_sync.run(vo_subs(glance_sync))  # the site moves the subscription to VO
+    assert report.failures == []
+    assert report.done == ["refreshed img-a metadata", f"shared img-a with [{b}]"]
+    assert members(glance, glance_sync.project, image_id) == {b: "accepted"}
+    assert image_id in visible_to(glance, b)
+    again = glance_sync.run(vo_subs(glance_sync))
+    assert again.done == [] and again.failures == []
+
+
 def test_a_vo_cloud_that_cannot_be_reached_is_a_failure_and_repaired_once_back(
     glance_sync, site, pki, glance, tmp_path
 ):

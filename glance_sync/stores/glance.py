@@ -78,7 +78,9 @@ class GlanceStore(Store):
         self.name_prefix = name_prefix
         self.hypervisor_type = hypervisor_type
         self.seen: dict[str, dict[str, Any]] = {}  #: image id → last listing of it
-        self.created: list[Held] = []  #: images created this pass (converge checks them too)
+        #: images created or refreshed this pass, as they are now: converge shares them
+        #: by their new record (a new VO is shared with in the same pass)
+        self.fresh: dict[str, Held] = {}
         self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
         self._lock = threading.Lock()
         self.calls = 0  #: Glance API requests made (the no-op benchmark counts them)
@@ -201,7 +203,7 @@ class GlanceStore(Store):
         if images is None:
             images = [i for i in self._managed() if i.get(gp.STATE) != gp.UPLOADING]
         self.seen = {image["id"]: image for image in images}
-        self.created = []
+        self.fresh = {}
         return [self._held(image) for image in images]
 
     def free_bytes(self) -> int | None:
@@ -277,7 +279,7 @@ class GlanceStore(Store):
             raise
         self.seen[image_id] = image
         held = Held(image_id, record, True, location=f"glance:{image_id}")
-        self.created.append(held)
+        self.fresh[image_id] = held
         self._accept_new(image_id, identifier, record.vo)
         return held
 
@@ -306,7 +308,9 @@ class GlanceStore(Store):
         ops = set_ops(image, wanted)
         ops += [{"op": "remove", "path": f"/{key}"} for key in stale_properties(image, wanted)]
         self.seen[held.store_id] = self.patch(held.store_id, ops)
-        return Held(held.store_id, record, True, location=held.location)
+        fresh = Held(held.store_id, record, True, location=held.location)
+        self.fresh[held.store_id] = fresh
+        return fresh
 
     def retire(self, held: Held, mode: str, now: datetime) -> None:
         image = self.seen.get(held.store_id, {})

@@ -142,8 +142,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
     Raises one error naming what could not be done, after doing everything else.
     """
     items = {h.store_id: h for h in held if not h.retired and h.seal_ok and h.record}
-    for item in store.created:
-        items.setdefault(item.store_id, item)
+    items.update(store.fresh)
     listed = {
         project: conn
         for item in items.values()
