@@ -11,8 +11,12 @@ CONSTRAINTS := requirements/openstack.txt
 GLANCE_VENV := .venv-glance
 # nova's scheduler code and in-process functional stack, with vmtrust installed into it.
 NOVA_VENV := .venv-nova
+# EGI's publisher, cloud-info-provider, as a real client of the Glance store in the tests.
+CIP_VENV := .venv-cip
+CIP_VERSION := 1.2.0
 
-.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova cloud-init clean
+.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova venv-cip \
+	cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +43,16 @@ $(NOVA_VENV)/bin/.installed: $(CONSTRAINTS) pyproject.toml setup.py
 
 venv-nova: $(NOVA_VENV)/bin/.installed
 
+# Its own environment: cloud-info-provider pulls the python-*client libraries vmtrust
+# does not use; the tests run it unchanged against the real Glance (tests/cip_main.py).
+$(CIP_VENV)/bin/.installed: $(CONSTRAINTS)
+	$(PYTHON) -m venv $(CIP_VENV)
+	$(CIP_VENV)/bin/pip install --quiet --upgrade pip
+	$(CIP_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) cloud-info-provider==$(CIP_VERSION)
+	touch $@
+
+venv-cip: $(CIP_VENV)/bin/.installed
+
 # cloud-init is not on PyPI: its Debian package's Python tree gives the tests its own
 # schema and user-data processing (used at test time only, never vendored).
 CLOUD_INIT := .cloud-init
@@ -55,7 +69,7 @@ demo: venv
 	$(BIN)/python -m vmtrust.demo
 
 # Every test runs: the services they need are required, not skipped.
-test: venv venv-glance venv-nova cloud-init lint
+test: venv venv-glance venv-nova venv-cip cloud-init lint
 	VMTRUST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
 	VMTRUST_REQUIRE_SERVICES=1 $(NOVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_nova
 
@@ -77,4 +91,4 @@ bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py
 
 clean:
-	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CIP_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis

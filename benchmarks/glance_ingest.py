@@ -15,6 +15,10 @@ sqlite, file store, loopback; needs ``make venv-glance``) and, in one run:
    Reported: Glance API requests it made (counted in Glance's access log; target:
    a small constant plus paging, not one per image) and its wall time (target
    under 2 s).
+3. **No-op re-sync, shared with a VO project.** The same 500 images shared with a
+   VO project whose cloud lets the sync accept (``vo_project = VO:PROJECT:CLOUD``):
+   every pass also asks Glance which images that project accepted — one more
+   request per VO project, still not one per image.
 
 Usage: ``python benchmarks/glance_ingest.py [--gib 1] [--rounds 3] [--images 500] [--dir DIR]``.
 """
@@ -36,7 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from glance_server import SERVICE_ROLES, GlanceServer, available, token  # noqa: E402
+from glance_server import (  # noqa: E402
+    MEMBER_ROLES,
+    SERVICE_ROLES,
+    GlanceServer,
+    available,
+    token,
+)
 from transfer import entry, make_image, publish, web_server  # noqa: E402
 
 from vmtrust import devpki  # noqa: E402
@@ -44,14 +54,22 @@ from vmtrust import devpki  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
+def _cloud(name: str, glance: GlanceServer, project: str, roles: str) -> str:
+    return (
+        f"  {name}:\n    auth_type: admin_token\n    auth:\n"
+        f"      endpoint: {glance.url}\n      token: '{token(project, roles)}'\n"
+        f"    image_endpoint_override: {glance.url}\n    region_name: RegionOne\n"
+    )
+
+
 def site_config(work: Path, name: str, glance: GlanceServer, ca_dir: Path, list_url: str, pki):
     """A vmtrust.conf storing into ``glance`` in project ``name``; returns its path."""
     site = work / name
     site.mkdir()
     (site / "clouds.yaml").write_text(
-        "clouds:\n  sync:\n    auth_type: admin_token\n    auth:\n"
-        f"      endpoint: {glance.url}\n      token: '{token(name, SERVICE_ROLES)}'\n"
-        f"    image_endpoint_override: {glance.url}\n    region_name: RegionOne\n"
+        "clouds:\n"
+        + _cloud("sync", glance, name, SERVICE_ROLES)
+        + _cloud("vo", glance, f"{name}-vo", MEMBER_ROLES)
     )
     (site / "subs.yaml").write_text(
         f"subscriptions:\n  - name: bench\n    url: {list_url}\n    endorsers:\n"
@@ -146,11 +164,7 @@ def noop(work, glance, pki, ca_dir, www, base, count: int) -> None:
     fill = sync(conf)
     held = glance_get(glance, "noop", f"/v2/images?vmtrust_state=trusted&limit={count + 10}")
     assert len(held["images"]) == count, len(held["images"])
-    times, calls = [], []
-    for _ in range(3):
-        before = glance.access_log.read_text().count("\n")
-        times.append(sync(conf))
-        calls.append(glance.access_log.read_text().count("\n") - before)
+    times, calls = measure(glance, conf)
     in_process = []
     for _ in range(3):  # the pass itself, without the interpreter's start and imports
         from glance_sync import settings as settings_mod
@@ -177,6 +191,37 @@ def noop(work, glance, pki, ca_dir, www, base, count: int) -> None:
         f"   the pass in-process (Connection made, interpreter started): median "
         f"{statistics.median(in_process):.2f} s ({', '.join(f'{t:.2f}' for t in in_process)})"
     )
+
+    # 3. Shared with a VO project the sync accepts for: one pass re-seals the records
+    # with the VO and shares and accepts every image.
+    subs = conf.parent / "subs.yaml"
+    subs.write_text(subs.read_text() + "    vo: vo.example.org\n")
+    conf.write_text(
+        conf.read_text().replace(
+            "[store_glance]\n", "[store_glance]\nvo_project = vo.example.org:noop-vo:vo\n"
+        )
+    )
+    share = sync(conf)
+    shared = glance.api("noop-vo", MEMBER_ROLES).get(
+        f"{glance.url}/v2/images?limit={count + 10}", timeout=60
+    )
+    assert len(shared.json()["images"]) == count, "not every image accepted by the VO project"
+    times, calls = measure(glance, conf)
+    print(
+        f"3. the same, shared with a VO project (vo_project with a cloud; first pass shared "
+        f"and accepted all in {share:.1f} s): {calls[-1]} Glance API requests (runs: {calls}), "
+        f"{statistics.median(times):.2f} s (median of 3)"
+    )
+
+
+def measure(glance: GlanceServer, conf: Path) -> tuple[list[float], list[int]]:
+    """Three whole vmtrust-sync runs: their times and Glance requests (access log lines)."""
+    times, calls = [], []
+    for _ in range(3):
+        before = glance.access_log.read_text().count("\n")
+        times.append(sync(conf))
+        calls.append(glance.access_log.read_text().count("\n") - before)
+    return times, calls
 
 
 def main() -> int:

@@ -58,3 +58,38 @@ def test_stale_properties_are_only_the_stores_own():
         "hypervisor_type",
         "vmcatcher_event_ad_mpuri",
     ]
+
+
+@pytest.mark.parametrize(
+    ("listed", "nova"),
+    [
+        ("KVM", "kvm"),
+        ("qemu", "qemu"),
+        # AppDB's "runs on either": qemu is what KVM hosts advertise as well as TCG hosts
+        ("QEMU,KVM", "qemu"),
+        ("KVM, QEMU", "qemu"),
+        ("kvm,kvm", "kvm"),
+        ("Xen", "xen"),
+        # several hypervisors nova cannot express in one value: no constraint at all
+        ("KVM,Xen", None),
+        ("QEMU,KVM,VirtualBox", None),
+    ],
+)
+def test_hypervisor_lists_become_one_value_nova_matches_or_none(pki, listed, nova):
+    props = list_properties(desired(pki, **{"hv:hypervisor": listed}), 1)
+    assert props.get("hypervisor_type") == nova
+
+
+def test_image_list_is_the_subscription_as_atrope_writes_it(pki):
+    """atrope's image_list is its source's name; the list's UUID has its own property."""
+    want = desired(pki)
+    assert list_properties(want, 1)["image_list"] == "sub" != want.imagelist.identifier
+
+
+def test_os_distro_is_lower_case_as_openstack_expects(pki):
+    """atrope copies sl:osname verbatim ("AlmaLinux"); Glance's metadefs and nova want the
+    lower-case libosinfo-style name."""
+    props = list_properties(desired(pki, **{"sl:osname": "AlmaLinux", "sl:osversion": "9.4"}), 1)
+    assert (props["os_distro"], props["os_version"]) == ("almalinux", "9.4")
+    fallback = list_properties(desired(pki, **{"sl:osname": "", "sl:os": "Linux"}), 1)
+    assert fallback["os_distro"] == "linux"

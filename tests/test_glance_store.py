@@ -236,7 +236,8 @@ def test_created_image_is_active_sealed_and_carries_the_list_metadata(
     assert image["vmcatcher_event_vo"] == VO
     assert json.loads(image["APPLIANCE_ATTRIBUTES"]) == a["hv:image"]
     assert image["appdb_id"] == "img-a"
-    assert image["image_list"] == list_document()["hv:imagelist"]["dc:identifier"]
+    assert image["image_list"] == "example"  # the subscription, as atrope
+    assert image["vmtrust_list_identifier"] == list_document()["hv:imagelist"]["dc:identifier"]
     assert image["image_hash"] == "sha512:" + hashlib.sha512(IMAGE_A).hexdigest()
 
     (other,) = images["img-b"]
@@ -711,6 +712,7 @@ def test_qcow2_is_converted_to_the_format_the_site_wants(glance_sync, site, pki,
     (image,) = project_images(glance, glance_sync.project).values()
     assert image["disk_format"] == "raw"
     assert image["size"] == len(raw)
+    assert image["min_disk"] == 1  # the stored raw disk, not the list's qcow2 bytes
     assert image["os_hash_value"] == hashlib.sha512(raw).hexdigest()
     verdict = judge(glance_sync, image)
     assert verdict.trusted, verdict.reason
@@ -721,6 +723,33 @@ def test_qcow2_is_converted_to_the_format_the_site_wants(glance_sync, site, pki,
     assert list((glance_sync.s.state_dir / "convert").iterdir()) == []
     again = glance_sync.run(glance_sync.subs)
     assert again.done == [] and again.failures == []
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (qemu-utils)")
+def test_min_disk_is_what_the_disk_needs_not_the_file_size(
+    glance_sync, site, pki, glance, tmp_path
+):
+    """A qcow2 file of a few hundred KiB holds a 3 GiB disk: nova refuses flavours whose
+    root disk is smaller than the virtual size, so min_disk says 3, on create and refresh."""
+    qcow2 = tmp_path / "big.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "3G"], check=True, timeout=30
+    )
+    data = qcow2.read_bytes()
+    assert len(data) < 1024**2
+    img = entry("img-q", data, site)
+    img["hv:image"]["hv:format"] = "QCOW2"
+    publish(site, pki, [img], "1")
+    assert glance_sync.run(glance_sync.subs).failures == []
+    (image,) = project_images(glance, glance_sync.project).values()
+    assert (image["disk_format"], image["virtual_size"]) == ("qcow2", 3 * 1024**3)
+    assert image["min_disk"] == 3
+
+    img["hv:image"]["dc:description"] = "refreshed"
+    publish(site, pki, [img], "2")
+    assert glance_sync.run(glance_sync.subs).done == ["refreshed img-q metadata"]
+    (after,) = project_images(glance, glance_sync.project).values()
+    assert after["min_disk"] == 3 and after["vmcatcher_event_dc_description"] == "refreshed"
 
 
 # --- 12. tampering inside Glance ---------------------------------------------------------

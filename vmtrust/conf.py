@@ -215,7 +215,10 @@ store_glance_opts = [
         default=[],
         help="VO:PROJECT_ID[:CLOUD] (repeat per project): share images of this VO with this "
         "project (visibility = shared). With CLOUD, a clouds.yaml entry scoped to that "
-        "project, the membership is also accepted so the image shows in its listings.",
+        "project, the membership is also accepted, and checked on every pass, so the image "
+        "shows in its listings (and cloud-info-provider publishes it). Without CLOUD the VO "
+        "must accept each image itself: the sync warns at start and 'vmtrust status' lists "
+        "the images and the command to run.",
     ),
     cfg.ListOpt(
         "disk_formats",

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import logging
-import re
+import math
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any
@@ -37,22 +37,20 @@ from typing import IO, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
+from glance_sync.stores import glance_share
 from glance_sync.stores.base import Finish, Store
-from glance_sync.stores.glance_meta import list_properties, stale_properties
+from glance_sync.stores.glance_api import PATCH_TYPE, GlanceError, reason, set_ops, short
+from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
+from glance_sync.stores.glance_share import parse_vo_projects
 from glance_sync.transfer import Tally, iter_chunks
 from vmtrust import glanceprops as gp
-from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.errors import ConfigError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.record import SealError, TrustRecord, check_seal
 
 LOG = logging.getLogger("vmtrust.glance")
-PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 PAGE = 1000  # Glance's default api_limit_max
-
-
-class GlanceError(VmtrustError):
-    exit_code = 42
-    rule = "glance"
+__all__ = ["GlanceError", "GlanceStore", "from_conf", "parse_vo_projects"]
 
 
 class GlanceStore(Store):
@@ -79,23 +77,43 @@ class GlanceStore(Store):
         self.disk_formats = disk_formats or []
         self.name_prefix = name_prefix
         self.hypervisor_type = hypervisor_type
-        self._seen: dict[str, dict[str, Any]] = {}  #: image id → last listing of it
+        self.seen: dict[str, dict[str, Any]] = {}  #: image id → last listing of it
+        #: images created or refreshed this pass, as they are now: converge shares them
+        #: by their new record (a new VO is shared with in the same pass)
+        self.fresh: dict[str, Held] = {}
         self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
+        self._lock = threading.Lock()
         self.calls = 0  #: Glance API requests made (the no-op benchmark counts them)
 
     # --- REST plumbing --------------------------------------------------------------
 
-    def _call(self, method: str, url: str, ok: tuple[int, ...], conn: Any = None, **kw: Any) -> Any:
+    def adapter(self, conn: Any = None) -> Any:
+        """The image adapter of ``conn`` (default: the sync's connection).
+
+        openstacksdk makes a connection's service proxy on first use, with endpoint
+        discovery that rewrites the connection's shared configuration, and without a
+        lock: two threads making it at once can send one of them to a wrong URL
+        ("Unable to find a version discovery document at …/v2/").  Once made, the
+        proxy is a keystoneauth adapter, which (like the token renewal behind it,
+        locked in keystoneauth) serves many threads — openstacksdk's own
+        ``project_cleanup`` makes its proxies first and then uses them from a thread
+        pool.  So the look-up happens under this store's lock, once per connection.
+        """
+        with self._lock:
+            self.calls += 1  # counted here too: ``+=`` is not atomic across threads
+            return (conn or self.conn).image
+
+    def call(self, method: str, url: str, ok: tuple[int, ...], conn: Any = None, **kw: Any) -> Any:
+        """One request to Glance; any failure becomes one :class:`GlanceError` line."""
         from keystoneauth1 import exceptions as ks_exc
 
-        self.calls += 1
         # JSON errors carry Glance's explanation; its HTML pages hide it in markup.
         headers = {"Accept": "application/json", **kw.pop("headers", {})}
         try:
-            adapter = (conn or self.conn).image  # endpoint discovery happens here
+            adapter = self.adapter(conn)  # endpoint discovery happens here, once
             reply = adapter.request(url, method, raise_exc=False, headers=headers, **kw)
         except ks_exc.ConnectFailure as exc:
-            text = _short(exc)
+            text = short(exc)
             if "aborted" in text or "RemoteDisconnected" in text or "reset" in text:
                 raise GlanceError(f"glance {method} {url}: connection lost ({text})") from None
             raise GlanceError(f"glance {method} {url}: cannot connect ({text})") from None
@@ -105,20 +123,21 @@ class GlanceStore(Store):
             raise GlanceError(f"glance {method} {url}: no answer in time") from None
         except ks_exc.DiscoveryFailure as exc:
             raise GlanceError(
-                f"glance {method} {url}: cannot connect, or no Glance API there ({_short(exc)})"
+                f"glance {method} {url}: cannot connect, or no Glance API there ({short(exc)})"
             ) from None
         except ks_exc.ClientException as exc:  # authentication, catalogue
-            raise GlanceError(f"glance {method} {url}: {_short(exc)}") from None
+            raise GlanceError(f"glance {method} {url}: {short(exc)}") from None
         if reply.status_code not in ok:
             raise GlanceError(
-                f"glance {method} {url}: HTTP {reply.status_code} {_reason(reply)}"
+                f"glance {method} {url}: HTTP {reply.status_code} {reason(reply)}",
+                reply.status_code,
             ) from None
         return reply
 
-    def _patch(self, image_id: str, ops: list[dict[str, Any]], conn: Any = None) -> dict:
+    def patch(self, image_id: str, ops: list[dict[str, Any]], conn: Any = None) -> dict:
         if not ops:
-            return self._seen.get(image_id, {})
-        reply = self._call(
+            return self.seen.get(image_id, {})
+        reply = self.call(
             "PATCH",
             f"/images/{image_id}",
             (200,),
@@ -128,15 +147,13 @@ class GlanceStore(Store):
         )
         return reply.json()
 
-    def _list(self, **filters: str) -> Iterator[dict[str, Any]]:
-        params: dict[str, Any] = {"owner": self.project_id, gp.MANAGED: "true", "limit": PAGE}
-        params.update(filters)
-        url = "/images"
+    def pages(self, params: dict[str, Any], conn: Any = None) -> Iterator[dict[str, Any]]:
+        """Every image of a listing with ``params``, page by page."""
+        url, query = "/images", {**params, "limit": PAGE}
         while url:
-            reply = self._call("GET", url, (200,), params=params)
-            body = reply.json()
+            body = self.call("GET", url, (200,), conn, params=query).json()
             yield from body.get("images", [])
-            url, params = body.get("next", ""), None
+            url, query = body.get("next", ""), None
             if url:
                 url = url.removeprefix("/v2")
 
@@ -173,14 +190,20 @@ class GlanceStore(Store):
 
     def _managed(self) -> list[dict[str, Any]]:
         """Every managed image of the project, visible and hidden (two listings + paging)."""
-        return [image for hidden in ("false", "true") for image in self._list(os_hidden=hidden)]
+        params = {"owner": self.project_id, gp.MANAGED: "true"}
+        return [
+            image
+            for hidden in ("false", "true")
+            for image in self.pages({**params, "os_hidden": hidden})
+        ]
 
     def held(self) -> list[Held]:
         # cleanup() of the same pass has just listed them: one listing per pass, not two
         images, self._listing = self._listing, None
         if images is None:
             images = [i for i in self._managed() if i.get(gp.STATE) != gp.UPLOADING]
-        self._seen = {image["id"]: image for image in images}
+        self.seen = {image["id"]: image for image in images}
+        self.fresh = {}
         return [self._held(image) for image in images]
 
     def free_bytes(self) -> int | None:
@@ -206,11 +229,11 @@ class GlanceStore(Store):
             gp.STATE: gp.UPLOADING,
             gp.PREFIX + "image_identifier": identifier,
         }
-        image = self._call("POST", "/images", (201,), json=body).json()
+        image = self.call("POST", "/images", (201,), json=body).json()
         image_id = image["id"]
         try:
             tally = Tally()
-            self._call(
+            self.call(
                 "PUT",
                 f"/images/{image_id}/file",
                 (204,),
@@ -221,7 +244,7 @@ class GlanceStore(Store):
                 connect_retries=0,
             )
             record, seal = finish(image_id, tally.size, tally.sha512)
-            image = self._call("GET", f"/images/{image_id}", (200,)).json()
+            image = self.call("GET", f"/images/{image_id}", (200,)).json()
             if image.get("status") != "active":
                 raise GlanceError(f"image {identifier}: Glance left it {image.get('status')}")
             if image.get("os_hash_algo") != "sha512" or image.get("os_hash_value") != tally.sha512:
@@ -234,9 +257,17 @@ class GlanceStore(Store):
                     f"image {identifier}: Glance stored {image.get('size')} bytes, vmtrust "
                     f"sent {tally.size} (removed)"
                 )
-            shared = self._share(image_id, record.vo)
-            ops = _set_ops(image, {**gp.record_properties(record, seal), gp.SHARED_WITH: shared})
-            image = self._patch(image_id, ops)
+            shared = glance_share.share(self, image_id, record.vo)
+            ops = set_ops(
+                image,
+                {
+                    **gp.record_properties(record, seal),
+                    gp.SHARED_WITH: shared,
+                    # what the disk needs, as stored (a conversion changes it)
+                    "min_disk": _min_disk(image),
+                },
+            )
+            image = self.patch(image_id, ops)
         except GlanceError as exc:
             self._remove_failed(image_id, identifier)
             message = str(exc)
@@ -246,39 +277,43 @@ class GlanceStore(Store):
         except BaseException:
             self._remove_failed(image_id, identifier)
             raise
-        self._accept(image_id, record.vo)
-        self._seen[image_id] = image
-        return Held(image_id, record, True, location=f"glance:{image_id}")
+        self.seen[image_id] = image
+        held = Held(image_id, record, True, location=f"glance:{image_id}")
+        self.fresh[image_id] = held
+        self._accept_new(image_id, identifier, record.vo)
+        return held
 
     def _remove_failed(self, image_id: str, identifier: str) -> None:
         try:
-            self._call("DELETE", f"/images/{image_id}", (204, 404))
+            self.call("DELETE", f"/images/{image_id}", (204, 404))
         except GlanceError as exc:
             LOG.error("image %s: could not remove the unfinished Glance image %s: %s "
                       "(the next run removes it)", identifier, image_id, exc)  # fmt: skip
 
     def refresh(self, held: Held, want: Desired, record: TrustRecord, seal: str) -> Held:
         image = (
-            self._seen.get(held.store_id)
-            or self._call("GET", f"/images/{held.store_id}", (200,)).json()
+            self.seen.get(held.store_id)
+            or self.call("GET", f"/images/{held.store_id}", (200,)).json()
         )
         wanted: dict[str, Any] = dict(
             list_properties(
                 want, record.size, self.name_prefix, hypervisor_type=self.hypervisor_type
             )
         )
+        wanted["min_disk"] = _min_disk(image)
         wanted.update(gp.record_properties(record, seal))
         # What the entry no longer gives must go too: a stale hypervisor_type or
         # os_distro would steer nova's scheduler by metadata the list withdrew.
         wanted.setdefault("min_ram", 0)
-        wanted.setdefault("min_disk", 0)
-        ops = _set_ops(image, wanted)
+        ops = set_ops(image, wanted)
         ops += [{"op": "remove", "path": f"/{key}"} for key in stale_properties(image, wanted)]
-        self._seen[held.store_id] = self._patch(held.store_id, ops)
-        return Held(held.store_id, record, True, location=held.location)
+        self.seen[held.store_id] = self.patch(held.store_id, ops)
+        fresh = Held(held.store_id, record, True, location=held.location)
+        self.fresh[held.store_id] = fresh
+        return fresh
 
     def retire(self, held: Held, mode: str, now: datetime) -> None:
-        image = self._seen.get(held.store_id, {})
+        image = self.seen.get(held.store_id, {})
         wanted: dict[str, Any] = {
             gp.STATE: "retired",
             gp.RETIRED_AT: format_date(now),
@@ -286,12 +321,12 @@ class GlanceStore(Store):
         }
         if mode in ("hide", "delete"):
             wanted["os_hidden"] = True
-        self._patch(held.store_id, _set_ops(image, wanted))
+        self.patch(held.store_id, set_ops(image, wanted))
         if mode == "deactivate" and image.get("status", "active") == "active":
-            self._call("POST", f"/images/{held.store_id}/actions/deactivate", (204,))
+            self.call("POST", f"/images/{held.store_id}/actions/deactivate", (204,))
 
     def purge(self, held: Held) -> None:
-        self._call("DELETE", f"/images/{held.store_id}", (204, 404))
+        self.call("DELETE", f"/images/{held.store_id}", (204, 404))
 
     def cleanup(self) -> list[str]:
         removed, kept = [], []
@@ -300,7 +335,7 @@ class GlanceStore(Store):
                 kept.append(image)
                 continue
             try:
-                self._call("DELETE", f"/images/{image['id']}", (204, 404))
+                self.call("DELETE", f"/images/{image['id']}", (204, 404))
             except GlanceError as exc:
                 LOG.error("could not remove unfinished image %s: %s", image["id"], exc)
                 continue
@@ -308,114 +343,54 @@ class GlanceStore(Store):
         self._listing = kept
         return removed
 
-    # --- sharing ------------------------------------------------------------------------
+    # --- sharing -------------------------------------------------------------------------
 
-    def _projects(self, vo: str) -> list[tuple[str, Any]]:
+    def projects(self, vo: str) -> list[tuple[str, Any]]:
+        """The projects images of ``vo`` are shared with: [(project id, connection or None)]."""
         return self.vo_projects.get(vo, []) if self.visibility == "shared" else []
 
-    def _share(self, image_id: str, vo: str) -> str:
-        """Make the members of ``image_id`` exactly the VO's projects; return them as text."""
-        wanted = {project for project, _ in self._projects(vo)}
-        if self.visibility == "shared":
-            reply = self._call("GET", f"/images/{image_id}/members", (200,))
-            current = {m["member_id"] for m in reply.json().get("members", [])}
-            for project in sorted(wanted - current):
-                self._call("POST", f"/images/{image_id}/members", (200, 409),
-                           json={"member": project})  # fmt: skip
-            for project in sorted(current - wanted):
-                self._call("DELETE", f"/images/{image_id}/members/{project}", (204, 404))
-        return ",".join(sorted(wanted))
-
-    def _accept(self, image_id: str, vo: str) -> None:
-        for project, conn in self._projects(vo):
+    def _accept_new(self, image_id: str, identifier: str, vo: str) -> None:
+        """Accept a new image's memberships where the sync can; converge checks them all."""
+        for project, conn in self.projects(vo):
             if conn is None:
                 continue
             try:
-                self._call("PUT", f"/images/{image_id}/members/{project}", (200,), conn,
-                           json={"status": "accepted"})  # fmt: skip
+                glance_share.accept(self, image_id, project, conn)
             except GlanceError as exc:
-                LOG.warning("image %s: project %s could not accept it: %s", image_id, project, exc)
+                LOG.warning("image %s: %s (tried again before the pass ends)", identifier, exc)
 
     def converge(self, held: list[Held]) -> list[str]:
-        changed = []
-        for item in held:
-            if item.retired or not item.seal_ok or item.record is None:
-                continue
-            image = self._seen.get(item.store_id, {})
-            wanted = ",".join(sorted(project for project, _ in self._projects(item.record.vo)))
-            visibility = image.get("visibility", self.visibility)
-            if image.get(gp.SHARED_WITH, "") == wanted and visibility == self.visibility:
-                continue
-            if visibility != self.visibility:
-                # Before sharing (only shared images take members); leaving "shared"
-                # is what takes the image away from the members it had.
-                image = self._patch(item.store_id, _set_ops(image, {"visibility": self.visibility}))
-            shared = self._share(item.store_id, item.record.vo)
-            self._seen[item.store_id] = self._patch(
-                item.store_id, _set_ops(image, {gp.SHARED_WITH: shared})
-            )
-            self._accept(item.store_id, item.record.vo)
-            changed.append(f"shared {item.identifier} with [{shared}]")
-        return changed
+        return glance_share.converge(self, held)
 
 
-def _set_ops(image: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
-    """JSON-patch operations that give ``image`` the ``wanted`` values (only the changes)."""
-    ops = []
-    for key, value in wanted.items():
-        if image.get(key) == value:
-            continue
-        ops.append({"op": "replace" if key in image else "add", "path": f"/{key}", "value": value})
-    return ops
+def _min_disk(image: dict[str, Any]) -> int:
+    """GiB of root disk an image needs: its bytes, or its virtual size if larger (qcow2)."""
+    need = max(image.get("size") or 0, image.get("virtual_size") or 0)
+    return math.ceil(need / GIB)
 
 
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+def from_conf(
+    conf: Any, seal_keys: list[Ed25519PublicKey], *, announce: bool = True
+) -> GlanceStore:
+    """The store as ``[store_glance]`` describes it; every option checked, nothing contacted.
 
-
-def _reason(reply: Any) -> str:
-    """Glance's explanation from an error reply, on one line."""
-    text = ""
-    try:
-        body = reply.json()
-        if isinstance(body, dict):
-            inner = next(iter(body.values()), body) if len(body) == 1 else body
-            text = str(inner.get("message") or inner.get("title") or "") if isinstance(
-                inner, dict) else ""  # fmt: skip
-    except ValueError:
-        lines = [line.strip() for line in reply.text.splitlines() if line.strip()]
-        text = lines[-1] if lines else ""
-    text = html.unescape(re.sub(r"<[^>]*>", " ", text))
-    return " ".join(text.split())[:200] or reply.reason or ""
-
-
-def parse_vo_projects(entries: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """``VO:PROJECT[:CLOUD]`` entries → VO → [(project, cloud or "")]."""
-    result: dict[str, list[tuple[str, str]]] = {}
-    for entry in entries:
-        parts = [part.strip() for part in entry.split(":")]
-        if len(parts) not in (2, 3) or not all(parts[:2]):
-            raise ConfigError(
-                f"[store_glance] vo_project {entry!r}: expected VO:PROJECT_ID or "
-                "VO:PROJECT_ID:CLOUD"
-            )
-        result.setdefault(parts[0], []).append((parts[1], parts[2] if len(parts) == 3 else ""))
-    return result
-
-
-def from_conf(conf: Any, seal_keys: list[Ed25519PublicKey]) -> GlanceStore:
-    """The store as ``[store_glance]`` describes it; every option checked, nothing contacted."""
+    ``announce`` logs a warning for each VO project the sync cannot make see its
+    images (no cloud to accept with; visibility that keeps images out of listings).
+    """
     from glance_sync import cloud
 
     section = conf.store_glance
     mapping = parse_vo_projects(section.vo_project)
+    if announce:
+        for note in glance_share.acceptance_notes(mapping, section.visibility):
+            LOG.warning("%s", note)
     conn = cloud.connect(conf)
     project_id = section.project_id
     if not project_id:
         try:
             project_id = conn.current_project_id
         except Exception as exc:  # keystoneauth raises many kinds here
-            raise ConfigError(f"[store_glance] project_id: not set, and {_short(exc)}") from None
+            raise ConfigError(f"[store_glance] project_id: not set, and {short(exc)}") from None
         if not project_id:
             raise ConfigError(
                 "[store_glance] project_id: not set, and the credentials name no project"

@@ -9,13 +9,20 @@ cloudkeeper-os wrote it (see docs/glance.md for the table):
 * cloud-info-provider, cloud-info-api and cASO: ``vmcatcher_event_*`` (the
   vmcatcher event variables, lower-cased), ``APPLIANCE_ATTRIBUTES`` (the
   list's ``hv:image`` entry as JSON);
-* atrope's identity properties ``appdb_id``, ``image_list``, ``image_hash``.
+* atrope's identity properties ``appdb_id``, ``image_list`` (the subscription's
+  name, as atrope writes its source's name), ``image_hash``.
+
+Where vmtrust differs from atrope it does so on purpose (docs/glance.md has the
+table): ``os_distro`` in lower case and ``architecture`` in nova's names, as
+OpenStack expects them; ``hypervisor_type``, ``min_ram`` and ``min_disk``, which
+atrope leaves out, for nova's scheduler and Horizon's flavour choice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
 from glance_sync.hooks import event_environment
 from glance_sync.plan import Desired, Held
@@ -62,6 +69,25 @@ def min_ram_mib(value: int | None) -> int | None:
     return math.ceil(value / MIB) if value >= MIB else value
 
 
+def nova_hypervisor(value: str) -> str | None:
+    """nova's ``hypervisor_type`` for ``hv:hypervisor``, or None to leave it out.
+
+    AppDB lists say ``QEMU,KVM``: the image runs on either.  nova takes one value,
+    matched against what each host advertises; a libvirt host with KVM advertises
+    both ``kvm`` and ``qemu`` domains, a host without KVM only ``qemu``.  So ``qemu``
+    admits exactly the hosts the list allows (``kvm`` would shut out the plain QEMU
+    ones).  Any other list of several hypervisors, or one nova does not know, leaves
+    the property out: any single value would refuse hosts the list allows.
+    """
+    names = {part.lower() for part in re.split(r"[\s,;/]+", value) if part}
+    known = {_HYPERVISORS.get(name) for name in names}
+    if not names or None in known:
+        return None
+    if known == {"qemu", "kvm"}:
+        return "qemu"
+    return known.pop() if len(known) == 1 else None
+
+
 def list_properties(
     want: Desired, size: int, prefix: str = "", *, hypervisor_type: bool = True
 ) -> dict[str, str | int]:
@@ -81,7 +107,7 @@ def list_properties(
         props["os_distro"] = distro
     if image.osversion.strip():
         props["os_version"] = image.osversion.strip()
-    hypervisor = _HYPERVISORS.get(image.hypervisor.strip().lower())
+    hypervisor = nova_hypervisor(image.hypervisor)
     if hypervisor and hypervisor_type:
         props["hypervisor_type"] = hypervisor
     ram = min_ram_mib(image.ram_minimum)
@@ -102,7 +128,9 @@ def list_properties(
         props["vmcatcher_event_vo"] = want.vo
     props["APPLIANCE_ATTRIBUTES"] = json.dumps(image.raw, sort_keys=True)
     props["appdb_id"] = image.identifier
-    props["image_list"] = want.imagelist.identifier
+    # atrope's meaning: the name the site gave the list (its sources.yaml key); the
+    # list's own UUID is vmtrust_list_identifier.
+    props["image_list"] = want.subscription
     props["image_hash"] = f"sha512:{image.sha512}"
     return props
 

@@ -152,10 +152,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     finally:
         db.close()
+    waiting = _vo_acceptance(conf)
+    for r in rows:
+        r["vo_acceptance"] = [w for w in waiting if w["subscription"] == r["name"]]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
+    _print_vo_acceptance(waiting)
     print(
         table(
             ["SUBSCRIPTION", "VERSION", "EXPIRES", "LAST SUCCESS", "LAST ERROR"],
@@ -172,3 +176,44 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+# --- VO projects that do not see their images yet (Glance store, issue 19) ---------------
+
+
+def _vo_acceptance(conf) -> list[dict]:
+    """Trusted images a VO project cannot see in its image list yet, with what to run.
+
+    Asks Glance (one request per shared image) only with ``store = glance`` and
+    ``vo_project`` set; an error is one line on stderr, the rest of status still shows.
+    """
+    section = conf.store_glance
+    if conf.sync.store != "glance" or not section.vo_project or section.visibility != "shared":
+        return []
+    from glance_sync.stores.glance import from_conf
+    from glance_sync.stores.glance_share import waiting_memberships
+    from vmtrust.errors import VmtrustError
+
+    try:
+        store = from_conf(conf, _public_keys(conf), announce=False)
+        return [w.as_dict() for w in waiting_memberships(store)]
+    except VmtrustError as exc:
+        print(f"vmtrust status: VO memberships not checked: {exc}", file=sys.stderr)
+        return []
+
+
+def _print_vo_acceptance(waiting: list[dict]) -> None:
+    if not waiting:
+        return
+    print("Images VO projects do not see yet (Glance lists a shared image in a project only")
+    print("once the project accepted it; cloud-info-provider publishes only those):")
+    print(
+        table(
+            ["IMAGE", "GLANCE ID", "VO", "PROJECT", "MEMBERSHIP", "TO DO"],
+            [
+                [w["identifier"], w["image_id"], w["vo"], w["project"], w["membership"], w["fix"]]
+                for w in waiting
+            ],
+        )
+    )
+    print()
