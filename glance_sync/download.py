@@ -337,8 +337,8 @@ class SourceReader(io.RawIOBase):
         self._body = None
 
     def close(self) -> None:
+        if self.deadline is not None:  # first: the connection may go back to the pool
+            self.deadline.close()
         self._close_body()
         self.digest.close()
-        if self.deadline is not None:
-            self.deadline.close()
         super().close()

@@ -122,15 +122,17 @@ class Deadline:
 
     Make one per list fetch or image download and :meth:`close` it at the end.
     Requests made inside :meth:`active` through a session of
-    :func:`make_session` register their sockets; when the time is up a
-    watchdog thread shuts them down, which wakes any read blocked on them.
+    :func:`make_session` hand their connections to it; when the time is up a
+    watchdog thread shuts them down, which wakes any read blocked on them.  A
+    connection belongs to the deadline of the request that uses it last: one
+    another fetch reuses from the pool is no longer this deadline's to stop.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.end = time.monotonic() + seconds
         self._lock = threading.Lock()
-        self._watched: list[socket.socket] = []
+        self._watched: dict[object, socket.socket] = {}  #: connection → our descriptor
         self._fired = False
         self._closed = False
         self._timer = threading.Timer(max(seconds, 0.0), self._fire)
@@ -150,7 +152,7 @@ class Deadline:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """Sockets opened or reused by requests made inside belong to this deadline."""
+        """Connections opened or reused by requests made inside belong to this deadline."""
         previous = getattr(_current, "deadline", None)
         _current.deadline = self
         try:
@@ -158,7 +160,7 @@ class Deadline:
         finally:
             _current.deadline = previous
 
-    def watch(self, sock: socket.socket) -> None:
+    def watch(self, connection: object, sock: socket.socket) -> None:
         # Our own descriptor of the same socket: shutting it down stops the connection
         # (also once TLS took the original over), and it can never name another file.
         try:
@@ -169,24 +171,34 @@ class Deadline:
             if self._closed:
                 own.close()
                 return
-            self._watched.append(own)
+            previous = self._watched.pop(connection, None)
+            self._watched[connection] = own
             if self._fired:
                 _shut(own)
+        if previous is not None:
+            previous.close()
+
+    def release(self, connection: object) -> None:
+        """``connection`` serves another fetch now: never stop it for this one."""
+        with self._lock:
+            own = self._watched.pop(connection, None)
+        if own is not None:
+            own.close()
 
     def _fire(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._fired = True
-            for own in self._watched:
+            for own in self._watched.values():
                 _shut(own)
 
     def close(self) -> None:
         self._timer.cancel()
         with self._lock:
             self._closed = True
-            watched, self._watched = self._watched, []
-        for own in watched:
+            watched, self._watched = self._watched, {}
+        for own in watched.values():
             own.close()
 
 
@@ -195,29 +207,32 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _watch(sock: socket.socket | None) -> None:
-    deadline = getattr(_current, "deadline", None)
-    if deadline is not None and sock is not None:
-        deadline.watch(sock)
-
-
 class _Watched:
-    """urllib3 connection mix-in: hand each socket to the current thread's deadline.
+    """urllib3 connection mix-in: hand the connection to the current thread's deadline.
 
     ``_new_conn`` is where urllib3 makes the TCP socket, before any TLS
     handshake (a server can drip that too); ``request`` covers a connection
-    reused from the pool.
+    reused from the pool, taking it from the deadline that used it before.
     """
 
     sock: Any
+    _vmtrust_deadline: Deadline | None = None
+
+    def _vmtrust_claim(self, sock: socket.socket | None) -> None:
+        deadline = getattr(_current, "deadline", None)
+        if self._vmtrust_deadline is not None and self._vmtrust_deadline is not deadline:
+            self._vmtrust_deadline.release(self)
+        self._vmtrust_deadline = deadline
+        if deadline is not None and sock is not None:
+            deadline.watch(self, sock)
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()  # type: ignore[misc]
-        _watch(sock)
+        self._vmtrust_claim(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self.sock)
+        self._vmtrust_claim(self.sock)
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 

@@ -25,7 +25,7 @@ from httpserve import Behaviour, BlackHole, Server, Site
 from test_sync_local import IMAGE_A, IMAGE_B, entry, publish, trusted
 
 from glance_sync.fetch import FetchError, fetch_list
-from glance_sync.httpclient import HttpSettings, make_session
+from glance_sync.httpclient import Deadline, HttpSettings, get, make_session
 from glance_sync.settings import from_conf
 from vmtrust import imagelist, smime
 from vmtrust.conf import make_conf
@@ -221,3 +221,26 @@ def test_a_list_the_site_reads_from_its_own_disk_may_name_image_files(sync, site
     sub = dataclasses.replace(sync.subs[0], url=(tmp_path / "own.list").as_uri())
     assert sync.run((sub,)).failures == []
     assert trusted(sync) == {"own": "1"}
+
+
+def test_a_pooled_connection_obeys_the_deadline_of_the_fetch_using_it(site):
+    site.files["/first"] = b"x" * 10
+    site.files["/second"] = b"y" * 300_000
+    site.behaviour["/second"] = Behaviour(stall=0.3)  # five 64 KiB pieces: 1.5 s
+    session = make_session()
+    first = Deadline(0.5)  # still open, as if its fetch went on elsewhere
+    second = Deadline(30)
+    try:
+        with get(session, site.url("/first"), **_plain(first)) as response:
+            assert response.content == b"x" * 10  # the connection goes back to the pool
+        with get(session, site.url("/second"), **_plain(second)) as response:
+            assert len(response.content) == 300_000  # not cut when the first one's time is up
+        assert first.expired
+    finally:
+        first.close()
+        second.close()
+        session.close()
+
+
+def _plain(deadline: Deadline) -> dict:
+    return {"settings": HttpSettings(), "deadline": deadline, "verify": True}
