@@ -273,14 +273,29 @@ class SyncService:
         return None
 
     def _early(
-        self, item: Verified, lists: list[Verified], held: list[Held], now: datetime
+        self,
+        item: Verified,
+        lists: list[Verified],
+        held: list[Held],
+        report: Report,
+        now: datetime,
     ) -> list[Create | Replace]:
         """The downloads a just-verified list needs that no other list can change.
 
         An identifier another list also has, or that the store holds for another
         subscription, waits for the whole plan (a conflict, a move).  One that
-        a list not yet fetched turns out to share is retired by the plan.
+        a list not yet fetched turns out to share is retired by the plan.  If
+        this goes wrong, everything waits for the whole plan.
         """
+        try:
+            return self._early_actions(item, lists, held, now)
+        except Exception as exc:
+            report.fail(unexpected(f"subscription {item.subscription.name}: early downloads", exc))
+            return []
+
+    def _early_actions(
+        self, item: Verified, lists: list[Verified], held: list[Held], now: datetime
+    ) -> list[Create | Replace]:
         name = item.subscription.name
         claimed = {i for other in lists if other is not item for i in other.listed}
         claimed |= {
@@ -326,14 +341,15 @@ class SyncService:
                     if dry_run:
                         continue
                     local_list = local[verified.subscription.name]
-                    for action in self._early(verified, lists, held, now):
+                    for action in self._early(verified, lists, held, report, now):
                         started.add(action.desired.identifier)
                         images.submit(self._image_task, action, local_list, report, now)
+            ok = {item.subscription.name for item in lists}
             if started:  # the creates changed the store: plan from what it holds now
                 held = self._survey(report, cleanup=False)
                 if held is None:
+                    self._remember(ok, report, now)
                     return report
-            ok = {item.subscription.name for item in lists}
             frozen = {
                 sub.name: self.lists.known(sub, held, report).expires or now
                 for sub in subscriptions
