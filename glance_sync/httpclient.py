@@ -135,7 +135,8 @@ class Deadline:
         self._watched: dict[object, socket.socket] = {}  #: connection → our descriptor
         self._fired = False
         self._closed = False
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        # hv:size may claim exabytes: never more than a timer can wait
+        self._timer = threading.Timer(min(max(seconds, 0.0), threading.TIMEOUT_MAX), self._fire)
         self._timer.daemon = True
         self._timer.start()
 

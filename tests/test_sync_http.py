@@ -244,3 +244,13 @@ def test_a_pooled_connection_obeys_the_deadline_of_the_fetch_using_it(site):
 
 def _plain(deadline: Deadline) -> dict:
     return {"settings": HttpSettings(), "deadline": deadline, "verify": True}
+
+
+def test_a_deadline_longer_than_any_timer_still_works():
+    deadline = Deadline(HttpSettings().image_deadline_for(10**19))  # hv:size allows 20 digits
+    try:
+        time.sleep(0.2)
+        assert deadline._timer.is_alive()  # its watchdog waits (it used to die of OverflowError)
+        assert not deadline.expired and deadline.remaining() > 1e9
+    finally:
+        deadline.close()
