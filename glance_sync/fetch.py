@@ -110,6 +110,8 @@ def fetch_list(
         except HttpError as exc:
             raise FetchError(str(exc)) from None
         except requests.exceptions.SSLError as exc:
+            if deadline.expired:  # the watchdog cut the handshake
+                raise _Transient(short(exc)) from None
             raise FetchError(f"{shown}: TLS verification failed ({short(exc)})") from None
         except _TRANSIENT as exc:
             raise _Transient(short(exc)) from None

@@ -7,11 +7,13 @@ sync does about it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +58,38 @@ def test_a_list_server_that_drips_is_cut_at_the_list_deadline(sync, site, pki, h
     assert line.startswith("subscription example: ") and "deadline of 3 s" in line
     assert elapsed < 7
     assert trusted(sync) == {}
+
+
+@pytest.fixture
+def dripping_tls():
+    """A port whose server starts a TLS handshake record and then sends a byte every 2 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KiB handshake record follows…
+                while not stop.wait(2.0):
+                    conn.sendall(b"\x00")  # …one byte at a time
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}/site.list"
+    stop.set()
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_a_tls_handshake_that_drips_is_cut_at_the_list_deadline(sync, dripping_tls):
+    limits(sync, list_deadline=3.0)
+    sub = dataclasses.replace(sync.subs[0], url=dripping_tls)
+    report, elapsed = timed(sync, (sub,))
+    (line,) = report.failures
+    assert "deadline of 3 s" in line and elapsed < 7
 
 
 def test_an_image_server_that_drips_is_cut_at_the_image_deadline(sync, site, pki):
