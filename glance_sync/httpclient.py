@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -330,10 +331,19 @@ def get(
     raise HttpError(f"{redact(url)}: more than {settings.max_redirects} redirects")
 
 
+_POOL_PREFIX = re.compile(r"^\W*\w*Pool\(host=[^)]*\): ")
+
+
 def short(exc: BaseException) -> str:
     """The useful end of a requests/urllib3 message (they nest their causes)."""
     text = str(exc)
     for marker in ("Caused by ", "] "):
         if marker in text:
             text = text.split(marker)[-1]
-    return redact(text.strip("()'\" ")[:200])
+    text = _POOL_PREFIX.sub("", text).strip("'\" ")
+    if text.startswith(("('", '("')):  # the repr of an argument tuple: its first argument
+        text = text[2:].split(text[1] + ", ", 1)[0]
+    # the closing quotes and parentheses of the exceptions it was nested in
+    while text[-1:] in ("'", '"') or (text[-1:] == ")" and text.count(")") > text.count("(")):
+        text = text[:-1]
+    return redact(text[:200])

@@ -27,7 +27,7 @@ from httpserve import Behaviour, BlackHole, Server, Site
 from test_sync_local import IMAGE_A, IMAGE_B, entry, publish, trusted
 
 from glance_sync.fetch import FetchError, fetch_list
-from glance_sync.httpclient import Deadline, HttpSettings, get, make_session
+from glance_sync.httpclient import Deadline, HttpSettings, get, make_session, short
 from glance_sync.settings import from_conf
 from vmtrust import imagelist, smime
 from vmtrust.conf import make_conf
@@ -288,3 +288,28 @@ def test_a_deadline_longer_than_any_timer_still_works():
         assert not deadline.expired and deadline.remaining() > 1e9
     finally:
         deadline.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        (
+            "_Pool(host='h', port=1): Read timed out. (read timeout=5)",
+            "Read timed out. (read timeout=5)",
+        ),
+        (
+            "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /x (Caused by "
+            "NewConnectionError('<HTTPConnection object>: Failed to establish a new connection: "
+            "[Errno 111] Connection refused'))",
+            "Connection refused",
+        ),
+        (
+            "('Connection broken: IncompleteRead(3 bytes read, 5 more expected)', "
+            "IncompleteRead(3 bytes read, 5 more expected))",
+            "Connection broken: IncompleteRead(3 bytes read, 5 more expected)",
+        ),
+        ("https://jane:pw@h/x: 403", "https://***@h/x: 403"),
+    ],
+)
+def test_library_messages_are_shortened_to_their_cause(message, shown):
+    assert short(Exception(message)) == shown
