@@ -5,6 +5,12 @@ every ``--interval`` seconds; ``--dry-run`` prints the plan and changes
 nothing.  Exit 0 when everything succeeded, 1 when anything failed (each
 failure on one line of standard error, after everything else was done), and
 the configuration's exit status when nothing could start.
+
+Nothing stops the daemon but a signal: a pass that fails as a whole (the
+subscriptions file became invalid, the store cannot be read, a bug) is one
+line, and the next pass runs at its time.  Everything printed or logged
+quotes lists and servers, so it goes through :func:`vmtrust.safetext.shown`
+(control characters and bidi overrides escaped, passwords of URLs removed).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import threading
 from collections.abc import Sequence
 
 from glance_sync import settings as settings_mod
+from glance_sync.report import unexpected
 from glance_sync.service import SyncService, tty_progress
 from vmtrust import __version__
 from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import load_subscriptions
+from vmtrust.safetext import SafeFormatter, shown
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -32,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mirror the approved images of verified image lists into the site's "
         "image store (one pass unless --daemon).",
         epilog="Exit status: 0 all done, 1 something failed (one line each on stderr), "
-        "4 configuration, 75 another sync is running.",
+        "4 configuration, 74 state database, 75 another sync is running, 70 internal error.",
     )
     parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument(
@@ -57,22 +65,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE
+
+
+def _say(line: str) -> None:
+    print(f"vmtrust-sync: {shown(line)}", file=sys.stderr)
+
+
 def _one_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
     subscriptions = load_subscriptions(subscriptions_file)
-    report = service.run(subscriptions, dry_run=dry_run)
+    report = service.run(subscriptions, dry_run=dry_run, out=lambda line: print(shown(line)))
     for line in report.done:
         LOG.info("%s", line)
     for line in report.failures:
-        print(f"vmtrust-sync: {line}", file=sys.stderr)
+        _say(line)
     if not report.failures and not dry_run:
         LOG.info("sync complete: %d change(s)", len(report.done))
     return report.exit_code
 
 
+def _guarded_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
+    """One pass whatever happens: a failure of the pass as a whole is one line too."""
+    try:
+        return _one_pass(service, subscriptions_file, dry_run)
+    except VmtrustError as exc:
+        _say(str(exc))
+        return exc.exit_code
+    except Exception as exc:
+        _say(unexpected("pass", exc))
+        return INTERNAL_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         conf = make_conf(args.config_file)
@@ -82,24 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = SyncService(settings, store, progress=tty_progress())
         interval = args.interval or conf.sync.interval
     except VmtrustError as exc:
-        print(f"vmtrust-sync: {exc}", file=sys.stderr)
+        _say(str(exc))
         return exc.exit_code
+    except Exception as exc:
+        _say(unexpected("start", exc))
+        return INTERNAL_ERROR
     try:
         if not args.daemon:
-            return _one_pass(service, settings.subscriptions_file, args.dry_run)
+            return _guarded_pass(service, settings.subscriptions_file, args.dry_run)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         while not stop.is_set():
-            try:
-                _one_pass(service, settings.subscriptions_file, args.dry_run)
-            except VmtrustError as exc:
-                print(f"vmtrust-sync: {exc}", file=sys.stderr)
+            _guarded_pass(service, settings.subscriptions_file, args.dry_run)
             stop.wait(interval)
         return 0
-    except VmtrustError as exc:
-        print(f"vmtrust-sync: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("vmtrust-sync: interrupted", file=sys.stderr)
         return 120

@@ -7,6 +7,11 @@ connection by reopening with an HTTP ``Range`` request from where it stopped
 (with back-off), so the decompressor and the store never notice.  Memory is
 bounded by the chunk size whatever the image size.  Hashing runs on a second
 thread (:class:`BackgroundHash`).
+
+The transport rules are :mod:`glance_sync.httpclient`'s: http and https only,
+checked redirects, and one total deadline for the whole download, resumes
+included — ``image_deadline`` plus ``hv:size`` at ``min_rate`` — so a server
+that drips the bytes cannot hold a download slot for longer than that.
 """
 
 from __future__ import annotations
@@ -25,7 +30,19 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
+from glance_sync.httpclient import (
+    Deadline,
+    DeadlineExceeded,
+    HttpError,
+    HttpSettings,
+    check_url,
+    get,
+    short,
+)
 from glance_sync.transfer import CHUNK, TransferError
+from vmtrust.safetext import redact
+
+__all__ = ["BackgroundHash", "HttpSettings", "Source", "SourceReader", "check_uri"]
 
 LOG = logging.getLogger(__name__)
 
@@ -41,12 +58,24 @@ class Source:
     format: str | None = None
 
 
-@dataclass(frozen=True)
-class HttpSettings:
-    timeout: float = 30.0  #: seconds to connect and between bytes
-    retries: int = 5  #: reconnections after a broken transfer
-    backoff: float = 1.0  #: first back-off in seconds, doubled each retry
-    verify: bool | str = True  #: TLS: True, or a CA bundle / directory path
+def check_uri(identifier: str, uri: str, *, local_list: bool) -> None:
+    """TransferError unless the sync may download ``uri`` for an image of a list.
+
+    http and https URIs with a usable host always; ``file:`` only from a list
+    the site reads from its own disk (a ``file:`` subscription): a list served
+    over the network must not make the sync read the site's own files.
+    """
+    if uri.startswith("file:"):
+        if not local_list:
+            raise TransferError(
+                f"image {identifier}: {redact(uri)}: a file: URI in a list fetched over "
+                "http(s) is refused"
+            )
+        return
+    try:
+        check_url(uri)
+    except HttpError as exc:
+        raise TransferError(f"image {identifier}: {exc}") from None
 
 
 class BackgroundHash:
@@ -106,20 +135,27 @@ class SourceReader(io.RawIOBase):
         self._body: Any = None
         self._response: requests.Response | None = None
         self._eof = False
-        self._open()
+        self._local = source.uri.startswith("file:")
+        self.shown = redact(source.uri)  #: the URI as messages may show it
+        self.deadline = None if self._local else Deadline(settings.image_deadline_for(source.size))
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     # --- connection handling --------------------------------------------------------
 
+    def _fail(self, why: str) -> TransferError:
+        return TransferError(f"image {self.source.identifier}: {self.shown}: {why}")
+
     def _open(self) -> None:
-        uri = self.source.uri
-        if uri.startswith("file:"):
-            path = unquote(urlparse(uri).path)
+        if self._local:
+            path = unquote(urlparse(self.source.uri).path)
             try:
                 stream = open(path, "rb")  # noqa: SIM115 - closed in close()
             except OSError as exc:
-                raise TransferError(
-                    f"image {self.source.identifier}: {uri}: {exc.strerror or exc}"
-                ) from None
+                raise self._fail(exc.strerror or str(exc)) from None
             stream.seek(self.received)
             self._body = stream
             return
@@ -128,30 +164,37 @@ class SourceReader(io.RawIOBase):
             try:
                 self._body = self._request()
                 return
-            except TransferError:
-                raise
+            except DeadlineExceeded:
+                attempt = self._backoff(attempt, ConnectionError("deadline"))
+            except HttpError as exc:  # a refused URL or redirect: asking again changes nothing
+                raise TransferError(f"image {self.source.identifier}: {exc}") from None
+            except requests.exceptions.SSLError as exc:
+                if self.deadline.expired:  # the watchdog cut the handshake
+                    raise self._deadline_error() from None
+                raise self._fail(f"TLS verification failed ({short(exc)})") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 attempt = self._backoff(attempt, exc)
+            except requests.RequestException as exc:
+                raise self._fail(f"{type(exc).__name__}: {short(exc)}") from None
 
     def _request(self) -> Any:
+        assert self.deadline is not None
         headers = {"Accept-Encoding": "identity"}
         if self.received:
             headers["Range"] = f"bytes={self.received}-"
-        response = self.session.get(
+        response = get(
+            self.session,
             self.source.uri,
-            stream=True,
-            headers=headers,
-            timeout=self.settings.timeout,
+            settings=self.settings,
+            deadline=self.deadline,
             verify=self.settings.verify,
+            headers=headers,
         )
-        if response.status_code >= 400:
+        if response.status_code not in (200, 206):
             response.close()
             if response.status_code in (408, 429) or response.status_code >= 500:
                 raise requests.ConnectionError(f"HTTP {response.status_code}")
-            raise TransferError(
-                f"image {self.source.identifier}: {self.source.uri}: "
-                f"HTTP {response.status_code} {response.reason}"
-            )
+            raise self._fail(f"HTTP {response.status_code} {response.reason}")
         self._response = response
         body = response.raw
         # We asked for identity encoding, so urllib3's decoding layer has nothing to do; its
@@ -180,21 +223,31 @@ class SourceReader(io.RawIOBase):
         return body
 
     def _backoff(self, attempt: int, exc: Exception) -> int:
-        if attempt >= self.settings.retries:
-            raise TransferError(
-                f"image {self.source.identifier}: {self.source.uri}: gave up "
-                f"after {attempt + 1} attempts ({exc})"
-            ) from None
+        """Wait before the next attempt; TransferError when out of attempts or time."""
         delay = self.settings.backoff * (2**attempt)
+        if self.deadline is not None and self.deadline.expired:
+            raise self._deadline_error()
+        if attempt >= self.settings.retries:
+            raise self._fail(f"gave up after {attempt + 1} attempts ({short(exc)})")
+        if self.deadline is not None and delay >= self.deadline.remaining():
+            raise self._deadline_error()
         LOG.warning(
             "image %s: transfer interrupted at %d bytes (%s); retrying in %.1f s",
             self.source.identifier,
             self.received,
-            exc,
+            short(exc),
             delay,
         )
         time.sleep(delay)
         return attempt + 1
+
+    def _deadline_error(self) -> TransferError:
+        assert self.deadline is not None
+        return self._fail(
+            f"not complete within its deadline of {self.deadline.seconds:.0f} s "
+            f"([sync] image_deadline plus hv:size at min_rate; {self.received} of "
+            f"{self.source.size} bytes received)"
+        )
 
     # --- reading ----------------------------------------------------------------------
 
@@ -213,16 +266,14 @@ class SourceReader(io.RawIOBase):
         """
         if self._eof:
             return b""
-        local = self.source.uri.startswith("file:")
+        local = self._local
         attempt = 0
         while True:
             try:
                 chunk = self._body.read(size)
             except (requests.RequestException, OSError, http.client.HTTPException) as exc:
                 if local:
-                    raise TransferError(
-                        f"image {self.source.identifier}: read error: {exc}"
-                    ) from None
+                    raise self._fail(f"read error: {exc}") from None
                 attempt = self._backoff(attempt, exc)
                 self._reopen()
                 continue
@@ -232,6 +283,8 @@ class SourceReader(io.RawIOBase):
                 attempt = self._backoff(attempt, exc)
                 self._reopen()
                 continue
+            if chunk and self.deadline is not None and self.deadline.expired:
+                chunk = b""  # what a cut connection left in the buffers does not count
             if chunk:
                 break
             if self.received < self.source.size and not local:
@@ -286,6 +339,8 @@ class SourceReader(io.RawIOBase):
         self._body = None
 
     def close(self) -> None:
+        if self.deadline is not None:  # first: the connection may go back to the pool
+            self.deadline.close()
         self._close_body()
         self.digest.close()
         super().close()

@@ -16,6 +16,10 @@ module decides what to do, following the rules that make a sync safe:
 * a held image whose record or seal does not verify is retired (quarantined);
 * retired images are purged after the grace period when the retire mode is
   ``delete``.
+
+How long a failed subscription's images stay comes from :func:`last_accepted`:
+the newest list the state database *or* the sealed records know of, so an
+empty or old state directory never retires anything early.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from vmtrust import version
 from vmtrust.imagelist import Endorser, Image, ImageList, format_date, parse_date
 from vmtrust.record import TrustRecord, entry_digest
 
@@ -243,6 +248,45 @@ def make_plan(
                     Retire(item, f"no longer in an approved, valid list (image {identifier})")
                 )
     return plan
+
+
+@dataclass(frozen=True)
+class KnownList:
+    """The newest list the site accepted for a subscription, as far as it can tell."""
+
+    identifier: str | None = None
+    version: str | None = None
+    expires: datetime | None = None
+
+
+def last_accepted(subscription: str, state: KnownList, held: list[Held]) -> KnownList:
+    """The newest of the list the state database remembers and those the records name.
+
+    A new or reinstalled sync host has an empty state directory, a restored
+    backup an old one; the store still holds a record per image, sealed by the
+    site's key, naming the list it was stored or last refreshed from and an
+    expiry no later than that list's.  So rollback protection, identifier
+    pinning and the time a failed list's images stay all use the newest list
+    either source knows.  Only records whose seal verifies count: a forged
+    record never extends anything.  Records of another list identifier than the
+    one the state has pinned are ignored.
+    """
+    best = state
+    for item in held:
+        record = item.record
+        if record is None or not item.seal_ok or record.subscription != subscription:
+            continue
+        if best.identifier is not None and record.list_identifier != best.identifier:
+            continue
+        expires = _parse(record.expires)
+        if expires is None:
+            continue
+        order = 1 if best.version is None else version.compare(record.list_version, best.version)
+        if order > 0:
+            best = KnownList(record.list_identifier, record.list_version, expires)
+        elif order == 0 and (best.expires is None or expires > best.expires):
+            best = KnownList(best.identifier, best.version, expires)
+    return best
 
 
 def _expired(record: TrustRecord, now: datetime) -> bool:

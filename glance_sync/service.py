@@ -6,6 +6,23 @@ verify, at their newest version".  This module drives the pure parts
 the I/O edges (fetching, the transfer pipeline, a store), and keeps every
 failure to itself: a list or image that fails is reported in one line and
 the run goes on with everything else, then exits non-zero.
+
+Every subscription and every image is a boundary no exception crosses: the
+errors vmtrust knows are their own line; anything else (a library's exception
+nobody foresaw) becomes one line naming the subscription or image and the
+exception's type, with its traceback in the debug log.
+
+The order of a pass:
+
+1. what the store holds (after removing leftovers of killed runs), and
+   quarantine of altered images;
+2. every list fetched at once (``parallel_lists``), each verified as it
+   arrives; the new images of a verified list start downloading at once
+   (``parallel_downloads``), so a dead endorser delays nobody else;
+3. once every list is in: the whole plan — conflicts between subscriptions,
+   what failed subscriptions keep (:func:`~glance_sync.plan.last_accepted`),
+   refreshes, retirements, purges — and the sharing the store converges;
+4. the images that failed, per subscription, into the state (``vmtrust status``).
 """
 
 from __future__ import annotations
@@ -16,27 +33,37 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import requests
-
 from glance_sync import hooks, lock
 from glance_sync.convert import convert
-from glance_sync.download import Source, SourceReader
-from glance_sync.fetch import USER_AGENT, fetch_list
+from glance_sync.download import Source, SourceReader, check_uri
+from glance_sync.httpclient import make_session
 from glance_sync.lock import LockError as LockError  # where callers found it before
-from glance_sync.plan import Create, Desired, Held, Purge, Refresh, Replace, Retire, make_plan
+from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
+from glance_sync.plan import (
+    Create,
+    Desired,
+    Held,
+    Purge,
+    Refresh,
+    Replace,
+    Retire,
+    make_plan,
+)
+from glance_sync.report import ImageFailure, Report, unexpected
 from glance_sync.settings import SyncSettings
-from glance_sync.state import StateDB
+from glance_sync.state import StateDB, StateError
 from glance_sync.stores.base import Store
 from glance_sync.transfer import TransferError
 from glance_sync.unpack import open_disk
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import Subscription
 from vmtrust.record import seal
-from vmtrust.verify import Policy, VerifiedList, verify_signed_list
+from vmtrust.safetext import clean
+
+__all__ = ["LockError", "Report", "SyncService", "exclusive_lock", "tty_progress"]
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -44,7 +71,7 @@ LOG = logging.getLogger("vmtrust.sync")
 @contextlib.contextmanager
 def exclusive_lock(state_dir: Path) -> Iterator[None]:
     """One sync at a time per state directory; the second one is told who holds it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / "sync.lock"
 
     def busy(holder: str) -> str:
@@ -54,27 +81,16 @@ def exclusive_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
-@dataclass
-class Report:
-    """What a pass did and what failed: one line each."""
-
-    done: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def fail(self, line: str) -> None:
-        LOG.debug("failure: %s", line)  # printed once, by the command, after the run
-        self.failures.append(line)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failures else 0
-
-
-@dataclass
-class _Verified:
-    subscription: Subscription
-    verified: VerifiedList
-    known: frozenset[str]
+def _held_failure(held: Held) -> tuple[ImageFailure, ...]:
+    """The failure record of a held image, if its record names one."""
+    record = held.record
+    if record is None:
+        return ()
+    return (
+        ImageFailure(
+            record.subscription, record.image_identifier, record.image_version, record.title, ""
+        ),
+    )
 
 
 class SyncService:
@@ -87,93 +103,10 @@ class SyncService:
         self.s = settings
         self.store = store
         self.state = StateDB(settings.state_dir)
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
+        self.session = make_session()
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
-
-    # --- lists ------------------------------------------------------------------
-
-    def _verify(self, sub: Subscription, report: Report, now: datetime) -> _Verified | None:
-        state = self.state.get(sub.name)
-        try:
-            data = fetch_list(sub, self.session, self.s.http, self.s.max_list_bytes)
-            policy = Policy(
-                trust=self.s.trust,
-                endorsers=sub.endorsers,
-                identifier=sub.identifier or state.list_identifier,
-                min_version=state.list_version,
-                min_created=state.list_created,
-                allow_sha1=self.s.allow_sha1,
-                clock_skew=self.s.clock_skew,
-                max_bytes=self.s.max_list_bytes,
-            )
-            verified = verify_signed_list(data, policy, now)
-        except VmtrustError as exc:
-            self.state.record_failure(sub.name, str(exc), now)
-            report.fail(f"subscription {sub.name}: {exc}")
-            return None
-        lst = verified.imagelist
-        if (
-            state.list_version == lst.version
-            and state.list_sha512
-            and state.list_sha512 != verified.sha512
-        ):
-            LOG.warning(
-                "subscription %s: list version %s changed content without a new version",
-                sub.name,
-                lst.version,
-            )
-        known = state.known_images
-        if known is None:
-            known = frozenset(img.identifier for img in lst.images)
-        self.state.record_success(
-            sub.name,
-            identifier=lst.identifier,
-            version=lst.version,
-            created=lst.created,
-            expires=lst.expires,
-            sha512=verified.sha512,
-            known_images=known,
-            now=now,
-        )
-        return _Verified(sub, verified, known)
-
-    def _desired(self, lists: list[_Verified], report: Report, now: datetime) -> dict[str, Desired]:
-        desired: dict[str, Desired] = {}
-        owners: dict[str, list[str]] = {}
-        for item in lists:
-            lst = item.verified.imagelist
-            for image in lst.images:
-                owners.setdefault(image.identifier, []).append(item.subscription.name)
-                approval = item.subscription.approval(image, lst, item.known)
-                if approval is None:
-                    LOG.info(
-                        "subscription %s: image %s (%s) is not approved",
-                        item.subscription.name,
-                        image.identifier,
-                        image.title,
-                    )
-                    continue
-                if image.expires is not None and image.expires <= now:
-                    LOG.info("image %s expired at %s", image.identifier, image.expires)
-                    continue
-                desired[image.identifier] = Desired(
-                    subscription=item.subscription.name,
-                    approval=approval,
-                    image=image,
-                    imagelist=lst,
-                    endorser=item.verified.endorser,
-                    vo=item.subscription.vo or lst.vo or "",
-                )
-        for identifier, subs in owners.items():
-            if len(subs) > 1:
-                desired.pop(identifier, None)
-                report.fail(
-                    f"image {identifier}: listed by several subscriptions "
-                    f"({', '.join(subs)}); not trusted until the site resolves it"
-                )
-        return desired
+        self.lists = ListPhase(settings, self.state, self.session)
 
     # --- images -------------------------------------------------------------------
 
@@ -231,16 +164,131 @@ class SyncService:
             for old in action.old:
                 self._retire(old, f"replaced by version {want.image.version}", report, now)
 
+    def _image_task(
+        self, action: Create | Replace, local_list: bool, report: Report, now: datetime
+    ) -> None:
+        """Create (or replace) one image; whatever happens is lines of the report."""
+        want = action.desired
+        own = Report()
+        try:
+            check_uri(want.identifier, want.image.uri, local_list=local_list)
+            self._apply_create(action, own, now)
+        except VmtrustError as exc:
+            own.fail(str(exc))
+        except Exception as exc:
+            own.fail(unexpected(f"image {want.identifier}", exc))
+        report.merge(own, image_failure(want))
+
     def _retire(self, held: Held, reason: str, report: Report, now: datetime) -> None:
+        what = f"retire {held.identifier or held.store_id}"
         try:
             self.store.retire(held, self.s.retire_mode, now)
         except (VmtrustError, OSError) as exc:
-            report.fail(f"retire {held.identifier or held.store_id}: {exc}")
+            report.fail(f"{what}: {exc}", *_held_failure(held))
             return
-        report.done.append(f"retired {held.identifier or held.store_id}: {reason}")
+        except Exception as exc:
+            report.fail(unexpected(what, exc), *_held_failure(held))
+            return
+        report.add(f"retired {held.identifier or held.store_id}: {reason}")
         hooks.run(self.s.hook, "ExpirePostfix", None, None, held)
 
+    def _refresh(self, action: Refresh, report: Report) -> None:
+        held = action.held
+        assert held.record is not None
+        record = action.desired.record(
+            store_id=held.store_id,
+            sha512=held.record.sha512,
+            size=held.record.size,
+            disk_format=held.record.disk_format,
+        )
+        what = f"refresh {record.image_identifier}"
+        try:
+            self.store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
+        except (VmtrustError, OSError) as exc:
+            report.fail(f"{what}: {exc}", image_failure(action.desired))
+            return
+        except Exception as exc:
+            report.fail(unexpected(what, exc), image_failure(action.desired))
+            return
+        report.add(f"refreshed {record.image_identifier} metadata")
+
+    def _purge(self, held: Held, report: Report) -> None:
+        what = f"purge {held.store_id}"
+        try:
+            self.store.purge(held)
+        except (VmtrustError, OSError) as exc:
+            report.fail(f"{what}: {exc}")
+            return
+        except Exception as exc:
+            report.fail(unexpected(what, exc))
+            return
+        report.add(f"purged {held.store_id}")
+
     # --- the pass -----------------------------------------------------------------------
+
+    def _survey(self, report: Report, *, cleanup: bool) -> list[Held] | None:
+        """What the store holds (None, reported, when it cannot tell).
+
+        A failed cleanup does not stop the pass; when the listing fails too, its
+        line says why (it is usually the same cause) and the pass stops.
+        """
+        cleanup_failed = None
+        if cleanup:
+            try:
+                for line in self.store.cleanup():
+                    LOG.warning("removed %s", line)
+            except VmtrustError as exc:
+                cleanup_failed = f"store {self.store.name}: cleanup: {exc}"
+            except Exception as exc:
+                cleanup_failed = unexpected(f"store {self.store.name}: cleanup", exc)
+        try:
+            held = self.store.held()
+        except VmtrustError as exc:
+            report.fail(str(exc))  # store errors name the store themselves
+        except Exception as exc:
+            report.fail(unexpected(f"store {self.store.name}", exc))
+        else:
+            if cleanup_failed:
+                report.fail(cleanup_failed)
+            return held
+        # Without knowing what the store holds nothing can be planned safely.
+        return None
+
+    def _early(
+        self,
+        item: Verified,
+        lists: list[Verified],
+        held: list[Held],
+        report: Report,
+        now: datetime,
+    ) -> list[Create | Replace]:
+        """The downloads a just-verified list needs that no other list can change.
+
+        An identifier another list also has, or that the store holds for another
+        subscription, waits for the whole plan (a conflict, a move).  One that
+        a list not yet fetched turns out to share is retired by the plan.  If
+        this goes wrong, everything waits for the whole plan.
+        """
+        try:
+            return self._early_actions(item, lists, held, now)
+        except Exception as exc:
+            report.fail(unexpected(f"subscription {item.subscription.name}: early downloads", exc))
+            return []
+
+    def _early_actions(
+        self, item: Verified, lists: list[Verified], held: list[Held], now: datetime
+    ) -> list[Create | Replace]:
+        name = item.subscription.name
+        claimed = {i for other in lists if other is not item for i in other.listed}
+        claimed |= {
+            h.record.image_identifier
+            for h in held
+            if h.record and not h.retired and h.record.subscription != name
+        }
+        mine = {i: d for i, d in item.wanted.items() if i not in claimed}
+        relevant = [h for h in held if h.identifier in mine]
+        plan = make_plan(mine, relevant, frozen={}, now=now, retire_mode=self.s.retire_mode)
+        return [a for a in plan.actions if isinstance(a, Create | Replace)]
 
     def run(
         self,
@@ -253,27 +301,45 @@ class SyncService:
         now = now or datetime.now(UTC)
         report = Report()
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
+        local = {sub.name: sub.url.startswith("file:") for sub in subscriptions}
         with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
-            try:
-                if not dry_run:
-                    for line in self.store.cleanup():
-                        LOG.warning("removed %s", line)
-                held = self.store.held()
-            except (VmtrustError, OSError) as exc:
-                # Without knowing what the store holds nothing can be planned safely.
-                report.fail(str(exc))  # store errors name the store themselves
+            held = self._survey(report, cleanup=not dry_run)
+            if held is None:
                 return report
-            lists = [v for sub in subscriptions if (v := self._verify(sub, report, now))]
-            ok = {v.subscription.name for v in lists}
-            frozen = {}
-            for sub in subscriptions:
-                if sub.name not in ok:
-                    expiry = self.state.get(sub.name).list_expires
-                    frozen[sub.name] = expiry or now
+            # Quarantine altered images first: a re-created copy may reuse their store id.
+            quarantined = set()
+            if not dry_run:
+                for item in held:
+                    if not item.retired and (item.record is None or not item.seal_ok):
+                        reason = item.problem or "trust record or seal invalid"
+                        self._retire(item, reason, report, now)
+                        quarantined.add(item.store_id)
+            lists: list[Verified] = []
+            started: set[str] = set()
+            workers = self.s.parallel_downloads
+            with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
+                for verified in self.lists.verified(subscriptions, held, report, now):
+                    lists.append(verified)
+                    if dry_run:
+                        continue
+                    local_list = local[verified.subscription.name]
+                    for action in self._early(verified, lists, held, report, now):
+                        started.add(action.desired.identifier)
+                        images.submit(self._image_task, action, local_list, report, now)
+            ok = {item.subscription.name for item in lists}
+            if started:  # the creates changed the store: plan from what it holds now
+                held = self._survey(report, cleanup=False)
+                if held is None:
+                    self._remember(ok, report, now)
+                    return report
+            frozen = {
+                sub.name: self.lists.known(sub, held, report).expires or now
+                for sub in subscriptions
+                if sub.name not in ok
+            }
             # Images of subscriptions no longer configured are not approved any more.
-            desired = self._desired(lists, report, now)
             plan = make_plan(
-                desired,
+                desired(lists, report),
                 held,
                 frozen=frozen,
                 now=now,
@@ -284,43 +350,46 @@ class SyncService:
                 for line in plan.describe() or ["nothing to do"]:
                     out(line)
                 return report
-            # Quarantine altered images first: a re-created copy may reuse their store id.
-            quarantine = [a for a in plan.actions if isinstance(a, Retire) and not a.held.seal_ok]
-            for action in quarantine:
-                self._retire(action.held, action.reason, report, now)
-            creates = [a for a in plan.actions if isinstance(a, Create | Replace)]
-            with ThreadPoolExecutor(max_workers=self.s.parallel_downloads) as pool:
-                list(pool.map(lambda a: self._apply_create(a, report, now), creates))
+            late = [
+                a
+                for a in plan.actions
+                if isinstance(a, Create | Replace) and a.desired.identifier not in started
+            ]
+            with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
+                for action in late:
+                    local_list = local.get(action.desired.subscription, False)
+                    images.submit(self._image_task, action, local_list, report, now)
             for action in plan.actions:
                 if isinstance(action, Refresh):
-                    record = action.desired.record(
-                        store_id=action.held.store_id,
-                        sha512=action.held.record.sha512,
-                        size=action.held.record.size,
-                        disk_format=action.held.record.disk_format,
-                    )
-                    try:
-                        self.store.refresh(
-                            action.held, action.desired, record, seal(record, self.s.seal_key)
-                        )
-                        report.done.append(f"refreshed {record.image_identifier} metadata")
-                    except (VmtrustError, OSError) as exc:
-                        report.fail(f"refresh {record.image_identifier}: {exc}")
-                elif isinstance(action, Retire) and action not in quarantine:
+                    self._refresh(action, report)
+                elif isinstance(action, Retire) and action.held.store_id not in quarantined:
                     self._retire(action.held, action.reason, report, now)
                 elif isinstance(action, Purge):
-                    try:
-                        self.store.purge(action.held)
-                        report.done.append(f"purged {action.held.store_id}")
-                    except (VmtrustError, OSError) as exc:
-                        report.fail(f"purge {action.held.store_id}: {exc}")
+                    self._purge(action.held, report)
             gone = {a.held.store_id for a in plan.actions if isinstance(a, Retire | Purge)}
             try:
                 for line in self.store.converge([h for h in held if h.store_id not in gone]):
-                    report.done.append(line)
-            except (VmtrustError, OSError) as exc:
+                    report.add(line)
+            except VmtrustError as exc:
                 report.fail(f"store {self.store.name}: {exc}")
+            except Exception as exc:
+                report.fail(unexpected(f"store {self.store.name}", exc))
+            self._remember(ok, report, now)
         return report
+
+    def _remember(self, verified: set[str], report: Report, now: datetime) -> None:
+        """Each subscription's failing images of this pass, for ``vmtrust status``.
+
+        A subscription whose list failed keeps those of the last pass that reached
+        its images, unless an image of it failed in this one.
+        """
+        names = verified | {f.subscription for f in report.images}
+        for name in sorted(names):
+            try:
+                self.state.record_images(name, report.failing(name), now)
+            except StateError as exc:
+                state_failed(exc, report)
+                return
 
     def close(self) -> None:
         self.session.close()
@@ -334,7 +403,7 @@ def tty_progress() -> Callable[[str, int], Callable[[int], None]] | None:
     from tqdm import tqdm  # only needed on a TTY
 
     def make(title: str, total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=title[:30], leave=True)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=clean(title)[:30], leave=True)
         return bar.update
 
     return make

@@ -35,6 +35,7 @@ class SyncSettings:
     local_path: Path
     local_disk_format: str = ""
     conf: cfg.ConfigOpts | None = None  #: for store-specific sections ([store_glance] …)
+    parallel_lists: int = 4
 
 
 def _path(value: str, option: str) -> Path:
@@ -46,7 +47,7 @@ def _path(value: str, option: str) -> Path:
 def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
     state_dir = _path(conf.state_dir, "[DEFAULT] state_dir")
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"[DEFAULT] state_dir {state_dir}: {exc.strerror or exc}") from None
     if not os.access(state_dir, os.W_OK):
@@ -74,6 +75,11 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
             timeout=conf.sync.http_timeout,
             retries=conf.sync.http_retries,
             backoff=conf.sync.http_backoff,
+            max_redirects=conf.sync.max_redirects,
+            list_retries=conf.sync.list_retries,
+            list_deadline=conf.sync.list_deadline,
+            image_deadline=conf.sync.image_deadline,
+            min_rate=conf.sync.min_rate * 1024,
         ),
         allow_sha1=conf.trust.allow_sha1,
         clock_skew=timedelta(seconds=conf.trust.clock_skew),
@@ -82,6 +88,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         local_path=_path(conf.store_local.path, "[store_local] path"),
         local_disk_format=conf.store_local.disk_format.strip().lower(),
         conf=conf,
+        parallel_lists=conf.sync.parallel_lists,
     )
 
 

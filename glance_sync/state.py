@@ -3,20 +3,36 @@
 One SQLite database in the state directory.  Per subscription: the last
 accepted list (identifier, version, creation and expiry date, SHA-512 of the
 raw signed bytes), the image identifiers seen when the subscription was first
-accepted (for ``new_images: refuse``), and the outcome of the last attempt.
-Every update is one transaction, so a killed run leaves the previous state.
+accepted (for ``new_images: refuse``), the outcome of the last attempt, and
+the images that failed in the last pass that reached them (``vmtrust
+status``).  Every update is one transaction, so a killed run leaves the
+previous state.
+
+Every SQLite failure — ``database or disk is full`` included — is a
+:class:`StateError` naming the database: one line in the pass, never a crash;
+the next pass writes again once there is room.  The directory is private to
+the sync (0700) and the database 0600; looser modes found on start are
+tightened, with a warning.  Texts are stored redacted (no password of a URL).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vmtrust.errors import ConfigError
+from glance_sync.report import ImageFailure
+from vmtrust.errors import VmtrustError
 from vmtrust.imagelist import format_date, parse_date
+from vmtrust.safetext import redact
+
+LOG = logging.getLogger("vmtrust.sync")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscription_state (
@@ -31,7 +47,26 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     last_success    TEXT,
     last_error      TEXT
 );
+CREATE TABLE IF NOT EXISTS image_failure (
+    subscription    TEXT NOT NULL,
+    identifier      TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    title           TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    failed_at       TEXT NOT NULL
+);
 """
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_SIDE = ("-wal", "-shm")  #: SQLite's files beside the database (it gives them its mode)
+
+
+class StateError(VmtrustError):
+    """The state database cannot be read or written."""
+
+    exit_code = 74  # EX_IOERR
+    rule = "state"
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,17 @@ class SubscriptionState:
     last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class FailedImage:
+    """An image that failed in the last pass that reached it."""
+
+    identifier: str
+    version: str
+    title: str
+    reason: str
+    failed_at: datetime
+
+
 def _date(value: str | None) -> datetime | None:
     return parse_date(value) if value else None
 
@@ -56,32 +102,86 @@ def _text(value: datetime | None) -> str | None:
     return format_date(value) if value else None
 
 
-class StateDB:
-    """The sync's persistent memory (``<state_dir>/vmtrust.sqlite``)."""
+def _private(path: Path, mode: int) -> None:
+    """Tighten ``path`` to ``mode`` when group or others have any access to it."""
+    st = path.stat()
+    current = stat.S_IMODE(st.st_mode)
+    if not current & 0o077:
+        return
+    if st.st_uid != os.geteuid():
+        LOG.warning("%s is mode %o and owned by another user: make it %o", path, current, mode)
+        return
+    os.chmod(path, mode)
+    LOG.warning("%s was mode %o; set to %o", path, current, mode)
 
-    def __init__(self, state_dir: Path) -> None:
+
+class StateDB:
+    """The sync's persistent memory (``<state_dir>/vmtrust.sqlite``).
+
+    ``readonly`` (for ``vmtrust status``) creates and changes nothing, and reads
+    an absent database as empty.
+    """
+
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
         self.path = Path(state_dir) / "vmtrust.sqlite"
+        self._db: sqlite3.Connection | None = None
         try:
-            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            if readonly:
+                if self.path.exists():
+                    uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                    self._db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+                return
+            Path(state_dir).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            _private(Path(state_dir), DIR_MODE)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            for path in (self.path, *(self.path.with_name(self.path.name + s) for s in _SIDE)):
+                if path.exists():
+                    _private(path, FILE_MODE)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"state database {self.path}: {exc}") from None
+            raise StateError(f"state database {self.path}: {exc}") from None
+
+    def _error(self, exc: Exception) -> StateError:
+        return StateError(f"state database {self.path}: {exc}")
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        if self._db is None:  # read-only, and no pass has run yet
+            return []
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def _transaction(self, *steps: tuple[str, list[tuple]]) -> None:
+        """Run each statement for each of its parameter rows, all or nothing."""
+        if self._db is None:
+            raise self._error(RuntimeError("opened read-only"))
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql, rows in steps:
+                    self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     def get(self, name: str) -> SubscriptionState:
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT name, list_identifier, list_version, list_created, list_expires, "
             "list_sha512, known_images, last_attempt, last_success, last_error "
             "FROM subscription_state WHERE name = ?",
             (name,),
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             return SubscriptionState(name=name)
+        row = rows[0]
         known = frozenset(json.loads(row[6])) if row[6] is not None else None
         return SubscriptionState(
             name=row[0],
@@ -97,22 +197,20 @@ class StateDB:
         )
 
     def all(self) -> list[SubscriptionState]:
-        names = [
-            r[0] for r in self._db.execute("SELECT name FROM subscription_state ORDER BY name")
-        ]
-        return [self.get(n) for n in names]
+        names = self._rows("SELECT name FROM subscription_state ORDER BY name")
+        return [self.get(n) for (n,) in names]
 
     def _upsert(self, name: str, **values: object) -> None:
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values)
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
+        self._transaction(
+            (
                 f"INSERT INTO subscription_state (name, {columns}) VALUES (?, {marks}) "
                 f"ON CONFLICT(name) DO UPDATE SET {updates}",
-                (name, *values.values()),
+                [(name, *values.values())],
             )
+        )
 
     def record_success(
         self,
@@ -141,8 +239,29 @@ class StateDB:
         )
 
     def record_failure(self, name: str, error: str, now: datetime | None = None) -> None:
-        self._upsert(name, last_attempt=_text(now or datetime.now(UTC)), last_error=error)
+        self._upsert(name, last_attempt=_text(now or datetime.now(UTC)), last_error=redact(error))
+
+    def record_images(
+        self, name: str, failures: Iterable[ImageFailure], now: datetime | None = None
+    ) -> None:
+        """Replace the subscription's failing images by those of this pass (maybe none)."""
+        at = _text(now or datetime.now(UTC))
+        rows = [(name, f.identifier, f.version, f.title, redact(f.reason), at) for f in failures]
+        self._transaction(
+            ("DELETE FROM image_failure WHERE subscription = ?", [(name,)]),
+            ("INSERT INTO image_failure VALUES (?, ?, ?, ?, ?, ?)", rows),
+        )
+
+    def failing_images(self, name: str) -> list[FailedImage]:
+        rows = self._rows(
+            "SELECT identifier, version, title, reason, failed_at FROM image_failure "
+            "WHERE subscription = ? ORDER BY identifier, version",
+            (name,),
+        )
+        return [FailedImage(r[0], r[1], r[2], r[3], parse_date(r[4])) for r in rows]
 
     def forget(self, name: str) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM subscription_state WHERE name = ?", (name,))
+        self._transaction(
+            ("DELETE FROM subscription_state WHERE name = ?", [(name,)]),
+            ("DELETE FROM image_failure WHERE subscription = ?", [(name,)]),
+        )

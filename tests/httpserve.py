@@ -1,8 +1,10 @@
 """A real HTTP server on loopback for sync tests, with misbehaviours on demand.
 
 Serves files from a dict (path → bytes), honours ``Range`` requests, and can
-be told to cut a connection after some bytes, to stall, or to answer with an
-error — the failures the sync must survive.
+be told to cut a connection after some bytes, to stall, to drip the body or
+the headers one byte at a time, to redirect, or to answer with an error — the
+failures the sync must survive.  :class:`BlackHole` is a server that takes
+connections and never answers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ class Behaviour:
     stall: float = 0.0  #: seconds to sleep before each 64 KiB of body
     status: int | None = None  #: answer with this status instead
     ignore_range: bool = False
+    location: str | None = None  #: with ``status``: the Location header (a redirect)
+    drip: float = 0.0  #: seconds between single bytes of the body
+    drip_headers: float = 0.0  #: seconds between single bytes of the status line and headers
 
 
 @dataclass
@@ -28,12 +33,24 @@ class Site:
     files: dict[str, bytes] = field(default_factory=dict)
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    authorization: list[str | None] = field(default_factory=list)  #: header of each request
     port: int = 0
     scheme: str = "http"
     basic_auth: str | None = None  #: "user:password" required for *.list paths
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+
+def _drip(out, data: bytes, pause: float) -> None:
+    """Send ``data`` one byte every ``pause`` seconds, until the client hangs up."""
+    for byte in data:
+        time.sleep(pause)
+        try:
+            out.write(bytes([byte]))
+            out.flush()
+        except OSError:
+            return
 
 
 def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
@@ -46,6 +63,7 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             range_header = self.headers.get("Range")
             site.requests.append((self.path, range_header))
+            site.authorization.append(self.headers.get("Authorization"))
             if site.basic_auth is not None and self.path.endswith(".list"):
                 wanted = "Basic " + base64.b64encode(site.basic_auth.encode()).decode()
                 if self.headers.get("Authorization") != wanted:
@@ -56,8 +74,14 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                     return
             data = site.files.get(self.path)
             how = site.behaviour.get(self.path, Behaviour())
+            if how.drip_headers:
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+                _drip(self.wfile, head, how.drip_headers)
+                return
             if how.status is not None:
                 self.send_response(how.status)
+                if how.location is not None:
+                    self.send_header("Location", how.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -75,6 +99,9 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
+            if how.drip:
+                _drip(self.wfile, body, how.drip)
+                return
             sent = 0
             for offset in range(0, len(body), 65536):
                 if how.stall:
@@ -111,3 +138,29 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class BlackHole:
+    """Context manager: a loopback port that accepts connections and never answers.
+
+    The kernel completes the TCP handshake from the listen backlog, so a client
+    connects, sends its request and waits for an answer that never comes — an
+    endorser whose web server hangs.  The URL of any path works.
+    """
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()

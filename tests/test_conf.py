@@ -83,6 +83,12 @@ def test_entry_point_and_groups():
             "http_retries",
             "http_backoff",
             "interval",
+            "parallel_lists",
+            "list_retries",
+            "list_deadline",
+            "image_deadline",
+            "min_rate",
+            "max_redirects",
         },
         "store_local": {"path", "hook", "disk_format"},
     }

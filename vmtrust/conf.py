@@ -151,7 +151,7 @@ sync_opts = [
         default=5,
         min=0,
         max=50,
-        help="Reconnections (with HTTP Range resume) after a broken transfer.",
+        help="Reconnections (with HTTP Range resume) after a broken image transfer.",
     ),
     cfg.FloatOpt(
         "http_backoff",
@@ -161,6 +161,51 @@ sync_opts = [
     ),
     cfg.IntOpt(
         "interval", default=3600, min=60, help="Seconds between passes of 'vmtrust-sync --daemon'."
+    ),
+    cfg.IntOpt(
+        "parallel_lists",
+        default=4,
+        min=1,
+        max=32,
+        help="Image lists fetched at the same time. A list's new images start downloading "
+        "as soon as it verified, so a dead endorser delays no other.",
+    ),
+    cfg.IntOpt(
+        "list_retries",
+        default=2,
+        min=0,
+        max=10,
+        help="New attempts after a list fetch failed transiently (connection refused or "
+        "reset, timeout, HTTP 5xx/408/429), with http_backoff doubling in between.",
+    ),
+    cfg.FloatOpt(
+        "list_deadline",
+        default=60.0,
+        min=1.0,
+        help="Seconds a whole list fetch may take, redirects and retries included; then the "
+        "subscription fails for this pass (its images stay as they are).",
+    ),
+    cfg.FloatOpt(
+        "image_deadline",
+        default=300.0,
+        min=1.0,
+        help="Seconds every image download may take, resumes included, on top of its "
+        "hv:size at min_rate. A server that drips the bytes is cut off then.",
+    ),
+    cfg.IntOpt(
+        "min_rate",
+        default=512,
+        min=1,
+        help="Slowest image download accepted, in KiB per second: an image of hv:size "
+        "bytes gets image_deadline + hv:size / (min_rate KiB/s) seconds in all.",
+    ),
+    cfg.IntOpt(
+        "max_redirects",
+        default=5,
+        min=0,
+        max=20,
+        help="HTTP redirects followed per request. Only to http or https, never from https "
+        "to http, and credentials only to the origin they were configured for.",
     ),
 ]
 

@@ -29,13 +29,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from vmtrust import dn, yamlsafe
 from vmtrust.errors import ConfigError, Problems
 from vmtrust.imagelist import Endorser, Image, ImageList
+from vmtrust.safetext import redact
+from vmtrust.urls import has_credentials, url_problem
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 RULE_KEYS = (
@@ -273,16 +274,19 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
         p.add(f"{path}.name", f"{name!r}: use letters, digits, '.', '_' and '-' (max 64)")
     url = _string(p, obj, "url", path, required=True)
     if url:
+        shown = redact(url)  # a password in the URL must not reach the error either
         scheme = url.partition(":")[0]  # lower case only: the fetcher dispatches on it
-        try:
-            host = urlsplit(url).hostname
-        except ValueError as exc:
-            p.add(f"{path}.url", f"not a valid URL: {url} ({exc})")
-        else:
-            if scheme not in ("http", "https", "file"):
-                p.add(f"{path}.url", f"not an http, https or file URL: {url}")
-            elif scheme != "file" and not host:
-                p.add(f"{path}.url", f"no host in URL: {url}")
+        problem = url_problem(url, ("http", "https", "file"))
+        if problem is None and scheme not in ("http", "https", "file"):
+            problem = "not an http, https or file URL"
+        if problem:
+            p.add(f"{path}.url", f"{problem}: {shown}")
+        elif has_credentials(url):
+            p.add(
+                f"{path}.url",
+                f"credentials in the URL are refused (they would end up in logs): {shown}; "
+                "use credentials: {username, password_file or password_env} or token_file",
+            )
     endorsers = _endorsers(p, obj.get("endorsers"), f"{path}.endorsers")
     approve_all, identifiers, rules = _approval(p, obj.get("approve"), f"{path}.approve")
     new_images = obj.get("new_images", "accept")

@@ -8,37 +8,10 @@ second line of output.
 
 from __future__ import annotations
 
-import unicodedata
-
 from vmtrust.imagelist import ImageList, format_date
+from vmtrust.safetext import clean
 
-#: Unicode categories written as escapes: controls, format characters (bidi
-#: overrides), surrogates, line and paragraph separators.
-_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(char: str) -> str:
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def clean(text: object) -> str:
-    """``text`` as one printable line: control and format characters become escapes
-    (``\\n``, ``\\x1b``, ``\\u202e``), so untrusted data can neither add lines nor
-    drive the terminal."""
-    value = str(text)
-    if value.isprintable():
-        return value
-    return "".join(
-        _escape(c) if c != " " and unicodedata.category(c) in _UNSAFE else c for c in value
-    )
+__all__ = ["clean", "show_list", "table"]
 
 
 def _size(n: int) -> str:

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 from vmtrust import record
-from vmtrust.cli.render import table
+from vmtrust.cli.render import clean, table
 from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError
 from vmtrust.imagelist import format_date
+from vmtrust.safetext import redact
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -40,9 +41,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "status",
-        help="per subscription: last success, error, version",
-        description="Per subscription: last success, last error, the "
-        "accepted list version and its expiry.",
+        help="per subscription: last success, error, version, failing images",
+        description="Per subscription: last success, last error, the accepted list version "
+        "and its expiry, and the images that failed in the last pass that reached them "
+        "(with the reason). Reads the state database without changing it.",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
@@ -133,7 +135,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from vmtrust.policy import load_subscriptions
 
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(Path(conf.state_dir).expanduser())
+    db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
     try:
         rows = []
         for sub in subscriptions:
@@ -141,13 +143,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append(
                 {
                     "name": sub.name,
-                    "url": sub.url,
+                    "url": redact(sub.url),
                     "list_identifier": st.list_identifier,
                     "list_version": st.list_version,
-                    "expires": format_date(st.list_expires) if st.list_expires else None,
-                    "last_success": format_date(st.last_success) if st.last_success else None,
-                    "last_attempt": format_date(st.last_attempt) if st.last_attempt else None,
+                    "expires": _date(st.list_expires),
+                    "last_success": _date(st.last_success),
+                    "last_attempt": _date(st.last_attempt),
                     "last_error": st.last_error,
+                    "failing_images": [
+                        {
+                            "identifier": f.identifier,
+                            "version": f.version,
+                            "title": f.title,
+                            "reason": f.reason,
+                            "failed_at": _date(f.failed_at),
+                        }
+                        for f in db.failing_images(sub.name)
+                    ],
                 }
             )
     finally:
@@ -162,20 +174,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_vo_acceptance(waiting)
     print(
         table(
-            ["SUBSCRIPTION", "VERSION", "EXPIRES", "LAST SUCCESS", "LAST ERROR"],
+            ["SUBSCRIPTION", "VERSION", "EXPIRES", "LAST SUCCESS", "FAILING", "LAST ERROR"],
             [
                 [
                     r["name"],
                     r["list_version"] or "-",
                     r["expires"] or "-",
                     r["last_success"] or "never",
+                    str(len(r["failing_images"])) if r["failing_images"] else "-",
                     r["last_error"] or "-",
                 ]
                 for r in rows
             ],
         )
     )
+    failing = [(r["name"], f) for r in rows for f in r["failing_images"]]
+    if failing:
+        print("\nImages that failed in the last pass:")
+        for name, f in failing:
+            image = f"{f['identifier']} {f['version']} ({f['title']})"
+            print(clean(f"  {name}: {image}: {f['reason']}"))
     return 0
+
+
+def _date(value) -> str | None:
+    return format_date(value) if value else None
 
 
 # --- VO projects that do not see their images yet (Glance store, issue 19) ---------------
