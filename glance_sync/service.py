@@ -40,8 +40,8 @@ from glance_sync import hooks, lock
 from glance_sync.convert import convert
 from glance_sync.download import Source, SourceReader, check_uri
 from glance_sync.httpclient import make_session
-from glance_sync.lock import LockError as LockError  # where callers found it before
 from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
+from glance_sync.lock import LockError as LockError  # where callers found it before
 from glance_sync.plan import (
     Create,
     Desired,
