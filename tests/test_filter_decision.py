@@ -15,10 +15,13 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from oslo_config import cfg
 from sealed_images import OTHER, OWNER, Clock, Glance, trusted_image, user_image_dict
 
+from nova_filter import conf as vmtrust_conf
 from nova_filter.decision import FETCH_WORKERS, ImageTrust, glance_fetch
 from vmtrust.imagelist import format_date
 from vmtrust.record import generate_key_pair, load_private_key
@@ -250,3 +253,15 @@ def test_real_client_against_a_glance_that_does_not_answer(key, trickle, socket_
         assert trust._cache == {}
     finally:
         listener.close()
+
+
+def test_the_default_and_the_shipped_snippet_bound_the_wait_for_glance():
+    default = cfg.ConfigOpts()
+    vmtrust_conf.register(default)
+    default(args=[], default_config_files=[])
+    assert 1 <= default.vmtrust.timeout <= 10  # keystoneauth's own default is None: for ever
+    shipped = cfg.ConfigOpts()
+    vmtrust_conf.register(shipped)
+    snippet = Path(__file__).resolve().parent.parent / "etc/nova/nova-vmtrust.conf"
+    shipped(args=[], default_config_files=[str(snippet)])
+    assert shipped.vmtrust.timeout == 5
