@@ -260,6 +260,14 @@ def test_flavour_extra_specs_hidden_by_policy_stop_the_audit(cloud, key):
         audited(cloud, key)
 
 
+def test_hidden_hosts_stop_the_audit(cloud, key):
+    """Without admin rights nova hides the host: every server would look never-run."""
+    server = cloud.add_server(str(uuid.uuid4()))
+    del server["OS-EXT-SRV-ATTR:host"]
+    with pytest.raises(audit.AuditError, match="did not show its host"):
+        audited(cloud, key)
+
+
 def test_glance_errors_stop_the_audit(cloud, key):
     cloud.add_server(str(uuid.uuid4()))
     cloud.image_status = 503

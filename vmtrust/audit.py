@@ -178,11 +178,17 @@ def trusted_hosts(conn: Any) -> set[str]:
 
 
 def _is_worker(server: dict[str, Any], hosts: set[str]) -> bool:
+    """Whether the server is a worker server; what nova hides stops the audit, not skips it."""
     flavor = server.get("flavor") or {}
     if "extra_specs" not in flavor:
         raise AuditError(
             f"server {server.get('id')}: nova did not show its flavour's extra specs "
             "(policy os_compute_api:servers:show:flavor-extra-specs): use admin credentials"
+        )
+    if "OS-EXT-SRV-ATTR:host" not in server:
+        raise AuditError(
+            f"server {server.get('id')}: nova did not show its host (policy "
+            "os_compute_api:os-extended-server-attributes): use admin credentials"
         )
     host = server.get("OS-EXT-SRV-ATTR:host")
     return enforcement.flavour_enforces(flavor["extra_specs"]) or host in hosts
@@ -278,7 +284,7 @@ def audit(
     listed = workers = 0
     for server in servers(conn, page_size):
         listed += 1
-        if not _ran(server) or not _is_worker(server, hosts):
+        if not _is_worker(server, hosts) or not _ran(server):
             continue
         workers += 1
 
@@ -339,10 +345,9 @@ def _act_once(conn: Any, finding: Finding, action: str, dry_run: bool) -> str:
     changed = not (already or dry_run)  # what was done, or failed, is a warning; the rest news
     LOG.log(
         logging.WARNING if changed else logging.INFO,
-        "audit: %s server %s (%s) of project %s on host %s: %s (%s)",
+        "audit: %s server %s of project %s on host %s: %s (%s)",
         outcome,
         finding.server,
-        finding.name,
         finding.project,
         finding.host or "-",
         finding.reason,
