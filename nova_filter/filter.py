@@ -196,7 +196,9 @@ class TrustedImageFilter(filters.BaseHostFilter):
         if not CONF.vmtrust.aggregate_trusted_only:
             return False
         return any(
-            _marked(AGGREGATE_KEY, aggregate.metadata, f"aggregate {aggregate.name}")
+            _marked(
+                AGGREGATE_KEY, aggregate.metadata, f"aggregate {_field(aggregate, 'name', '?')}"
+            )
             for aggregate in getattr(host_state, "aggregates", []) or []
         )
 
