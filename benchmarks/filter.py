@@ -93,6 +93,7 @@ def request(image_id: str) -> objects.RequestSpec:
             }
         ),
         flavor=objects.Flavor(extra_specs={"vmtrust:trusted_only": "true"}),
+        is_bfv=False,  # nova's API sets it on every boot; the filter refuses a spec without it
     )
 
 

@@ -72,12 +72,31 @@ filter_opts = [
 ]
 
 
+#: keystoneauth's own ``timeout`` has no default (wait for ever); the filter's must have one.
+DEFAULT_TIMEOUT = 5.0
+
+timeout_opt = cfg.FloatOpt(
+    "timeout",
+    default=DEFAULT_TIMEOUT,
+    min=0.1,
+    help="Seconds the filter waits for Glance per decision, in total: authentication, the "
+    "image look-up and any retries together, and also the timeout of each HTTP request. A "
+    "Glance that does not answer in time refuses the request (NoValidHost), it never holds "
+    "the scheduler.",
+)
+
+
+def _client_opts() -> list[cfg.Opt]:
+    """keystoneauth's options, with ``timeout`` given a default (keystoneauth has none)."""
+    return [timeout_opt if opt.dest == "timeout" else opt for opt in keystoneauth_opts()]
+
+
 def register(conf: cfg.ConfigOpts) -> None:
     """Register ``[vmtrust]`` on ``conf`` (idempotent)."""
     group = cfg.OptGroup(GROUP, title="vmtrust trusted-image filter")
     conf.register_group(group)
     conf.register_opts(filter_opts, group=group)
-    conf.register_opts(keystoneauth_opts(), group=group)
+    conf.register_opts(_client_opts(), group=group)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
@@ -87,6 +106,6 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [
         (
             GROUP,
-            filter_opts + keystoneauth_opts() + ks_loading.get_auth_plugin_conf_options("password"),
+            filter_opts + _client_opts() + ks_loading.get_auth_plugin_conf_options("password"),
         )
     ]

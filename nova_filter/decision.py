@@ -7,11 +7,20 @@ module adds is the scheduler's side of it:
 
 * the image is fetched from Glance by id with the filter's own credentials,
   because nova drops every custom property from the request spec;
-* any failure to get an answer — Glance down, 5xx, a timeout, a bad reply —
-  is a refusal ("fail closed"), and is not cached, so the next request asks again;
-* verified decisions are cached per image id for ``cache_ttl`` seconds, never
-  past the record's own expiry, in a bounded LRU guarded by a lock (nova 34's
-  scheduler runs filters on native threads).
+* the fetch has a total deadline: a Glance that accepts the connection and
+  never answers (or answers a byte at a time, which no socket timeout
+  catches) costs the request a refusal after ``deadline`` seconds, never the
+  scheduler a thread: the fetch runs on a small bounded pool, and a request
+  that cannot get a worker in time is refused the same way;
+* any failure to get an answer — Glance down, 5xx, a timeout, a bad reply, an
+  unexpected exception — is a refusal ("fail closed");
+* what is cached, for ``cache_ttl`` seconds: trusted decisions (never past
+  the record's own expiry) and refusals that come from a record whose seal
+  verified (a copy bound to another image, other bytes, an expired record).
+  Never cached: failures, a 404, an image without a record or with a bad
+  seal, a status or state that may still change (an image being uploaded) —
+  the next request asks Glance again.  Caching a refusal only ever delays a
+  boot; caching a failure would turn one slow answer into a minute of them.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +55,10 @@ class Decision:
 #: image id → image JSON (properties at the top level), None if Glance has no such image
 Fetch = Callable[[str], dict[str, Any] | None]
 
+#: Glance look-ups that may be under way at once per scheduler process; a request
+#: that finds them all busy (a Glance hanging on every one) waits at most its deadline.
+FETCH_WORKERS = 8
+
 
 class ImageTrust:
     def __init__(
@@ -54,6 +69,7 @@ class ImageTrust:
         *,
         ttl: float = 60.0,
         size: int = 1024,
+        deadline: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -62,10 +78,12 @@ class ImageTrust:
         self.owners = frozenset(owners)
         self.ttl = ttl
         self.size = size
+        self.deadline = deadline
         self.clock = clock
         self.wall = wall
         self._cache: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.lookups = 0  #: Glance look-ups made (tests and the benchmark read it)
 
     def decide(self, image_id: str) -> Decision:
@@ -88,21 +106,40 @@ class ImageTrust:
         """The decision, and how many seconds it may be reused (0: not at all)."""
         self.lookups += 1
         try:
-            image = self.fetch(image_id)
+            image = self._fetch_in_time(image_id)
         except LookupFailed as exc:
             return Decision(False, f"Glance look-up failed: {exc}"), 0.0
+        except Exception as exc:  # fail closed on anything: a bug must not let an image in
+            return Decision(False, f"Glance look-up failed: {_one_line(exc)}"), 0.0
         if image is None:
-            return Decision(False, "not in Glance"), self.ttl
+            return Decision(False, "not in Glance"), 0.0
         if not self.keys or not self.owners:
             return Decision(False, "no seal keys or trusted owners configured"), 0.0
         wall = self.wall()
-        verdict = glanceprops.judge(image, self.keys, wall, owners=self.owners)
+        try:
+            verdict = glanceprops.judge(image, self.keys, wall, owners=self.owners)
+        except Exception as exc:  # a reply judge() cannot read: refuse, ask again next time
+            return Decision(False, f"unreadable image record: {_one_line(exc)}"), 0.0
+        vo = verdict.record.vo if verdict.record else ""
+        if verdict.record is None:  # refused before the seal verified: may change, ask again
+            return Decision(verdict.trusted, verdict.reason, vo), 0.0
         keep_for = self.ttl
-        if verdict.trusted and verdict.record is not None:
+        if verdict.trusted:
             expires = parse_date(verdict.record.expires)  # judge() has parsed it already
             keep_for = min(keep_for, (expires - wall).total_seconds())
-        vo = verdict.record.vo if verdict.record else ""
         return Decision(verdict.trusted, verdict.reason, vo), keep_for
+
+    def _fetch_in_time(self, image_id: str) -> dict[str, Any] | None:
+        """``fetch(image_id)``, or :class:`LookupFailed` once ``deadline`` seconds passed."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="vmtrust-glance")
+            future = self._pool.submit(self.fetch, image_id)
+        try:
+            return future.result(timeout=self.deadline)
+        except FutureTimeout:
+            future.cancel()  # if it never started, it never will; else it ends on its own
+            raise LookupFailed(f"no answer within {self.deadline:g} s") from None
 
     def forget(self) -> None:
         with self._lock:
@@ -132,3 +169,7 @@ def glance_fetch(adapter: Any) -> Fetch:
         return body
 
     return fetch
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]

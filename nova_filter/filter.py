@@ -1,12 +1,19 @@
 """``TrustedImageFilter``: on worker-node flavours, only images the site's sync sealed.
 
 A request is a *worker-node request* when its flavour has the extra spec
-``vmtrust:trusted_only=true`` or, with ``[vmtrust] aggregate_trusted_only``,
-for hosts in an aggregate whose metadata has ``vmtrust_trusted_only=true``.
-Other requests pass untouched.  For a worker-node request the image must have
-an id (boot from an existing volume has none) and be trusted by
-:class:`nova_filter.decision.ImageTrust` (owner, seal, hash, state, expiry);
-optionally its VO must be the requesting project's.
+``vmtrust:trusted_only`` or, with ``[vmtrust] aggregate_trusted_only``, for
+hosts in an aggregate whose metadata has ``vmtrust_trusted_only``, with any
+value but a recognised false (:mod:`vmtrust.enforcement`: ``on``, ``enabled``
+or a typo enforce, and are logged).  Other requests pass untouched.
+
+A worker-node request must not be volume-backed: the scheduler is told the
+image of ``imageRef``, not which volume becomes the root disk (the user's own
+volume, or one nova makes from another image, boot with a trusted
+``imageRef`` beside them), so every request with ``is_bfv`` set — or without
+it — is refused.  Worker nodes are image-backed.  Its image must then be
+trusted by :class:`nova_filter.decision.ImageTrust` (owner, seal, hash, state,
+expiry); optionally its VO must be the requesting project's.  Anything that
+goes wrong on the way (configuration, Glance, a bug) refuses the request.
 
 Cost: :meth:`filter_all` is overridden so the decision is computed once per
 request, not per host; ``run_filter_once_per_request`` reuses it for the
@@ -34,16 +41,22 @@ from oslo_log import log as logging
 
 from nova_filter import conf as vmtrust_conf
 from nova_filter.decision import Decision, ImageTrust, glance_fetch
+from vmtrust import enforcement
+from vmtrust.enforcement import AGGREGATE_KEY, FLAVOR_KEY
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
 vmtrust_conf.register(CONF)
 
-FLAVOR_KEY = "vmtrust:trusted_only"
-AGGREGATE_KEY = "vmtrust_trusted_only"
+VOLUME_BACKED = (
+    "{what} request (boot from volume): the scheduler cannot tell which volume becomes the "
+    "root disk; worker nodes are image-backed"
+)
 
 _trust: ImageTrust | None = None
 _trust_lock = threading.Lock()
+#: Unusual mark values already logged: once per process, not per host and request.
+_logged_values: set[tuple[str, str]] = set()
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -51,8 +64,23 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name) if name in obj else default
 
 
-def _true(value: Any) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")
+def _marked(key: str, specs: Any, where: str) -> bool:
+    """Whether ``specs[key]`` enforces; a value that is no recognised boolean is logged."""
+    value = (specs or {}).get(key)
+    if enforcement.unusual(value) and len(_logged_values) < 1024:
+        seen = (where, str(value))
+        with _trust_lock:
+            first = seen not in _logged_values
+            _logged_values.add(seen)
+        if first:
+            LOG.warning(
+                "TrustedImageFilter: %s %s=%r is not a recognised true or false: "
+                "enforcing (fail closed); write true or false",
+                where,
+                key,
+                value,
+            )
+    return enforcement.enforces(value)
 
 
 def image_trust() -> ImageTrust:
@@ -65,10 +93,11 @@ def image_trust() -> ImageTrust:
 
 
 def reset() -> None:
-    """Forget the cache and configuration (tests; a SIGHUP-style reload)."""
+    """Forget the cache, configuration and logged values (tests; a SIGHUP-style reload)."""
     global _trust
     with _trust_lock:
         _trust = None
+        _logged_values.clear()
 
 
 def _build(conf: Any) -> ImageTrust:
@@ -90,6 +119,7 @@ def _build(conf: Any) -> ImageTrust:
         section.trusted_owners,
         ttl=section.cache_ttl,
         size=section.cache_size,
+        deadline=section.timeout or vmtrust_conf.DEFAULT_TIMEOUT,
     )
 
 
@@ -119,12 +149,12 @@ def was_worker_server(spec_obj: Any) -> bool:
             instance = objects.Instance.get_by_uuid(
                 cell_context, spec_obj.instance_uuid, expected_attrs=["flavor"]
             )
-        if _true((instance.flavor.extra_specs or {}).get(FLAVOR_KEY, "")):
+        if enforcement.flavour_enforces(instance.flavor.extra_specs):
             return True
         if CONF.vmtrust.aggregate_trusted_only and instance.host:
             aggregates = objects.AggregateList.get_by_host(context, instance.host,
                                                            key=AGGREGATE_KEY)  # fmt: skip
-            return any(_true((a.metadata or {}).get(AGGREGATE_KEY, "")) for a in aggregates)
+            return any(enforcement.aggregate_enforces(a.metadata) for a in aggregates)
     except Exception as exc:  # fail closed: the move is filtered
         LOG.warning(
             "TrustedImageFilter: cannot tell whether instance %s was a worker-node server "
@@ -157,33 +187,46 @@ class TrustedImageFilter(filters.BaseHostFilter):
 
     def _worker_flavour(self, spec_obj: Any) -> bool:
         flavor = _field(spec_obj, "flavor")
-        specs = (_field(flavor, "extra_specs") or {}) if flavor is not None else {}
-        return _true(specs.get(FLAVOR_KEY, ""))
+        if flavor is None:
+            return False
+        where = f"flavour {_field(flavor, 'name', '?')}"
+        return _marked(FLAVOR_KEY, _field(flavor, "extra_specs"), where)
 
     def _worker_host(self, host_state: Any) -> bool:
         if not CONF.vmtrust.aggregate_trusted_only:
             return False
         return any(
-            _true((aggregate.metadata or {}).get(AGGREGATE_KEY, ""))
+            _marked(
+                AGGREGATE_KEY, aggregate.metadata, f"aggregate {_field(aggregate, 'name', '?')}"
+            )
             for aggregate in getattr(host_state, "aggregates", []) or []
         )
+
+    def _judge_image(self, spec_obj: Any, image_id: str | None) -> Decision:
+        if "is_bfv" not in spec_obj or spec_obj.is_bfv:
+            what = "volume-backed" if "is_bfv" in spec_obj else "possibly volume-backed"
+            return Decision(False, VOLUME_BACKED.format(what=what))
+        if image_id is None:
+            return Decision(False, "no image id (boot from volume)")
+        try:
+            trust = image_trust()
+        except Exception as exc:  # a bad key file or auth option: refuse, try again next time
+            problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            return Decision(False, f"[vmtrust] configuration: {problem}")
+        return trust.decide(image_id)
 
     def decide(self, spec_obj: Any) -> Decision:
         """The request's verdict: computed once, logged once if it refuses."""
         image_id = _image_id(spec_obj)
-        if image_id is None:
-            decision = Decision(False, "boot from volume or no image id: not allowed on worker "
-                                "flavours")  # fmt: skip
-        else:
-            decision = image_trust().decide(image_id)
-            if decision.trusted and CONF.vmtrust.require_vo_match:
-                wanted = _project_vo(_field(spec_obj, "project_id", "") or "")
-                if wanted is None:
-                    decision = Decision(False, "requesting project has no VO (project_vo)")
-                elif wanted != decision.vo:
-                    decision = Decision(
-                        False, f"image serves VO {decision.vo!r}, the project works for {wanted!r}"
-                    )
+        decision = self._judge_image(spec_obj, image_id)
+        if decision.trusted and CONF.vmtrust.require_vo_match:
+            wanted = _project_vo(_field(spec_obj, "project_id", "") or "")
+            if wanted is None:
+                decision = Decision(False, "requesting project has no VO (project_vo)")
+            elif wanted != decision.vo:
+                decision = Decision(
+                    False, f"image serves VO {decision.vo!r}, the project works for {wanted!r}"
+                )
         if (
             not decision.trusted
             and is_move(spec_obj)

@@ -70,15 +70,27 @@ def read_record(image: Mapping[str, Any]) -> tuple[TrustRecord, str]:
     return record, seal
 
 
+#: :attr:`Verdict.code` values: which check refused the image.
+CODE_NO_RECORD = "no-record"
+CODE_OWNER = "owner"
+CODE_STATUS = "status"
+CODE_STATE = "state"
+CODE_SEAL = "seal"
+CODE_EXPIRED = "expired"
+
+
 @dataclass(frozen=True)
 class Verdict:
     trusted: bool
     reason: str  #: why not; "trusted" when it is
-    record: TrustRecord | None = None
+    record: TrustRecord | None = None  #: set once the seal verified
+    #: "trusted", or the check that refused (``CODE_*``; ``CODE_SEAL`` covers the seal and
+    #: its binding to id, hash and size) — for callers that sort refusals, like the audit
+    code: str = "trusted"
 
 
-def _refuse(reason: str, record: TrustRecord | None = None) -> Verdict:
-    return Verdict(False, reason, record)
+def _refuse(code: str, reason: str, record: TrustRecord | None = None) -> Verdict:
+    return Verdict(False, reason, record, code)
 
 
 def judge(
@@ -92,29 +104,31 @@ def judge(
     """Decide whether a Glance image is trusted; fail closed with the exact reason."""
     image_id = image.get("id", "?")
     if image.get(MANAGED) != "true" or SEAL not in image:
-        return _refuse("no vmtrust trust record")
+        return _refuse(CODE_NO_RECORD, "no vmtrust trust record")
     if owners is not None and image.get("owner") not in set(owners):
-        return _refuse(f"owner {image.get('owner')} is not a trusted project")
+        return _refuse(CODE_OWNER, f"owner {image.get('owner')} is not a trusted project")
     if image.get("status") not in statuses:
-        return _refuse(f"status is {image.get('status')}")
+        return _refuse(CODE_STATUS, f"status is {image.get('status')}")
     state = image.get(STATE)
     if state != "trusted":
-        return _refuse(f"trust state is {state}")
+        return _refuse(CODE_STATE, f"trust state is {state}")
     try:
         record, seal = read_record(image)
         check_seal(record, seal, keys)
     except SealError as exc:
-        return _refuse(f"seal invalid: {exc}")
+        return _refuse(CODE_SEAL, f"seal invalid: {exc}")
     if record.store_id != image_id:
-        return _refuse(f"seal is bound to image {record.store_id}, not this one", record)
+        return _refuse(CODE_SEAL, f"seal is bound to image {record.store_id}, not this one", record)
     if image.get("os_hash_algo") != "sha512" or image.get("os_hash_value") != record.sha512:
-        return _refuse("content hash differs from the sealed one", record)
+        return _refuse(CODE_SEAL, "content hash differs from the sealed one", record)
     if image.get("size") is not None and image.get("size") != record.size:
-        return _refuse(f"size {image.get('size')} differs from the sealed {record.size}", record)
+        return _refuse(
+            CODE_SEAL, f"size {image.get('size')} differs from the sealed {record.size}", record
+        )
     try:
         expires = parse_date(record.expires)
     except ValueError:
-        return _refuse(f"unreadable expiry {record.expires!r}", record)
+        return _refuse(CODE_SEAL, f"unreadable expiry {record.expires!r}", record)
     if expires <= now:
-        return _refuse(f"expired at {record.expires}", record)
+        return _refuse(CODE_EXPIRED, f"expired at {record.expires}", record)
     return Verdict(True, "trusted", record)

@@ -11,7 +11,6 @@ filter gives comes from the same rule the sync and ``vmtrust launch`` use.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -23,18 +22,13 @@ import pytest
 from nova import objects
 from nova.scheduler import filters
 from nova.tests.unit.scheduler.fakes import FakeHostState
+from sealed_images import OTHER, OWNER, VO, Clock, Glance, trusted_image, user_image_dict
 
 from nova_filter import filter as trust_filter
-from nova_filter.decision import ImageTrust, LookupFailed
-from vmtrust.glanceprops import record_properties
+from nova_filter.decision import ImageTrust
 from vmtrust.imagelist import format_date
-from vmtrust.record import TrustRecord, generate_key_pair, load_private_key, seal
+from vmtrust.record import generate_key_pair, load_private_key
 
-OWNER = "svc-project"
-OTHER = "user-project"
-VO = "vo.example.org"
-DATA = b"worker node image bytes\n"
-SHA512 = hashlib.sha512(DATA).hexdigest()
 WORKER = {"vmtrust:trusted_only": "true"}
 LOGGER = "nova_filter.filter"
 
@@ -62,76 +56,6 @@ def flags():
     for name in names:
         conf.clear_override(name, group="vmtrust")
     trust_filter.reset()
-
-
-class Glance:
-    """The ``fetch`` boundary: image id → image dict, with a call count."""
-
-    def __init__(self) -> None:
-        self.images: dict[str, dict] = {}
-        self.calls: list[str] = []
-        self.fail: str | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self, image_id: str) -> dict | None:
-        with self._lock:
-            self.calls.append(image_id)
-        if self.fail:
-            raise LookupFailed(self.fail)
-        image = self.images.get(image_id)
-        return dict(image) if image is not None else None
-
-    def add(self, image: dict) -> str:
-        self.images[image["id"]] = image
-        return image["id"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def user_image_dict() -> dict:
-    """An image a user uploaded: no trust record at all."""
-    return {"id": str(uuid.uuid4()), "owner": OTHER, "status": "active"}
-
-
-def trusted_image(key, image_id: str | None = None, *, vo: str = VO, **record_fields) -> dict:
-    """An active Glance image as the sync leaves it: owned by OWNER, sealed, bound."""
-    image_id = image_id or str(uuid.uuid4())
-    fields = {
-        "image_identifier": "85bfb313-a852-444b-89e7-9cdf8c23dc91",
-        "title": "Example worker node",
-        "image_version": "1",
-        "list_identifier": "65ef8feb-86d4-42ea-9960-f79bcc5a11b4",
-        "list_version": "1",
-        "endorser_dn": "/DC=org/DC=example/CN=Jane Endorser",
-        "endorser_ca": "/DC=org/DC=example/CN=Example CA",
-        "vo": vo,
-        "subscription": "example",
-        "approval": "all",
-        "expires": format_date(datetime.now(UTC) + timedelta(days=7)),
-        "source_sha512": SHA512,
-        "sha512": SHA512,
-        "size": len(DATA),
-        "store_id": image_id,
-    }
-    fields.update(record_fields)
-    record = TrustRecord(**fields)
-    return {
-        "id": image_id,
-        "name": "wn",
-        "owner": OWNER,
-        "status": "active",
-        "visibility": "shared",
-        "os_hash_algo": "sha512",
-        "os_hash_value": SHA512,
-        "size": len(DATA),
-        **record_properties(record, seal(record, key)),
-    }
 
 
 @pytest.fixture
@@ -163,6 +87,7 @@ def spec(image_id: str | None, extra_specs: dict | None = None, **fields) -> obj
         ),
         "scheduler_hints": {},
         "num_instances": 1,
+        "is_bfv": False,  # nova's API sets it on every boot; moves heal old specs
     }
     values.update(fields)
     return objects.RequestSpec(**values)
@@ -228,10 +153,78 @@ def refused_request(request, caplog) -> str:
     return lines[0]
 
 
-def test_boot_from_volume_is_refused(glance_stub, caplog):
-    line = refused(glance_stub, None, caplog)
-    assert "boot from volume or no image id" in line
+def test_boot_from_an_existing_volume_is_refused(glance_stub, caplog):
+    line = refused_request(spec(None, WORKER, is_bfv=True), caplog)
+    assert "volume-backed request (boot from volume)" in line
     assert glance_stub.calls == []
+    # no image id, even without is_bfv: refused before Glance is asked
+    assert "no image id" in refused(glance_stub, None, caplog)
+    assert glance_stub.calls == []
+
+
+def test_volume_backed_request_with_a_trusted_image_ref_is_refused(glance_stub, key, caplog):
+    # imageRef names a trusted image, the root is a volume (the user's own, or one nova
+    # makes from any image): nova passes the trusted image id with is_bfv = True
+    good = glance_stub.add(trusted_image(key))
+    line = refused_request(spec(good, WORKER, is_bfv=True), caplog)
+    assert f"refusing image {good}" in line and "volume-backed request" in line
+    assert glance_stub.calls == []  # the image is irrelevant: the root disk is not it
+    assert run(hosts(), spec(good, is_bfv=True)) == ALL  # plain flavours: nova's business
+    assert run(hosts(), spec(good, WORKER)) == ALL
+
+
+def test_request_spec_without_is_bfv_is_refused(glance_stub, key, caplog):
+    good = glance_stub.add(trusted_image(key))
+    request = spec(good, WORKER)
+    request.obj_reset_changes()
+    del request.is_bfv  # a spec from before nova recorded it, not healed
+    assert "is_bfv" not in request
+    assert "possibly volume-backed request" in refused_request(request, caplog)
+
+
+def test_volume_backed_in_a_marked_aggregate_is_refused(glance_stub, key, flags):
+    flags(aggregate_trusted_only=True)
+    marked = objects.Aggregate(
+        id=1, name="wn", hosts=["host1"], metadata={"vmtrust_trusted_only": "true"}
+    )
+    good = glance_stub.add(trusted_image(key))
+    host_list = hosts(3, {1: [marked]})
+    assert run(host_list, spec(good, is_bfv=True)) == ["host0", "host2"]
+    assert run(host_list, spec(good)) == ALL
+
+
+# --- flavour and aggregate values ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["true", "True", " TRUE ", "1", "yes", "on", "enabled", "ture", "", "required"]
+)
+def test_any_flavour_value_but_a_recognised_false_enforces(glance_stub, value, caplog):
+    user_image = glance_stub.add(user_image_dict())
+    assert run(hosts(), spec(user_image, {"vmtrust:trusted_only": value})) == []
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", "no", "off", "n", "f", " false "])
+def test_recognised_false_values_switch_enforcement_off(glance_stub, value):
+    user_image = glance_stub.add(user_image_dict())
+    assert run(hosts(), spec(user_image, {"vmtrust:trusted_only": value})) == ALL
+    assert glance_stub.calls == []
+
+
+def test_unrecognised_values_are_logged_once(glance_stub, flags, caplog):
+    flags(aggregate_trusted_only=True)
+    user_image = glance_stub.add(user_image_dict())
+    odd = objects.Aggregate(id=7, name="odd-wn", hosts=[], metadata={"vmtrust_trusted_only": "si"})
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for _ in range(3):
+            assert run(hosts(), spec(user_image, {"vmtrust:trusted_only": "enabled"})) == []
+            assert run(hosts(3, {1: [odd], 2: [odd]}), spec(user_image)) == ["host0"]
+        assert run(hosts(), spec(user_image, {"vmtrust:trusted_only": "true"})) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one per distinct value, not per host or request
+    assert "flavour wn.large vmtrust:trusted_only='enabled' is not a recognised" in warnings[0]
+    assert "aggregate odd-wn vmtrust_trusted_only='si'" in warnings[1]
+    assert "enforcing (fail closed)" in warnings[1]
 
 
 def test_image_not_in_glance_is_refused(glance_stub, caplog):
