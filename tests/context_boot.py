@@ -68,27 +68,62 @@ def scratch_root() -> Path:
     return root
 
 
+#: programs a test machine must never run for real (they would change the host), and
+#: the boundary ones it lacks: each records its arguments under $VMTRUST_ROOT/run/stubs/
+RECORD = """#!/bin/sh
+mkdir -p "$VMTRUST_ROOT/run/stubs"
+echo "$*" >> "$VMTRUST_ROOT/run/stubs/$(basename "$0")"
+"""
+DEFAULT_STUBS = {
+    "apt-get": RECORD + "exit 1\n",
+    "dpkg": RECORD + "exit 1\n",
+    "logger": RECORD,
+    # the CVMFS client: setup works, probe reports each repository of default.local
+    "cvmfs_config": RECORD
+    + """[ "$1" = probe ] || exit 0
+. "$VMTRUST_ROOT/etc/cvmfs/default.local"
+status=0
+for repo in $(echo "$CVMFS_REPOSITORIES" | tr , ' '); do
+  case " ${FAILING_REPOSITORIES:-} " in
+    *" $repo "*) echo "Probing /cvmfs/$repo... Failed!"; status=1 ;;
+    *) echo "Probing /cvmfs/$repo... OK" ;;
+  esac
+done
+exit $status
+""",
+}
+
+
 def boot(
     user_data: bytes,
     root: Path,
     user: str,
     *,
     uid: int | None = None,
-    stubs: dict[str, str] | None = None,
+    stubs: dict[str, str | None] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    command: list[str] | None = None,
 ) -> Booted:
-    """Process ``user_data`` as cloud-init would on a first boot, under ``root``."""
+    """Process ``user_data`` as cloud-init would on a first boot, under ``root``.
+
+    With ``command``, run that instead in the same machine (a later boot: the pilot user
+    exists, nothing of cloud-init runs).  ``stubs`` adds to or (with None) removes from
+    :data:`DEFAULT_STUBS`.
+    """
     uid = uid or free_uid()
     work = root.parent / f"{root.name}.boot"
     work.mkdir(exist_ok=True)
     (work / "user-data").write_bytes(user_data)
     stub_dir = work / "bin"
-    stub_dir.mkdir(exist_ok=True)
-    for name, text in (stubs or {}).items():
-        (stub_dir / name).write_text(text, encoding="utf-8")
-        (stub_dir / name).chmod(0o755)
-    spec = {"root": str(root), "work": str(work), "user": user, "uid": uid}
+    shutil.rmtree(stub_dir, ignore_errors=True)
+    stub_dir.mkdir()
+    for name, text in (DEFAULT_STUBS | (stubs or {})).items():
+        if text is not None:
+            (stub_dir / name).write_text(text, encoding="utf-8")
+            (stub_dir / name).chmod(0o755)
+    (work / "result.json").unlink(missing_ok=True)
+    spec = {"root": str(root), "work": str(work), "user": user, "uid": uid, "command": command}
     environment = {
         "PATH": f"{stub_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
@@ -105,13 +140,18 @@ def boot(
     return Booted(root, proc.returncode, proc.stdout + proc.stderr, result, uid)
 
 
-def cleanup(root: Path) -> None:
-    """Stop what the boot left running (the watchdog, by its process id) and remove the root."""
+def halt(root: Path) -> None:
+    """Stop what a boot left running: the watchdog, by its process id (as a reboot would)."""
     pid_file = root / "run/vmtrust/watchdog.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text().split()[0])
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, 15)  # setsid made it a group leader: its sleep goes too
+            os.killpg(pid, 9)  # setsid made it a group leader: its sleep goes too
+        pid_file.unlink()
+
+
+def cleanup(root: Path) -> None:
+    halt(root)
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(root.parent / f"{root.name}.boot", ignore_errors=True)
 
@@ -128,7 +168,7 @@ def _add_user(work: Path, root: Path, user: str, uid: int) -> None:
         (work / name).chmod(0o644)
         subprocess.run(["mount", "--bind", str(work / name), f"/etc/{name}"], check=True)
     # what cloud-init's users_groups module does for the pilot user
-    home.mkdir(parents=True)
+    home.mkdir(parents=True, exist_ok=True)
     os.chown(home, uid, uid)
     home.chmod(0o755)
 
@@ -153,6 +193,9 @@ def _run(spec: dict) -> dict:
 
     root, work = Path(spec["root"]), Path(spec["work"])
     _add_user(work, root, spec["user"], spec["uid"])
+    if spec["command"]:  # a later boot of the same machine
+        proc = subprocess.run(spec["command"], check=False)
+        return {"returncode": proc.returncode}
     cloud_dir = root / "var/lib/cloud"
     instance = cloud_dir / "instances" / INSTANCE_ID
     instance.mkdir(parents=True)

@@ -213,9 +213,8 @@ def _launcher(text: Any) -> tuple[str, tuple[str, ...], tuple[tuple[str, str], .
     marker = '  JOBOUTPUTS="$R/var/lib/vmtrust/joboutputs" \\\n'
     if not isinstance(text, str) or marker not in text:
         return None
-    rest = text.split(marker, 1)[1].replace(" \\\n", " ")
-    try:
-        words = shlex.split(rest)
+    try:  # each line ends in ' \\' + newline: to shlex a word of one newline, dropped
+        words = [w for w in shlex.split(text.split(marker, 1)[1]) if w != "\n"]
     except ValueError:
         return None
     env = []

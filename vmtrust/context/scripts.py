@@ -304,7 +304,8 @@ watch() {
     return
   fi
   while :; do
-    left=$(( $(cat "$STATE/shutdowntime") - $(date +%s) ))
+    shutdown=$(cat "$STATE/shutdowntime") || shutdown=0  # lost: end rather than run on
+    left=$(( shutdown - $(date +%s) ))
     if [ "$left" -le 0 ]; then
       end "700 Passed shutdowntime"
       return

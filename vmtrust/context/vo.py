@@ -121,6 +121,11 @@ def vo_problems(vo: VoProfile, site: SiteProfile, p: Problems) -> None:
         _pilot_problems(vo.pilot, site, p)
 
 
+def _text_ok(text: str) -> bool:
+    """Text a script may quote: printable, with new lines and tabs (no other controls)."""
+    return text.replace("\n", "").replace("\t", "").isprintable()
+
+
 def _pilot_problems(pilot: Pilot, site: SiteProfile, p: Problems) -> None:
     command = pilot.command
     if command and (  # a missing command is the profile's form, reported by load_vo
@@ -130,15 +135,15 @@ def _pilot_problems(pilot: Pilot, site: SiteProfile, p: Problems) -> None:
     ):
         p.add("pilot.command", "must be the absolute path of the program, without spaces or "
               "'=' (its arguments go in pilot.arguments)")  # fmt: skip
-    if not all(arg.isprintable() for arg in pilot.arguments):
-        p.add("pilot.arguments", "must be printable strings")
+    if not all(_text_ok(arg) for arg in pilot.arguments):
+        p.add("pilot.arguments", "must be text (printable, new lines and tabs)")
     for name, value in pilot.environment:
         if not _NAME.match(name):
             p.add("pilot.environment", f"not a variable name: {_shown(name)}")
         elif name in RESERVED_ENVIRONMENT:
             p.add(f"pilot.environment.{name}", "is set by vmtrust for the pilot")
-        elif not value.isprintable():
-            p.add(f"pilot.environment.{name}", "must be a one-line printable string")
+        elif not _text_ok(value):
+            p.add(f"pilot.environment.{name}", "must be text (printable, new lines and tabs)")
     for item in pilot.files:
         why = allowed_path(item.path, site)
         if why:
