@@ -900,6 +900,50 @@ def test_cli_build_takes_the_flavour(tmp_path):
     assert bad.returncode == 2 and b"--vcpus" in bad.stderr
 
 
+def test_cli_launch_refuses_a_vo_profile_before_any_cloud_is_contacted(tmp_path):
+    from vmtrust.record import generate_key_pair
+
+    key = generate_key_pair(tmp_path / "seal.key")
+    result = run_cli(
+        "launch", "--cloud", "nowhere", "--clouds-file", str(tmp_path / "none.yaml"),
+        "--vo", "cms", "--flavor", "wn", "--seal-key", str(key), "--owner", "p",
+        "--site", str(site_file(tmp_path)),
+        "--vo-profile", str(vo_file(tmp_path, bootcmd=["x"], packages=["nginx"])),
+    )  # fmt: skip
+    assert result.returncode == 20
+    lines = result.stderr.decode().splitlines()
+    assert [line.split(": ")[2] for line in lines] == ["bootcmd", "packages"]
+
+
+def find_flavour_from(reply: dict) -> tuple[str, context.Flavour]:
+    """find_flavour against nova's /flavors/detail answer (the cloud is the boundary here;
+    tests/with_nova asks nova's own API)."""
+    from types import SimpleNamespace
+
+    from vmtrust import launch
+
+    answer = SimpleNamespace(status_code=200, text="", json=lambda: reply)
+    compute = SimpleNamespace(request=lambda url, method, **kw: answer)
+    return launch.find_flavour(SimpleNamespace(compute=compute), "wn")
+
+
+@pytest.mark.parametrize(
+    ("item", "flavour"),
+    [
+        ({"vcpus": 8, "ram": 16384, "disk": 20, "OS-FLV-EXT-DATA:ephemeral": 80, "swap": 1024},
+         context.Flavour(8, 16384, 1024, 80)),
+        ({"vcpus": 2, "ram": 4096, "disk": 40, "OS-FLV-EXT-DATA:ephemeral": 0, "swap": ""},
+         context.Flavour(2, 4096, 0, 40)),
+        ({"vcpus": 2, "ram": 4096, "disk": 0, "swap": ""}, context.Flavour(2, 4096, 0, None)),
+        ({"vcpus": "2", "ram": None}, context.Flavour(None, None, 0, None)),
+    ],
+    ids=["ephemeral", "root-disk", "boot-from-volume", "odd-values"],
+)  # fmt: skip
+def test_the_flavour_is_read_as_nova_gives_it(item, flavour):
+    reply = {"flavors": [{"id": "f1", "name": "other"}, {"id": "f2", "name": "wn", **item}]}
+    assert find_flavour_from(reply) == ("f2", flavour)
+
+
 def test_shipped_sample_profiles_build_and_pass_their_own_check():
     """etc/vmtrust/context/ stays a working example, each site with the sample VO."""
     root = Path(__file__).resolve().parent.parent / "etc" / "vmtrust" / "context"
