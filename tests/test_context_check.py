@@ -210,6 +210,9 @@ BYPASSES = [
      "the VO's request: packages: not a package name"),
     (None, replace_part(scripts.VO_COMMANDS, "if [ -s", "true; if [ -s"),
      "25-vmtrust-vo.sh: differs"),
+    (None, lambda p: [*p, p[-1]], "30-vmtrust-pilot.sh: 2 parts of that name"),
+    (None, lambda p: [*p, Part("runcmd", "text/x-shellscript", "#!/bin/sh\nid\n")],
+     "runcmd: a shell script vmtrust does not write"),
 ]  # fmt: skip
 BYPASS_IDS = [
     "legacy-user", "system-info", "ssh-pwauth", "password", "rsyslog-reload", "yum-repos", "apt",
@@ -219,7 +222,7 @@ BYPASS_IDS = [
     "mounts", "unit-root", "extra-unit",
     "launcher-owner", "setuid", "extra-part", "pilot-as-root", "pilot-without-unit",
     "lifetime-disarmed", "no-machine-part", "lifetime-too-long", "flavour-zero", "package",
-    "package-injection", "vo-part-changed",
+    "package-injection", "vo-part-changed", "duplicate-part", "runcmd-part",
 ]  # fmt: skip
 
 
