@@ -220,6 +220,18 @@ def test_every_cloud_config_part_passes_cloud_init_schema_strictly(cloudinit, tm
     assert "runcmd" not in configs[0]  # cloud-init would run it after every user script
 
 
+SAMPLES = Path(__file__).resolve().parent.parent / "etc" / "vmtrust" / "context"
+
+
+@pytest.mark.parametrize("site_name", ["site.yaml", "site-proxy-only.yaml"])
+def test_the_shipped_samples_pass_cloud_init_schema(cloudinit, site_name):
+    site = context.load_site(SAMPLES / site_name)
+    data = context.build(site, context.load_vo(SAMPLES / "vo.yaml", site))
+    parts = processed(cloudinit, data)
+    assert [kind for _, kind, _ in parts].count("text/cloud-config") == 1
+    validate(cloudinit, yaml.safe_load(parts[0][2]))
+
+
 def test_site_keys_reach_cloud_init_intact(cloudinit, tmp_path):
     parts = processed(cloudinit, build(tmp_path, SITE_FULL, VO_FULL, compress=True))
     config = yaml.safe_load(parts[0][2])

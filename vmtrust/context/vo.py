@@ -115,6 +115,10 @@ def vo_problems(vo: VoProfile, site: SiteProfile, p: Problems) -> None:
             p.add(f"{where}.permissions", "must be an octal string such as '0644'")
         elif int(item.permissions, 8) & 0o6000:
             p.add(f"{where}.permissions", "setuid and setgid files are not allowed")
+    written = [item.path for item in vo.files]
+    written += [item.path for item in vo.pilot.files] if vo.pilot is not None else []
+    for path in sorted({path for path in written if written.count(path) > 1}):
+        p.add("write_files", f"{_shown(path)} is written twice (the last one would win)")
     if vo.runcmd and not site.runcmd:
         p.add("runcmd", "not allowed by the site")
     if vo.pilot is not None:
@@ -150,9 +154,6 @@ def _pilot_problems(pilot: Pilot, site: SiteProfile, p: Problems) -> None:
             p.add(f"pilot.{item.key}.path", f"{_shown(item.path)} {why}")
     if len(pilot.files) > 2:
         p.add("pilot", "at most a configuration and a credential file")
-    paths = [item.path for item in pilot.files]
-    if len(set(paths)) != len(paths):
-        p.add("pilot.credential.path", "is the same file as pilot.config")
 
 
 def load_vo(path: Path, site: SiteProfile) -> VoProfile:
