@@ -229,6 +229,26 @@ def test_preinstalled_cvmfs_that_is_missing_is_a_site_problem(tmp_path, machine)
     assert message.startswith("500 CVMFS: the image has no cvmfs client")
 
 
+def test_a_scratch_slot_and_a_labelled_cache_outside_var_lib(tmp_path, machine):
+    """The pilot works on the scratch disk; the CVMFS cache there gets its SELinux label."""
+    require_tools()
+    site = changed(BOOT_SITE, {"scratch": {"device": "ephemeral0", "mount": "/scratch"},
+                               "cvmfs.cache_base": "/scratch/cvmfs"})  # fmt: skip
+    booted = boot(
+        user_data(tmp_path, site=site), machine(), USER,
+        stubs={"selinuxenabled": "#!/bin/sh\nexit 0\n", "chcon": RECORD},
+    )  # fmt: skip
+    view = seen(booted)
+    assert view["pwd"] == f"{booted.root}/scratch/{USER}"
+    work = booted.root / "scratch" / USER
+    assert work.stat().st_uid == booted.uid
+    assert (booted.root / "scratch/cvmfs").is_dir()
+    assert booted.read("/run/stubs/chcon") == (
+        f"-R --type=cvmfs_cache_t {booted.root}/scratch/cvmfs\n"
+    )
+    assert int(view["jobfeatures/scratch_limit_bytes"]) > 0
+
+
 #: a package manager that records its calls and, for 'install cvmfs', installs the client
 DNF = (
     RECORD
