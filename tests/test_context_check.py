@@ -202,6 +202,8 @@ BYPASSES = [
      "the VO's request: lifetime: 9999999 s is more than the site allows (86400 s)"),
     (None, replace_part(scripts.MACHINE, "\nTOTAL_CPU=$(nproc)\n", "\nTOTAL_CPU=0\n"),
      "10-vmtrust-machine.sh: TOTAL_CPU: must be a positive number"),
+    (None, replace_part(scripts.MACHINE, "\nTOTAL_CPU=$(nproc)\n", "\nTOTAL_CPU='8\n"),
+     "10-vmtrust-machine.sh: TOTAL_CPU: must be a positive number"),
     (None, replace_part(scripts.SOFTWARE, "VO_PACKAGES=python3-requests",
                         "VO_PACKAGES='python3-requests nginx'"),
      "the VO's request: packages: nginx is not on the site's package allow-list"),
@@ -221,7 +223,8 @@ BYPASS_IDS = [
     "ssh-key", "no-syslog", "metadata-open", "metadata-float", "defer-float", "power-state",
     "mounts", "unit-root", "extra-unit",
     "launcher-owner", "setuid", "extra-part", "pilot-as-root", "pilot-without-unit",
-    "lifetime-disarmed", "no-machine-part", "lifetime-too-long", "flavour-zero", "package",
+    "lifetime-disarmed", "no-machine-part", "lifetime-too-long", "flavour-zero", "flavour-quote",
+    "package",
     "package-injection", "vo-part-changed", "duplicate-part", "runcmd-part",
 ]  # fmt: skip
 

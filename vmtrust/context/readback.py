@@ -43,7 +43,10 @@ def _number(text: str | None, name: str, unit: int = 1) -> int | None:
     """A flavour value as the machine script states it (None: measured at boot)."""
     if text is None or text == MEASURED.get(name):
         return None
-    words = shlex.split(text)
+    try:
+        words = shlex.split(text)
+    except ValueError:  # unbalanced quotes: not a number vmtrust wrote
+        return -1
     value = int(words[0]) if len(words) == 1 and words[0].isdigit() else -1
     return value // unit if value >= 0 and value % unit == 0 else -1
 
