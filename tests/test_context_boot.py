@@ -192,6 +192,35 @@ def test_without_its_own_message_the_pilots_exit_is_recorded(tmp_path, machine, 
     assert booted.exists("/run/vmtrust/powered-off")
 
 
+def test_a_fifo_for_a_shutdown_message_does_not_hold_the_machine(tmp_path, machine):
+    """The pilot owns $JOBOUTPUTS: a FIFO there would block whoever writes the message."""
+    require_tools()
+    vo = changed(BOOT_VO, {"pilot.arguments": ["-c", 'mkfifo "$JOBOUTPUTS/shutdown_message"'],
+                           "runcmd": DROP})  # fmt: skip
+    started = time.monotonic()
+    booted = boot(user_data(tmp_path, vo=vo), machine(), USER, timeout=60)
+    assert booted.exists("/run/vmtrust/powered-off"), booted.output
+    assert time.monotonic() - started < 40
+    fifo = booted.root / "var/lib/vmtrust/joboutputs/shutdown_message"
+    assert fifo.is_fifo()
+    assert not _writers(booted.uid)  # the blocked writer was stopped, not left behind
+
+
+def _writers(uid: int) -> list[str]:
+    """Processes of ``uid`` still trying to write a shutdown_message."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if (
+                os.stat(f"/proc/{pid}").st_uid == uid
+                and b"shutdown_message" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ):
+                found.append(pid)
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
 def test_a_hung_pilot_is_stopped_at_the_shutdown_time(tmp_path, machine):
     """The machine's end no longer waits for the pilot: the watchdog ends it on time."""
     require_tools()

@@ -253,32 +253,37 @@ STATE=$R/var/lib/vmtrust
 RUN=$R/run/vmtrust
 OUT=$STATE/joboutputs
 booted() { [ -z "$R" ] && [ -d /run/systemd/system ]; }
-as_pilot() { runuser -u "$PILOT" -- "$@"; }
+# as the pilot, and never for long: a FIFO in $JOBOUTPUTS must not hold the machine's end
+as_pilot() {
+  limit=$1
+  shift
+  timeout -k 5 "$limit" runuser -u "$PILOT" -- "$@"
+}
 log() {
   echo "vmtrust: $*" >&2
   logger -t vmtrust "$*" 2>/dev/null || true
 }
 heartbeat() {
-  as_pilot /bin/sh -c 'date +%s > "$1/vm-heartbeat"' sh "$OUT"
+  as_pilot 10 /bin/sh -c 'date +%s > "$1/vm-heartbeat"' sh "$OUT"
 }
 stop_pilot() {
   if booted; then
     systemctl stop vmtrust-pilot.service
   elif [ -s "$RUN/pilot.pid" ]; then
-    as_pilot /bin/sh -c 'kill -TERM -1' 2>/dev/null
+    as_pilot 10 /bin/sh -c 'kill -TERM -1' 2>/dev/null
     waited=0
     while kill -0 "$(cat "$RUN/pilot.pid")" 2>/dev/null && [ "$waited" -lt "$GRACE" ]; do
       sleep 1
       waited=$((waited + 1))
     done
-    as_pilot /bin/sh -c 'kill -KILL -1' 2>/dev/null
+    as_pilot 10 /bin/sh -c 'kill -KILL -1' 2>/dev/null
   fi
   return 0
 }
 upload() {
   [ -n "$UPLOAD_URL" ] || return 0
   id=$(cat "$R/var/lib/cloud/data/instance-id" 2>/dev/null || hostname)
-  as_pilot /bin/sh -c 't=$(mktemp) || exit 1
+  as_pilot 360 /bin/sh -c 't=$(mktemp) || exit 1
     tar -C "$1" -czf "$t" . && curl -fsS --max-time 300 -T "$t" "$2"
     s=$?; rm -f "$t"; exit "$s"' sh "$OUT" "$UPLOAD_URL/$id.tar.gz" \\
     || log "the job outputs could not be uploaded to $UPLOAD_URL"
@@ -289,7 +294,7 @@ end() {
   log "ending the machine: $1"
   stop_pilot
   # the pilot's own message is kept: written as the pilot, never over an existing file
-  as_pilot /bin/sh -c 'set -C; printf "%s\\n" "$1" > "$2/shutdown_message"' sh "$1" "$OUT" \\
+  as_pilot 10 /bin/sh -c 'set -C; printf "%s\\n" "$1" > "$2/shutdown_message"' sh "$1" "$OUT" \\
     2>/dev/null
   upload
   if [ -n "$R" ]; then
