@@ -60,6 +60,14 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output quiet
             pass
 
+        def do_PUT(self) -> None:  # an upload (job outputs): stored, then served like the rest
+            length = int(self.headers.get("Content-Length") or 0)
+            site.requests.append((self.path, None))
+            site.files[self.path] = self.rfile.read(length)
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_GET(self) -> None:
             range_header = self.headers.get("Range")
             site.requests.append((self.path, range_header))

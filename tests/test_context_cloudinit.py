@@ -3,8 +3,10 @@
 cloud-init is not on the Python package index: ``make cloud-init`` extracts its
 package into ``.cloud-init/root``.  Its schema validates every cloud-config part
 (strict: errors, not warnings) and its ``UserDataProcessor`` — what an instance
-runs on boot — splits the message into the parts it will handle.  Without the
-extracted tree these tests are skipped, unless ``VMTRUST_REQUIRE_SERVICES=1``.
+runs on boot — splits the message into the parts it will handle.  Every shell
+script vmtrust writes passes ``shellcheck``, and its systemd units pass
+``systemd-analyze verify``.  Without these tools the tests are skipped, unless
+``VMTRUST_REQUIRE_SERVICES=1`` (``.ci/run`` installs them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import copy
 import gzip
 import importlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
+from context_boot import scratch_root
 
 from vmtrust import context
+from vmtrust.context import scripts
 from vmtrust.context.compose import compose
 from vmtrust.context.userdata import package
 
@@ -30,6 +36,8 @@ CLOUD_INIT = (
 )
 SECRET = "SECRET-TOKEN-123"
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBexampleCAforTests\n-----END CERTIFICATE-----\n"
+GPG_KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\nmQINBexample\n-----END PGP PUBLIC KEY BLOCK-----\n"
+CVMFS_KEY = "-----BEGIN PUBLIC KEY-----\nMIIBexampleCvmfsKey\n-----END PUBLIC KEY-----\n"
 
 SITE_FULL: dict[str, Any] = {
     "site": "EXAMPLE-SITE",
@@ -46,8 +54,29 @@ SITE_FULL: dict[str, Any] = {
     "ca_certificates": [CA_PEM],
     "lifetime": {"max_seconds": 86400, "grace_seconds": 300},
     "pilot_user": "cmspilot",
-    "vo_may": {"packages": ["python3*"], "file_prefixes": ["/opt/", "/etc/vo/"]},
+    "vo_may": {"packages": ["python3*"], "file_prefixes": ["/opt/", "/etc/vo/"], "runcmd": True},
 }
+#: a site whose machines reach the world only through proxies, with every optional part
+SITE_PROXIES: dict[str, Any] = {
+    **SITE_FULL,
+    "cvmfs": {
+        "proxy": "auto;http://squid.example.org:3128",
+        "pac_urls": ["http://wpad.example.org/wpad.dat"],
+        "fallback_proxy": "http://fallback.example.org:3128",
+        "install": "preinstalled",
+        "repositories": ["sw.example.org"],
+        "allowed_repositories": ["*.cern.ch", "*.example.org"],
+        "domains": {"example.org": {"server_urls": ["http://s1.example.org/cvmfs/@fqrn@"],
+                                    "keys": [CVMFS_KEY]}},
+    },
+    "package_sources": {"proxy": "http://squid.example.org:3128", "epel": True,
+                        "cvmfs_mirror": {"el": "https://m.example.org/cvmfs/EL/$releasever/",
+                                         "debian": "https://m.example.org/apt bookworm main",
+                                         "gpg_key": GPG_KEY}},
+    "scratch": {"device": "ephemeral0", "mount": "/scratch", "filesystem": "xfs"},
+    "machine_features": {"hs06_per_cpu": 10.5, "jobslots": 2, "extra": {"site_tag": "x y"}},
+    "joboutputs": {"upload_url": "https://outputs.example.org/site", "heartbeat_seconds": 60},
+}  # fmt: skip
 VO_FULL: dict[str, Any] = {
     "vo": "cms",
     "cvmfs": {"repositories": ["cms.cern.ch", "cms-ib.cern.ch"]},
@@ -59,38 +88,51 @@ VO_FULL: dict[str, Any] = {
     ],
     "runcmd": ["echo vo-command-marker"],
     "pilot": {
-        "command": "/opt/cms/pilot.sh --queue T2_XX",
+        "command": "/opt/cms/pilot.sh",
+        "arguments": ["--queue", "T2_XX", "$(not expanded)"],
         "config": {"path": "/etc/vo/pilot.cfg", "content": "queue=T2_XX\n"},
-        "credential": {"path": "/etc/vo/token", "content": SECRET},
+        "credential": {"path": "/etc/vo/token", "file": "token"},
         "environment": {"QUEUE": "T2_XX", "SLOTS": 8},
     },
 }
-VO_SYSTEMD: dict[str, Any] = {
-    "vo": "lhcb",
-    "cvmfs": {"repositories": ["lhcb.cern.ch"]},
+VO_CONDOR: dict[str, Any] = {
+    "vo": "cms",
+    "cvmfs": {"repositories": ["cms.cern.ch"]},
     "pilot": {
-        "systemd_unit": "[Unit]\nDescription=pilot\n[Service]\nExecStart=/opt/lhcb/pilot\n",
-        "unit_name": "vo-lhcb-pilot.service",
-        "credential": {"path": "/etc/vo/proxy.pem", "content": SECRET},
+        "command": "/cvmfs/cms.cern.ch/glidein/start-startd",
+        "arguments": ["--pool", "pool.example.org:9618"],
+        "credential": {"path": "/etc/vo/pilot.idtoken", "file": "token"},
     },
 }
 SITE_NO_CVMFS = {k: v for k, v in SITE_FULL.items() if k != "cvmfs"}
-VO_NO_CVMFS = {k: v for k, v in VO_FULL.items() if k != "cvmfs"}
+VO_NO_CVMFS = {k: v for k, v in VO_FULL.items() if k not in ("cvmfs", "packages")}
 
 #: name → (site, VO, compress, the parts expected in order: (filename, content type))
 CFG = ("00-vmtrust.cfg", "text/cloud-config")
-CVMFS = ("10-vmtrust-cvmfs.sh", "text/x-shellscript")
-PILOT = ("30-vmtrust-pilot.sh", "text/x-shellscript")
+MACHINE = (scripts.MACHINE, "text/x-shellscript")
+SOFTWARE = (scripts.SOFTWARE, "text/x-shellscript")
+VO_PART = (scripts.VO_COMMANDS, "text/x-shellscript")
+PILOT = (scripts.PILOT, "text/x-shellscript")
 COMBINATIONS = {
-    "full": (SITE_FULL, VO_FULL, False, [CFG, CVMFS, PILOT]),
-    "full-gzip": (SITE_FULL, VO_FULL, True, [CFG, CVMFS, PILOT]),
-    "minimal": ({"site": "MINI"}, {"vo": "ops"}, False, None),
-    "minimal-gzip": ({"site": "MINI"}, {"vo": "ops"}, True, None),
-    "site-cvmfs-only": (SITE_FULL, {"vo": "ops"}, False, [CFG, CVMFS]),
-    "no-cvmfs": (SITE_NO_CVMFS, VO_NO_CVMFS, False, [CFG, PILOT]),
-    "systemd-pilot": (SITE_FULL, VO_SYSTEMD, False, [CFG, CVMFS, PILOT]),
-    "systemd-pilot-gzip": (SITE_FULL, VO_SYSTEMD, True, [CFG, CVMFS, PILOT]),
+    "full": (SITE_FULL, VO_FULL, False, [CFG, MACHINE, SOFTWARE, VO_PART, PILOT]),
+    "full-gzip": (SITE_FULL, VO_FULL, True, [CFG, MACHINE, SOFTWARE, VO_PART, PILOT]),
+    "minimal": ({"site": "MINI"}, {"vo": "ops"}, False, [CFG, MACHINE]),
+    "minimal-gzip": ({"site": "MINI"}, {"vo": "ops"}, True, [CFG, MACHINE]),
+    "site-cvmfs-only": (SITE_FULL, {"vo": "ops"}, False, [CFG, MACHINE, SOFTWARE]),
+    "no-cvmfs": (SITE_NO_CVMFS, VO_NO_CVMFS, False, [CFG, MACHINE, VO_PART, PILOT]),
+    "proxy-only-site": (SITE_PROXIES, VO_CONDOR, False, [CFG, MACHINE, SOFTWARE, PILOT]),
+    "proxy-only-site-gzip": (SITE_PROXIES, VO_CONDOR, True, [CFG, MACHINE, SOFTWARE, PILOT]),
 }
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        why = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+        if os.environ.get("VMTRUST_REQUIRE_SERVICES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +157,20 @@ def cloudinit():
     return SimpleNamespace(schema=schema, full_schema=schema.get_schema(), user_data=user_data)
 
 
-def build(tmp_path: Path, site: dict, vo: dict, *, compress: bool = False) -> bytes:
+def profiles(tmp_path: Path, site: dict, vo: dict) -> tuple[Any, Any]:
     site_path = tmp_path / "site.yaml"
     vo_path = tmp_path / "vo.yaml"
     site_path.write_text(yaml.safe_dump(site), encoding="utf-8")
     vo_path.write_text(yaml.safe_dump(vo), encoding="utf-8")
+    token = tmp_path / "token"
+    token.write_text(SECRET, encoding="utf-8")
+    token.chmod(0o600)
     s = context.load_site(site_path)
-    return context.build(s, context.load_vo(vo_path, s), compress=compress)
+    return s, context.load_vo(vo_path, s)
+
+
+def build(tmp_path: Path, site: dict, vo: dict, *, compress: bool = False) -> bytes:
+    return context.build(*profiles(tmp_path, site, vo), compress=compress)
 
 
 def processed(ci, data: bytes) -> list[tuple[str | None, str, bytes]]:
@@ -148,12 +197,10 @@ def test_cloud_init_sees_the_intended_parts_in_order(cloudinit, tmp_path, name):
     # exactly one cloud-config and it comes first: no later part can merge over the site's
     assert types[0] == "text/cloud-config"
     assert types.count("text/cloud-config") == 1
-    if expected is None:
-        assert len(parts) == 1
-    else:
-        assert [(filename, kind) for filename, kind, _ in parts] == expected
-        scripts = [filename for filename, kind, _ in parts if kind == "text/x-shellscript"]
-        assert scripts == sorted(scripts)  # scripts_user runs them in file-name order
+    assert [(filename, kind) for filename, kind, _ in parts] == expected
+    names = [filename for filename, kind, _ in parts if kind == "text/x-shellscript"]
+    assert names == sorted(names)  # scripts_user runs them in file-name order
+    assert names[0] == scripts.MACHINE  # the lifetime is armed first
     for filename, kind, payload in parts:
         assert kind in ("text/cloud-config", "text/x-shellscript"), (filename, kind)
         if kind == "text/x-shellscript":
@@ -170,7 +217,19 @@ def test_every_cloud_config_part_passes_cloud_init_schema_strictly(cloudinit, tm
     assert len(configs) == 1
     validate(cloudinit, configs[0])
     assert configs[0]["disable_root"] is True
-    assert "runcmd" in configs[0]
+    assert "runcmd" not in configs[0]  # cloud-init would run it after every user script
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "etc" / "vmtrust" / "context"
+
+
+@pytest.mark.parametrize("site_name", ["site.yaml", "site-proxy-only.yaml"])
+def test_the_shipped_samples_pass_cloud_init_schema(cloudinit, site_name):
+    site = context.load_site(SAMPLES / site_name)
+    data = context.build(site, context.load_vo(SAMPLES / "vo.yaml", site))
+    parts = processed(cloudinit, data)
+    assert [kind for _, kind, _ in parts].count("text/cloud-config") == 1
+    validate(cloudinit, yaml.safe_load(parts[0][2]))
 
 
 def test_site_keys_reach_cloud_init_intact(cloudinit, tmp_path):
@@ -196,16 +255,20 @@ def test_site_keys_reach_cloud_init_intact(cloudinit, tmp_path):
         (lambda c: c.update(runcmd="echo not a list"), "runcmd"),
         (lambda c: c["users"][1].update(lock_passwd="yes"), "lock_passwd"),
         (lambda c: c.update(disable_ec2_metadata="true"), "disable_ec2_metadata"),
+        (lambda c: c.update(mounts=[["ephemeral0", "/scratch", 1]]), "mounts"),
     ],
-    ids=["permissions-int", "content-int", "unknown-file-key", "runcmd-string", "users", "bool"],
+    ids=[
+        "permissions-int",
+        "content-int",
+        "unknown-file-key",
+        "runcmd-string",
+        "users",
+        "bool",
+        "mounts",
+    ],
 )
 def test_the_schema_validator_is_live(cloudinit, tmp_path, change, message):
-    site_path = tmp_path / "site.yaml"
-    vo_path = tmp_path / "vo.yaml"
-    site_path.write_text(yaml.safe_dump(SITE_FULL), encoding="utf-8")
-    vo_path.write_text(yaml.safe_dump(VO_FULL), encoding="utf-8")
-    site = context.load_site(site_path)
-    config, _ = compose(site, context.load_vo(vo_path, site))
+    config, _ = compose(*profiles(tmp_path, SITE_FULL, VO_FULL))
     validate(cloudinit, copy.deepcopy(config))
     change(config)
     with pytest.raises(cloudinit.schema.SchemaValidationError, match=message):
@@ -251,12 +314,8 @@ def test_a_second_cloud_config_would_override_the_site(cloudinit, tmp_path):
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
-    site_path = tmp_path / "site.yaml"
-    site_path.write_text(yaml.safe_dump(SITE_FULL), encoding="utf-8")
-    site = context.load_site(site_path)
-    vo_path = tmp_path / "vo.yaml"
-    vo_path.write_text(yaml.safe_dump({"vo": "ops"}), encoding="utf-8")
-    config, _ = compose(site, context.load_vo(vo_path, site))
+    site, vo = profiles(tmp_path, SITE_FULL, {"vo": "ops"})
+    config, _ = compose(site, vo)
     theirs = "#cloud-config\nrsyslog: {remotes: {vo: '@@vo.example.org'}}\nruncmd: [x]\n"
     message = MIMEMultipart()
     for body in (package(config, []).decode(), theirs):
@@ -266,7 +325,7 @@ def test_a_second_cloud_config_would_override_the_site(cloudinit, tmp_path):
     assert result["rsyslog"] == {"remotes": {"vo": "@@vo.example.org"}}
     assert result["runcmd"] == ["x"]
     assert result["ca_certs"] == config["ca_certs"]
-    assert context.explain(data, site)[1][-1].startswith("2 cloud-config parts")
+    assert any(p.startswith("2 cloud-config parts") for p in context.explain(data, site)[1])
 
 
 TRICKY_PARTS = [
@@ -328,3 +387,87 @@ def test_vmtrust_types_parts_as_cloud_init_does(cloudinit):
         for blob in (single, gzip.compress(single)):
             ours = [p.content_type for p in context.unpack(blob)]
             assert ours == offline_types(cloudinit, blob)
+
+
+# --- shellcheck and systemd-analyze on everything vmtrust writes ---------------------------
+
+
+def _shell_texts(tmp_path: Path, site: dict, vo: dict) -> dict[str, str]:
+    """Every shell script of a user-data: its parts and the scripts it writes."""
+    config, parts = compose(*profiles(tmp_path, site, vo))
+    texts = {part.filename: part.body for part in parts}
+    for item in config["write_files"]:
+        if item["content"].startswith("#!/bin/sh"):
+            texts[item["path"]] = item["content"]
+    return texts
+
+
+@pytest.mark.parametrize("name", [n for n in COMBINATIONS if not n.endswith("gzip")])
+def test_every_script_passes_shellcheck(tmp_path, name):
+    shellcheck = _tool("shellcheck", "shellcheck")
+    site, vo, _, _ = COMBINATIONS[name]
+    texts = _shell_texts(tmp_path, site, vo)
+    assert scripts.NODE in texts
+    assert (scripts.LAUNCHER in texts) == ("pilot" in vo)
+    for index, (where, text) in enumerate(texts.items()):
+        path = tmp_path / f"script-{index}.sh"
+        path.write_text(text, encoding="utf-8")
+        result = subprocess.run(
+            [shellcheck, "--shell=sh", "--severity=style", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{where}:\n{result.stdout}"
+
+
+def test_shellcheck_is_live(tmp_path):
+    shellcheck = _tool("shellcheck", "shellcheck")
+    path = tmp_path / "bad.sh"
+    path.write_text("#!/bin/sh\nrm -rf $DIR/*\n", encoding="utf-8")
+    result = subprocess.run([shellcheck, "--shell=sh", str(path)], capture_output=True, check=False)
+    assert result.returncode != 0 and b"SC2086" in result.stdout
+
+
+@pytest.fixture
+def unit_root(cloudinit):
+    """A scratch root with systemd's own units, for ``systemd-analyze verify --root``."""
+    root = scratch_root()
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    units = Path("/usr/lib/systemd/system")
+    if not units.is_dir():
+        units = Path("/lib/systemd/system")
+    shutil.copytree(units, root / "usr/lib/systemd/system", symlinks=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _verify(analyze: str, root: Path, unit: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [analyze, "verify", f"--root={root}", "--man=no", f"/etc/systemd/system/{unit}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["full", "proxy-only-site"])
+def test_systemd_analyze_verifies_the_units_vmtrust_writes(tmp_path, unit_root, name):
+    analyze = _tool("systemd-analyze", "systemd")
+    site, vo, _, _ = COMBINATIONS[name]
+    config, _ = compose(*profiles(tmp_path, site, vo))
+    for item in config["write_files"]:  # the units and the programs they start
+        if item["path"].startswith(("/etc/systemd/", scripts.LIBEXEC)):
+            target = unit_root / item["path"].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(item["content"], encoding="utf-8")
+            target.chmod(int(item["permissions"], 8))
+    for unit in (scripts.WATCHDOG_UNIT, scripts.PILOT_UNIT):
+        result = _verify(analyze, unit_root, unit)
+        # a misspelt setting is only a warning: nothing at all may be printed
+        assert (result.returncode, result.stdout + result.stderr) == (0, ""), unit
+
+
+def test_systemd_analyze_is_live(unit_root):
+    analyze = _tool("systemd-analyze", "systemd")
+    unit = unit_root / "etc/systemd/system/typo.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text("[Service]\nExecStart=/bin/true\nNoNewPrivilege=yes\n")
+    result = _verify(analyze, unit_root, "typo.service")
+    assert "Unknown key" in result.stderr

@@ -12,8 +12,9 @@ The Python API pilot frameworks import (small on purpose)::
         owners=["<service project id>"],
     )
     site = context.load_site("site.yaml")
-    user_data = context.build(site, context.load_vo("cms.yaml", site))
-    servers = launch.launch(conn, image, flavor="wn.large", user_data=user_data, count=4)
+    flavor_id, flavour = launch.find_flavour(conn, "wn.large")  # sizes for machine features
+    user_data = context.build(site, context.load_vo("cms.yaml", site), flavour=flavour)
+    servers = launch.launch(conn, image, flavor=flavor_id, user_data=user_data, count=4)
     for server in servers:
         print(server.id, server.status, server.fault)
 
@@ -39,6 +40,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import glanceprops, version
+from vmtrust.context.profiles import Flavour
 from vmtrust.errors import VmtrustError
 
 
@@ -132,11 +134,26 @@ def find_trusted_image(
     )
 
 
-def _flavor_id(conn: Any, flavor: str) -> str:
-    reply = _call(conn, "GET", "compute", "/flavors", (200,))
+def _whole(value: Any) -> int:
+    """A flavour size as nova gives it (``swap`` is ``""`` when there is none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def find_flavour(conn: Any, flavor: str) -> tuple[str, Flavour]:
+    """The id of flavour ``flavor`` (a name or an id) and its sizes, for machine features.
+
+    The scratch space is the ephemeral disk, or the root disk when there is none.
+    """
+    reply = _call(conn, "GET", "compute", "/flavors/detail", (200,))
     for item in reply.json().get("flavors", []):
         if flavor in (item.get("id"), item.get("name")):
-            return str(item["id"])
+            scratch = _whole(item.get("OS-FLV-EXT-DATA:ephemeral")) or _whole(item.get("disk"))
+            return str(item["id"]), Flavour(
+                vcpus=_whole(item.get("vcpus")) or None,
+                ram_mb=_whole(item.get("ram")) or None,
+                swap_mb=_whole(item.get("swap")),
+                scratch_gb=scratch or None,
+            )
     raise LaunchError(f"flavour {flavor}: not found")
 
 
@@ -160,7 +177,7 @@ def launch(
     server: dict[str, Any] = {
         "name": name,
         "imageRef": image.id,
-        "flavorRef": _flavor_id(conn, flavor),
+        "flavorRef": find_flavour(conn, flavor)[0],
         "min_count": count,
         "max_count": count,
         "user_data": base64.b64encode(user_data).decode("ascii"),

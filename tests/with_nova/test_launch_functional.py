@@ -89,6 +89,22 @@ class LaunchFunctionalTest(WorkerCloudBase):
                 base64.b64encode(self.user_data).decode(), shown["OS-EXT-SRV-ATTR:user_data"]
             )
 
+    def test_the_flavour_sizes_reach_the_machine_features(self):
+        """What vmtrust launch builds the user-data with: nova's own flavour record."""
+        flavor_id = self._create_flavor(name="wn.sized", memory_mb=2048, vcpu=4, disk=10,
+                                        ephemeral=20, swap=512)  # fmt: skip
+        self.assertEqual(
+            (flavor_id, context.Flavour(vcpus=4, ram_mb=2048, swap_mb=512, scratch_gb=20)),
+            launch.find_flavour(self.conn, "wn.sized"),
+        )
+        # no swap (nova says "") and no ephemeral disk: the root disk is the scratch space
+        self.assertEqual(
+            context.Flavour(vcpus=1, ram_mb=512, swap_mb=0, scratch_gb=1),
+            launch.find_flavour(self.conn, self.worker_flavor)[1],
+        )
+        with self.assertRaisesRegex(launch.LaunchError, "flavour missing: not found"):
+            launch.find_flavour(self.conn, "missing")
+
     def test_refuses_when_no_image_is_trusted(self):
         sync = self._sync
         sync.publish_and_sync([sync.entry("wn", IMAGE_A)], "1")

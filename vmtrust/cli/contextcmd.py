@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from vmtrust import context, fileio
 from vmtrust.cli.render import clean
-from vmtrust.errors import PolicyError
+from vmtrust.errors import InvalidConfiguration
 
 #: user-data larger than this is not read (every cloud's limit is far below)
 MAX_USER_DATA = 1 << 20
@@ -25,9 +26,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "build",
         help="compose user-data from a site and a VO profile",
         description="Compose the user-data: the site's parts (CVMFS proxy, syslog, admin keys, "
-        "CAs, lifetime) and the VO's requests the site allows. A VO request the site does not "
-        "allow is refused with the key named. The result fits the cloud's limit (gzipped if "
-        "needed) or the command fails naming the size.",
+        "CAs, lifetime, machine/job features) and the VO's requests the site allows; the pilot "
+        "runs from a unit vmtrust writes, as the site's unprivileged user. Every VO request the "
+        "site does not allow is printed with its key (exit 20, as 'context check' for the same "
+        "request). The result fits the cloud's limit (gzipped if needed) or the command fails "
+        "naming the size.",
     )
     p.add_argument("--site", required=True, metavar="SITE.yaml", help="the site profile")
     p.add_argument("--vo", required=True, metavar="VO.yaml", help="the VO (or pilot) profile")
@@ -40,23 +43,58 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--gzip", action="store_true", help="gzip even when it fits without")
     p.add_argument("--out", metavar="FILE", help="write here (mode 0600) instead of stdout")
+    size = p.add_argument_group(
+        "flavour",
+        "the machine's size for its machine/job features (vmtrust launch takes them from the "
+        "cloud's flavour); what is not given is measured on the machine at boot",
+    )
+    size.add_argument("--vcpus", type=_count(1), metavar="N", help="CPUs (total_cpu)")
+    size.add_argument("--ram-mb", type=_count(1), metavar="MB", help="memory (max_rss_bytes)")
+    size.add_argument("--swap-mb", type=_count(0), metavar="MB", help="swap (max_swap_bytes)")
+    size.add_argument(
+        "--scratch-gb", type=_count(0), metavar="GB", help="scratch disk (scratch_limit_bytes)"
+    )
     p.set_defaults(handler=cmd_build)
     p = sub.add_parser(
         "check",
         help="explain a user-data and check it against the site policy",
         description="Show the parts of a user-data (gzip and MIME are unpacked as cloud-init "
-        "does), what each does, and — with --site — what the site policy refuses. Exit 0 "
-        "when allowed, 20 when the policy refuses something.",
+        "does), what each does, and — with --site — whether it is exactly what vmtrust "
+        "generates for that site: the VO's request is read back, judged as 'context build' "
+        "judges a VO profile, rebuilt and compared. Exit 0 when allowed, 20 when the policy "
+        "refuses something (as 'context build' does for the same request).",
     )
     p.add_argument("user_data", metavar="USER_DATA", help="user-data file ('-' for stdin)")
     p.add_argument("--site", metavar="SITE.yaml", help="check against this site profile")
     p.set_defaults(handler=cmd_check)
 
 
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least {low}")
+        return int(text)
+
+    return parse
+
+
+def report_all(exc: InvalidConfiguration) -> int:
+    """Every problem on its own line (a summary hides all but the first); the exit status."""
+    for problem in exc.problems:
+        print(f"vmtrust: {clean(problem)}", file=sys.stderr)
+    return exc.exit_code
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    site = context.load_site(args.site)
-    vo = context.load_vo(args.vo, site)
-    data = context.build(site, vo, cloud=args.cloud, compress=args.gzip)
+    try:
+        site = context.load_site(args.site)
+        vo = context.load_vo(args.vo, site)
+    except InvalidConfiguration as exc:
+        return report_all(exc)
+    flavour = context.Flavour(args.vcpus, args.ram_mb, args.swap_mb, args.scratch_gb)
+    data = context.build(site, vo, cloud=args.cloud, compress=args.gzip, flavour=flavour)
     # user-data may carry the pilot's credential: never world-readable
     fileio.write_output(args.out, data, mode=0o600)
     if args.out:
@@ -68,7 +106,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     data = fileio.read_bytes(args.user_data, what="user-data", limit=MAX_USER_DATA)
-    site = context.load_site(args.site) if args.site else None
+    site = None
+    if args.site:
+        try:
+            site = context.load_site(args.site)
+        except InvalidConfiguration as exc:
+            return report_all(exc)
     lines, problems = context.explain(data, site)
     for line in lines:  # untrusted text (paths, names): one printable line each
         print(clean(line))
@@ -77,9 +120,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"refused: {clean(problem)}")
     if problems:
-        raise PolicyError(
-            f"user-data {args.user_data}: {len(problems)} thing(s) the policy of site "
-            f"{site.name} refuses (first: {problems[0]})"
-        )
+        raise context.ContextRefused(
+            [f"user-data {args.user_data}: {len(problems)} thing(s) the policy of site "
+             f"{site.name} refuses (each printed above)"]
+        )  # fmt: skip
     print(f"allowed by the policy of site {site.name}")
     return 0

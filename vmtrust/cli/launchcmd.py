@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from vmtrust import context, fileio, launch
+from vmtrust.cli.contextcmd import report_all
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, InvalidConfiguration
 from vmtrust.record import load_public_key
 
 
@@ -70,22 +71,27 @@ def _keys_and_owners(args: argparse.Namespace) -> tuple[list, list[str]]:
     return [load_public_key(Path(path).expanduser()) for path in keys_paths], owners
 
 
-def _user_data(args: argparse.Namespace) -> bytes:
-    if args.user_data:
-        return fileio.read_bytes(args.user_data, what="user-data", limit=1 << 20)
-    if args.site:
-        if not args.vo_profile:
-            raise ConfigError("launch: --site needs --vo-profile")
-        site = context.load_site(args.site)
-        return context.build(site, context.load_vo(args.vo_profile, site), cloud="openstack")
-    return b""
+def _profiles(args: argparse.Namespace) -> tuple[context.SiteProfile, context.VoProfile] | None:
+    """The profiles to build user-data from (read before any cloud is contacted)."""
+    if not args.site:
+        return None
+    if not args.vo_profile:
+        raise ConfigError("launch: --site needs --vo-profile")
+    site = context.load_site(args.site)
+    return site, context.load_vo(args.vo_profile, site)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from glance_sync.cloud import connect_cloud  # openstacksdk, only needed here
 
     keys, owners = _keys_and_owners(args)
-    user_data = _user_data(args)
+    try:
+        profiles = _profiles(args)
+    except InvalidConfiguration as exc:
+        return report_all(exc)
+    user_data = b""
+    if args.user_data:
+        user_data = fileio.read_bytes(args.user_data, what="user-data", limit=1 << 20)
     conn = connect_cloud(args.cloud, args.clouds_file or "")
     image = launch.find_trusted_image(conn, args.vo, keys, owners, identifier=args.image_identifier)
     if args.find_only:
@@ -100,9 +106,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return 0
     if not args.flavor:
         raise ConfigError("launch: --flavor is required")
+    flavor_id, flavour = launch.find_flavour(conn, args.flavor)
+    if profiles is not None:  # machine/job features from the flavour's sizes
+        user_data = context.build(*profiles, cloud="openstack", flavour=flavour)
     networks = args.network if args.network in ("auto", "none") else [{"uuid": args.network}]
     servers = launch.launch(
-        conn, image, flavor=args.flavor, user_data=user_data, count=args.count,
+        conn, image, flavor=flavor_id, user_data=user_data, count=args.count,
         name=args.name, networks=networks, key_name=args.key_name, wait=not args.no_wait,
         timeout=args.timeout,
     )  # fmt: skip

@@ -4,23 +4,13 @@ Site parts win by construction: vmtrust writes *one* cloud-config document
 itself, placing the VO's requests into the slots the site profile allows, so
 no VO part is ever merged by cloud-init (whose default merge replaces
 top-level lists whole, and whose ``merge_how`` a VO part could set).  The
-scripts that must run in order are separate ``text/x-shellscript`` parts with
-names that sort in that order (cloud-init runs user scripts in lexical
-filename order, not MIME order):
+work is done by script parts that cloud-init runs in file-name order
+(:mod:`vmtrust.context.scripts`): the machine's lifetime and features first,
+then software, then the VO's commands where allowed, then the pilot — which
+runs from a systemd unit vmtrust writes (the VO supplies no unit text).
 
-1. ``10-vmtrust-cvmfs.sh`` — the CernVM-FS package repository for the EL or
-   Debian family, the client, ``default.local`` (written by ``write_files``;
-   cloud-init's ``mounts:`` cannot mount CVMFS), ``cvmfs_config setup``, and a
-   probe of each repository; a failed probe is reported to the console and
-   syslog and in ``/run/vmtrust/cvmfs.failed``, and the pilot does not start;
-2. ``30-vmtrust-pilot.sh`` — the VO's commands, then the pilot as the site's
-   unprivileged user (a command, or the VO's systemd unit); when the pilot
-   exits the machine powers off.
-
-The machine's lifetime is set earlier, by the cloud-config's ``runcmd``: its
-shutdown time is published machine/job-features style
-(``/etc/machinefeatures/shutdowntime``, ``grace_secs``) and a power-off timer
-is armed for it.  Without CVMFS and a pilot, the single cloud-config suffices.
+The output depends only on the site profile, the VO profile and the flavour:
+``context check`` rebuilds it from what it reads back and compares.
 """
 
 from __future__ import annotations
@@ -28,9 +18,22 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from vmtrust.context.profiles import SiteProfile, VoProfile
+from vmtrust.context import scripts
+from vmtrust.context.profiles import Flavour, SiteProfile, VoProfile
 
-STATE = "/run/vmtrust"
+#: what the machine script measures at boot when the flavour does not say
+MEASURED = {
+    "TOTAL_CPU": "$(nproc)",
+    "MAX_RSS_BYTES": "$(awk '/^MemTotal:/ { printf \"%.0f\", $2 * 1024 }' /proc/meminfo)",
+    "MAX_SWAP_BYTES": "$(awk '/^SwapTotal:/ { printf \"%.0f\", $2 * 1024 }' /proc/meminfo)",
+    "SCRATCH_BYTES": "",
+}
+MIB, GIB = 1 << 20, 1 << 30
+DEFAULT_LOCAL = "/etc/cvmfs/default.local"
+EL_MIRROR = "/etc/yum.repos.d/vmtrust-cvmfs.repo"
+EL_MIRROR_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-vmtrust-cvmfs"
+DEBIAN_MIRROR = "/etc/apt/sources.list.d/vmtrust-cvmfs.list"
+DEBIAN_MIRROR_KEY = "/etc/apt/keyrings/vmtrust-cvmfs.asc"
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,15 @@ def _default_local(site: SiteProfile, repos: list[str]) -> str:
     cvmfs = site.cvmfs
     assert cvmfs is not None
     lines = [
-        "# Written by vmtrust from the site profile; see cvmfs documentation.",
+        "# Written by vmtrust from the site profile (CernVM-FS client configuration).",
         f"CVMFS_REPOSITORIES={shlex.quote(','.join(repos))}",
         f"CVMFS_HTTP_PROXY={shlex.quote(cvmfs.proxy)}",
+    ]
+    if cvmfs.pac_urls:
+        lines.append(f"CVMFS_PAC_URLS={shlex.quote(';'.join(cvmfs.pac_urls))}")
+    if cvmfs.fallback_proxy:
+        lines.append(f"CVMFS_FALLBACK_PROXY={shlex.quote(cvmfs.fallback_proxy)}")
+    lines += [
         f"CVMFS_QUOTA_LIMIT={cvmfs.quota_mb}",
         f"CVMFS_CACHE_BASE={shlex.quote(cvmfs.cache_base)}",
     ]
@@ -55,91 +64,100 @@ def _default_local(site: SiteProfile, repos: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CVMFS_SCRIPT = """#!/bin/sh
-# vmtrust: CernVM-FS client, configured by the site, probed before the pilot starts.
-mkdir -p {state}
-fail() {{
-  echo "vmtrust: CVMFS: $*" | tee -a {state}/cvmfs.failed >&2
-  logger -t vmtrust "CVMFS: $*"
-}}
-if ! command -v cvmfs_config >/dev/null 2>&1; then
-  if command -v dnf >/dev/null 2>&1 || command -v yum >/dev/null 2>&1; then
-    PM=$(command -v dnf || command -v yum)
-    $PM install -y https://cvmrepo.s3.cern.ch/cvmrepo/yum/cvmfs-release-latest.noarch.rpm \\
-      && $PM install -y cvmfs || fail "cannot install the cvmfs package (EL)"
-  elif command -v apt-get >/dev/null 2>&1; then
-    curl -fsSLo /run/cvmfs-release.deb \\
-      https://cvmrepo.s3.cern.ch/cvmrepo/apt/cvmfs-release-latest_all.deb \\
-      && dpkg -i /run/cvmfs-release.deb && apt-get update -q \\
-      && apt-get install -y cvmfs || fail "cannot install the cvmfs package (Debian)"
-  else
-    fail "no dnf, yum or apt-get: cannot install cvmfs"
-  fi
-fi
-cvmfs_config setup || fail "cvmfs_config setup failed"
-for repo in {repos}; do
-  cvmfs_config probe "$repo" || fail "probe of $repo failed"
-done
-[ -e {state}/cvmfs.failed ] && exit 1
-touch {state}/cvmfs.ready
-"""
-
-_LIFETIME = (
-    "mkdir -p /etc/machinefeatures",
-    "echo $(( $(date +%s) + {lifetime} )) > /etc/machinefeatures/shutdowntime",
-    "echo {grace} > /etc/machinefeatures/grace_secs",
-    "systemd-run --unit=vmtrust-lifetime --on-active={lifetime} /bin/systemctl poweroff"
-    " || shutdown -h +{minutes}",
-)
-
-_PILOT_SCRIPT = """#!/bin/sh
-# vmtrust: the VO's pilot, after CVMFS is ready; the machine powers off when it exits.
-mkdir -p {state} /etc/joboutputs
-if [ -e {state}/cvmfs.failed ]; then
-  echo "500 CVMFS not available: $(head -1 {state}/cvmfs.failed)" > /etc/joboutputs/shutdown_message
-  systemctl poweroff
-  exit 1
-fi
-{vo_commands}{start}
-"""
+def _site_file(path: str, content: str, permissions: str = "0644") -> dict:
+    return {"path": path, "content": content, "owner": "root:root", "permissions": permissions}
 
 
-def dropin(user: str) -> str:
-    """The drop-in that makes a VO's systemd unit run as the site's pilot user."""
-    return (
-        f"# Written by vmtrust: the VO's service runs as the site's pilot user.\n"
-        f"[Service]\nUser={user}\nGroup={user}\nSupplementaryGroups=\nAmbientCapabilities=\n"
-        "Environment=MACHINEFEATURES=/etc/machinefeatures JOBOUTPUTS=/etc/joboutputs\n"
-        "EnvironmentFile=-/etc/vo/pilot.env\n"
+def site_files(site: SiteProfile, repos: list[str]) -> list[dict]:
+    """The files vmtrust writes for the site, whatever the VO asks."""
+    files = []
+    if site.cvmfs is not None:  # the site's proxy, even when nothing is mounted at boot
+        files.append(_site_file(DEFAULT_LOCAL, _default_local(site, repos)))
+        for domain in site.cvmfs.domains:
+            keys = f"/etc/cvmfs/keys/{domain.domain}"
+            files.append(_site_file(
+                f"/etc/cvmfs/domain.d/{domain.domain}.local",
+                "# Written by vmtrust from the site profile: a domain outside the default "
+                "configuration.\n"
+                f"CVMFS_SERVER_URL={shlex.quote(';'.join(domain.server_urls))}\n"
+                f"CVMFS_KEYS_DIR={keys}\n",
+            ))  # fmt: skip
+            for number, key in enumerate(domain.keys, 1):
+                files.append(_site_file(f"{keys}/{domain.domain}-{number}.pub", key))
+    sources = site.sources
+    if sources.cvmfs_mirror_el:
+        files.append(_site_file(EL_MIRROR_KEY, sources.cvmfs_mirror_key))
+        files.append(_site_file(EL_MIRROR, (
+            "[vmtrust-cvmfs]\nname=CernVM-FS packages (site mirror, written by vmtrust)\n"
+            f"baseurl={sources.cvmfs_mirror_el}\nenabled=1\ngpgcheck=1\n"
+            f"gpgkey=file://{EL_MIRROR_KEY}\n"
+        )))  # fmt: skip
+    if sources.cvmfs_mirror_debian:
+        files.append(_site_file(DEBIAN_MIRROR_KEY, sources.cvmfs_mirror_key))
+        files.append(_site_file(
+            DEBIAN_MIRROR, f"deb [signed-by={DEBIAN_MIRROR_KEY}] {sources.cvmfs_mirror_debian}\n"
+        ))  # fmt: skip
+    node = scripts.assign("PILOT", site.pilot_user) + scripts.assign("GRACE", site.grace)
+    node += scripts.assign("HEARTBEAT", site.joboutputs.heartbeat_seconds)
+    node += scripts.assign("UPLOAD_URL", site.joboutputs.upload_url)
+    files.append(_site_file(scripts.NODE, scripts.node(node), "0755"))
+    files.append(_site_file(f"{scripts.UNITS}/{scripts.WATCHDOG_UNIT}", scripts.WATCHDOG_UNIT_TEXT))
+    return files
+
+
+def _home(site: SiteProfile) -> str:
+    return f"/home/{site.pilot_user}"
+
+
+def _workdir(site: SiteProfile) -> str:
+    return f"{site.scratch.mount}/{site.pilot_user}" if site.scratch else _home(site)
+
+
+def _measure(name: str, value: int | None, unit: int = 1) -> str:
+    return f"{name}={MEASURED[name]}\n" if value is None else scripts.assign(name, value * unit)
+
+
+def _machine(site: SiteProfile, vo: VoProfile, flavour: Flavour) -> str:
+    features = site.features
+    parameters = (
+        scripts.assign("LIFETIME", vo.lifetime or site.max_lifetime)
+        + scripts.assign("GRACE", site.grace)
+        + _measure("TOTAL_CPU", flavour.vcpus)
+        + _measure("MAX_RSS_BYTES", flavour.ram_mb, MIB)
+        + _measure("MAX_SWAP_BYTES", flavour.swap_mb, MIB)
+        + _measure("SCRATCH_BYTES", flavour.scratch_gb, GIB)
+        + scripts.assign("HS06_PER_CPU", features.hs06_per_cpu)
+        + scripts.assign("JOBSLOTS", features.jobslots)
+        + scripts.assign("PILOT", site.pilot_user)
+        + scripts.assign("SCRATCH_DIR", _workdir(site) if site.scratch else "")
     )
+    return scripts.machine(parameters, features.extra)
 
 
-def _pilot_start(site: SiteProfile, vo: VoProfile) -> str:
-    pilot = vo.pilot
-    assert pilot is not None
-    if pilot.unit:
-        unit = pilot.unit_name
-        return (
-            f"systemctl daemon-reload\n"
-            f"systemctl start --wait {unit}\n"
-            f'echo "200 pilot service finished" > /etc/joboutputs/shutdown_message\n'
-            f"systemctl poweroff"
-        )
-    # machine/job features for the pilot, then the VO's variables
-    setup = "export MACHINEFEATURES=/etc/machinefeatures JOBOUTPUTS=/etc/joboutputs; "
-    if pilot.environment:
-        setup += "set -a; . /etc/vo/pilot.env; set +a; "
-    return (
-        f"runuser -u {site.pilot_user} -- /bin/sh -c {shlex.quote(setup + pilot.command)}\n"
-        f'echo "200 pilot exited with $?" > /etc/joboutputs/shutdown_message\n'
-        f"systemctl poweroff"
+def _software(site: SiteProfile, vo: VoProfile, repos: list[str]) -> str | None:
+    cvmfs = site.cvmfs
+    if not vo.packages and (cvmfs is None or not repos):
+        return None
+    sources = site.sources
+    parameters = (
+        scripts.assign("PROXY", sources.proxy)
+        + scripts.assign("EPEL", "yes" if sources.epel else "no")
+        + scripts.assign("VO_PACKAGES", " ".join(vo.packages))
+        + scripts.assign("CVMFS", cvmfs.install if cvmfs is not None and repos else "none")
+        + scripts.assign("MIRROR_EL", "yes" if sources.cvmfs_mirror_el else "no")
+        + scripts.assign("MIRROR_DEBIAN", "yes" if sources.cvmfs_mirror_debian else "no")
+        + scripts.assign("CACHE_BASE", cvmfs.cache_base if cvmfs else "/var/lib/cvmfs")
+        + scripts.assign("RELEASE", scripts.CVMFS_RELEASE)
     )
+    return scripts.software(parameters)
 
 
-def compose(site: SiteProfile, vo: VoProfile) -> tuple[dict, list[Part]]:
+def compose(
+    site: SiteProfile, vo: VoProfile, flavour: Flavour | None = None
+) -> tuple[dict, list[Part]]:
     """The cloud-config document and the ordered script parts."""
+    flavour = flavour or Flavour()
     config: dict = {}
-    files: list[dict] = []
     # --- the site's parts -----------------------------------------------------------
     if site.admin_ssh_keys:
         config["ssh_authorized_keys"] = list(site.admin_ssh_keys)
@@ -151,68 +169,56 @@ def compose(site: SiteProfile, vo: VoProfile) -> tuple[dict, list[Part]]:
         config["rsyslog"] = {
             "remotes": {f"site{n}": remote for n, remote in enumerate(site.syslog)}
         }
-    # Credentials in user-data are readable from the metadata service by any process.
     pilot = vo.pilot
-    config["disable_ec2_metadata"] = pilot is not None and bool(
-        pilot.credential or pilot.config or pilot.environment
-    )  # every file written 0600 for the pilot may hold a secret
+    # Credentials in user-data are readable from the metadata service by any process;
+    # every file written 0600 for the pilot may hold a secret, and so may its environment.
+    config["disable_ec2_metadata"] = pilot is not None and bool(pilot.files or pilot.environment)
     config["users"] = [
         "default",
-        {"name": site.pilot_user, "gecos": "VO pilot (vmtrust)", "shell": "/bin/bash",
-         "lock_passwd": True, "no_user_group": False},
+        {"name": site.pilot_user, "gecos": "VO pilot (vmtrust)", "homedir": _home(site),
+         "shell": "/bin/bash", "lock_passwd": True, "no_user_group": False},
     ]  # fmt: skip
+    if site.scratch is not None:
+        scratch = site.scratch
+        config["fs_setup"] = [{"label": "scratch", "filesystem": scratch.filesystem,
+                               "device": scratch.device, "partition": "auto",
+                               "overwrite": True}]  # fmt: skip
+        config["mounts"] = [[scratch.device, scratch.mount, scratch.filesystem,
+                             "defaults,nofail,x-systemd.requires=cloud-init.service", "0",
+                             "2"]]  # fmt: skip
     repos = list(
         dict.fromkeys([*(site.cvmfs.repositories if site.cvmfs else ()), *vo.repositories])
     )
-    if site.cvmfs is not None:  # the site's proxy, even when nothing is mounted at boot
-        files.append({"path": "/etc/cvmfs/default.local", "owner": "root:root",
-                      "permissions": "0644", "content": _default_local(site, repos)})  # fmt: skip
+    files = site_files(site, repos)
+    if pilot is not None:
+        writable = [f"-{_home(site)}", scripts.JOBOUTPUTS]
+        if site.scratch:
+            writable.append(f"-{site.scratch.mount}")
+        unit = scripts.pilot_unit(site.pilot_user, site.grace, writable)
+        files.append(_site_file(f"{scripts.UNITS}/{scripts.PILOT_UNIT}", unit))
     # --- the VO's parts, in the slots the site allows ----------------------------------
     for item in vo.files:
-        files.append(
-            {"path": item.path, "content": item.content, "permissions": item.permissions,
-             "owner": "root:root"}
-        )  # fmt: skip
-    pilot = vo.pilot
+        files.append({"path": item.path, "content": item.content, "owner": "root:root",
+                      "permissions": item.permissions})  # fmt: skip
     if pilot is not None:
         owner = f"{site.pilot_user}:{site.pilot_user}"
-        for path, content in ((pilot.config_path, pilot.config),
-                              (pilot.credential_path, pilot.credential)):  # fmt: skip
-            if path:
-                # deferred: the pilot user exists only after users_groups has run
-                files.append({"path": path, "content": content, "permissions": "0600",
-                              "owner": owner, "defer": True})  # fmt: skip
-        if pilot.environment:
-            env = "".join(f"{k}={shlex.quote(v)}\n" for k, v in pilot.environment)
-            files.append({"path": "/etc/vo/pilot.env", "content": env, "permissions": "0600",
-                          "owner": owner, "defer": True})  # fmt: skip
-        if pilot.unit:
-            files.append({"path": f"/etc/systemd/system/{pilot.unit_name}",
-                          "content": pilot.unit, "permissions": "0644"})  # fmt: skip
-            # the VO's unit runs as the site's pilot user, whatever User= it says
-            files.append({"path": f"/etc/systemd/system/{pilot.unit_name}.d/50-vmtrust.conf",
-                          "content": dropin(site.pilot_user),
-                          "permissions": "0644"})  # fmt: skip
-    if vo.packages:
-        config["packages"] = list(vo.packages)
-    if files:
-        config["write_files"] = files
-    lifetime = min(vo.lifetime or site.max_lifetime, site.max_lifetime)
-    config["runcmd"] = [
-        line.format(lifetime=lifetime, grace=site.grace, minutes=(lifetime + 59) // 60)
-        for line in _LIFETIME
-    ]
-    parts = []
-    if site.cvmfs is not None and repos:
-        parts.append(
-            Part("10-vmtrust-cvmfs.sh", "text/x-shellscript",
-                 _CVMFS_SCRIPT.format(state=STATE, repos=" ".join(shlex.quote(r) for r in repos)))
-        )  # fmt: skip
-    if pilot is not None or vo.runcmd:
-        vo_commands = "".join(f"{command}\n" for command in vo.runcmd)
-        start = _pilot_start(site, vo) if pilot is not None else ""
-        parts.append(
-            Part("30-vmtrust-pilot.sh", "text/x-shellscript",
-                 _PILOT_SCRIPT.format(state=STATE, vo_commands=vo_commands, start=start))
-        )  # fmt: skip
+        # deferred: the pilot user exists only after users_groups has run
+        for private in pilot.files:
+            files.append({"path": private.path, "content": private.content, "owner": owner,
+                          "permissions": "0600", "defer": True})  # fmt: skip
+        start = scripts.launcher(
+            _workdir(site), pilot.environment, [pilot.command, *pilot.arguments]
+        )
+        files.append({"path": scripts.LAUNCHER, "content": start, "owner": owner,
+                      "permissions": "0500", "defer": True})  # fmt: skip
+    config["write_files"] = files
+    parts = [Part(scripts.MACHINE, "text/x-shellscript", _machine(site, vo, flavour))]
+    software = _software(site, vo, repos)
+    if software is not None:
+        parts.append(Part(scripts.SOFTWARE, "text/x-shellscript", software))
+    if vo.runcmd:
+        parts.append(Part(scripts.VO_COMMANDS, "text/x-shellscript",
+                          scripts.vo_commands(vo.runcmd)))  # fmt: skip
+    if pilot is not None:
+        parts.append(Part(scripts.PILOT, "text/x-shellscript", scripts.pilot(site.pilot_user)))
     return config, parts
