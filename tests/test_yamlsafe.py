@@ -111,6 +111,24 @@ def test_alias_bomb_in_a_gzipped_multipart_user_data_is_refused(tmp_path):
     assert_refused_fast(result, "user-data part evil.cfg: line ")
 
 
+def test_gzip_bomb_in_user_data_is_refused_by_context_check(tmp_path):
+    """A megabyte of gzip that unpacks to a gigabyte: refused while unpacking, not after."""
+    import zlib
+
+    engine = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1024 * 1024)
+    bomb = b"".join([engine.compress(b"#cloud-config\n")] +
+                    [engine.compress(zeros) for _ in range(1024)] + [engine.flush()])  # fmt: skip
+    user_data = tmp_path / "bomb.gz"
+    user_data.write_bytes(bomb)
+    assert len(bomb) < 2 * 1024 * 1024
+    result = measured("-m", "vmtrust", "context", "check", user_data)
+    assert result["status"] == 5, result
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1 and "unpacks to more than" in lines[0], result["stderr"]
+    assert result["peak_kib"] < PEAK, f"peak {result['peak_kib']} KiB"
+
+
 def _sync_config(tmp_path: Path, subscriptions: Path) -> Path:
     generate_key_pair(tmp_path / "seal.key")
     conf = tmp_path / "vmtrust.conf"

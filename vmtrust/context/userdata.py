@@ -92,13 +92,34 @@ def fit(data: bytes, cloud: str, *, compress: bool = False) -> bytes:
     return data
 
 
+#: What user-data may unpack to.  Clouds take at most 64 KiB, so a real user-data is far
+#: below this; a gzip bomb of a megabyte would otherwise become gigabytes in memory.
+MAX_UNPACKED = 16 * 1024 * 1024
+
+
+def _gunzip(data: bytes, what: str) -> bytes:
+    """gzip members decompressed, refused as soon as they pass :data:`MAX_UNPACKED`."""
+    out = bytearray()
+    try:
+        while data:
+            engine = zlib.decompressobj(wbits=31)
+            out += engine.decompress(data, MAX_UNPACKED + 1 - len(out))
+            if len(out) > MAX_UNPACKED or engine.unconsumed_tail:
+                raise UserDataError(
+                    f"{what}: gzip data unpacks to more than {MAX_UNPACKED} bytes; refused"
+                )
+            if not engine.eof:
+                raise UserDataError(f"{what}: gzip data is damaged (truncated)")
+            data = engine.unused_data
+    except zlib.error as exc:
+        raise UserDataError(f"{what}: gzip data is damaged ({exc})") from None
+    return bytes(out)
+
+
 def unpack(data: bytes) -> list[Part]:
     """The parts of a user-data blob as cloud-init would see them (gzip, MIME, first line)."""
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise UserDataError(f"user-data: gzip data is damaged ({exc})") from None
+        data = _gunzip(data, "user-data")
     head = data[:4096].lower()
     if b"mime-version:" not in head:
         return [Part("part-001", _type_of(data), data.decode("utf-8", errors="replace"))]
@@ -110,10 +131,7 @@ def unpack(data: bytes) -> list[Part]:
         payload = item.get_payload(decode=True) or b""
         kind = item.get_content_type()
         if payload[:2] == b"\x1f\x8b":
-            try:
-                payload = gzip.decompress(payload)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise UserDataError(f"user-data: gzip part is damaged ({exc})") from None
+            payload = _gunzip(payload, "user-data: gzip part")
             if kind in _GZIP_TYPES:
                 kind = "text/plain"  # cloud-init: type unknown until decompressed
         if kind in _RETYPED:
