@@ -106,20 +106,20 @@ def _gunzip(data: bytes, what: str) -> bytes:
             out += engine.decompress(data, MAX_UNPACKED + 1 - len(out))
             if len(out) > MAX_UNPACKED or engine.unconsumed_tail:
                 raise UserDataError(
-                    f"{what}: gzip data unpacks to more than {MAX_UNPACKED} bytes; refused"
+                    f"user-data: {what} unpacks to more than {MAX_UNPACKED} bytes; refused"
                 )
             if not engine.eof:
-                raise UserDataError(f"{what}: gzip data is damaged (truncated)")
+                raise UserDataError(f"user-data: {what} is damaged (truncated)")
             data = engine.unused_data
     except zlib.error as exc:
-        raise UserDataError(f"{what}: gzip data is damaged ({exc})") from None
+        raise UserDataError(f"user-data: {what} is damaged ({exc})") from None
     return bytes(out)
 
 
 def unpack(data: bytes) -> list[Part]:
     """The parts of a user-data blob as cloud-init would see them (gzip, MIME, first line)."""
     if data[:2] == b"\x1f\x8b":
-        data = _gunzip(data, "user-data")
+        data = _gunzip(data, "gzip data")
     head = data[:4096].lower()
     if b"mime-version:" not in head:
         return [Part("part-001", _type_of(data), data.decode("utf-8", errors="replace"))]
@@ -131,7 +131,7 @@ def unpack(data: bytes) -> list[Part]:
         payload = item.get_payload(decode=True) or b""
         kind = item.get_content_type()
         if payload[:2] == b"\x1f\x8b":
-            payload = _gunzip(payload, "user-data: gzip part")
+            payload = _gunzip(payload, "gzip part")
             if kind in _GZIP_TYPES:
                 kind = "text/plain"  # cloud-init: type unknown until decompressed
         if kind in _RETYPED:
