@@ -35,6 +35,8 @@ class SyncSettings:
     local_path: Path
     local_disk_format: str = ""
     conf: cfg.ConfigOpts | None = None  #: for store-specific sections ([store_glance] …)
+    max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
+    max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
 
 
 def _path(value: str, option: str) -> Path:
@@ -82,6 +84,8 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         local_path=_path(conf.store_local.path, "[store_local] path"),
         local_disk_format=conf.store_local.disk_format.strip().lower(),
         conf=conf,
+        max_image_size=conf.sync.max_image_size,
+        max_expansion_ratio=conf.sync.max_expansion_ratio,
     )
 
 
