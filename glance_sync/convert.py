@@ -27,6 +27,7 @@ import errno
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -164,12 +165,13 @@ class Conversion:
         return self.target
 
     def _why(self, result: subprocess.CompletedProcess[str]) -> str:
-        if result.returncode in (-25, 128 + 25):  # SIGXFSZ: the output hit the file-size limit
-            return f"output larger than {self.max_size} bytes ([sync] max_image_size)"
-        if result.returncode in (-9, -24, 128 + 9, 128 + 24):  # SIGKILL/SIGXCPU: a limit hit
-            return "stopped by its resource limits (CPU time or memory)"
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         message = lines[-1] if lines else f"failed (exit status {result.returncode})"
+        # The file-size limit: EFBIG (Python's prlimit wrapper leaves SIGXFSZ ignored).
+        if "File too large" in message or result.returncode == -signal.SIGXFSZ:
+            return f"output larger than {self.max_size} bytes ([sync] max_image_size)"
+        if result.returncode in (-signal.SIGKILL, -signal.SIGXCPU):
+            return "stopped by its resource limits (CPU time or memory)"
         if "No space left on device" in message:
             return f"work folder {self.folder}: no space left on device"
         return message
