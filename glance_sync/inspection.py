@@ -44,7 +44,7 @@ VMDK_SUBFORMATS = ("monolithicsparse", "streamoptimized")
 
 # The inspector logs every failed check at WARNING with no image name; the
 # sync's own one-line refusal says it all.
-logging.getLogger(fi.__name__).setLevel(logging.ERROR)
+logging.getLogger(fi.__name__).setLevel(logging.CRITICAL)
 
 
 class UnsafeImageError(TransferError):
@@ -65,6 +65,7 @@ class Inspection:
         self.declared = declared
         self.identifier = identifier
         self.size = 0  #: bytes seen
+        self.virtual_size = 0  #: the guest disk's size (header, or the bytes for raw), at the end
         #: every specific format's inspector, until the format is known; then the one found
         self._live: list[fi.FileInspector] = [
             inspector() for name, inspector in fi.ALL_FORMATS.items() if name != "raw"
@@ -89,15 +90,10 @@ class Inspection:
                 self._decide()
             if self.detected is not None:
                 self._check(self.detected, final=True)  # some need the end (VMDK footer)
+            raw = self.detected is None or str(self.detected) == "gpt"
+            self.virtual_size = self.size if raw else self.detected.virtual_size or self.size
         self.done = True
         return self.virtual_size
-
-    @property
-    def virtual_size(self) -> int:
-        """The guest disk's size: from the header, or the bytes themselves for raw."""
-        if self.detected is None or str(self.detected) == "gpt":
-            return self.size
-        return self.detected.virtual_size or self.size
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:

@@ -154,7 +154,7 @@ class ArchiveDisk:
             yield
         except _Refused as exc:
             self._refuse(str(exc))
-        except (tar.TarError, EOFError, RecursionError) as exc:
+        except (tar.TarError, EOFError, RecursionError, LookupError, ValueError) as exc:
             self._refuse(f"not a valid tar archive ({exc})")
 
     def _refuse(self, reason: str) -> None:

@@ -11,6 +11,7 @@ others run the download–unpack–inspect pipeline of :mod:`test_transfer`.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tarfile
 import time
@@ -18,10 +19,13 @@ import time
 import hostile_images as hostile
 import pytest
 from hostile_images import member, ovf, tar_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_sync_local import entry, publish, trusted
 from test_transfer import fetch
 
-from glance_sync.ova import ArchiveError
+from glance_sync.ova import ArchiveDisk, ArchiveError
+from glance_sync.transfer import TransferError
 
 DISK_A = os.urandom(150_000)
 DISK_B = os.urandom(170_000)
@@ -185,3 +189,32 @@ def test_disk_format_comes_from_the_descriptor_and_is_inspected(tmp_path):
     archive = hostile.ova([("disk.vmdk", DISK_A)])
     with pytest.raises(Exception, match="not a valid VMDK image"):
         fetch(tmp_path, archive, "OVA")
+
+
+_FUZZ_BASES = {
+    fmt: tar_bytes(
+        [
+            member("vm.ovf", ovf([("disk.img", 3000)])),
+            member("n" * 150 + ".txt", b"long name: pax or GNU headers"),
+            member("disk.img", DISK_A[:3000]),
+        ],
+        fmt,
+    )
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT)
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_damaged_archives_are_refused_never_a_crash(data):
+    """Random damage to tar headers (a fuzzer found a LookupError escaping before)."""
+    archive = bytearray(_FUZZ_BASES[data.draw(st.sampled_from(sorted(_FUZZ_BASES)))])
+    for _ in range(data.draw(st.integers(1, 6))):
+        block = data.draw(st.integers(0, len(archive) // 512 - 1)) * 512
+        archive[block + data.draw(st.integers(0, 511))] = data.draw(st.integers(0, 255))
+    try:
+        disk = ArchiveDisk(io.BufferedReader(io.BytesIO(bytes(archive))), "ova", "img")
+        while disk.read(4096):
+            pass
+    except TransferError as exc:
+        assert str(exc).startswith("image img: ")
