@@ -83,6 +83,8 @@ def test_entry_point_and_groups():
             "http_retries",
             "http_backoff",
             "interval",
+            "max_image_size",
+            "max_expansion_ratio",
         },
         "store_local": {"path", "hook", "disk_format"},
     }
