@@ -67,6 +67,9 @@ def clear_work_folder(folder: Path) -> list[str]:
     if folder.is_symlink():  # the folder is the sync's own: never follow a planted link
         folder.unlink()
         return [f"link {folder}"]
+    if folder.exists() and not folder.is_dir():
+        folder.unlink()  # a file in the folder's place: conversions could not start
+        return [f"file {folder}"]
     if not folder.is_dir():
         return []
     removed = []

@@ -56,7 +56,7 @@ class UnsafeImageError(TransferError):
 class Inspection:
     """Judges one disk's bytes, fed chunk by chunk, against the declared format."""
 
-    def __init__(self, declared: str, identifier: str) -> None:
+    def __init__(self, declared: str, identifier: str, converted: bool = False) -> None:
         if declared not in INSPECTED:
             raise UnsafeImageError(
                 f"image {identifier}: disk format {declared!r} cannot be inspected "
@@ -64,6 +64,10 @@ class Inspection:
             )
         self.declared = declared
         self.identifier = identifier
+        #: who says which format it is: the list, or vmtrust's own conversion
+        self.claim = (
+            "qemu-img converted it to {}" if converted else "the list declares {} (hv:format)"
+        )
         self.size = 0  #: bytes seen
         self.virtual_size = 0  #: the guest disk's size (header, or the bytes for raw), at the end
         #: every specific format's inspector, until the format is known; then the one found
@@ -152,8 +156,7 @@ class Inspection:
 
     def _mismatch(self, got: str) -> None:
         self._refuse(
-            f"the list declares {self._name(self.declared)} (hv:format) but the bytes are "
-            f"{self._name(got)}"
+            f"{self.claim.format(self._name(self.declared))} but the bytes are {self._name(got)}"
         )
 
     def _check(self, inspector: fi.FileInspector, final: bool = False) -> None:
@@ -219,5 +222,8 @@ class InspectedStream:
         self.stream.close()
 
 
-def inspect_stream(stream: IO[bytes], declared: str, identifier: str) -> InspectedStream:
-    return InspectedStream(stream, Inspection(declared, identifier))
+def inspect_stream(
+    stream: IO[bytes], declared: str, identifier: str, converted: bool = False
+) -> InspectedStream:
+    """``stream`` inspected as it is read; ``converted``: the output of a conversion."""
+    return InspectedStream(stream, Inspection(declared, identifier, converted))

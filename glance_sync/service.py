@@ -237,7 +237,7 @@ class SyncService:
                     self._check_converted_size(image.identifier, size, free)
                 conversion.run(size)
                 with conversion.open_output() as output:
-                    converted = inspect_stream(output, wanted, image.identifier)
+                    converted = inspect_stream(output, wanted, image.identifier, converted=True)
                     return self._store(want, reader, converted, wanted)
         finally:
             reader.close()

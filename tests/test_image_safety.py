@@ -201,3 +201,22 @@ def test_benign_ova_is_converted_into_glance(glance_sync, site, pki, glance, tmp
     verdict = judge(glance_sync, image)
     assert verdict.trusted, verdict.reason
     assert image["disk_format"] == "qcow2" and verdict.record.disk_format == "qcow2"
+
+
+def test_a_conversion_output_that_is_another_format_is_refused(sync, site, pki, tmp_path):
+    """A clean qcow2 whose *guest disk* holds a qcow2 with a backing file: converted to raw,
+    the stored bytes would be that inner qcow2 — the output is inspected too."""
+    key = tmp_path / "seal.key"
+    work = tmp_path / "attacker"
+    work.mkdir()
+    inner = work / "inner.qcow2"
+    inner.write_bytes(hostile.qcow2_with_backing_file(work, key))
+    outer = work / "outer.qcow2"
+    hostile.qemu_img("convert", "-f", "raw", "-O", "qcow2", inner, outer)
+    publish_one(site, pki, "nested", outer.read_bytes(), "QCOW2")
+    sync.store.target_format = "raw"
+    report = sync.run(sync.subs)
+    words = "qemu-img converted it to RAW but the bytes are QCOW2"
+    assert_nothing_stored(sync, "nested", words, report, key.read_bytes())
+    sync.store.target_format = ""  # stored as it is, the outer qcow2 is harmless
+    assert sync.run(sync.subs).failures == [] and trusted(sync) == {"nested": "1"}

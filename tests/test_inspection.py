@@ -39,6 +39,8 @@ def images(tmp_path_factory) -> dict[str, bytes]:
     mbr[462:510] = bytes(48)
     mbr[0x10], mbr[0x15] = 0, 0  # not a FAT boot sector
     mbr[510:512] = b"\x55\xaa"
+    gpt = bytearray(mbr)  # a protective MBR: one 0xEE entry from LBA 1, as GPT tools write
+    gpt[446:462] = struct.pack("<B3BB3BII", 0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF, 1, 0xFFFFFFFF)
     iso = bytearray(64 * 1024)
     iso[32 * 1024 : 32 * 1024 + 6] = b"\x01CD001"
     return {
@@ -50,6 +52,7 @@ def images(tmp_path_factory) -> dict[str, bytes]:
         "vdi": hostile.made(work, "d.vdi", "vdi"),
         "raw": os.urandom(300_000),
         "mbr": bytes(mbr),
+        "gpt": bytes(gpt),
         "iso": bytes(iso),
     }
 
@@ -57,7 +60,8 @@ def images(tmp_path_factory) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("name", "declared"),
     [("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vmdk-stream", "vmdk"), ("vhd", "vhd"),
-     ("vhdx", "vhdx"), ("vdi", "vdi"), ("raw", "raw"), ("mbr", "raw"), ("iso", "iso")],
+     ("vhdx", "vhdx"), ("vdi", "vdi"), ("raw", "raw"), ("mbr", "raw"), ("gpt", "raw"),
+     ("iso", "iso")],
 )  # fmt: skip
 @pytest.mark.parametrize("chunk", [511, 65536, 1 << 20])
 def test_every_stored_format_is_accepted_in_any_chunking(images, name, declared, chunk):
