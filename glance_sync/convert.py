@@ -35,8 +35,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from oslo_concurrency.processutils import ProcessLimits
-
 from glance_sync import confine
 from glance_sync.transfer import TransferError, read_disk
 
@@ -144,6 +142,8 @@ class Conversion:
             argv = confine.command([self.source], [self.folder], argv)
         else:
             _warn_unconfined()
+        from oslo_concurrency.processutils import ProcessLimits  # only when converting
+
         gib = -(-min(virtual_size, self.max_size) // 1024**3)
         limits = ProcessLimits(
             address_space=ADDRESS_SPACE,

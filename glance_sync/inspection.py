@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, NoReturn
 
 from oslo_utils.imageutils import format_inspector as fi
 
@@ -192,7 +192,7 @@ class Inspection:
     def _name(fmt: str) -> str:
         return {"gpt": "a raw disk with a partition table"}.get(fmt, fmt.upper())
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str) -> NoReturn:
         raise UnsafeImageError(f"image {self.identifier}: {reason}; refused")
 
 

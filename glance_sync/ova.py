@@ -31,7 +31,7 @@ import contextlib
 import tarfile as tar
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
@@ -125,6 +125,7 @@ class ArchiveDisk:
     def __init__(self, stream: IO[bytes], kind: str, identifier: str) -> None:
         self.identifier = identifier
         self.kind = kind
+        self.described = False  #: the archive starts with an OVF descriptor
         with self._guard():
             self.archive = _Archive.open(fileobj=stream, mode="r|")
             self._members = iter(self.archive)
@@ -157,7 +158,7 @@ class ArchiveDisk:
         except (tar.TarError, EOFError, RecursionError, LookupError, ValueError) as exc:
             self._refuse(f"not a valid tar archive ({exc})")
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str) -> NoReturn:
         raise ArchiveError(
             f"image {self.identifier}: {self.kind.upper()} archive: {reason}; refused"
         )
@@ -197,7 +198,6 @@ class ArchiveDisk:
                 return member, fmt
             member = self._next()
         self._refuse(f"no member with a disk suffix ({', '.join(DISK_SUFFIXES)})")
-        raise AssertionError  # unreachable: _refuse raises
 
     def _descriptor(self, member: tar.TarInfo) -> DiskRef:
         if member.size > MAX_DESCRIPTOR:
@@ -211,7 +211,6 @@ class ArchiveDisk:
             return choose_disk(data)
         except ValueError as exc:
             self._refuse(f"descriptor {member.name}: {exc}")
-            raise AssertionError from None  # unreachable: _refuse raises
 
     def _check_rest(self) -> None:
         """Every member after the disk is checked too; a plain tar holds one disk only."""
