@@ -126,6 +126,7 @@ class ArchiveDisk:
         self.identifier = identifier
         self.kind = kind
         self.described = False  #: the archive starts with an OVF descriptor
+        self._names: set[str] = set()
         with self._guard():
             self.archive = _Archive.open(fileobj=stream, mode="r|")
             self._members = iter(self.archive)
@@ -170,6 +171,9 @@ class ArchiveDisk:
             problem = member_problem(member)
             if problem:
                 self._refuse(problem)
+            if member.name in self._names:  # tools disagree on which copy counts
+                self._refuse(f"member {member.name!r} appears twice")
+            self._names.add(member.name)
         return member
 
     def _find_disk(self) -> tuple[tar.TarInfo, str]:

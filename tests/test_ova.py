@@ -124,6 +124,13 @@ def test_members_that_are_not_plain_regular_files_are_refused(tmp_path, bad, wor
     assert words in refused(tmp_path, tar_bytes(members, tarfile.GNU_FORMAT))
 
 
+def test_a_member_that_appears_twice_is_refused(tmp_path):
+    """Extracting tools keep the last copy, vmtrust would stream the first: never guess."""
+    descriptor = member("vm.ovf", ovf([("disk.img", len(DISK_A))]))
+    twice = tar_bytes([descriptor, member("disk.img", DISK_A), member("disk.img", DISK_A)])
+    assert "member 'disk.img' appears twice" in refused(tmp_path, twice)
+
+
 def test_descriptor_must_come_first_and_name_a_member(tmp_path):
     late = tar_bytes([member("disk.img", DISK_A), member("vm.ovf", ovf([("disk.img", 1)]))])
     assert "first member is 'disk.img', not the OVF descriptor" in refused(tmp_path, late)
