@@ -37,9 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from glance_sync import hooks, lock
-from glance_sync.convert import convert
+from glance_sync.convert import Conversion, clear_work_folder, work_folder
 from glance_sync.download import Source, SourceReader, check_uri
 from glance_sync.httpclient import make_session
+from glance_sync.inspection import InspectedStream, inspect_stream
 from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
 from glance_sync.lock import LockError as LockError  # where callers found it before
 from glance_sync.plan import (
@@ -57,7 +58,7 @@ from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB, StateError
 from glance_sync.stores.base import Store
 from glance_sync.transfer import TransferError
-from glance_sync.unpack import open_disk
+from glance_sync.unpack import Bound, ExpansionError, open_disk
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import Subscription
 from vmtrust.record import seal
@@ -111,7 +112,17 @@ class SyncService:
     # --- images -------------------------------------------------------------------
 
     def _create(self, want: Desired) -> Held:
+        """Download, unpack, inspect (and convert) one image, and store it sealed.
+
+        Nothing reaches the store's commit point, and nothing reaches ``qemu-img``,
+        before the download matched the list and the disk passed inspection.
+        """
         image = want.image
+        if image.size > self.s.max_image_size:
+            raise ExpansionError(
+                f"image {image.identifier}: {image.size} bytes (hv:size), more than "
+                f"[sync] max_image_size ({self.s.max_image_size}); refused"
+            )
         free = self.store.free_bytes()
         if free is not None and free < image.size:
             raise TransferError(
@@ -123,30 +134,63 @@ class SyncService:
         # Images come from the same endorser infrastructure as the list: same TLS anchors.
         http = dataclasses.replace(self.s.http, verify=self._tls.get(want.subscription, True))
         reader = SourceReader(source, self.session, http, tick)
-        converted = None
         try:
-            stream, disk_format = open_disk(reader, image.format)
+            bound = Bound.of(image.size, self.s.max_image_size, self.s.max_expansion_ratio, free)
+            unpacked, disk_format = open_disk(reader, image.format, bound)
+            stream = inspect_stream(unpacked, disk_format, image.identifier)
             wanted = self.store.disk_format(disk_format)
-            if wanted != disk_format:
-                workdir = self.s.state_dir / "convert"
-                workdir.mkdir(exist_ok=True)
-                converted = convert(stream, disk_format, wanted, workdir, image.identifier)
-                reader.drain()  # the download is checked before the converted file is used
-                stream, disk_format = open(converted, "rb"), wanted  # noqa: SIM115
-
-            def finish(store_id: str, size: int, sha512: str) -> tuple:
-                reader.drain()  # size and SHA-512 of the download, before committing
-                record = want.record(
-                    store_id=store_id, sha512=sha512, size=size, disk_format=disk_format
-                )
-                return record, seal(record, self.s.seal_key)
-
-            return self.store.create(want, stream, disk_format, finish)
+            if wanted == disk_format:
+                return self._store(want, reader, stream, disk_format)
+            work = work_folder(self.s.state_dir)
+            with Conversion(
+                work, image.identifier, disk_format, wanted, self.s.max_image_size
+            ) as conversion:
+                conversion.write(stream)  # inspected on the way; the verdict comes at its end
+                reader.drain()  # and the download is checked before qemu-img sees a byte
+                size = stream.inspection.virtual_size
+                if wanted == "raw":
+                    self._check_converted_size(image.identifier, size, free)
+                conversion.run(size)
+                with conversion.open_output() as output:
+                    converted = inspect_stream(output, wanted, image.identifier, converted=True)
+                    return self._store(want, reader, converted, wanted)
         finally:
             reader.close()
-            if converted is not None:
-                stream.close()
-                converted.unlink(missing_ok=True)
+
+    def _check_converted_size(self, identifier: str, size: int, free: int | None) -> None:
+        if size > self.s.max_image_size:
+            raise ExpansionError(
+                f"image {identifier}: converted to raw it would be {size} bytes, more than "
+                f"[sync] max_image_size ({self.s.max_image_size}); refused"
+            )
+        if free is not None and size > free:
+            raise TransferError(
+                f"image {identifier}: converted to raw it needs {size} bytes, the store "
+                f"has {free} free"
+            )
+
+    def _store(
+        self, want: Desired, reader: SourceReader, stream: InspectedStream, disk_format: str
+    ) -> Held:
+        def finish(store_id: str, size: int, sha512: str) -> tuple:
+            reader.drain()  # size and SHA-512 of the download, before committing
+            if not stream.inspection.done:  # the store stopped before the end of the disk
+                raise TransferError(f"image {want.identifier}: not read to its end; not stored")
+            record = want.record(
+                store_id=store_id, sha512=sha512, size=size, disk_format=disk_format
+            )
+            return record, seal(record, self.s.seal_key)
+
+        return self.store.create(want, stream, disk_format, finish)
+
+    def _clear_work(self, report: Report) -> None:
+        """Leftovers of an interrupted pass go; a folder that resists is one line, not a stop."""
+        folder = work_folder(self.s.state_dir)
+        try:
+            for line in clear_work_folder(folder):
+                LOG.warning("removed %s", line)
+        except OSError as exc:
+            report.fail(f"work folder {folder}: {exc.strerror or exc}")
 
     def _apply_create(self, action: Create | Replace, report: Report, now: datetime) -> None:
         want = action.desired
@@ -303,6 +347,8 @@ class SyncService:
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         local = {sub.name: sub.url.startswith("file:") for sub in subscriptions}
         with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
+            if not dry_run:
+                self._clear_work(report)
             held = self._survey(report, cleanup=not dry_run)
             if held is None:
                 return report

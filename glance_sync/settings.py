@@ -36,6 +36,8 @@ class SyncSettings:
     local_disk_format: str = ""
     conf: cfg.ConfigOpts | None = None  #: for store-specific sections ([store_glance] …)
     parallel_lists: int = 4
+    max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
+    max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
 
 
 def _path(value: str, option: str) -> Path:
@@ -89,6 +91,8 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         local_disk_format=conf.store_local.disk_format.strip().lower(),
         conf=conf,
         parallel_lists=conf.sync.parallel_lists,
+        max_image_size=conf.sync.max_image_size,
+        max_expansion_ratio=conf.sync.max_expansion_ratio,
     )
 
 

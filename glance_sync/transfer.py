@@ -44,15 +44,20 @@ def iter_chunks(stream: IO[bytes], identifier: str, tally: Tally) -> Iterator[by
     """
     passthrough = getattr(stream, "source_digest", None)
     digest = hashlib.sha512()
+    while chunk := read_disk(stream, identifier):
+        if passthrough is None:
+            digest.update(chunk)
+        tally.size += len(chunk)
+        yield chunk
+    tally.sha512 = passthrough() if passthrough is not None else digest.hexdigest()
+
+
+def read_disk(stream: IO[bytes], identifier: str, size: int = CHUNK) -> bytes:
+    """The next disk bytes; what a broken archive or compressed file raises, as one line."""
     try:
-        while chunk := stream.read(CHUNK):
-            if passthrough is None:
-                digest.update(chunk)
-            tally.size += len(chunk)
-            yield chunk
+        return stream.read(size)
     except (OSError, EOFError, lzma.LZMAError, tarfile.TarError, zlib.error) as exc:
         raise TransferError(f"image {identifier}: cannot unpack ({exc})") from None
-    tally.sha512 = passthrough() if passthrough is not None else digest.hexdigest()
 
 
 def copy_stream(

@@ -3,9 +3,11 @@
 The pipeline is pull-based, so that standard-library decompressors and
 ``tarfile`` can sit between the download and the store unchanged::
 
-    SourceReader ─▶ (gzip | bz2 | xz | OVA member) ─▶ store
-    hashes what the    decompresses                   hashes what it
-    list describes     on the fly                     stores
+    SourceReader ─▶ (gzip | bz2 | xz) ─▶ bound ─▶ (OVA member) ─▶ inspection ─▶ store
+    hashes what the    decompresses      counts      glance_sync.ova  judges the   hashes what
+    list describes     on the fly                                     disk format  it stores
+
+Nothing is written to disk on the way: decompression needs no work file.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ import bz2
 import gzip
 import io
 import lzma
-import tarfile
+from dataclasses import dataclass
 from typing import IO
 
 from glance_sync.download import SourceReader
+from glance_sync.ova import ArchiveDisk
 from glance_sync.transfer import CHUNK, TransferError
-
-DISK_SUFFIXES = (".vmdk", ".qcow2", ".img", ".raw", ".vdi", ".vhd")
 
 
 def normalise_format(value: str | None) -> tuple[str | None, str]:
@@ -42,10 +43,34 @@ def normalise_format(value: str | None) -> tuple[str | None, str]:
     return compression, aliases.get(text, text)
 
 
-def open_disk(reader: SourceReader, fmt: str | None) -> tuple[IO[bytes], str]:
+@dataclass(frozen=True)
+class Bound:
+    """The most bytes an image may unpack to, and the setting or fact that says so."""
+
+    limit: int
+    reason: str
+
+    @classmethod
+    def of(cls, downloaded: int, max_image_size: int, max_ratio: int, free: int | None) -> Bound:
+        """The tightest of ``[sync] max_image_size``, the expansion ratio and the store's room."""
+        bounds = [
+            cls(max_image_size, "[sync] max_image_size"),
+            cls(
+                max_ratio * downloaded,
+                f"[sync] max_expansion_ratio: {max_ratio} times the {downloaded} bytes downloaded",
+            ),
+        ]
+        if free is not None:
+            bounds.append(cls(free, "the room left in the store"))
+        return min(bounds, key=lambda bound: bound.limit)
+
+
+def open_disk(reader: SourceReader, fmt: str | None, bound: Bound) -> tuple[IO[bytes], str]:
     """Wrap the download in the decompressor or OVA unpacker its format needs.
 
     Returns the stream of disk bytes and the disk format of those bytes.
+    Decompressed bytes are counted and stopped at ``bound``: a download's
+    ``hv:size`` and SHA-512 say nothing about what it expands to.
     """
     compression, disk = normalise_format(fmt)
     if compression is None and disk not in ("ova", "tar"):
@@ -58,9 +83,47 @@ def open_disk(reader: SourceReader, fmt: str | None) -> tuple[IO[bytes], str]:
         stream = bz2.BZ2File(buffered, mode="rb")
     elif compression == "xz":
         stream = lzma.LZMAFile(buffered, mode="rb")  # noqa: SIM115 - returned
+    if compression is not None:
+        stream = _Bounded(stream, bound, reader.source.identifier)  # type: ignore[assignment]
     if disk in ("ova", "tar"):
-        return _ova_disk(stream, reader.source.identifier)
+        archive = ArchiveDisk(stream, disk, reader.source.identifier)
+        return archive, archive.disk_format  # type: ignore[return-value]
     return stream, disk
+
+
+class ExpansionError(TransferError):
+    """An image that unpacks to more than the site allows."""
+
+    rule = "expansion"
+
+
+class _Bounded:
+    """Decompressed bytes, counted; the byte past the bound is refused.
+
+    The bytes up to the bound are still handed on, so that the inspection sees
+    the headers and names what is wrong with them when that is the first problem.
+    """
+
+    def __init__(self, stream: IO[bytes], bound: Bound, identifier: str) -> None:
+        self.stream = stream
+        self.bound = bound
+        self.identifier = identifier
+        self.count = 0
+
+    def read(self, size: int = CHUNK) -> bytes:
+        if self.count > self.bound.limit:
+            raise ExpansionError(
+                f"image {self.identifier}: unpacks to more than {self.bound.limit} bytes "
+                f"({self.bound.reason}); refused"
+            )
+        chunk = self.stream.read(min(size, CHUNK) if size >= 0 else CHUNK)
+        self.count += len(chunk)
+        if self.count > self.bound.limit:
+            return chunk[: len(chunk) - (self.count - self.bound.limit)] or self.read(size)
+        return chunk
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class _Passthrough:
@@ -81,22 +144,3 @@ class _Passthrough:
 
     def close(self) -> None:
         """The reader is closed by whoever opened it."""
-
-
-def _ova_disk(stream: IO[bytes], identifier: str) -> tuple[IO[bytes], str]:
-    """The first disk member of an OVA (a tar with an .ovf descriptor), streamed."""
-    try:
-        archive = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - streamed
-        for member in archive:
-            name = member.name.lower()
-            if member.isfile() and name.endswith(DISK_SUFFIXES):
-                extracted = archive.extractfile(member)
-                if extracted is None:
-                    break
-                disk = name.rsplit(".", 1)[-1]
-                return extracted, {"img": "raw", "vhd": "vpc"}.get(disk, disk)
-    except tarfile.TarError as exc:
-        raise TransferError(f"image {identifier}: not a valid OVA/tar archive ({exc})") from None
-    raise TransferError(
-        f"image {identifier}: OVA archive holds no disk image ({', '.join(DISK_SUFFIXES)})"
-    )

@@ -89,6 +89,8 @@ def test_entry_point_and_groups():
             "image_deadline",
             "min_rate",
             "max_redirects",
+            "max_image_size",
+            "max_expansion_ratio",
         },
         "store_local": {"path", "hook", "disk_format"},
     }

@@ -720,7 +720,7 @@ def test_qcow2_is_converted_to_the_format_the_site_wants(glance_sync, site, pki,
     assert verdict.record.disk_format == "raw"
     assert verdict.record.source_sha512 == hashlib.sha512(data).hexdigest()
     assert image["image_hash"] == "sha512:" + hashlib.sha512(data).hexdigest()
-    assert list((glance_sync.s.state_dir / "convert").iterdir()) == []
+    assert list((glance_sync.s.state_dir / "work").iterdir()) == []  # the work folder, emptied
     again = glance_sync.run(glance_sync.subs)
     assert again.done == [] and again.failures == []
 

@@ -217,7 +217,7 @@ def test_store_asking_for_qcow2_gets_a_converted_image(sync, site, pki):
     assert held.record.disk_format == "qcow2"
     assert held.record.source_sha512 == hashlib.sha512(IMAGE_A).hexdigest()
     assert trusted(sync) == {"a": "1"}  # seal and stored-bytes hash checked
-    assert list((sync.s.state_dir / "convert").iterdir()) == []
+    assert list((sync.s.state_dir / "work").iterdir()) == []  # the work folder, emptied
 
 
 def test_conversion_failure_is_reported_and_nothing_is_stored(sync, site, pki):

@@ -8,30 +8,30 @@ import hashlib
 import io
 import lzma
 import os
-import tarfile
 from pathlib import Path
 
+import hostile_images as hostile
 import pytest
 import requests
+from hostile_images import needs_qemu_img
 from httpserve import Server, Site
 
 from glance_sync import hooks
 from glance_sync.download import HttpSettings, Source, SourceReader
+from glance_sync.inspection import inspect_stream
 from glance_sync.plan import Held
 from glance_sync.transfer import TransferError, copy_stream
-from glance_sync.unpack import normalise_format, open_disk
+from glance_sync.unpack import Bound, normalise_format, open_disk
 
 DISK = os.urandom(700_000)
+NO_BOUND = Bound(1 << 40, "test")
 
 
-def ova(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory) -> dict[str, bytes]:
+    """A disk of each kind, made by qemu-img where the format has a header."""
+    work = tmp_path_factory.mktemp("disks")
+    return {"raw": DISK, "qcow2": hostile.qcow2(work), "vmdk": hostile.vmdk(work)}
 
 
 def fetch(
@@ -41,7 +41,9 @@ def fetch(
     *,
     size: int | None = None,
     sha: str | None = None,
+    bound: Bound = NO_BOUND,
 ) -> tuple[bytes, str]:
+    """The pipeline of a sync pass without the store: download, unpack, inspect."""
     path = tmp_path / "image.bin"
     path.write_bytes(payload)
     source = Source(
@@ -53,15 +55,16 @@ def fetch(
     )
     reader = SourceReader(source, requests.Session(), HttpSettings())
     try:
-        stream, disk_format = open_disk(reader, fmt)
+        stream, disk_format = open_disk(reader, fmt, bound)
         out = io.BytesIO()
-        copy_stream(stream, out.write, "img")
+        copy_stream(inspect_stream(stream, disk_format, "img"), out.write, "img")
         reader.drain()
     finally:
         reader.close()
     return out.getvalue(), disk_format
 
 
+@needs_qemu_img
 @pytest.mark.parametrize(
     ("fmt", "pack", "expected_format"),
     [
@@ -69,13 +72,15 @@ def fetch(
         ("raw.gz", gzip.compress, "raw"),
         ("RAW.BZ2", bz2.compress, "raw"),
         ("qcow2.xz", lzma.compress, "qcow2"),
-        ("OVA", lambda d: ova({"a.ovf": b"<Envelope/>", "disk1.vmdk": d, "a.mf": b"x"}), "vmdk"),
+        ("OVA", lambda d: hostile.ova([("disk1.vmdk", d)]), "vmdk"),
+        ("ova.gz", lambda d: gzip.compress(hostile.ova([("disk1.vmdk", d)])), "vmdk"),
         (None, lambda d: d, "raw"),
     ],
 )
-def test_formats_are_unpacked_on_the_fly(tmp_path, fmt, pack, expected_format):
-    data, disk_format = fetch(tmp_path, pack(DISK), fmt)
-    assert data == DISK and disk_format == expected_format
+def test_formats_are_unpacked_on_the_fly(tmp_path, disks, fmt, pack, expected_format):
+    disk = disks[expected_format]
+    data, disk_format = fetch(tmp_path, pack(disk), fmt)
+    assert data == disk and disk_format == expected_format
 
 
 def test_normalise_format_is_case_insensitive():
@@ -94,14 +99,14 @@ def test_wrong_checksum_and_wrong_size_are_refused(tmp_path):
 
 
 def test_checksum_of_ova_trailer_is_checked_too(tmp_path):
-    payload = ova({"disk1.vmdk": DISK, "zz.mf": b"trailer"})
+    payload = hostile.ova([("disk1.img", DISK)]) + bytes(512)
     with pytest.raises(TransferError, match="SHA-512"):
         fetch(tmp_path, payload, "OVA", sha=hashlib.sha512(payload[:-1]).hexdigest())
 
 
 def test_ova_without_a_disk_and_corrupt_gzip_are_clear_errors(tmp_path):
-    with pytest.raises(TransferError, match="no disk image"):
-        fetch(tmp_path, ova({"a.ovf": b"<Envelope/>"}), "OVA")
+    with pytest.raises(TransferError, match="names no disk"):
+        fetch(tmp_path, hostile.tar_bytes([hostile.member("a.ovf", b"<Envelope/>")]), "OVA")
     with pytest.raises(TransferError, match="cannot unpack"):
         fetch(tmp_path, b"\x1f\x8b\x08\x00garbage" * 10, "raw.gz")
 

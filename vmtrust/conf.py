@@ -207,6 +207,23 @@ sync_opts = [
         help="HTTP redirects followed per request. Only to http or https, never from https "
         "to http, and credentials only to the origin they were configured for.",
     ),
+    cfg.IntOpt(
+        "max_image_size",
+        default=64 * 1024**3,
+        min=1,
+        help="Largest image stored, in bytes, after decompression and format conversion "
+        "(default 64 GiB). An image whose hv:size, unpacked bytes or converted disk would be "
+        "larger is refused, as soon as that is known.",
+    ),
+    cfg.IntOpt(
+        "max_expansion_ratio",
+        default=20,
+        min=1,
+        help="A compressed image (hv:format ending in .gz, .bz2 or .xz) may unpack to at most "
+        "this many times the bytes downloaded (hv:size, which the list's SHA-512 covers); "
+        "more is refused as a decompression bomb. Raise it for sparse raw disks that "
+        "compress better.",
+    ),
 ]
 
 store_local_opts = [

@@ -93,6 +93,9 @@ def cmd_images(args: argparse.Namespace) -> int:
                 "state": state,
                 "sha512": rec.sha512 if rec else None,
                 "size": rec.size if rec else None,
+                # the download the list endorsed; differs from sha512 when unpacked or converted
+                "source_sha512": rec.source_sha512 if rec else None,
+                "disk_format": rec.disk_format if rec else None,
                 "location": held.location,
                 "vo": rec.vo if rec else None,
                 "expires": rec.expires if rec else None,
