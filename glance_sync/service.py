@@ -219,11 +219,14 @@ class SyncService:
                 reader.drain()  # the download is checked before the converted file is used
                 stream, disk_format = open(converted, "rb"), wanted  # noqa: SIM115
 
-            def finish(store_id: str, size: int, sha512: str) -> tuple:
+            def finish(
+                store_id: str, size: int, sha512: str, *, stored_format: str | None = None
+            ) -> tuple:
                 reader.drain()  # size and SHA-512 of the download, before committing
                 record = want.record(
-                    store_id=store_id, sha512=sha512, size=size, disk_format=disk_format
-                )
+                    store_id=store_id, sha512=sha512, size=size,
+                    disk_format=stored_format or disk_format,
+                )  # fmt: skip
                 return record, seal(record, self.s.seal_key)
 
             return self.store.create(want, stream, disk_format, finish)

@@ -74,11 +74,12 @@ def cmd_images(args: argparse.Namespace) -> int:
         from glance_sync.stores.glance import from_conf
 
         store = from_conf(conf, _public_keys(conf))
+    elif conf.sync.store == "ec2":
+        from glance_sync.stores.ec2 import from_conf as ec2_from_conf
+
+        store = ec2_from_conf(conf, _public_keys(conf), Path(conf.state_dir) / "convert")
     else:
-        raise ConfigError(
-            f"[sync] store = {conf.sync.store}: 'vmtrust images' reads the local and "
-            "glance stores in this version"
-        )
+        raise ConfigError(f"[sync] store = {conf.sync.store}: 'vmtrust images' cannot read it")
     rows = []
     for held in store.held():
         rec = held.record
