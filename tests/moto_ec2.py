@@ -150,9 +150,13 @@ class MotoGaps:
     def attach(self, boto_session: Any) -> None:
         events = boto_session.events
         events.register("before-call.ec2.EnableImageDeprecation", self._deprecate)
-        for name in ("EnableAllowedImagesSettings", "DisableAllowedImagesSettings",
-                     "ReplaceImageCriteriaInAllowedImagesSettings", "GetAllowedImagesSettings"):
-            events.register(f"before-call.ec2.{name}", self._allowed)  # fmt: skip
+        for name in (
+            "EnableAllowedImagesSettings",
+            "DisableAllowedImagesSettings",
+            "ReplaceImageCriteriaInAllowedImagesSettings",
+            "GetAllowedImagesSettings",
+        ):
+            events.register(f"before-call.ec2.{name}", self._allowed)
         events.register("provide-client-params.ec2", self._keep_params)
         events.register("after-call.ec2.RegisterImage", self._registered)
         events.register("after-call.ec2.DescribeImages", self._describe_images)
