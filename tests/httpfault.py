@@ -125,8 +125,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             body = self._body()
-            scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", self.headers.get(
-                "Authorization", ""))  # fmt: skip
+            scope = re.search(
+                r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", self.headers.get("Authorization", "")
+            )
             service = scope.group(1) if scope else "?"
             name = operation(service, self.command, self.path.split("?")[0], body)
             fault = proxy.pick(name)
@@ -136,15 +137,20 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
             try:
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("transfer-encoding", "connection")}  # fmt: skip
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("transfer-encoding", "connection")
+                }
                 headers["Content-Length"] = str(len(body))
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 reply = upstream.getresponse()
                 data = reply.read()
-                passed = {k: v for k, v in reply.getheaders()
-                          if k.lower() not in ("transfer-encoding", "connection",
-                                               "content-length")}  # fmt: skip
+                passed = {
+                    k: v
+                    for k, v in reply.getheaders()
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length")
+                }
                 self._reply(reply.status, passed, data)
             finally:
                 upstream.close()

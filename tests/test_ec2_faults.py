@@ -121,9 +121,15 @@ def test_snapshot_not_found_right_after_start_is_waited_for(faulty, site, pki):
 
 @pytest.mark.parametrize(
     "operation",
-    ["PutSnapshotBlock", "CompleteSnapshot", "RegisterImage", "CreateTags", "PutObject",
-     "ModifyImageAttribute"],
-)  # fmt: skip
+    [
+        "PutSnapshotBlock",
+        "CompleteSnapshot",
+        "RegisterImage",
+        "CreateTags",
+        "PutObject",
+        "ModifyImageAttribute",
+    ],
+)
 def test_a_call_that_keeps_failing_leaves_nothing_behind(faulty, site, pki, operation):
     publish(site, pki, [entry("big", BIG, site), entry("a", IMAGE_A, site)], "1")
     faulty.proxy.faults = [Fault(operation, 500, "InternalError", times=None)]
@@ -150,9 +156,14 @@ def test_an_unreachable_endpoint_is_one_line_and_touches_nothing(tmp_path, ca_di
         EC2Store(clients, seal_keys=[key.public_key()], workdir=tmp_path / "w"),
     )
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
-    subs = (Subscription(name="example", url=site.url("/site.list"),
-                         endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
-                         approve_all=True),)  # fmt: skip
+    subs = (
+        Subscription(
+            name="example",
+            url=site.url("/site.list"),
+            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
+            approve_all=True,
+        ),
+    )
     try:
         report = service.run(subs)
     finally:
@@ -184,16 +195,28 @@ def test_kill_9_at_any_step_and_the_next_run_converges(
     generate_key_pair(tmp_path / "seal.key")
     publish(site, pki, [entry("big", BIG, site)], "1")
     config = tmp_path / "child.json"
-    config.write_text(json.dumps({
-        "moto_url": ec2_cloud.url, "gaps_state": str(ec2_cloud.gaps.state_file),
-        "tmp_path": str(tmp_path), "ca_dir": str(ca_dir), "list_url": site.url("/site.list"),
-        "endorser_dn": pki.endorser.dn, "endorser_ca": pki.endorser.ca_dn,
-        "vo_accounts": {VO: [VO_ACCOUNT]}, "bucket": BUCKET, "crash": [event, occurrence],
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "moto_url": ec2_cloud.url,
+                "gaps_state": str(ec2_cloud.gaps.state_file),
+                "tmp_path": str(tmp_path),
+                "ca_dir": str(ca_dir),
+                "list_url": site.url("/site.list"),
+                "endorser_dn": pki.endorser.dn,
+                "endorser_ca": pki.endorser.ca_dn,
+                "vo_accounts": {VO: [VO_ACCOUNT]},
+                "bucket": BUCKET,
+                "crash": [event, occurrence],
+            }
+        )
+    )
     child = subprocess.run(
         [sys.executable, str(TESTS / "ec2_child.py"), str(config)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == -9, (child.returncode, child.stdout, child.stderr[-2000:])
     key = load_private_key(tmp_path / "seal.key")
     service = SyncService(
@@ -201,10 +224,13 @@ def test_kill_9_at_any_step_and_the_next_run_converges(
         make_store(ec2_cloud, key, tmp_path),
     )
     service.subs = (  # type: ignore[attr-defined]
-        Subscription(name="example", url=site.url("/site.list"),
-                     endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
-                     approve_all=True),
-    )  # fmt: skip
+        Subscription(
+            name="example",
+            url=site.url("/site.list"),
+            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
+            approve_all=True,
+        ),
+    )
     service.cloud = ec2_cloud  # type: ignore[attr-defined]
     try:
         report = service.run(service.subs)

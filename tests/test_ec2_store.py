@@ -142,9 +142,14 @@ def trusted(service) -> dict[str, tuple[str, dict]]:
         snapshot = ec2record.root_snapshot(image)
         record, seal = ec2record.read_document(published(cloud, image_id) or b"", image_id)
         verdict = check_binding(
-            record, seal, store_id=f"{image_id}/{snapshot}", sha512=None, size=None,
-            keys=[key], now=datetime.now(UTC),
-        )  # fmt: skip
+            record,
+            seal,
+            store_id=f"{image_id}/{snapshot}",
+            sha512=None,
+            size=None,
+            keys=[key],
+            now=datetime.now(UTC),
+        )
         assert verdict.trusted, verdict.reason
         assert ec2record.read_record(tags(image)) == (record, seal)
         data = read_back(cloud, snapshot, record.size)
@@ -184,7 +189,7 @@ def test_zero_blocks_are_skipped_and_the_last_block_padded(ec2_sync, site, pki):
     data = b"x" * BLOCK + bytes(2 * BLOCK) + b"tail" * 1000  # data, two zero blocks, a part
     publish(site, pki, [entry("z", data, site)], "1")
     assert ec2_sync.run(ec2_sync.subs).exit_code == 0
-    (_, image), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, image),) = trusted(ec2_sync).values()
     snapshot = ec2record.root_snapshot(image)
     assert written_blocks(ec2_sync.cloud, snapshot) == [0, 3]
     last = read_back(ec2_sync.cloud, snapshot, 4 * BLOCK)[3 * BLOCK :]
@@ -202,7 +207,7 @@ def test_qcow2_is_streamed_as_raw_through_nbd(ec2_sync, site, pki, tmp_path):
     publish(site, pki, [image], "1")
     report = ec2_sync.run(ec2_sync.subs)
     assert report.failures == []
-    (_, ami), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, ami),) = trusted(ec2_sync).values()
     record = ec2record.read_record(tags(ami))[0]
     assert record.disk_format == "raw" and record.size == raw.stat().st_size
     assert record.sha512 == hashlib.sha512(raw.read_bytes()).hexdigest()
@@ -216,7 +221,7 @@ def test_compressed_raw_goes_through_a_sparse_work_file(ec2_sync, site, pki, tmp
     image["hv:image"]["hv:format"] = "RAW.GZ"
     publish(site, pki, [image], "1")
     assert ec2_sync.run(ec2_sync.subs).failures == []
-    (_, ami), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, ami),) = trusted(ec2_sync).values()
     assert read_back(ec2_sync.cloud, ec2record.root_snapshot(ami), len(data)) == data
     assert list((tmp_path / "state" / "convert").iterdir()) == []
 
@@ -293,7 +298,7 @@ def test_long_and_unusual_values_round_trip_through_tags(ec2_sync, site, pki):
     image["hv:image"]["dc:title"] = "Wörker nøde, (v2) — aws:like " + "x" * 600
     publish(site, pki, [image], "1")
     assert ec2_sync.run(ec2_sync.subs).failures == []
-    (_, ami), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, ami),) = trusted(ec2_sync).values()
     record = ec2record.read_record(tags(ami))[0]
     assert record.title == image["hv:image"]["dc:title"]
     assert "vmtrust:title.1" in tags(ami) and "vmtrust:title.2" in tags(ami)
@@ -303,7 +308,7 @@ def test_long_and_unusual_values_round_trip_through_tags(ec2_sync, site, pki):
 def test_new_version_is_trusted_before_the_old_is_retired(ec2_sync, site, pki):
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     ec2_sync.run(ec2_sync.subs)
-    (_, old), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, old),) = trusted(ec2_sync).values()
     publish(site, pki, [entry("a", IMAGE_A + b"v2", site, version="2")], "2")
     report = ec2_sync.run(ec2_sync.subs)
     assert report.failures == []
@@ -374,8 +379,9 @@ def test_images_vmtrust_did_not_create_are_never_touched(ec2_sync, site, pki):
     assert ec2_sync.run(ec2_sync.subs).failures == []
     image = images(cloud)[foreign]
     assert image["State"] == "available" and tags(image) == {"vmtrust:state": "uploading"}
-    assert [s["SnapshotId"] for s in ec2.describe_snapshots(SnapshotIds=[own_snapshot])[
-        "Snapshots"]] == [own_snapshot]  # fmt: skip
+    assert [
+        s["SnapshotId"] for s in ec2.describe_snapshots(SnapshotIds=[own_snapshot])["Snapshots"]
+    ] == [own_snapshot]
     assert launch_permissions(cloud, foreign) == set()
 
 
@@ -385,7 +391,7 @@ def test_images_vmtrust_did_not_create_are_never_touched(ec2_sync, site, pki):
 def test_record_tags_copied_onto_another_ami_are_not_trusted(ec2_sync, site, pki):
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     ec2_sync.run(ec2_sync.subs)
-    (_, good), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, good),) = trusted(ec2_sync).values()
     ec2 = ec2_sync.cloud.clients.ec2
     copy = ec2.register_image(Name="copy", RootDeviceName="/dev/xvda")["ImageId"]
     ec2.create_tags(Resources=[copy], Tags=good["Tags"])
@@ -400,7 +406,7 @@ def test_record_tags_copied_onto_another_ami_are_not_trusted(ec2_sync, site, pki
 def test_an_altered_record_tag_breaks_the_seal_and_is_quarantined(ec2_sync, site, pki):
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     ec2_sync.run(ec2_sync.subs)
-    (_, good), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, good),) = trusted(ec2_sync).values()
     ec2_sync.cloud.clients.ec2.create_tags(
         Resources=[good["ImageId"]], Tags=[{"Key": "vmtrust:vo", "Value": "vo.evil.org"}]
     )
@@ -420,13 +426,13 @@ def test_refresh_rewrites_the_record_in_place_and_clears_continuations(ec2_sync,
     image["hv:image"]["dc:title"] = "L" * 700  # three tags
     publish(site, pki, [image], "1")
     ec2_sync.run(ec2_sync.subs)
-    (_, before), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, before),) = trusted(ec2_sync).values()
     assert "vmtrust:title.2" in tags(before)
     image["hv:image"]["dc:title"] = "Short title"
     publish(site, pki, [image], "2")
     report = ec2_sync.run(ec2_sync.subs)
     assert report.failures == [] and any("refreshed a" in line for line in report.done)
-    (_, after), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, after),) = trusted(ec2_sync).values()
     assert after["ImageId"] == before["ImageId"]
     record = ec2record.read_record(tags(after))[0]
     assert record.title == "Short title" and record.list_version == "2"
@@ -438,7 +444,7 @@ def test_refresh_rewrites_the_record_in_place_and_clears_continuations(ec2_sync,
 def test_sharing_follows_the_configuration(ec2_sync, site, pki):
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     ec2_sync.run(ec2_sync.subs)
-    (_, image), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, image),) = trusted(ec2_sync).values()
     ec2_sync.store.vo_accounts = {VO: ["222222222222", "333333333333"]}
     report = ec2_sync.run(ec2_sync.subs)
     assert report.failures == [] and any("shared a" in line for line in report.done)
@@ -510,7 +516,7 @@ def test_expired_image_is_retired_and_deprecated_at_once(ec2_sync, site, pki):
     ec2_sync.s.retire_mode = "hide"
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     ec2_sync.run(ec2_sync.subs)
-    (_, image), = trusted(ec2_sync).values()  # fmt: skip
+    ((_, image),) = trusted(ec2_sync).values()
     later = datetime.now(UTC) + timedelta(days=60)  # past the list's expiry
     ec2_sync.run(ec2_sync.subs, now=later)
     after = images(ec2_sync.cloud)[image["ImageId"]]

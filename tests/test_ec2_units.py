@@ -112,9 +112,18 @@ def test_an_altered_record_or_another_key_raises_seal_error():
 
 @pytest.mark.parametrize(
     "value",
-    ["plain value", "", "/DC=org/DC=example/CN=Jane Endorser", "Wörker (v2), final!",
-     "aws:reserved", "AWS:Reserved", "b64:looks encoded", "x" * 700, "ü" * 300 + "\n"],
-)  # fmt: skip
+    [
+        "plain value",
+        "",
+        "/DC=org/DC=example/CN=Jane Endorser",
+        "Wörker (v2), final!",
+        "aws:reserved",
+        "AWS:Reserved",
+        "b64:looks encoded",
+        "x" * 700,
+        "ü" * 300 + "\n",
+    ],
+)
 def test_values_round_trip_within_ec2_and_aws_wide_limits(value):
     tags = ec2record.split("vmtrust:title", value)
     assert ec2record.join(tags, "vmtrust:title") == value
@@ -158,8 +167,15 @@ def test_an_added_continuation_changes_the_record_and_breaks_the_seal():
     record, got = ec2record.read_record(tags)
     assert record.vo == "vo.example.org-evil"
     with pytest.raises(SealError):
-        check_binding(record, got, store_id=record.store_id, sha512=None, size=None,
-                      keys=[KEY.public_key()], now=None)  # fmt: skip
+        check_binding(
+            record,
+            got,
+            store_id=record.store_id,
+            sha512=None,
+            size=None,
+            keys=[KEY.public_key()],
+            now=None,
+        )
 
 
 def test_tag_limits_of_ec2():
@@ -219,8 +235,12 @@ def reassemble(found: list[tuple[int, bytes]], count: int) -> bytes:
     return bytes(data)
 
 
-PIECES = {"zero block": bytes(BLOCK), "zeros": bytes(1000), "data": b"d" * 700,
-          "data block": b"e" * BLOCK}  # fmt: skip
+PIECES = {
+    "zero block": bytes(BLOCK),
+    "zeros": bytes(1000),
+    "data": b"d" * 700,
+    "data block": b"e" * BLOCK,
+}
 
 
 @settings(deadline=None, max_examples=40)
@@ -274,18 +294,29 @@ def test_every_put_carries_its_checksum_and_completion_the_linear_aggregate():
         stubber.add_response(
             "put_snapshot_block",
             {"Checksum": b64sha256(block), "ChecksumAlgorithm": "SHA256"},
-            {"SnapshotId": "snap-1", "BlockIndex": index, "BlockData": block, "DataLength": BLOCK,
-             "Checksum": b64sha256(block), "ChecksumAlgorithm": "SHA256"},
-        )  # fmt: skip
+            {
+                "SnapshotId": "snap-1",
+                "BlockIndex": index,
+                "BlockData": block,
+                "DataLength": BLOCK,
+                "Checksum": b64sha256(block),
+                "ChecksumAlgorithm": "SHA256",
+            },
+        )
     aggregate = base64.b64encode(
         hashlib.sha256(hashlib.sha256(first).digest() + hashlib.sha256(third).digest()).digest()
     ).decode()
     stubber.add_response(
         "complete_snapshot",
         {"Status": "pending"},
-        {"SnapshotId": "snap-1", "ChangedBlocksCount": 2, "Checksum": aggregate,
-         "ChecksumAlgorithm": "SHA256", "ChecksumAggregationMethod": "LINEAR"},
-    )  # fmt: skip
+        {
+            "SnapshotId": "snap-1",
+            "ChangedBlocksCount": 2,
+            "Checksum": aggregate,
+            "ChecksumAlgorithm": "SHA256",
+            "ChecksumAggregationMethod": "LINEAR",
+        },
+    )
     writer = BlockWriter(client, "img", threads=1)
     with stubber:
         writer.start(2 * BLOCK + 100, tags, "d")
@@ -300,9 +331,11 @@ def test_an_all_zero_image_completes_with_no_blocks_and_no_checksum():
 
     client = ebs_client()
     stubber = Stubber(client)
-    stubber.add_response("start_snapshot", {"SnapshotId": "snap-0", "BlockSize": BLOCK},
-                         {"VolumeSize": 1, "Tags": [], "Description": "d", "ClientToken": ANY,
-                          "Timeout": 60})  # fmt: skip
+    stubber.add_response(
+        "start_snapshot",
+        {"SnapshotId": "snap-0", "BlockSize": BLOCK},
+        {"VolumeSize": 1, "Tags": [], "Description": "d", "ClientToken": ANY, "Timeout": 60},
+    )
     stubber.add_response(
         "complete_snapshot",
         {"Status": "pending"},
@@ -321,9 +354,11 @@ def test_a_block_size_other_than_512_kib_is_refused():
 
     client = ebs_client()
     stubber = Stubber(client)
-    stubber.add_response("start_snapshot", {"SnapshotId": "snap-x", "BlockSize": 512},
-                         {"VolumeSize": 1, "Tags": [], "Description": "d", "ClientToken": ANY,
-                          "Timeout": 60})  # fmt: skip
+    stubber.add_response(
+        "start_snapshot",
+        {"SnapshotId": "snap-x", "BlockSize": 512},
+        {"VolumeSize": 1, "Tags": [], "Description": "d", "ClientToken": ANY, "Timeout": 60},
+    )
     writer = BlockWriter(client, "img", threads=1)
     with (
         stubber,
@@ -338,9 +373,11 @@ def test_a_failed_put_fails_the_upload_and_stops_sending():
 
     client = ebs_client()
     stubber = Stubber(client)
-    stubber.add_response("start_snapshot", {"SnapshotId": "snap-f", "BlockSize": BLOCK},
-                         {"VolumeSize": 1, "Tags": [], "Description": "d", "ClientToken": ANY,
-                          "Timeout": 60})  # fmt: skip
+    stubber.add_response(
+        "start_snapshot",
+        {"SnapshotId": "snap-f", "BlockSize": BLOCK},
+        {"VolumeSize": 1, "Tags": [], "Description": "d", "ClientToken": ANY, "Timeout": 60},
+    )
     stubber.add_client_error("put_snapshot_block", "ValidationException", "checksum mismatch", 400)
     writer = BlockWriter(client, "img", threads=1)
     with stubber, pytest.raises(EC2Error, match="block 0 of snap-f: EBS PutSnapshotBlock"):

@@ -12,6 +12,7 @@ boto3 is imported only here and only when a client is made (the ``[ec2]`` extra)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,19 @@ def clients(
         s3=boto_session.client("s3", **kw),
         region=region,
     )
+
+
+def parse_vo_accounts(entries: list[str]) -> dict[str, list[str]]:
+    """``VO:ACCOUNT_ID`` entries → VO → [account ids]."""
+    result: dict[str, list[str]] = {}
+    for entry in entries:
+        vo, _, account = (part.strip() for part in entry.partition(":"))
+        if not vo or not re.fullmatch(r"[0-9]{12}", account):
+            raise ConfigError(
+                f"[store_ec2] vo_account {entry!r}: expected VO:ACCOUNT_ID (12 digits)"
+            )
+        result.setdefault(vo, []).append(account)
+    return result
 
 
 def error_code(exc: BaseException) -> str:

@@ -56,8 +56,15 @@ from vmtrust.record import SealError, TrustRecord, check_binding
 
 LOG = logging.getLogger("vmtrust.ec2")
 #: sl:arch → EC2's architecture; an empty sl:arch is taken as x86_64.
-ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64",
-          "i386": "i386", "i686": "i386", "": "x86_64"}  # fmt: skip
+ARCHES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "i386": "i386",
+    "i686": "i386",
+    "": "x86_64",
+}
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]+")
 
 
@@ -132,9 +139,14 @@ class EC2Store(Store):
             # EBS snapshots are immutable: the snapshot id in the store id binds the bytes,
             # and EC2 computes no hash of them to compare; expiry is the planner's decision.
             verdict = check_binding(
-                sealed, seal, store_id=bound_to, sha512=None, size=None, keys=self.seal_keys,
+                sealed,
+                seal,
+                store_id=bound_to,
+                sha512=None,
+                size=None,
+                keys=self.seal_keys,
                 now=None,
-            )  # fmt: skip
+            )
         except SealError as exc:
             return Held(bound_to, None, False, retired, retired_at, location, str(exc))
         problem = None if verdict.trusted else verdict.reason
@@ -175,9 +187,12 @@ class EC2Store(Store):
         direct = want.image.size if normalise_format(want.image.format) == (None, "raw") else None
         try:
             with raw_source(
-                stream, disk_format, direct_size=direct, workdir=self.workdir,
+                stream,
+                disk_format,
+                direct_size=direct,
+                workdir=self.workdir,
                 identifier=want.identifier,
-            ) as (size, chunks, tally):  # fmt: skip
+            ) as (size, chunks, tally):
                 writer.start(size, tags_.tag_list(marker), f"vmtrust {want.identifier}")
                 for index, block in blocks(chunks):
                     writer.put(index, block)
@@ -275,9 +290,14 @@ class EC2Store(Store):
             if snapshot_id:
                 self.account.delete_snapshot(snapshot_id, what)
         except EC2Error as exc:
-            LOG.error("image %s: could not remove the unfinished AMI %s / snapshot %s: %s "
-                      "(the next run removes it)", identifier, image_id or "-",
-                      snapshot_id or "-", exc)  # fmt: skip
+            LOG.error(
+                "image %s: could not remove the unfinished AMI %s / snapshot %s: %s "
+                "(the next run removes it)",
+                identifier,
+                image_id or "-",
+                snapshot_id or "-",
+                exc,
+            )
 
     # --- what follows from the record and the configuration ------------------------------
 
@@ -413,25 +433,12 @@ def _name(title: str) -> str:
     return ("_" + title if title.lower().startswith("aws:") else title)[:256]
 
 
-def parse_vo_accounts(entries: list[str]) -> dict[str, list[str]]:
-    """``VO:ACCOUNT_ID`` entries → VO → [account ids]."""
-    result: dict[str, list[str]] = {}
-    for entry in entries:
-        vo, _, account = (part.strip() for part in entry.partition(":"))
-        if not vo or not re.fullmatch(r"[0-9]{12}", account):
-            raise ConfigError(
-                f"[store_ec2] vo_account {entry!r}: expected VO:ACCOUNT_ID (12 digits)"
-            )
-        result.setdefault(vo, []).append(account)
-    return result
-
-
 def from_conf(conf: Any, seal_keys: list[Ed25519PublicKey], workdir: Path) -> EC2Store:
     """The store as ``[store_ec2]`` describes it; every option checked, nothing contacted."""
     from vmtrust import ec2client
 
     section = conf.store_ec2
-    vo_accounts = parse_vo_accounts(section.vo_account)
+    vo_accounts = ec2client.parse_vo_accounts(section.vo_account)
     if vo_accounts and not section.record_bucket:
         raise ConfigError(
             "[store_ec2] record_bucket: needed with vo_account (VO accounts cannot read the "
