@@ -391,3 +391,48 @@ def ec2_cloud(moto_server, tmp_path: Path):
         Bucket="site-records", CreateBucketConfiguration={"LocationConstraint": REGION}
     )
     return Cloud(clients, gaps, moto_server.url)
+
+
+VO = "vo.example.org"
+VO_ACCOUNT = "111111111111"
+BUCKET = "site-records"
+
+
+def make_store(cloud, key, tmp_path: Path, **kw):
+    """An EC2 store in the moto account of ``cloud``: VO shares, the record bucket."""
+    from glance_sync.stores.ec2 import EC2Store
+
+    options = dict(
+        seal_keys=[key.public_key()],
+        workdir=tmp_path / "state" / "convert",
+        vo_accounts={VO: [VO_ACCOUNT]},
+        record_bucket=BUCKET,
+        not_found_wait=5.0,
+    )
+    options.update(kw)
+    return EC2Store(cloud.clients, **options)
+
+
+@pytest.fixture
+def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
+    """A sync service storing into the moto account, subscribed to ``site``."""
+    from glance_sync.service import SyncService
+    from vmtrust.imagelist import Endorser
+    from vmtrust.policy import Subscription
+    from vmtrust.record import generate_key_pair, load_private_key
+
+    generate_key_pair(tmp_path / "seal.key")
+    key = load_private_key(tmp_path / "seal.key")
+    settings = sync_settings(tmp_path, ca_dir, key, store_name="ec2")
+    service = SyncService(settings, make_store(ec2_cloud, key, tmp_path))
+    service.subs = (  # type: ignore[attr-defined]
+        Subscription(
+            name="example",
+            url=site.url("/site.list"),
+            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
+            approve_all=True,
+        ),
+    )
+    service.cloud = ec2_cloud  # type: ignore[attr-defined]
+    yield service
+    service.close()

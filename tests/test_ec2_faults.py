@@ -15,16 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import sync_settings
+from conftest import BUCKET, VO, VO_ACCOUNT, make_store, sync_settings
 from httpfault import Fault, FaultProxy
 from moto_ec2 import free_port, session
 from test_ec2_store import (
-    BUCKET,
-    VO,
-    VO_ACCOUNT,
     images,
     launch_permissions,
-    make_store,
     managed_snapshots,
     published,
     tags,

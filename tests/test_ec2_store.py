@@ -25,55 +25,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import sync_settings
+from conftest import BUCKET, VO, VO_ACCOUNT, make_store, sync_settings
 from httpserve import Behaviour
 from moto_ec2 import ACCOUNT
 from test_sync_local import IMAGE_A, IMAGE_B, entry, publish
 
 from glance_sync.service import SyncService
-from glance_sync.stores.ec2 import EC2Store
 from glance_sync.stores.ec2_upload import BLOCK
 from vmtrust import ec2record
 from vmtrust.imagelist import Endorser, parse_date
 from vmtrust.policy import Subscription
 from vmtrust.record import check_binding, generate_key_pair, load_private_key
-
-VO = "vo.example.org"
-VO_ACCOUNT = "111111111111"
-BUCKET = "site-records"
-
-
-def make_store(cloud, key, tmp_path: Path, **kw) -> EC2Store:
-    options = dict(
-        seal_keys=[key.public_key()],
-        workdir=tmp_path / "state" / "convert",
-        vo_accounts={VO: [VO_ACCOUNT]},
-        record_bucket=BUCKET,
-        not_found_wait=5.0,
-    )
-    options.update(kw)
-    return EC2Store(cloud.clients, **options)
-
-
-@pytest.fixture
-def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
-    """A sync service storing into the moto account, subscribed to ``site``."""
-    generate_key_pair(tmp_path / "seal.key")
-    key = load_private_key(tmp_path / "seal.key")
-    settings = sync_settings(tmp_path, ca_dir, key, store_name="ec2")
-    service = SyncService(settings, make_store(ec2_cloud, key, tmp_path))
-    service.subs = (  # type: ignore[attr-defined]
-        Subscription(
-            name="example",
-            url=site.url("/site.list"),
-            endorsers=(Endorser(dn=pki.endorser.dn, ca=pki.endorser.ca_dn),),
-            approve_all=True,
-        ),
-    )
-    service.cloud = ec2_cloud  # type: ignore[attr-defined]
-    yield service
-    service.close()
-
 
 # --- looking at the account directly ------------------------------------------------------
 
