@@ -12,12 +12,12 @@ GLANCE_VENV := .venv-glance
 # nova's scheduler code and in-process functional stack, with vmtrust installed into it.
 NOVA_VENV := .venv-nova
 
-.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova cloud-init clean
+.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 venv venv-glance venv-nova cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,glance]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,glance,ec2]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -72,6 +72,9 @@ bench: venv
 
 bench-glance: venv venv-glance
 	$(BIN)/python benchmarks/glance_ingest.py
+
+bench-ec2: venv
+	$(BIN)/python benchmarks/ec2_ingest.py
 
 bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py
