@@ -119,6 +119,7 @@ class MotoGaps:
         self.page_size = page_size
         self._lock = threading.Lock()
         self._direct: Any = None
+        self._loader: Any = None
 
     # --- the shared state --------------------------------------------------------------
 
@@ -140,14 +141,23 @@ class MotoGaps:
             return copy.deepcopy(data)
 
     def _moto(self) -> Any:
-        """A client straight to moto, without these hooks (for CreateTags of TagSpecifications)."""
+        """A client straight to moto without any hook (for CreateTags of TagSpecifications);
+        it shares the service models already loaded, so it costs no memory to speak of."""
         if self._direct is None:
-            self._direct = session().client("ec2", endpoint_url=self.url)
+            import botocore.session
+
+            plain = botocore.session.Session()
+            if self._loader is not None:
+                plain.register_component("data_loader", self._loader)
+            self._direct = plain.create_client(
+                "ec2", region_name=REGION, endpoint_url=self.url, **CREDENTIALS
+            )
         return self._direct
 
     # --- hooks ---------------------------------------------------------------------------
 
     def attach(self, boto_session: Any) -> None:
+        self._loader = boto_session._session.get_component("data_loader")
         events = boto_session.events
         events.register("before-call.ec2.EnableImageDeprecation", self._deprecate)
         for name in (
