@@ -498,3 +498,21 @@ def test_store_files_are_not_left_in_the_work_folder_after_a_failure(ec2_sync, s
     assert not work.exists() or list(work.iterdir()) == []
     assert managed_snapshots(ec2_sync.cloud) == set()
     shutil.rmtree(work, ignore_errors=True)
+
+
+def test_marking_a_trusted_ami_uploading_does_not_get_it_removed_but_quarantined(
+    ec2_sync, site, pki
+):
+    """Cleanup removes only AMIs a create left before its commit (no seal yet): a sealed AMI
+    someone marked ``uploading`` is not deleted as a leftover, it is quarantined."""
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    ec2_sync.run(ec2_sync.subs)
+    ((_, good),) = trusted(ec2_sync).values()
+    ec2_sync.cloud.clients.ec2.create_tags(
+        Resources=[good["ImageId"]], Tags=[{"Key": "vmtrust:state", "Value": "uploading"}]
+    )
+    report = ec2_sync.run(ec2_sync.subs)
+    assert report.failures == []
+    after = images(ec2_sync.cloud)[good["ImageId"]]  # still registered
+    assert after["State"] == "disabled" and tags(after)["vmtrust:state"] == "retired"
+    assert trusted(ec2_sync)["a"][1]["ImageId"] != good["ImageId"]  # re-created from the list

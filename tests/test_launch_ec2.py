@@ -210,3 +210,27 @@ def test_a_launch_ec2_refuses_is_one_line(ec2_sync, site, pki):
     message = str(failed.value)
     assert "EC2 RunInstances: InsufficientInstanceCapacity" in message and "\n" not in message
     assert ec2_sync.cloud.clients.ec2.describe_instances()["Reservations"] == []
+
+
+@pytest.mark.parametrize(
+    "image,why",
+    [
+        ({"ImageId": "ami-1", "OwnerId": "999999999999", "State": "available"}, "owned by 9999"),
+        ({"ImageId": "ami-1", "OwnerId": ACCOUNT, "State": "pending"}, "state is pending"),
+        (
+            {"ImageId": "ami-1", "OwnerId": ACCOUNT, "State": "available", "DeprecationTime": "x"},
+            "unreadable deprecation time 'x'",
+        ),
+    ],
+)
+def test_amis_are_refused_before_their_record_is_fetched(image, why):
+    record, reason = launch_ec2.judge(
+        None,
+        image,
+        keys=[],
+        site_account=ACCOUNT,
+        record_bucket=BUCKET,
+        record_prefix="p/",
+        now=datetime.now(UTC),
+    )
+    assert record is None and reason.startswith(why)

@@ -98,8 +98,12 @@ def judge(
     if image.get("State") != "available":
         return None, f"state is {image.get('State')}"
     deprecated = image.get("DeprecationTime")
-    if deprecated and datetime.fromisoformat(deprecated) <= now:
-        return None, f"deprecated since {deprecated}"
+    if deprecated:
+        try:
+            if datetime.fromisoformat(deprecated) <= now:
+                return None, f"deprecated since {deprecated}"
+        except ValueError:
+            return None, f"unreadable deprecation time {deprecated!r}"
     key = f"{record_prefix}{image_id}.json"
     body = _published(clients, record_bucket, key)
     if body is None:

@@ -159,7 +159,7 @@ class EC2Store(Store):
         images, self._listing = self._listing, None
         if images is None:
             images = self.account.managed_images()
-        images = [i for i in images if _tags(i).get(tags_.STATE) != tags_.UPLOADING]
+        images = [image for image in images if not _unfinished(image)]
         self._seen = {image["ImageId"]: image for image in images}
         return [self._held(image) for image in images]
 
@@ -400,7 +400,7 @@ class EC2Store(Store):
         """Remove AMIs left ``uploading`` and managed snapshots no managed AMI uses."""
         removed, kept = [], []
         for image in self.account.managed_images():
-            if _tags(image).get(tags_.STATE) != tags_.UPLOADING:
+            if not _unfinished(image):
                 kept.append(image)
                 continue
             try:
@@ -426,6 +426,14 @@ class EC2Store(Store):
 
 def _tags(image: dict[str, Any]) -> dict[str, str]:
     return tags_.tag_dict(image.get("Tags"))
+
+
+def _unfinished(image: dict[str, Any]) -> bool:
+    """An AMI a create left before its commit: ``uploading`` and no seal yet.  The commit
+    writes the seal and ``trusted`` in one call, so a sealed AMI marked ``uploading`` was
+    altered: it is listed (and quarantined), never removed as a leftover."""
+    tags = _tags(image)
+    return tags.get(tags_.STATE) == tags_.UPLOADING and tags_.SEAL not in tags
 
 
 def _name(title: str) -> str:
