@@ -516,3 +516,31 @@ def test_marking_a_trusted_ami_uploading_does_not_get_it_removed_but_quarantined
     after = images(ec2_sync.cloud)[good["ImageId"]]  # still registered
     assert after["State"] == "disabled" and tags(after)["vmtrust:state"] == "retired"
     assert trusted(ec2_sync)["a"][1]["ImageId"] != good["ImageId"]  # re-created from the list
+
+
+def test_a_new_record_bucket_gets_every_record_again(ec2_sync, site, pki):
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    ec2_sync.run(ec2_sync.subs)
+    ((_, image),) = trusted(ec2_sync).values()
+    ec2_sync.cloud.clients.s3.create_bucket(
+        Bucket="new-records", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    ec2_sync.store.account.record_bucket = "new-records"
+    report = ec2_sync.run(ec2_sync.subs)
+    assert report.failures == [] and any("published the record of a" in x for x in report.done)
+    body = ec2_sync.cloud.clients.s3.get_object(
+        Bucket="new-records", Key=f"vmtrust/records/{image['ImageId']}.json"
+    )["Body"].read()
+    assert body == published(ec2_sync.cloud, image["ImageId"])
+    assert ec2_sync.run(ec2_sync.subs).done == []
+
+
+def test_the_name_tag_is_plain_whatever_the_title(ec2_sync, site, pki):
+    image = entry("n", IMAGE_A, site)
+    image["hv:image"]["dc:title"] = "aws:evil\x1b[31m title, with (parens)\n"
+    publish(site, pki, [image], "1")
+    assert ec2_sync.run(ec2_sync.subs).failures == []
+    ((_, ami),) = trusted(ec2_sync).values()
+    assert tags(ami)["Name"] == "_aws:evil-31m title- with -parens-"
+    assert ami["Description"].startswith("aws:evil [31m title, with (parens)  1 (vmtrust")
+    assert ec2record.read_record(tags(ami))[0].title == image["hv:image"]["dc:title"]

@@ -65,7 +65,8 @@ ARCHES = {
     "i686": "i386",
     "": "x86_64",
 }
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]+")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]+")  #: AMI names
+_TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,10 +266,11 @@ class EC2Store(Store):
         }
         tagged = {"ResourceType": "image", "Tags": tags_.tag_list({**marker, "Name": _name(title)})}
         extra = {"ImdsSupport": "v2.0"} if opts.imds_v2 else {}
+        vo = want.vo or "-"
         return self.account.register(
             f"image {want.identifier}",
             Name=f"{name} {snapshot_id}",
-            Description=f"{title} {want.image.version} (vmtrust, VO {want.vo or '-'})"[:255],
+            Description=_printable(f"{title} {want.image.version} (vmtrust, VO {vo})")[:255],
             Architecture=arch,
             RootDeviceName=opts.root_device,
             BlockDeviceMappings=[root],
@@ -315,9 +317,12 @@ class EC2Store(Store):
             changed.append(f"deprecation of {identifier} at {aws_time(when)}")
         if self.publishes:
             body = tags_.document(record, seal)
-            if tags.get(tags_.PUBLISHED) != tags_.digest(body):
+            # where it went counts too: a new bucket or prefix gets the record again
+            where = f"s3://{self.account.record_bucket}/{self.account.record_key(image_id)}\n"
+            published = tags_.digest(where.encode() + body)
+            if tags.get(tags_.PUBLISHED) != published:
                 self.account.publish(image_id, body, what)
-                bookkeeping[tags_.PUBLISHED] = tags_.digest(body)
+                bookkeeping[tags_.PUBLISHED] = published
                 changed.append(f"published the record of {identifier}")
         accounts = sorted(set(self.vo_accounts.get(record.vo, [])))
         shared = tags_.digest(",".join(accounts).encode())
@@ -436,9 +441,16 @@ def _unfinished(image: dict[str, Any]) -> bool:
     return tags.get(tags_.STATE) == tags_.UPLOADING and tags_.SEAL not in tags
 
 
+def _printable(text: str) -> str:
+    """List data without control characters, which EC2 descriptions do not take."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
 def _name(title: str) -> str:
-    """The ``Name`` tag people see in the console (``aws:`` is reserved)."""
-    return ("_" + title if title.lower().startswith("aws:") else title)[:256]
+    """The ``Name`` tag people see in the console: list data made plain (``aws:`` is
+    reserved, and other services refuse unusual characters in tags)."""
+    plain = _TAG_UNSAFE.sub("-", title)
+    return ("_" + plain if plain.lower().startswith("aws:") else plain)[:256]
 
 
 def from_conf(conf: Any, seal_keys: list[Ed25519PublicKey], workdir: Path) -> EC2Store:
