@@ -202,6 +202,12 @@ def launch(
     """
     if count < 1:
         raise LaunchError(f"count {count}: must be at least 1")
+    # what the audit and the console show: the VO and the image (encoded as the record's tags)
+    tags = {
+        "Name": name,
+        **ec2record.split("vmtrust:vo", image.vo),
+        **ec2record.split("vmtrust:image_identifier", image.identifier),
+    }
     params: dict[str, Any] = {
         "ImageId": image.id,
         "InstanceType": instance_type,
@@ -209,16 +215,7 @@ def launch(
         "MaxCount": count,
         "UserData": pack_user_data(user_data),
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-        "TagSpecifications": [
-            {
-                "ResourceType": "instance",
-                "Tags": [
-                    {"Key": "Name", "Value": name},
-                    {"Key": "vmtrust:vo", "Value": image.vo},
-                    {"Key": "vmtrust:image_identifier", "Value": image.identifier},
-                ],
-            }
-        ],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": ec2record.tag_list(tags)}],
     }
     if subnet_id:
         params["SubnetId"] = subnet_id

@@ -194,7 +194,7 @@ class EC2Store(Store):
                 workdir=self.workdir,
                 identifier=want.identifier,
             ) as (size, chunks, tally):
-                writer.start(size, tags_.tag_list(marker), f"vmtrust {want.identifier}")
+                writer.start(size, tags_.tag_list(marker), _printable(f"vmtrust {want.identifier}"))
                 for index, block in blocks(chunks):
                     writer.put(index, block)
                 writer.complete()
