@@ -460,10 +460,14 @@ def test_leftovers_of_an_interrupted_run_are_removed(ec2_sync, site, pki):
         Resources=[half], Tags=[*marker, {"Key": "vmtrust:state", "Value": "uploading"}]
     )
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    work = Path(ec2_sync.s.state_dir) / "convert"
+    work.mkdir(parents=True)
+    (work / "0123abcd.ec2").write_bytes(b"half a qcow2")  # a run killed while reading one
     report = ec2_sync.run(ec2_sync.subs)
     assert report.failures == []
     assert half not in images(cloud) and dead not in managed_snapshots(cloud)
     assert set(trusted(ec2_sync)) == {"a"}
+    assert list(work.iterdir()) == []
 
 
 def test_dry_run_changes_nothing(ec2_sync, site, pki):

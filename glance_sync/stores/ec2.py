@@ -116,9 +116,6 @@ class EC2Store(Store):
         """Requests to the site account, except the block puts of an upload."""
         return self.account.calls
 
-    def location(self, held: Held) -> str:
-        return held.location
-
     # --- reading ----------------------------------------------------------------------
 
     def _held(self, image: dict[str, Any]) -> Held:
@@ -425,6 +422,10 @@ class EC2Store(Store):
                 LOG.error("could not remove snapshot %s: %s", snapshot["SnapshotId"], exc)
                 continue
             removed.append(f"snapshot {snapshot['SnapshotId']} no AMI uses")
+        # work files of a run killed while reading a qcow2 or an unpacked raw image
+        for leftover in [*self.workdir.glob("*.ec2"), *self.workdir.glob("*.err")]:
+            leftover.unlink(missing_ok=True)
+            removed.append(f"work file {leftover}")
         self._listing = kept
         return removed
 
