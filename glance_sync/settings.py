@@ -97,7 +97,7 @@ def make_store(settings: SyncSettings) -> Store:
 
         return from_conf(settings.conf, [settings.seal_key.public_key()])
     if settings.store_name == "ec2" and settings.conf is not None:
-        from glance_sync.stores.ec2 import from_conf as ec2_from_conf
+        from glance_sync.stores.ec2_conf import from_conf as ec2_from_conf
 
         return ec2_from_conf(
             settings.conf, [settings.seal_key.public_key()], settings.state_dir / "convert"

@@ -75,7 +75,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
         store = from_conf(conf, _public_keys(conf))
     elif conf.sync.store == "ec2":
-        from glance_sync.stores.ec2 import from_conf as ec2_from_conf
+        from glance_sync.stores.ec2_conf import from_conf as ec2_from_conf
 
         store = ec2_from_conf(conf, _public_keys(conf), Path(conf.state_dir) / "convert")
     else:
