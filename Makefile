@@ -15,13 +15,13 @@ NOVA_VENV := .venv-nova
 CIP_VENV := .venv-cip
 CIP_VERSION := 1.2.0
 
-.PHONY: demo test lint sample bench bench-glance bench-filter venv venv-glance venv-nova venv-cip \
-	cloud-init clean
+.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 venv venv-glance \
+	venv-nova venv-cip cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,glance]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,glance,ec2]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -86,6 +86,9 @@ bench: venv
 
 bench-glance: venv venv-glance
 	$(BIN)/python benchmarks/glance_ingest.py
+
+bench-ec2: venv
+	$(BIN)/python benchmarks/ec2_ingest.py
 
 bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py

@@ -172,13 +172,17 @@ class SyncService:
     def _store(
         self, want: Desired, reader: SourceReader, stream: InspectedStream, disk_format: str
     ) -> Held:
-        def finish(store_id: str, size: int, sha512: str) -> tuple:
+        def finish(
+            store_id: str, size: int, sha512: str, *, stored_format: str | None = None
+        ) -> tuple:
             reader.drain()  # size and SHA-512 of the download, before committing
             if not stream.inspection.done:  # the store stopped before the end of the disk
                 raise TransferError(f"image {want.identifier}: not read to its end; not stored")
+            # a store that converts on the way (EC2: qcow2 → raw blocks) says what it stored
             record = want.record(
-                store_id=store_id, sha512=sha512, size=size, disk_format=disk_format
-            )
+                store_id=store_id, sha512=sha512, size=size,
+                disk_format=stored_format or disk_format,
+            )  # fmt: skip
             return record, seal(record, self.s.seal_key)
 
         return self.store.create(want, stream, disk_format, finish)

@@ -107,7 +107,11 @@ def make_store(settings: SyncSettings) -> Store:
         from glance_sync.stores.glance import from_conf
 
         return from_conf(settings.conf, [settings.seal_key.public_key()])
-    raise ConfigError(
-        f"[sync] store = {settings.store_name}: not available yet "
-        "(this version has the local and glance stores)"
-    )
+    if settings.store_name == "ec2" and settings.conf is not None:
+        from glance_sync.convert import work_folder
+        from glance_sync.stores.ec2_conf import from_conf as ec2_from_conf
+
+        return ec2_from_conf(
+            settings.conf, [settings.seal_key.public_key()], work_folder(settings.state_dir)
+        )
+    raise ConfigError(f"[sync] store = {settings.store_name}: not available")

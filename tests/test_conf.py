@@ -93,6 +93,25 @@ def test_entry_point_and_groups():
             "max_expansion_ratio",
         },
         "store_local": {"path", "hook", "disk_format"},
+        "store_ec2": {
+            "region",
+            "profile",
+            "endpoint_url",
+            "account_id",
+            "vo_account",
+            "record_bucket",
+            "record_prefix",
+            "sync_role_arn",
+            "boot_mode",
+            "ena_support",
+            "imds_v2",
+            "root_device",
+            "volume_type",
+            "name_prefix",
+            "upload_threads",
+            "api_retries",
+            "api_timeout",
+        },
     }
 
 

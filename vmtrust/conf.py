@@ -306,6 +306,104 @@ store_glance_opts = [
 ]
 
 
+store_ec2_opts = [
+    cfg.StrOpt(
+        "region",
+        default="",
+        help="AWS region of the images (e.g. eu-west-1). Empty: the region of the AWS "
+        "configuration (AWS_REGION, the profile).",
+    ),
+    cfg.StrOpt(
+        "profile",
+        default="",
+        help="Named profile of the AWS configuration files with the sync's credentials (it may "
+        "assume a role: role_arn, source_profile or credential_source). Empty: boto3's default "
+        "chain (environment, default profile, the instance's role).",
+    ),
+    cfg.StrOpt(
+        "endpoint_url",
+        default="",
+        help="One endpoint for EC2, EBS and S3 instead of AWS's (an emulator such as moto).",
+    ),
+    cfg.StrOpt(
+        "account_id",
+        default="",
+        help="The site account that owns every AMI vmtrust writes (12 digits). Used by "
+        "'vmtrust ec2 policy' and by VOs to find images; the sync itself works in the account "
+        "of its credentials and only touches AMIs and snapshots tagged vmtrust:managed.",
+    ),
+    cfg.MultiStrOpt(
+        "vo_account",
+        default=[],
+        help="VO:ACCOUNT_ID (repeat per account): give this AWS account launch permission on "
+        "the images of this VO. Needs record_bucket.",
+    ),
+    cfg.StrOpt(
+        "record_bucket",
+        default="",
+        help="S3 bucket of the site account where each AMI's trust record and seal are "
+        "published as <record_prefix><ami-id>.json: VO accounts cannot read the tags of an AMI "
+        "shared with them, and 'vmtrust launch' checks the seal from there.",
+    ),
+    cfg.StrOpt("record_prefix", default="vmtrust/records/", help="Key prefix in record_bucket."),
+    cfg.StrOpt(
+        "sync_role_arn",
+        default="",
+        help="ARN of the IAM role the sync runs as, for the policy documents of "
+        "'vmtrust ec2 policy' (only this role may write images, vmtrust:* tags and EBS blocks).",
+    ),
+    cfg.StrOpt(
+        "boot_mode",
+        default="uefi-preferred",
+        choices=[
+            ("legacy-bios", "BIOS boot"),
+            ("uefi", "UEFI boot"),
+            ("uefi-preferred", "UEFI where the instance type has it, else BIOS"),
+        ],
+        help="Boot mode of the AMIs: the images must boot this way (EBS direct uploads do not "
+        "change the guest).",
+    ),
+    cfg.BoolOpt(
+        "ena_support",
+        default=True,
+        help="Mark AMIs as having the ENA network driver (needed on current instance types; the "
+        "images must also have NVMe drivers, for which EC2 has no flag).",
+    ),
+    cfg.BoolOpt(
+        "imds_v2",
+        default=True,
+        help="Instances of the AMIs require IMDSv2 (session tokens) for the metadata service.",
+    ),
+    cfg.StrOpt("root_device", default="/dev/xvda", help="Root device name of the AMIs."),
+    cfg.StrOpt(
+        "volume_type",
+        default="gp3",
+        choices=["gp3", "gp2", "io1", "io2", "standard"],
+        help="EBS volume type of the root volume of instances launched from the AMIs.",
+    ),
+    cfg.StrOpt("name_prefix", default="", help="Prefix of the AMI names and Name tags."),
+    cfg.IntOpt(
+        "upload_threads",
+        default=8,
+        min=1,
+        max=64,
+        help="Parallel PutSnapshotBlock requests per image (about 5 MB/s each at 100 ms "
+        "latency; memory: two 512 KiB blocks per thread).",
+    ),
+    cfg.IntOpt(
+        "api_retries",
+        default=7,
+        min=0,
+        max=20,
+        help="Retries of a throttled or failed AWS request (botocore's standard mode, "
+        "exponential back-off).",
+    ),
+    cfg.FloatOpt(
+        "api_timeout", default=60.0, min=1.0, help="Seconds to connect and to wait for an answer."
+    ),
+]
+
+
 def keystoneauth_opts() -> list[cfg.Opt]:
     """keystoneauth's auth, session and adapter options (as nova has for [glance]).
 
@@ -338,6 +436,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("sync", sync_opts),
         ("store_local", store_local_opts),
         ("store_glance", store_glance_opts + keystoneauth_opts()),
+        ("store_ec2", store_ec2_opts),
     ]
 
 

@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from datetime import datetime
-from typing import IO
+from typing import IO, Protocol
 
 from glance_sync.plan import Desired, Held
 from vmtrust.record import TrustRecord
 
-#: Called by a store once the bytes are written: (store_id, size, sha512) →
-#: (record, seal).  Raising aborts the create.
-Finish = Callable[[str, int, str], tuple[TrustRecord, str]]
+
+class Finish(Protocol):
+    """Called by a store once the bytes are written: (store_id, size, sha512) →
+    (record, seal).  Raising aborts the create.  ``stored_format`` names the disk
+    format of the stored bytes when the store itself changed it (EC2 stores raw)."""
+
+    def __call__(
+        self, store_id: str, size: int, sha512: str, *, stored_format: str | None = None
+    ) -> tuple[TrustRecord, str]: ...
 
 
 class Store(ABC):

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__
-from vmtrust.cli import auditcmd, contextcmd, imagecmd, launchcmd, listcmd, sitecmd
+from vmtrust.cli import auditcmd, contextcmd, ec2cmd, imagecmd, launchcmd, listcmd, sitecmd
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "15 revoked, 16 CRL problem, 17 rollback, 21 not signable, 31 identifier mismatch, "
         "33 created in the future, 34 expired, 37 bad JSON, 38 bad list structure, "
         "5 user-data too large, 20 refused by policy (also 'context check'), 41 local store, "
-        "42 Glance, 50 launch failed, 51 no trusted image, 60 audit findings, 61 audit "
+        "42 Glance, 43 EC2, 50 launch failed, 51 no trusted image, 60 audit findings, 61 audit "
         "failed, 62 audit findings and an action failed.",
     )
     parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     contextcmd.register(commands)
     launchcmd.register(commands)
     auditcmd.register(commands)
+    ec2cmd.register(commands)
     return parser
 
 

@@ -76,11 +76,13 @@ def cmd_images(args: argparse.Namespace) -> int:
         from glance_sync.stores.glance import from_conf
 
         store = from_conf(conf, _public_keys(conf))
+    elif conf.sync.store == "ec2":
+        from glance_sync.convert import work_folder
+        from glance_sync.stores.ec2_conf import from_conf as ec2_from_conf
+
+        store = ec2_from_conf(conf, _public_keys(conf), work_folder(Path(conf.state_dir)))
     else:
-        raise ConfigError(
-            f"[sync] store = {conf.sync.store}: 'vmtrust images' reads the local and "
-            "glance stores in this version"
-        )
+        raise ConfigError(f"[sync] store = {conf.sync.store}: 'vmtrust images' cannot read it")
     rows = []
     for held in store.held():
         rec = held.record

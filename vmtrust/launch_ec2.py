@@ -1,0 +1,249 @@
+"""Find the VO's current trusted AMI and launch worker nodes from it, on EC2.
+
+The EC2 flavour of :mod:`vmtrust.launch`, for pilot frameworks in a VO account::
+
+    import boto3
+    from vmtrust import context, ec2client, launch_ec2
+    from vmtrust.record import load_public_key
+
+    clients = ec2client.clients(boto3.Session(profile_name="cms", region_name="eu-west-1"))
+    image = launch_ec2.find_trusted_image(
+        clients, vo="cms", keys=[load_public_key("seal.key.pub")],
+        site_account="123456789012", record_bucket="site-vmtrust-records",
+    )
+    user_data = context.build(site, vo_profile, cloud="ec2")
+    for node in launch_ec2.launch(clients, image, instance_type="m6i.large",
+                                  user_data=user_data, count=4):
+        print(node.id, node.status, node.fault)
+
+A VO account sees the AMIs shared with it but not their tags, so every
+candidate — an available, undeprecated AMI owned by the site account — is
+judged from its *published* record (an S3 object of the site, see
+docs/ec2.md): the seal is checked here with the site's public key, and the
+record must be bound to this AMI and the snapshot EC2 shows as its root
+(:func:`vmtrust.record.check_binding`), in state trusted and unexpired.  Among
+the trusted AMIs of the VO the newest image version wins.  Instances get the
+user-data gzipped within EC2's 16 KiB, require IMDSv2, and are waited for until
+running or failed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from functools import cmp_to_key
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vmtrust import ec2record, version
+from vmtrust.context.userdata import LIMITS, UserDataError
+from vmtrust.ec2client import Clients, call, error_code
+from vmtrust.ec2record import EC2Error
+from vmtrust.launch import LaunchError, NoTrustedImage, Server, TrustedImage
+from vmtrust.record import SealError, TrustRecord, check_binding
+
+GZIP_MAGIC = b"\x1f\x8b"
+FAILED = ("shutting-down", "terminated", "stopping", "stopped")
+
+
+def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
+    token = None
+    while True:
+        extra = {"NextToken": token} if token else {}
+        reply = (
+            call(
+                clients.ec2,
+                "DescribeImages",
+                what="launch",
+                Owners=[owner],
+                MaxResults=1000,
+                **extra,
+            )
+            or {}
+        )
+        yield from reply.get("Images", [])
+        if not (token := reply.get("NextToken")):
+            return
+
+
+def _published(clients: Clients, bucket: str, key: str) -> bytes | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        reply = clients.s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404", "AccessDenied", "403"):
+            return None
+        raise EC2Error(f"launch: S3 GetObject s3://{bucket}/{key}: {error_code(exc)}") from None
+    return reply["Body"].read(ec2record.MAX_DOCUMENT + 1)
+
+
+def judge(
+    clients: Clients,
+    image: dict[str, Any],
+    *,
+    keys: list[Ed25519PublicKey],
+    site_account: str,
+    record_bucket: str,
+    record_prefix: str,
+    now: datetime,
+) -> tuple[TrustRecord | None, str]:
+    """(record, "trusted") when the AMI is a trusted image of the site, else (None, why not)."""
+    image_id = image.get("ImageId", "?")
+    if image.get("OwnerId") != site_account:
+        return None, f"owned by {image.get('OwnerId')}, not the site account"
+    if image.get("State") != "available":
+        return None, f"state is {image.get('State')}"
+    deprecated = image.get("DeprecationTime")
+    if deprecated:
+        try:
+            if datetime.fromisoformat(deprecated) <= now:
+                return None, f"deprecated since {deprecated}"
+        except ValueError:
+            return None, f"unreadable deprecation time {deprecated!r}"
+    key = f"{record_prefix}{image_id}.json"
+    body = _published(clients, record_bucket, key)
+    if body is None:
+        return None, f"no published record at s3://{record_bucket}/{key}"
+    try:
+        record, seal = ec2record.read_document(body, f"s3://{record_bucket}/{key}")
+        bound = ec2record.store_id(image_id, ec2record.root_snapshot(image))
+        verdict = check_binding(
+            record, seal, store_id=bound, sha512=None, size=None, keys=keys, now=now
+        )
+    except SealError as exc:
+        return None, f"seal invalid: {exc}"
+    return (record, "trusted") if verdict.trusted else (None, verdict.reason)
+
+
+def find_trusted_image(
+    clients: Clients,
+    vo: str,
+    keys: Iterable[Ed25519PublicKey],
+    *,
+    site_account: str,
+    record_bucket: str,
+    record_prefix: str = "vmtrust/records/",
+    identifier: str | None = None,
+    now: datetime | None = None,
+) -> TrustedImage:
+    """The newest AMI of ``vo`` (optionally of one image ``identifier``) that is trusted."""
+    keys, now = list(keys), now or datetime.now(UTC)
+    candidates: list[tuple[dict, TrustRecord]] = []
+    refused: list[str] = []
+    for image in _images(clients, site_account):
+        record, why = judge(
+            clients,
+            image,
+            keys=keys,
+            site_account=site_account,
+            record_bucket=record_bucket,
+            record_prefix=record_prefix,
+            now=now,
+        )
+        if record is None:
+            refused.append(f"{image.get('ImageId')}: {why}")
+        elif record.vo == vo and identifier in (None, record.image_identifier):
+            candidates.append((image, record))
+    if not candidates:
+        what = f"image {identifier} of VO {vo}" if identifier else f"image of VO {vo}"
+        detail = f" ({len(refused)} AMI(s) refused, first: {refused[0]})" if refused else ""
+        raise NoTrustedImage(f"no trusted {what} among the AMIs of {site_account}{detail}")
+
+    def order(a: tuple[dict, TrustRecord], b: tuple[dict, TrustRecord]) -> int:
+        return version.compare(a[1].image_version, b[1].image_version) or (
+            (a[1].list_version > b[1].list_version) - (a[1].list_version < b[1].list_version)
+        )
+
+    image, record = max(candidates, key=cmp_to_key(order))
+    return TrustedImage(
+        id=image["ImageId"],
+        name=image.get("Name", ""),
+        identifier=record.image_identifier,
+        version=record.image_version,
+        vo=record.vo,
+        expires=record.expires,
+    )
+
+
+def pack_user_data(data: bytes) -> bytes:
+    """``data`` gzipped (once) and within EC2's 16 KiB; cloud-init gunzips it."""
+    limit, _ = LIMITS["ec2"]
+    packed = data if data[:2] == GZIP_MAGIC else gzip.compress(data, mtime=0)
+    if len(packed) > limit:
+        raise UserDataError(
+            f"user-data is {len(packed)} bytes gzipped ({len(data)} as given); ec2 allows {limit}"
+        )
+    return packed
+
+
+def launch(
+    clients: Clients,
+    image: TrustedImage,
+    *,
+    instance_type: str,
+    user_data: bytes,
+    count: int = 1,
+    name: str = "vmtrust-wn",
+    subnet_id: str | None = None,
+    security_group_ids: list[str] | None = None,
+    key_name: str | None = None,
+    wait: bool = True,
+    timeout: float = 600.0,
+    poll: float = 5.0,
+) -> list[Server]:
+    """Run ``count`` instances of ``image``; with ``wait``, until each runs or has failed.
+
+    Statuses as :mod:`vmtrust.launch` gives them: ``ACTIVE`` (running), ``ERROR``
+    (shut down or terminated, with EC2's state reason as the fault), ``BUILD``.
+    """
+    if count < 1:
+        raise LaunchError(f"count {count}: must be at least 1")
+    # what the audit and the console show: the VO and the image (encoded as the record's tags)
+    tags = {
+        "Name": name,
+        **ec2record.split("vmtrust:vo", image.vo),
+        **ec2record.split("vmtrust:image_identifier", image.identifier),
+    }
+    params: dict[str, Any] = {
+        "ImageId": image.id,
+        "InstanceType": instance_type,
+        "MinCount": count,
+        "MaxCount": count,
+        "UserData": pack_user_data(user_data),
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": ec2record.tag_list(tags)}],
+    }
+    if subnet_id:
+        params["SubnetId"] = subnet_id
+    if security_group_ids:
+        params["SecurityGroupIds"] = security_group_ids
+    if key_name:
+        params["KeyName"] = key_name
+    try:
+        reply = call(clients.ec2, "RunInstances", what=f"launch {image.id}", **params) or {}
+    except EC2Error as exc:
+        raise LaunchError(str(exc)) from None
+    ids = [item["InstanceId"] for item in reply.get("Instances", [])]
+    if not wait:
+        return [Server(i, name, "BUILD") for i in ids]
+    deadline = time.monotonic() + timeout
+    done: dict[str, Server] = {}
+    while True:
+        pending = [i for i in ids if i not in done]
+        found = call(clients.ec2, "DescribeInstances", what="launch", InstanceIds=pending) or {}
+        for reservation in found.get("Reservations", []):
+            for item in reservation.get("Instances", []):
+                state = item.get("State", {}).get("Name")
+                if state == "running":
+                    done[item["InstanceId"]] = Server(item["InstanceId"], name, "ACTIVE")
+                elif state in FAILED:
+                    reason = item.get("StateReason", {}).get("Message", state)
+                    done[item["InstanceId"]] = Server(item["InstanceId"], name, "ERROR", reason)
+        if len(done) == len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    return [done.get(i, Server(i, name, "BUILD", f"not running after {timeout:g} s")) for i in ids]
