@@ -14,9 +14,13 @@ NOVA_VENV := .venv-nova
 # EGI's publisher, cloud-info-provider, as a real client of the Glance store in the tests.
 CIP_VENV := .venv-cip
 CIP_VERSION := 1.2.0
+# atrope, the EGI image sync vmtrust replaces: its list parser and its Glance uploads are
+# what the compatibility and migration tests run against (2.0.0 is the release on PyPI).
+ATROPE_VENV := .venv-atrope
+ATROPE_VERSION := 2.0.0
 
 .PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 venv venv-glance \
-	venv-nova venv-cip cloud-init clean
+	venv-nova venv-cip venv-atrope cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +57,14 @@ $(CIP_VENV)/bin/.installed: $(CONSTRAINTS)
 
 venv-cip: $(CIP_VENV)/bin/.installed
 
+$(ATROPE_VENV)/bin/.installed: $(CONSTRAINTS)
+	$(PYTHON) -m venv $(ATROPE_VENV)
+	$(ATROPE_VENV)/bin/pip install --quiet --upgrade pip
+	$(ATROPE_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) atrope==$(ATROPE_VERSION)
+	touch $@
+
+venv-atrope: $(ATROPE_VENV)/bin/.installed
+
 # cloud-init is not on PyPI: its Debian package's Python tree gives the tests its own
 # schema and user-data processing (used at test time only, never vendored).
 CLOUD_INIT := .cloud-init
@@ -69,7 +81,7 @@ demo: venv
 	$(BIN)/python -m vmtrust.demo
 
 # Every test runs: the services they need are required, not skipped.
-test: venv venv-glance venv-nova venv-cip cloud-init lint
+test: venv venv-glance venv-nova venv-cip venv-atrope cloud-init lint
 	VMTRUST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
 	VMTRUST_REQUIRE_SERVICES=1 $(NOVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_nova
 
@@ -94,4 +106,4 @@ bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py
 
 clean:
-	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CIP_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CIP_VENV) $(ATROPE_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis

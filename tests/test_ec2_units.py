@@ -60,10 +60,9 @@ def bind(record: TrustRecord = RECORD, sealed: str | None = None, **kw) -> Verdi
 
 def test_a_record_bound_to_this_image_is_trusted():
     assert bind() == Verdict(True, "trusted", RECORD)
-    # the same three fields as glanceprops.Verdict: callers of either read both
-    assert [f.name for f in dataclasses.fields(Verdict)] == [
-        f.name for f in dataclasses.fields(glanceprops.Verdict)
-    ]
+    # the fields glanceprops.Verdict starts with: callers of either read both
+    names = [f.name for f in dataclasses.fields(Verdict)]
+    assert names == [f.name for f in dataclasses.fields(glanceprops.Verdict)][: len(names)]
 
 
 @pytest.mark.parametrize(

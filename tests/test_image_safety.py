@@ -27,6 +27,8 @@ from hostile_images import needs_qemu_img
 from test_glance_store import _store, judge, project_images
 from test_sync_local import entry, publish, trusted
 
+from glance_sync.stores.local import LOCK_NAME
+
 pytestmark = needs_qemu_img
 
 #: name → (make(work, host_file) → bytes, hv:format declared, words the refusal names)
@@ -91,7 +93,7 @@ def assert_nothing_stored(sync, identifier: str, words: str, report, secret: byt
     assert "\n" not in line
     assert trusted(sync) == {} and sync.store.held() == []
     store = Path(sync.s.local_path)
-    leftovers = [p for p in store.rglob("*") if p.is_file()]
+    leftovers = [p for p in store.rglob("*") if p.is_file() and p.name != LOCK_NAME]
     assert leftovers == [], leftovers
     work = sync.s.state_dir / "work"
     assert not work.exists() or list(work.iterdir()) == []
