@@ -349,13 +349,22 @@ def test_describe_egi_refuses_formats_an_egi_reader_mishandles(fmt, capsys, tmp_
     assert "ova, qcow2, raw, vmdk, vdi, vhdx" in err
 
 
-@pytest.mark.parametrize(("option", "value"), [("--group", ""), ("--group", " "),
-                                               ("--mpuri", "https://x/\nX-Header: 1")])  # fmt: skip
-def test_describe_refuses_blank_or_multiline_ad_values(option, value, capsys, tmp_path):
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("--group", "", "one printable line"),
+        ("--group", " ", "one printable line"),
+        ("--group", "a\x00b", "one printable line"),  # a NUL ends vmcatcher's handler call
+        ("--group", "Workers\u202e", "one printable line"),
+        ("--mpuri", "https://x/\nX-Header: 1", "printable, without blanks"),
+        ("--mpuri", "https://x/a b", "printable, without blanks"),
+    ],
+)
+def test_describe_refuses_values_egi_readers_cannot_carry(option, value, rule, capsys, tmp_path):
     image = tmp_path / "i.img"
     image.write_bytes(b"x")
     err = fails(capsys, 21, "image", "describe", image, *DESCRIBE, option, value)
-    assert f"{option} must be one non-empty line" in err
+    assert f"{option} " in err and f"must be {rule}" in err
 
 
 @pytest.mark.parametrize("vo", ["", " ", "vo. example", "vo\n"])
@@ -409,6 +418,26 @@ def test_complete_keeps_what_the_endorser_gave():
     assert {k: completed[k] for k in given} == given
     assert completed["hv:format"] == "qcow2"
     assert egiprofile.complete(fields, completed) == completed  # idempotent
+
+
+def test_a_derived_mpuri_follows_the_version_a_given_one_stays(capsys, tmp_path):
+    lst = egi_list(capsys, tmp_path)
+    fields = inner(lst)
+    given, derived = (dict(e) for e in fields["hv:images"][:2])
+    for entry, name in ((given, "given.json"), (derived, "derived.json")):
+        entry["hv:image"] = {**entry["hv:image"], "hv:version": "2.0"}
+        (tmp_path / name).write_text(json.dumps(entry))  # an entry taken from the list
+        add(capsys, lst, tmp_path / name)
+    images = [e["hv:image"] for e in inner(lst)["hv:images"]]
+    assert images[0]["ad:mpuri"] == "https://appdb.example.org/vo/wn:7/"
+    assert images[1]["ad:mpuri"] == f"{LIST_URI}#{IDS[1]}:2.0"
+
+
+def test_vmcaster_endorser_array_gives_the_user():
+    fields = list_document()["hv:imagelist"]
+    fields["hv:endorser"] = [fields["hv:endorser"], {"hv:x509": {"hv:dn": "/CN=Other"}}]
+    completed = egiprofile.complete(fields, image_entry()["hv:image"])
+    assert completed["ad:user:fullname"] == "Jane Endorser"
 
 
 def test_user_guid_is_the_endorsers_whatever_the_spelling():

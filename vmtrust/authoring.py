@@ -111,7 +111,7 @@ def describe_image(
     if group is not None:
         ad["ad:group"] = _text("--group", group)
     if mpuri is not None:
-        ad["ad:mpuri"] = _text("--mpuri", mpuri)
+        ad["ad:mpuri"] = _text("--mpuri", mpuri, blanks=False)
     if egi:
         missing = [
             f"{key} ({option})"
@@ -171,10 +171,12 @@ def describe_image(
     return entry
 
 
-def _text(option: str, value: str) -> str:
-    """An option's value that EGI's readers take as text: not blank, one line."""
-    if not value.strip() or any(ch in value for ch in "\r\n"):
-        raise SigningError(f"image description: {option} must be one non-empty line")
+def _text(option: str, value: str, *, blanks: bool = True) -> str:
+    """An option's value for EGI's readers: printable text on one line (vmcatcher puts
+    it into a handler's environment, atrope into a Glance property), not blank."""
+    if not value.strip() or not value.isprintable() or (not blanks and " " in value):
+        what = "one printable line" if blanks else "printable, without blanks"
+        raise SigningError(f"image description: {option} {value!r} must be {what}")
     return value
 
 

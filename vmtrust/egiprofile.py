@@ -90,6 +90,10 @@ def normalise_format(value: str) -> str:
     return fmt
 
 
+def _mpuri_stem(list_uri: str, image: dict[str, Any]) -> str:
+    return f"{list_uri}#{quote(str(image.get('dc:identifier', '')), safe='')}:"
+
+
 def default_mpuri(list_uri: str, image: dict[str, Any]) -> str:
     """A marketplace URI for an image outside AppDB: the list's URI, the image and version.
 
@@ -97,9 +101,7 @@ def default_mpuri(list_uri: str, image: dict[str, Any]) -> str:
     cloud-info-provider publishes it and cASO accounts usage under it, so it
     must change with ``hv:version`` and stay the same otherwise.
     """
-    ident = quote(str(image.get("dc:identifier", "")), safe="")
-    version = quote(str(image.get("hv:version", "")), safe="")
-    return f"{list_uri}#{ident}:{version}"
+    return _mpuri_stem(list_uri, image) + quote(str(image.get("hv:version", "")), safe="")
 
 
 def _endorser(fields: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +142,10 @@ def complete(fields: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
     for key, value in derived.items():
         if result.get(key) is None and value is not None:
             result[key] = value
+    mpuri = result.get("ad:mpuri")
+    if isinstance(mpuri, str) and mpuri.startswith(_mpuri_stem(str(fields.get("hv:uri")), image)):
+        # one vmtrust derived, kept in an entry whose version was changed since
+        result["ad:mpuri"] = derived["ad:mpuri"]
     fmt = result.get("hv:format")
     if isinstance(fmt, str) and fmt.strip().lower() in FORMATS:
         result["hv:format"] = fmt.strip().lower()
