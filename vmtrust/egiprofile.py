@@ -160,10 +160,9 @@ def problems(image: dict[str, Any], *, now: datetime | None = None) -> list[str]
     found = []
     for key in ATROPE_IMAGE_KEYS:
         if image.get(key) is None:
-            option = f" (give it with 'vmtrust image describe {_GIVEN_BY[key]}')" * (
-                key in _GIVEN_BY
-            )
-            found.append(f"{key}: missing{option}")
+            option = _GIVEN_BY.get(key)
+            hint = f" (give it with 'vmtrust image describe {option}')" if option else ""
+            found.append(f"{key}: missing{hint}")
     for key in ("sl:osname", "ad:mpuri"):
         value = image.get(key)
         if isinstance(value, str) and not value.strip():
