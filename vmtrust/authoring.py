@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from vmtrust import dn, imagelist, smime, version
+from vmtrust import dn, egiprofile, imagelist, smime, version
 from vmtrust.errors import InputError, SigningError
 from vmtrust.imagelist import format_date
 
@@ -96,8 +96,41 @@ def describe_image(
     osname: str | None = None,
     identifier: str | None = None,
     extra: dict[str, Any] | None = None,
+    egi: bool = False,
+    group: str | None = None,
+    mpuri: str | None = None,
 ) -> dict[str, Any]:
-    """An ``{"hv:image": …}`` entry with size and SHA-512 computed from the file."""
+    """An ``{"hv:image": …}`` entry with size and SHA-512 computed from the file.
+
+    With ``egi`` (the AppDB/EGI profile, :mod:`vmtrust.egiprofile`) the format
+    and distribution are required, the format is written as EGI's readers
+    need it and ``ad:group`` is set; they are checked before the file is read,
+    which may take minutes.
+    """
+    ad: dict[str, Any] = {}
+    if group is not None:
+        ad["ad:group"] = _text("--group", group)
+    if mpuri is not None:
+        ad["ad:mpuri"] = _text("--mpuri", mpuri, blanks=False)
+    if egi:
+        missing = [
+            f"{key} ({option})"
+            for key, option, value in (
+                ("hv:format", "--format", image_format),
+                ("sl:osname", "--osname", osname),
+            )
+            if not (value or "").strip()
+        ]
+        if missing:
+            raise SigningError(
+                f"image description: the EGI profile needs {' and '.join(missing)}: "
+                "atrope refuses an image without them"
+            )
+        try:
+            image_format = egiprofile.normalise_format(image_format or "")
+        except ValueError as exc:
+            raise SigningError(f"image description: {exc}") from None
+        ad.setdefault("ad:group", egiprofile.DEFAULT_GROUP)
     try:
         with open(path, "rb") as stream:
             size, sha512 = hash_stream(stream)
@@ -121,6 +154,7 @@ def describe_image(
         image["hv:format"] = image_format
     if osname:
         image["sl:osname"] = osname
+    image.update(ad)
     image.update(extra or {})
     entry = {"hv:image": dict(sorted(image.items()))}
     # Validate through the same rules a subscriber applies, with a placeholder list.
@@ -137,6 +171,15 @@ def describe_image(
     return entry
 
 
+def _text(option: str, value: str, *, blanks: bool = True) -> str:
+    """An option's value for EGI's readers: printable text on one line (vmcatcher puts
+    it into a handler's environment, atrope into a Glance property), not blank."""
+    if not value.strip() or not value.isprintable() or (not blanks and " " in value):
+        what = "one printable line" if blanks else "printable, without blanks"
+        raise SigningError(f"image description: {option} {value!r} must be {what}")
+    return value
+
+
 def _fields(document: dict[str, Any]) -> dict[str, Any]:
     fields = imagelist.list_fields(document)
     if fields is None or not isinstance(fields.get("hv:images"), list):
@@ -144,14 +187,23 @@ def _fields(document: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def add_image(document: dict[str, Any], entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def add_image(
+    document: dict[str, Any], entry: dict[str, Any], *, now: datetime | None = None
+) -> tuple[dict[str, Any], bool]:
     """Add (or replace, by ``dc:identifier``) an image; return the new document and
-    whether an existing entry was replaced."""
+    whether an existing entry was replaced.
+
+    In an EGI list (one with ``ad:vo``) every image is completed with what
+    EGI's readers require and can be derived from the list, and the result is
+    refused if an image still lacks something: atrope refuses a whole list
+    for one incomplete image.
+    """
     if not isinstance(entry, dict) or not isinstance(entry.get("hv:image"), dict):
         raise SigningError('image description: not an object of the form {"hv:image": {...}}')
     result = copy.deepcopy(document)
     images = _fields(result)["hv:images"]
     identifier = entry["hv:image"].get("dc:identifier")
+    replaced = False
     for index, existing in enumerate(images):
         if (
             isinstance(existing, dict)
@@ -159,11 +211,31 @@ def add_image(document: dict[str, Any], entry: dict[str, Any]) -> tuple[dict[str
             and (existing["hv:image"].get("dc:identifier") == identifier)
         ):
             images[index] = copy.deepcopy(entry)
-            imagelist.validate(result)
-            return result, True
-    images.append(copy.deepcopy(entry))
+            replaced = True
+            break
+    else:
+        images.append(copy.deepcopy(entry))
     imagelist.validate(result)
-    return result, False
+    if egiprofile.is_egi(_fields(result)):
+        _complete_egi(result, added=identifier, now=now or datetime.now(UTC))
+    return result, replaced
+
+
+def _complete_egi(document: dict[str, Any], *, added: Any, now: datetime) -> None:
+    """Complete every image of an EGI list in place; refuse what stays unreadable."""
+    fields = _fields(document)
+    found = []
+    for index, entry in enumerate(_image_objects(fields)):
+        image = egiprofile.complete(fields, entry["hv:image"])
+        entry["hv:image"] = image
+        added_now = now if image.get("dc:identifier") == added else None
+        found += [f"hv:images[{index}].{p}" for p in egiprofile.problems(image, now=added_now)]
+    if found:
+        raise SigningError(
+            f"list {fields.get('dc:identifier')} has ad:vo, so EGI's tools read it, and they "
+            f"would refuse it: {'; '.join(found)}"
+        )
+    imagelist.validate(document)
 
 
 def remove_image(document: dict[str, Any], identifier: str) -> dict[str, Any]:
@@ -199,10 +271,28 @@ def bump(
     target = new_version or version.bump(current)
     if version.compare(target, current) <= 0:
         raise SigningError(f"image list: new version {target} is not newer than {current}")
+    old_expires = fields.get("dc:date:expires")
     fields["hv:version"] = target
     fields["dc:date:created"] = format_date(now)
     fields["dc:date:expires"] = format_date(now + lifetime)
+    if egiprofile.is_egi(fields):
+        # An image whose expiry is the list's lives as long as the list: it moves with it.
+        # The rest is completed as add-image does, but nothing is refused: a renewal must
+        # not wait for fields only the endorser can give (add-image names them).
+        for entry in _image_objects(fields):
+            if entry["hv:image"].get("dc:date:expires") in (None, old_expires):
+                entry["hv:image"]["dc:date:expires"] = fields["dc:date:expires"]
+            entry["hv:image"] = egiprofile.complete(fields, entry["hv:image"])
     return result
+
+
+def _image_objects(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``{"hv:image": {...}}`` wrappers of a list, skipping malformed entries."""
+    return [
+        e
+        for e in fields["hv:images"]
+        if isinstance(e, dict) and isinstance(e.get("hv:image"), dict)
+    ]
 
 
 # --- signing ---------------------------------------------------------------------

@@ -42,6 +42,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="dc:identifier (default: a new UUID; keep the same "
         "identifier for new versions of the same image)",
     )
+    p.add_argument(
+        "--profile",
+        choices=["hepix", "egi"],
+        default="hepix",
+        help="egi: the AppDB/EGI profile atrope and cloudkeeper need: --format (one of "
+        "ova, qcow2, raw, vmdk, vdi, vhdx, written in lower case) and --osname required, "
+        "ad:group set (default: hepix, the plain HEPiX fields; 'list add-image' into a "
+        "list with ad:vo completes an image either way)",
+    )
+    p.add_argument("--group", help="ad:group, the image's group (egi default: General group)")
+    p.add_argument(
+        "--mpuri",
+        help="ad:mpuri, the image version's marketplace URI (default, in a list with "
+        "ad:vo: LIST_URI#IDENTIFIER:VERSION)",
+    )
     p.add_argument("--core-minimum", type=int, help="hv:core_minimum")
     p.add_argument("--ram-minimum", type=int, help="hv:ram_minimum")
     p.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
@@ -69,6 +84,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
         osname=args.osname,
         identifier=args.identifier,
         extra=extra,
+        egi=args.profile == "egi",
+        group=args.group,
+        mpuri=args.mpuri,
     )
     fileio.write_output(args.out, (json.dumps(entry, indent=4) + "\n").encode())
     return 0

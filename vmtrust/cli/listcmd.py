@@ -123,7 +123,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--creator", default="", help="dc:creator, the endorser's name")
     p.add_argument("--email", default="", help="hv:email of the endorser")
     p.add_argument("--identifier", help="dc:identifier (default: a new UUID)")
-    p.add_argument("--vo", help="ad:vo the list serves")
+    p.add_argument(
+        "--vo",
+        help="ad:vo, the VO the list serves; makes it an EGI list: 'list add-image' and "
+        "'list bump' write what atrope and cloudkeeper require of each image "
+        "(docs/authoring.md)",
+    )
     p.add_argument("--lifetime-days", type=int, help="days until dc:date:expires")
     p.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     p.set_defaults(handler=cmd_new)
@@ -329,6 +334,8 @@ def cmd_new(args: argparse.Namespace) -> int:
         subject, issuer = args.endorser_dn, args.endorser_ca
     else:
         raise ConfigError("give --cert, or both --endorser-dn and --endorser-ca")
+    if args.vo is not None and (not args.vo or any(ch.isspace() for ch in args.vo)):
+        raise ConfigError(f"--vo {args.vo!r}: a VO name has no blanks (e.g. vo.example.org)")
     document = authoring.new_list(
         title=args.title,
         description=args.description,
