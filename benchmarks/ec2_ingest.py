@@ -130,8 +130,9 @@ def run_sync(conf: str, moto: str, gaps_state: str) -> dict:
         return boto
 
     ec2client.session = with_gaps
-    settings = settings_mod.from_conf(make_conf([conf]))
-    service = SyncService(settings, settings_mod.make_store(settings))
+    conf_obj = make_conf([conf])
+    settings = settings_mod.from_conf(conf_obj)
+    service = SyncService(settings, settings_mod.make_store(conf_obj, settings))
     start = time.perf_counter()
     report = service.run(load_subscriptions(settings.subscriptions_file))
     seconds = time.perf_counter() - start

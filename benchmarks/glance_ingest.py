@@ -174,7 +174,7 @@ def noop(work, glance, pki, ca_dir, www, base, count: int) -> None:
 
         conf_obj = make_conf([str(conf)])
         settings = settings_mod.from_conf(conf_obj)
-        service = SyncService(settings, settings_mod.make_store(settings))
+        service = SyncService(settings, settings_mod.make_store(conf_obj, settings))
         start = time.perf_counter()
         report = service.run(load_subscriptions(settings.subscriptions_file))
         in_process.append(time.perf_counter() - start)

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf = make_conf(args.config_file)
         settings = settings_mod.from_conf(conf)
         load_subscriptions(settings.subscriptions_file)  # validate before touching anything
-        store = settings_mod.make_store(settings)
+        store = settings_mod.make_store(conf, settings)
         service = SyncService(settings, store, progress=tty_progress())
         interval = args.interval or conf.sync.interval
     except VmtrustError as exc:

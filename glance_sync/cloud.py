@@ -1,18 +1,20 @@
-"""Connections to OpenStack, made the OpenStack way.
+"""The Glance store's connections to OpenStack, made the OpenStack way.
 
-Credentials come from a ``clouds.yaml`` cloud name (``[store_glance] cloud``)
-or, as nova and cinder read theirs, from keystoneauth options in the
-``[store_glance]`` section (``auth_type``, ``auth_url``, ``endpoint_override``
-…).  Either way the result is an openstacksdk :class:`~openstack.connection.
-Connection`; keystoneauth does the authentication, token renewal, endpoint
-discovery and TLS.  Nothing here talks to the network: a bad option fails
-when the configuration is read, an unreachable cloud when the store is first used.
+Credentials come from a ``clouds.yaml`` cloud name (``[store_glance] cloud``,
+read by :mod:`vmtrust.clouds`, which launch and the audit use too) or, as nova
+and cinder read theirs, from keystoneauth options in the ``[store_glance]``
+section (``auth_type``, ``auth_url``, ``endpoint_override`` …).  Either way the
+result is an openstacksdk :class:`~openstack.connection.Connection`;
+keystoneauth does the authentication, token renewal, endpoint discovery and
+TLS.  Nothing here talks to the network: a bad option fails when the
+configuration is read, an unreachable cloud when the store is first used.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vmtrust import clouds
 from vmtrust.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,37 +22,19 @@ if TYPE_CHECKING:
     from oslo_config import cfg
 
 USER_AGENT = "vmtrust-sync"
-
-
-def _sdk() -> Any:
-    try:
-        import openstack
-    except ImportError:
-        raise ConfigError(
-            "[sync] store = glance needs openstacksdk: pip install 'vmtrust[glance]'"
-        ) from None
-    return openstack
+NEEDED_BY = "[sync] store = glance"
 
 
 def connect_cloud(cloud: str, clouds_file: str = "", timeout: float | None = None) -> Connection:
-    """A connection for the clouds.yaml entry ``cloud``."""
-    openstack = _sdk()
-    from openstack import config as os_config
-    from openstack import exceptions as os_exc
-
-    files = [clouds_file] if clouds_file else None
-    try:
-        config = os_config.OpenStackConfig(config_files=files, load_envvars=False)
-        region = config.get_one(cloud=cloud, **({"api_timeout": timeout} if timeout else {}))
-    except (os_exc.ConfigException, os_exc.SDKException, OSError, ValueError) as exc:
-        where = f" in {clouds_file}" if clouds_file else ""
-        raise ConfigError(f"[store_glance] cloud {cloud}{where}: {exc}") from None
-    return openstack.connection.Connection(config=region, app_name=USER_AGENT)
+    """A connection for the clouds.yaml entry ``cloud`` (the store's or a VO project's)."""
+    return clouds.connect_cloud(
+        cloud, clouds_file, timeout, label="[store_glance] cloud", app_name=USER_AGENT
+    )
 
 
 def connect_options(conf: cfg.ConfigOpts, group: str = "store_glance") -> Connection:
     """A connection from keystoneauth options in ``[group]``."""
-    openstack = _sdk()
+    openstack = clouds.openstacksdk(NEEDED_BY)
     from keystoneauth1 import exceptions as ks_exc
     from keystoneauth1 import loading as ks_loading
 

@@ -1,11 +1,16 @@
 """Site hooks with vmcatcher's ``VMCATCHER_EVENT_*`` environment.
 
-Sites have years of vmcatcher event handlers (glancepush, gpvcmupdate, local
-scripts).  vmtrust runs such a handler after it stores an image
-(``AvailablePostfix``) and after it retires one (``ExpirePostfix``), with the
-variables vmcatcher set, so those scripts keep working.  Unlike vmcatcher the
-handler is run without a shell (no injection through list data) and with a
-timeout; its failure is logged and does not undo the store operation.
+Sites have years of vmcatcher event handlers (gpvcmupdate, local scripts) that
+take images from a directory.  With the local store (``[store_local] hook``)
+vmtrust runs such a handler after it stores an image (``AvailablePostfix``) and
+after it retires one (``ExpirePostfix``), with the variables vmcatcher set and
+``VMCATCHER_EVENT_FILENAME`` naming the image file, so those scripts keep
+working.  The other stores run no hook: Glance and EC2 take the image
+themselves, and a handler such as glancepush would upload it a second time.
+Unlike vmcatcher the handler is run without a shell (no injection through
+list data) and with a timeout; its failure is logged and does not undo the
+store operation.  The program is checked when the sync starts: an absolute
+path to an executable file, so it does not depend on the working directory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from glance_sync.plan import Held
+from vmtrust.errors import ConfigError
 from vmtrust.imagelist import Image, ImageList
 
 LOG = logging.getLogger("vmtrust.hooks")
@@ -70,20 +76,34 @@ def event_environment(
     return {k: v for k, v in env.items() if v}
 
 
+def check(command: str, option: str) -> Path | None:
+    """The hook program ``option`` names (None when empty), or one line saying what is wrong."""
+    if not command.strip():
+        return None
+    path = Path(command.strip()).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(f"{option} {command}: not an absolute path")
+    if not path.is_file():
+        raise ConfigError(f"{option} {command}: no such program")
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"{option} {command}: not executable")
+    return path
+
+
 def run(
-    command: str | None,
+    command: Path | None,
     event: str,
     image: Image | None,
     imagelist: ImageList | None,
     held: Held,
 ) -> int | None:
     """Run the site hook for ``event``; return its exit status (None if no hook)."""
-    if not command:
+    if command is None:
         return None
     env = {**os.environ, **event_environment(event, image, imagelist, held)}
     try:
         result = subprocess.run(
-            [str(Path(command).expanduser())],
+            [str(command)],
             env=env,
             timeout=TIMEOUT,
             capture_output=True,

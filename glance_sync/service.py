@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from glance_sync import hooks, lock
+from glance_sync import lock
 from glance_sync.convert import Conversion, clear_work_folder, work_folder
 from glance_sync.download import Source, SourceReader, check_uri
 from glance_sync.httpclient import make_session
@@ -207,7 +207,7 @@ class SyncService:
             report.fail(f"image {want.identifier}: {exc}")
             return
         report.done.append(f"stored {want.identifier} {want.image.version} ({want.image.title})")
-        hooks.run(self.s.hook, "AvailablePostfix", want.image, want.imagelist, held)
+        self.store.notify("AvailablePostfix", held, want)
         if isinstance(action, Replace):
             for old in action.old:
                 self._retire(old, f"replaced by version {want.image.version}", report, now)
@@ -238,7 +238,7 @@ class SyncService:
             report.fail(unexpected(what, exc), *_held_failure(held))
             return
         report.add(f"retired {held.identifier or held.store_id}: {reason}")
-        hooks.run(self.s.hook, "ExpirePostfix", None, None, held)
+        self.store.notify("ExpirePostfix", held)
 
     def _refresh(self, action: Refresh, report: Report) -> None:
         held = action.held

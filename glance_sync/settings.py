@@ -1,7 +1,13 @@
-"""The sync's settings, read and validated from vmtrust.conf before anything is touched."""
+"""The sync's settings, read and validated from vmtrust.conf before anything is touched.
+
+Only what the sync service itself uses lives here; each store reads its own
+section (``Store.from_conf``) and the registry picks the store
+(:mod:`glance_sync.stores.registry`).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,10 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from oslo_config import cfg
 
 from glance_sync.download import HttpSettings
-from glance_sync.stores.base import Store
+from glance_sync.stores.base import Store, StoreContext
+from glance_sync.stores.registry import store_from_conf
 from vmtrust.errors import ConfigError
 from vmtrust.record import load_private_key
 from vmtrust.truststore import TrustStore
+
+LOG = logging.getLogger("vmtrust.sync")
 
 
 @dataclass
@@ -23,7 +32,6 @@ class SyncSettings:
     subscriptions_file: Path
     trust: TrustStore
     seal_key: Ed25519PrivateKey
-    store_name: str
     retire_mode: str
     retire_grace: timedelta
     parallel_downloads: int
@@ -31,10 +39,6 @@ class SyncSettings:
     allow_sha1: bool
     clock_skew: timedelta
     max_list_bytes: int
-    hook: str | None
-    local_path: Path
-    local_disk_format: str = ""
-    conf: cfg.ConfigOpts | None = None  #: for store-specific sections ([store_glance] …)
     parallel_lists: int = 4
     max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
     max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
@@ -69,7 +73,6 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
             require_namespaces=conf.trust.require_namespaces,
         ),
         seal_key=load_private_key(seal_path),
-        store_name=conf.sync.store,
         retire_mode=conf.sync.retire,
         retire_grace=timedelta(hours=conf.sync.retire_grace_hours),
         parallel_downloads=conf.sync.parallel_downloads,
@@ -86,32 +89,20 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         allow_sha1=conf.trust.allow_sha1,
         clock_skew=timedelta(seconds=conf.trust.clock_skew),
         max_list_bytes=conf.trust.max_list_bytes,
-        hook=conf.store_local.hook or None,
-        local_path=_path(conf.store_local.path, "[store_local] path"),
-        local_disk_format=conf.store_local.disk_format.strip().lower(),
-        conf=conf,
         parallel_lists=conf.sync.parallel_lists,
         max_image_size=conf.sync.max_image_size,
         max_expansion_ratio=conf.sync.max_expansion_ratio,
     )
 
 
-def make_store(settings: SyncSettings) -> Store:
-    if settings.store_name == "local":
-        from glance_sync.stores.local import LocalStore
-
-        return LocalStore(
-            settings.local_path, [settings.seal_key.public_key()], settings.local_disk_format
+def make_store(conf: cfg.ConfigOpts, settings: SyncSettings) -> Store:
+    """The store ``[sync] store`` names, for the sync: checked with the seal key's public
+    half, scratch files in the state directory's work folder, the store's hook armed."""
+    if conf.sync.store != "local" and conf.store_local.hook:
+        LOG.warning(
+            "[store_local] hook %s is not run: it is the local store's, and [sync] store = %s",
+            conf.store_local.hook,
+            conf.sync.store,
         )
-    if settings.store_name == "glance" and settings.conf is not None:
-        from glance_sync.stores.glance import from_conf
-
-        return from_conf(settings.conf, [settings.seal_key.public_key()])
-    if settings.store_name == "ec2" and settings.conf is not None:
-        from glance_sync.convert import work_folder
-        from glance_sync.stores.ec2_conf import from_conf as ec2_from_conf
-
-        return ec2_from_conf(
-            settings.conf, [settings.seal_key.public_key()], work_folder(settings.state_dir)
-        )
-    raise ConfigError(f"[sync] store = {settings.store_name}: not available")
+    context = StoreContext(seal_keys=[settings.seal_key.public_key()], state_dir=settings.state_dir)
+    return store_from_conf(conf, context)

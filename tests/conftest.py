@@ -238,9 +238,9 @@ def site():
 
 
 def sync_settings(
-    tmp_path: Path, ca_dir: Path, key: Any, *, store_name: str, retire_mode: str = "deactivate"
+    tmp_path: Path, ca_dir: Path, key: Any, *, retire_mode: str = "deactivate"
 ) -> Any:
-    """SyncSettings for tests: fast HTTP retries, the test CA directory, a store under tmp_path."""
+    """SyncSettings for tests: fast HTTP retries, the test CA directory, state under tmp_path."""
     from glance_sync.download import HttpSettings
     from glance_sync.settings import SyncSettings
 
@@ -249,7 +249,6 @@ def sync_settings(
         subscriptions_file=tmp_path / "unused.yaml",
         trust=TrustStore(ca_dir),
         seal_key=key,
-        store_name=store_name,
         retire_mode=retire_mode,
         retire_grace=timedelta(days=7),
         parallel_downloads=2,
@@ -257,8 +256,6 @@ def sync_settings(
         allow_sha1=False,
         clock_skew=timedelta(minutes=5),
         max_list_bytes=1 << 20,
-        hook=None,
-        local_path=tmp_path / "store",
     )
 
 
@@ -273,8 +270,8 @@ def sync(tmp_path: Path, ca_dir: Path, site, pki):
 
     generate_key_pair(tmp_path / "seal.key")
     key = load_private_key(tmp_path / "seal.key")
-    settings = sync_settings(tmp_path, ca_dir, key, store_name="local")
-    store = LocalStore(settings.local_path, [key.public_key()])
+    settings = sync_settings(tmp_path, ca_dir, key)
+    store = LocalStore(tmp_path / "store", [key.public_key()])
     service = SyncService(settings, store)
     subs = (
         Subscription(
@@ -353,7 +350,7 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
     )
     generate_key_pair(tmp_path / "seal.key")
     key = load_private_key(tmp_path / "seal.key")
-    settings = sync_settings(tmp_path, ca_dir, key, store_name="glance")
+    settings = sync_settings(tmp_path, ca_dir, key)
     store = GlanceStore(
         connect_cloud("sync", str(clouds)), project_id=project, seal_keys=[key.public_key()]
     )
@@ -435,7 +432,7 @@ def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
 
     generate_key_pair(tmp_path / "seal.key")
     key = load_private_key(tmp_path / "seal.key")
-    settings = sync_settings(tmp_path, ca_dir, key, store_name="ec2")
+    settings = sync_settings(tmp_path, ca_dir, key)
     service = SyncService(settings, make_store(ec2_cloud, key, tmp_path))
     service.subs = (  # type: ignore[attr-defined]
         Subscription(

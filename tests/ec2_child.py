@@ -43,7 +43,7 @@ def main() -> None:
     clients = ec2client.clients(boto, endpoint_url=config["moto_url"], attempts=2)
     tmp = Path(config["tmp_path"])
     key = load_private_key(tmp / "seal.key")
-    settings = sync_settings(tmp, Path(config["ca_dir"]), key, store_name="ec2")
+    settings = sync_settings(tmp, Path(config["ca_dir"]), key)
     store = EC2Store(
         clients,
         seal_keys=[key.public_key()],

@@ -51,7 +51,7 @@ def faulty(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
         )
         cloud = type(ec2_cloud)(through, ec2_cloud.gaps, ec2_cloud.url)
         service = SyncService(
-            sync_settings(tmp_path, ca_dir, key, store_name="ec2"),
+            sync_settings(tmp_path, ca_dir, key),
             make_store(cloud, key, tmp_path, not_found_wait=10.0),
         )
         service.subs = (  # type: ignore[attr-defined]
@@ -148,7 +148,7 @@ def test_an_unreachable_endpoint_is_one_line_and_touches_nothing(tmp_path, ca_di
         session(), endpoint_url=f"http://127.0.0.1:{free_port()}", attempts=1, timeout=2
     )
     service = SyncService(
-        sync_settings(tmp_path, ca_dir, key, store_name="ec2"),
+        sync_settings(tmp_path, ca_dir, key),
         EC2Store(clients, seal_keys=[key.public_key()], workdir=tmp_path / "w"),
     )
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
@@ -216,7 +216,7 @@ def test_kill_9_at_any_step_and_the_next_run_converges(
     assert child.returncode == -9, (child.returncode, child.stdout, child.stderr[-2000:])
     key = load_private_key(tmp_path / "seal.key")
     service = SyncService(
-        sync_settings(tmp_path, ca_dir, key, store_name="ec2"),
+        sync_settings(tmp_path, ca_dir, key),
         make_store(ec2_cloud, key, tmp_path),
     )
     service.subs = (  # type: ignore[attr-defined]

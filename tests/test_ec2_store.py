@@ -430,7 +430,7 @@ def test_no_op_pass_lists_every_page_with_a_constant_number_of_calls(
     key = load_private_key(tmp_path / "seal.key")
     ec2_cloud.gaps.page_size = 2  # EC2 pages DescribeImages; moto does not (stubbed: see module)
     service = SyncService(
-        sync_settings(tmp_path, ca_dir, key, store_name="ec2"),
+        sync_settings(tmp_path, ca_dir, key),
         make_store(ec2_cloud, key, tmp_path),
     )
     subs = (

@@ -65,7 +65,7 @@ def test_keystoneauth_options_in_store_glance(tmp_path, ca_dir, glance, site, pk
     publish(site, pki, [entry("wn", IMAGE_A, site)], "1")
     conf = make_conf([str(conf_path)])
     settings = settings_mod.from_conf(conf)
-    store = settings_mod.make_store(settings)
+    store = settings_mod.make_store(conf, settings)
     assert isinstance(store, GlanceStore) and store.project_id == project
     service = SyncService(settings, store)
     try:

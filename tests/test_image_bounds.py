@@ -25,7 +25,6 @@ import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import hostile_images as hostile
 import pytest
@@ -68,7 +67,7 @@ def assert_refused(sync, report, *words: str) -> str:
     (line,) = report.failures
     assert line.startswith("image bomb: ") and all(w in line for w in words), line
     assert trusted(sync) == {} and sync.store.held() == []
-    store = Path(sync.s.local_path)
+    store = sync.store.root
     assert [p for p in store.rglob("*") if p.is_file() and p.name != LOCK_NAME] == []
     return line
 
@@ -133,7 +132,7 @@ def test_what_is_stored_records_both_hashes_and_vmtrust_images_shows_them(
     assert held.record.size == len(disk) and held.record.disk_format == "raw"
     conf = tmp_path / "vmtrust.conf"
     conf.write_text(
-        f"[trust]\nseal_key = {tmp_path}/seal.key\n[store_local]\npath = {sync.s.local_path}\n"
+        f"[trust]\nseal_key = {tmp_path}/seal.key\n[store_local]\npath = {sync.store.root}\n"
     )
     rc, out, _ = run(capsys, "--config-file", conf, "images", "--json")
     (row,) = json.loads(out)

@@ -92,7 +92,7 @@ def assert_nothing_stored(sync, identifier: str, words: str, report, secret: byt
     assert line.startswith(f"image {identifier}: ") and words in line, line
     assert "\n" not in line
     assert trusted(sync) == {} and sync.store.held() == []
-    store = Path(sync.s.local_path)
+    store = sync.store.root
     leftovers = [p for p in store.rglob("*") if p.is_file() and p.name != LOCK_NAME]
     assert leftovers == [], leftovers
     work = sync.s.state_dir / "work"

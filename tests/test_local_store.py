@@ -72,7 +72,7 @@ def trusted(sync) -> dict[str, str]:
 
 
 def store_root(sync) -> Path:
-    return Path(sync.s.local_path)
+    return sync.store.root
 
 
 def one_line(lines: list[str]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from conftest import list_document
@@ -111,7 +110,7 @@ def test_a_state_older_than_the_records_does_not_shorten_their_life(sync, site, 
 def test_a_record_whose_seal_is_bad_extends_nothing(sync, site, pki, host):
     publish(site, pki, [entry("a", IMAGE_A, site), entry("b", IMAGE_B, site)], "1")
     assert sync.run(sync.subs).exit_code == 0
-    (forged,) = Path(sync.s.local_path).glob("images/b/*.json")
+    (forged,) = sync.store.root.glob("images/b/*.json")
     content = json.loads(forged.read_text())
     content["record"].update(list_version="99", expires="2099-01-01T00:00:00Z")
     forged.write_text(json.dumps(content))

@@ -119,7 +119,7 @@ def test_a_dead_endorser_delays_no_other_list(sync, site, pki):
         elapsed = time.time() - start
     (line,) = report.failures
     assert line.startswith("subscription dead: ") and "deadline of 6 s" in line
-    (record,) = Path(sync.s.local_path).glob("images/a/*.json")
+    (record,) = sync.store.root.glob("images/a/*.json")
     assert record.stat().st_mtime - start < 2.5  # stored long before the dead list gave up
     assert trusted(sync) == {"a": "1"}
     assert 5.5 < elapsed < 15

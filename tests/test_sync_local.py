@@ -111,7 +111,7 @@ def test_wrong_checksum_is_not_stored_and_other_images_are(sync, site, pki):
     assert report.exit_code == 1
     assert any("SHA-512" in line and "bad" in line for line in report.failures)
     assert trusted(sync) == {"a": "1"}
-    assert list((Path(sync.s.local_path) / ".partial").iterdir()) == []
+    assert list((sync.store.root / ".partial").iterdir()) == []
 
 
 def test_new_version_replaces_old_and_revoked_image_is_retired(sync, site, pki):
@@ -166,7 +166,7 @@ def test_a_second_sync_is_refused_while_one_runs(sync, site, pki):
 
 def test_leftovers_of_a_killed_run_are_cleaned_and_the_sync_converges(sync, site, pki):
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
-    root = Path(sync.s.local_path)
+    root = sync.store.root
     (root / ".partial" / "dead.img").write_bytes(b"half")
     orphan = root / "images" / "a" / "1-0000000000000000.img"
     orphan.parent.mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_site_hook_runs_after_store_and_retire_with_vmcatcher_events(sync, site,
         f'$VMCATCHER_EVENT_HV_VERSION" >> {log}\n'
     )
     hook.chmod(0o755)
-    sync.s.hook = str(hook)
+    sync.store.hook = hook
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     sync.run(sync.subs)
     publish(site, pki, [entry("a", IMAGE_A + b"2", site, version="2")], "2")

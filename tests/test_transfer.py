@@ -143,7 +143,7 @@ def test_hook_gets_vmcatcher_environment(tmp_path, pki):
     script.write_text(f"#!/bin/sh\nenv | grep VMCATCHER_ > {tmp_path}/env.txt\nexit 3\n")
     script.chmod(0o755)
     held = Held(store_id="x/1", record=None, seal_ok=True, location="/store/x/1.img")
-    status = hooks.run(str(script), "AvailablePostfix", lst.images[0], lst, held)
+    status = hooks.run(script, "AvailablePostfix", lst.images[0], lst, held)
     env = dict(line.split("=", 1) for line in (tmp_path / "env.txt").read_text().splitlines())
     assert status == 3
     assert env["VMCATCHER_EVENT_TYPE"] == "AvailablePostfix"

@@ -114,12 +114,9 @@ sync_opts = [
     cfg.StrOpt(
         "store",
         default="local",
-        choices=[
-            ("local", "a directory (the embedded default)"),
-            ("glance", "OpenStack Glance"),
-            ("ec2", "an EC2-compatible cloud"),
-        ],
-        help="Where trusted images are stored.",
+        help="Where trusted images are stored: local (a directory, the embedded default), "
+        "glance (OpenStack Glance), ec2 (an EC2-compatible cloud), or a store an installed "
+        "package adds (entry point group vmtrust.stores).",
     ),
     cfg.StrOpt(
         "retire",

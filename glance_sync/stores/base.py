@@ -11,17 +11,39 @@ contract:
 * :meth:`Store.held` reports only images the store manages (carrying a
   vmtrust record), never anything else;
 * :meth:`Store.retire` and :meth:`Store.purge` act on one held image only.
+
+Each store builds itself from vmtrust.conf (:meth:`Store.from_conf`); which
+store ``[sync] store`` names is the registry's business
+(:mod:`glance_sync.stores.registry`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Protocol
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
 from vmtrust.record import TrustRecord
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What a store needs besides its own section of vmtrust.conf."""
+
+    seal_keys: list[Ed25519PublicKey]  #: the site's public keys, to check seals with
+    state_dir: Path  #: the sync's state directory; ``work_folder`` of it for scratch files
+    #: True for the sync; False for readers (``vmtrust images``, ``status``): a reader
+    #: runs no site hook and leaves the operator's notes to the sync's log
+    syncing: bool = True
 
 
 class Finish(Protocol):
@@ -36,6 +58,16 @@ class Finish(Protocol):
 
 class Store(ABC):
     name = "store"
+
+    @classmethod
+    @abstractmethod
+    def from_conf(cls, conf: cfg.ConfigOpts, context: StoreContext) -> Store:
+        """The store as its section of vmtrust.conf describes it.
+
+        Every option is checked here, before the sync touches anything, and a bad
+        one is a one-line :class:`~vmtrust.errors.ConfigError` naming it; nothing is
+        contacted yet (an unreachable cloud fails at first use, as one line too).
+        """
 
     @abstractmethod
     def held(self) -> list[Held]:
@@ -68,6 +100,13 @@ class Store(ABC):
     @abstractmethod
     def purge(self, held: Held) -> None:
         """Remove a retired image for good."""
+
+    def notify(  # noqa: B027 (optional: most stores tell nobody)
+        self, event: str, held: Held, want: Desired | None = None
+    ) -> None:
+        """After a create (``AvailablePostfix``, with what was wanted) or a retire
+        (``ExpirePostfix``): a store that tells the site's own programs does it here
+        (the local store runs its vmcatcher hook).  Never raises: what was done stands."""
 
     def converge(self, held: list[Held]) -> list[str]:
         """Bring per-image state that comes from configuration, not from the record

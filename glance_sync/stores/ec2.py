@@ -32,12 +32,13 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from glance_sync.convert import work_folder
 from glance_sync.plan import Desired, Held
-from glance_sync.stores.base import Finish, Store
+from glance_sync.stores.base import Finish, Store, StoreContext
 from glance_sync.stores.ec2_account import (
     SiteAccount,
     aws_time,
@@ -45,7 +46,7 @@ from glance_sync.stores.ec2_account import (
     next_minute,
     parse_time,
 )
-from glance_sync.stores.ec2_conf import ImageOptions
+from glance_sync.stores.ec2_conf import ImageOptions, build_store
 from glance_sync.stores.ec2_upload import BlockWriter, blocks, raw_source, volume_gib
 from glance_sync.unpack import normalise_format
 from vmtrust import ec2record as tags_
@@ -53,6 +54,9 @@ from vmtrust.ec2client import Clients
 from vmtrust.ec2record import EC2Error
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.record import SealError, TrustRecord, check_binding
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
 
 LOG = logging.getLogger("vmtrust.ec2")
 #: sl:arch → EC2's architecture; an empty sl:arch is taken as x86_64.
@@ -98,6 +102,12 @@ class EC2Store(Store):
         self.snapshot_wait = snapshot_wait  #: for CompleteSnapshot to become "completed"
         self._seen: dict[str, dict[str, Any]] = {}  #: AMI id → its last DescribeImages entry
         self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts, context: StoreContext) -> EC2Store:
+        """``[store_ec2]`` (read by :mod:`~glance_sync.stores.ec2_conf`); scratch files
+        go to the sync's work folder."""
+        return build_store(conf, context.seal_keys, work_folder(context.state_dir))
 
     @property
     def calls(self) -> int:

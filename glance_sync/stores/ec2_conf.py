@@ -1,4 +1,4 @@
-"""``[store_ec2]`` to an EC2 store: every option checked, nothing contacted yet."""
+"""``[store_ec2]`` to an EC2 store, for ``EC2Store.from_conf``: every option checked."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class ImageOptions:
     name_prefix: str = ""
 
 
-def from_conf(conf: Any, seal_keys: list[Ed25519PublicKey], workdir: Path) -> EC2Store:
+def build_store(conf: Any, seal_keys: list[Ed25519PublicKey], workdir: Path) -> EC2Store:
     """The store as ``[store_ec2]`` describes it; every option checked, nothing contacted."""
     from glance_sync.stores.ec2 import EC2Store
     from vmtrust import ec2client

@@ -32,13 +32,13 @@ import math
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
 from glance_sync.stores import glance_share
-from glance_sync.stores.base import Finish, Store
+from glance_sync.stores.base import Finish, Store, StoreContext
 from glance_sync.stores.glance_api import PATCH_TYPE, GlanceError, reason, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
@@ -48,9 +48,12 @@ from vmtrust.errors import ConfigError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.record import SealError, TrustRecord, check_seal
 
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
 LOG = logging.getLogger("vmtrust.glance")
 PAGE = 1000  # Glance's default api_limit_max
-__all__ = ["GlanceError", "GlanceStore", "from_conf", "parse_vo_projects"]
+__all__ = ["GlanceError", "GlanceStore", "parse_vo_projects"]
 
 
 class GlanceStore(Store):
@@ -84,6 +87,51 @@ class GlanceStore(Store):
         self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
         self._lock = threading.Lock()
         self.calls = 0  #: Glance API requests made (the no-op benchmark counts them)
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts, context: StoreContext) -> GlanceStore:
+        """``[store_glance]``: every option checked, nothing contacted.
+
+        The sync logs a warning for each VO project it cannot make see its images
+        (no cloud to accept with; visibility that keeps images out of listings);
+        readers leave that to the sync.
+        """
+        from glance_sync import cloud
+
+        section = conf.store_glance
+        mapping = parse_vo_projects(section.vo_project)
+        if context.syncing:
+            for note in glance_share.acceptance_notes(mapping, section.visibility):
+                LOG.warning("%s", note)
+        conn = cloud.connect(conf)
+        project_id = section.project_id
+        if not project_id:
+            try:
+                project_id = conn.current_project_id
+            except Exception as exc:  # keystoneauth raises many kinds here
+                raise ConfigError(f"[store_glance] project_id: not set, and {short(exc)}") from None
+            if not project_id:
+                raise ConfigError(
+                    "[store_glance] project_id: not set, and the credentials name no project"
+                )
+        vo_projects: dict[str, list[tuple[str, Any]]] = {}
+        for vo, entries in mapping.items():
+            vo_projects[vo] = [
+                (project, cloud.connect_cloud(name, section.clouds_file, section.api_timeout)
+                 if name else None)
+                for project, name in entries
+            ]  # fmt: skip
+        formats = [f.strip().lower() for f in section.disk_formats if f.strip()]
+        return cls(
+            conn,
+            project_id=project_id,
+            seal_keys=context.seal_keys,
+            visibility=section.visibility,
+            vo_projects=vo_projects,
+            disk_formats=formats,
+            name_prefix=section.name_prefix,
+            hypervisor_type=section.hypervisor_type,
+        )
 
     # --- REST plumbing --------------------------------------------------------------
 
@@ -367,49 +415,3 @@ def _min_disk(image: dict[str, Any]) -> int:
     """GiB of root disk an image needs: its bytes, or its virtual size if larger (qcow2)."""
     need = max(image.get("size") or 0, image.get("virtual_size") or 0)
     return math.ceil(need / GIB)
-
-
-def from_conf(
-    conf: Any, seal_keys: list[Ed25519PublicKey], *, announce: bool = True
-) -> GlanceStore:
-    """The store as ``[store_glance]`` describes it; every option checked, nothing contacted.
-
-    ``announce`` logs a warning for each VO project the sync cannot make see its
-    images (no cloud to accept with; visibility that keeps images out of listings).
-    """
-    from glance_sync import cloud
-
-    section = conf.store_glance
-    mapping = parse_vo_projects(section.vo_project)
-    if announce:
-        for note in glance_share.acceptance_notes(mapping, section.visibility):
-            LOG.warning("%s", note)
-    conn = cloud.connect(conf)
-    project_id = section.project_id
-    if not project_id:
-        try:
-            project_id = conn.current_project_id
-        except Exception as exc:  # keystoneauth raises many kinds here
-            raise ConfigError(f"[store_glance] project_id: not set, and {short(exc)}") from None
-        if not project_id:
-            raise ConfigError(
-                "[store_glance] project_id: not set, and the credentials name no project"
-            )
-    vo_projects: dict[str, list[tuple[str, Any]]] = {}
-    for vo, entries in mapping.items():
-        vo_projects[vo] = [
-            (project, cloud.connect_cloud(name, section.clouds_file, section.api_timeout)
-             if name else None)
-            for project, name in entries
-        ]  # fmt: skip
-    formats = [f.strip().lower() for f in section.disk_formats if f.strip()]
-    return GlanceStore(
-        conn,
-        project_id=project_id,
-        seal_keys=seal_keys,
-        visibility=section.visibility,
-        vo_projects=vo_projects,
-        disk_formats=formats,
-        name_prefix=section.name_prefix,
-        hypervisor_type=section.hypervisor_type,
-    )

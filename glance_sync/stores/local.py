@@ -36,19 +36,22 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from glance_sync import lock
+from glance_sync import hooks, lock
 from glance_sync.plan import Desired, Held
-from glance_sync.stores.base import Finish, Store
+from glance_sync.stores.base import Finish, Store, StoreContext
 from glance_sync.stores.localfs import Dir, Unexpected
 from glance_sync.transfer import copy_stream
 from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.record import SealError, TrustRecord, check_seal
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _AREAS = ("images", "retired", ".partial")
@@ -89,11 +92,17 @@ class LocalStore(Store):
     name = "local"
 
     def __init__(
-        self, path: Path, seal_keys: list[Ed25519PublicKey], target_format: str = ""
+        self,
+        path: Path,
+        seal_keys: list[Ed25519PublicKey],
+        target_format: str = "",
+        *,
+        hook: Path | None = None,
     ) -> None:
         self.root = Path(path).expanduser()
         self.seal_keys = seal_keys
         self.target_format = target_format
+        self.hook = hook  #: vmcatcher event handler run after each create and retire
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._open(create=True):
@@ -102,6 +111,22 @@ class LocalStore(Store):
             raise ConfigError(str(exc)) from None
         except OSError as exc:
             raise ConfigError(f"local store {self.root}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts, context: StoreContext) -> LocalStore:
+        """``[store_local]``: the directory, the disk format and, for the sync, the hook."""
+        section = conf.store_local
+        if not section.path:
+            raise ConfigError("configuration: [store_local] path is not set")
+        hook = hooks.check(section.hook, "[store_local] hook") if context.syncing else None
+        return cls(
+            Path(section.path), context.seal_keys, section.disk_format.strip().lower(), hook=hook
+        )
+
+    def notify(self, event: str, held: Held, want: Desired | None = None) -> None:
+        if self.hook is not None:
+            image, imagelist = (want.image, want.imagelist) if want else (None, None)
+            hooks.run(self.hook, event, image, imagelist, held)
 
     # --- the root and its folders ----------------------------------------------------
 

@@ -78,7 +78,7 @@ class SiteSync:
         )
         self.public_key_file = generate_key_pair(tmp_path / "seal.key")
         key = load_private_key(tmp_path / "seal.key")
-        settings = sync_settings(tmp_path, ca_dir, key, store_name="glance", retire_mode="hide")
+        settings = sync_settings(tmp_path, ca_dir, key, retire_mode="hide")
         self.store = GlanceStore(
             connect_cloud("sync", str(clouds)),
             project_id=self.project,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vmtrust import audit, record
+from vmtrust import audit, clouds, record
 from vmtrust.cli.render import table
 from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError
@@ -63,21 +63,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def connect(cloud: str, clouds_file: str) -> Any:
     """An openstacksdk connection for a clouds.yaml entry (token renewal, endpoints, TLS)."""
-    try:
-        import openstack
-        from openstack import config as os_config
-        from openstack import exceptions as os_exc
-    except ImportError:
-        raise ConfigError("audit needs openstacksdk: pip install 'vmtrust[glance]'") from None
-    try:
-        config = os_config.OpenStackConfig(
-            config_files=[clouds_file] if clouds_file else None, load_envvars=False
-        )
-        region = config.get_one(cloud=cloud)
-    except (os_exc.ConfigException, os_exc.SDKException, OSError, ValueError) as exc:
-        where = f" in {clouds_file}" if clouds_file else ""
-        raise ConfigError(f"audit: cloud {cloud}{where}: {exc}") from None
-    return openstack.connection.Connection(config=region, app_name="vmtrust-audit")
+    return clouds.connect_cloud(cloud, clouds_file, label="audit: cloud", app_name="vmtrust-audit")
 
 
 def _keys_and_owners(args: argparse.Namespace) -> tuple[list, list[str]]:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from vmtrust import context, fileio, launch
+from vmtrust import clouds, context, fileio, launch
 from vmtrust.cli.contextcmd import report_all
 from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError, InvalidConfiguration
@@ -82,8 +82,6 @@ def _profiles(args: argparse.Namespace) -> tuple[context.SiteProfile, context.Vo
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from glance_sync.cloud import connect_cloud  # openstacksdk, only needed here
-
     keys, owners = _keys_and_owners(args)
     try:
         profiles = _profiles(args)
@@ -92,7 +90,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     user_data = b""
     if args.user_data:
         user_data = fileio.read_bytes(args.user_data, what="user-data", limit=1 << 20)
-    conn = connect_cloud(args.cloud, args.clouds_file or "")
+    conn = clouds.connect_cloud(
+        args.cloud, args.clouds_file or "", label="launch: cloud", app_name="vmtrust-launch"
+    )
     image = launch.find_trusted_image(conn, args.vo, keys, owners, identifier=args.image_identifier)
     if args.find_only:
         _print(

@@ -18,7 +18,8 @@ import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__
-from vmtrust.cli import auditcmd, contextcmd, ec2cmd, imagecmd, launchcmd, listcmd, sitecmd
+from vmtrust.cli import auditcmd, contextcmd, ec2cmd, imagecmd, keygencmd, launchcmd, listcmd
+from vmtrust.cli.plugins import add_plugin_commands
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
@@ -67,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     listcmd.register(commands)
     imagecmd.register(commands)
-    sitecmd.register(commands)
+    keygencmd.register(commands)
     contextcmd.register(commands)
     launchcmd.register(commands)
     auditcmd.register(commands)
     ec2cmd.register(commands)
+    add_plugin_commands(commands)  # images, status: the sync side's (import rules)
     return parser
 
 

@@ -1,8 +1,11 @@
-"""Site commands: ``vmtrust keygen``, ``vmtrust images``, ``vmtrust status``.
+"""The site commands ``vmtrust images`` and ``vmtrust status``: what the sync wrote.
 
-``images`` and ``status`` read what the sync service wrote (the store and the
-state database); they import the sync package only when run, so the trust
-core stays free of it.
+They read the site's store (chosen by the store registry, as the sync chooses
+it) and the state database, so they live with the sync service; the
+``vmtrust`` command finds them through the ``vmtrust.commands`` entry points
+(:mod:`vmtrust.cli.plugins`), which keeps the trust core free of this package.
+The store modules are imported when a command runs, not when ``vmtrust --help``
+lists it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 from vmtrust import record
+from vmtrust.cli.plugins import Command
 from vmtrust.cli.render import clean, table
 from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError
@@ -20,40 +24,12 @@ from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "keygen",
-        help="make the site's Ed25519 seal key pair",
-        description="Make the site's sync key: PATH (private, mode 0600) and PATH.pub "
-        "(public; give it to the nova filter). Refuses to overwrite an existing key.",
-    )
-    p.add_argument("--out", required=True, metavar="PATH", help="private key file to create")
-    p.set_defaults(handler=cmd_keygen)
-
-    p = commands.add_parser(
-        "images",
-        help="what the site's store holds",
-        description="One row per image version in the store, with its "
-        "trust state (the seal is checked).",
-    )
-    p.add_argument("--json", action="store_true", help="JSON objects, one per image")
-    p.set_defaults(handler=cmd_images)
-
-    p = commands.add_parser(
-        "status",
-        help="per subscription: last success, error, version, failing images",
-        description="Per subscription: last success, last error, the accepted list version "
-        "and its expiry, and the images that failed in the last pass that reached them "
-        "(with the reason). Reads the state database without changing it.",
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_status)
+def _images_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="JSON objects, one per image")
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    public = record.generate_key_pair(Path(args.out))
-    print(f"seal key written to {args.out} (keep it private); public key {public}")
-    return 0
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true")
 
 
 def _public_keys(conf) -> list:
@@ -66,23 +42,19 @@ def _public_keys(conf) -> list:
     raise ConfigError(f"[trust] seal_key {private}: neither it nor {public.name} exists")
 
 
+def _store(conf):
+    """The site's store as the sync configures it, for reading (no hook, no notes)."""
+    from glance_sync.stores.registry import StoreContext, store_from_conf
+
+    context = StoreContext(
+        seal_keys=_public_keys(conf), state_dir=Path(conf.state_dir).expanduser(), syncing=False
+    )
+    return store_from_conf(conf, context)
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     conf = make_conf(args.config_file)
-    if conf.sync.store == "local":
-        from glance_sync.stores.local import LocalStore
-
-        store = LocalStore(Path(conf.store_local.path), _public_keys(conf))
-    elif conf.sync.store == "glance":
-        from glance_sync.stores.glance import from_conf
-
-        store = from_conf(conf, _public_keys(conf))
-    elif conf.sync.store == "ec2":
-        from glance_sync.convert import work_folder
-        from glance_sync.stores.ec2_conf import from_conf as ec2_from_conf
-
-        store = ec2_from_conf(conf, _public_keys(conf), work_folder(Path(conf.state_dir)))
-    else:
-        raise ConfigError(f"[sync] store = {conf.sync.store}: 'vmtrust images' cannot read it")
+    store = _store(conf)
     rows = []
     for held in store.held():
         rec = held.record
@@ -218,12 +190,11 @@ def _vo_acceptance(conf) -> list[dict]:
     section = conf.store_glance
     if conf.sync.store != "glance" or not section.vo_project or section.visibility != "shared":
         return []
-    from glance_sync.stores.glance import from_conf
     from glance_sync.stores.glance_share import waiting_memberships
     from vmtrust.errors import VmtrustError
 
     try:
-        store = from_conf(conf, _public_keys(conf), announce=False)
+        store = _store(conf)
         return [w.as_dict() for w in waiting_memberships(store)]
     except VmtrustError as exc:
         print(f"vmtrust status: VO memberships not checked: {exc}", file=sys.stderr)
@@ -245,3 +216,20 @@ def _print_vo_acceptance(waiting: list[dict]) -> None:
         )
     )
     print()
+
+
+IMAGES = Command(
+    help="what the site's store holds",
+    description="One row per image version in the store, with its "
+    "trust state (the seal is checked).",
+    arguments=_images_arguments,
+    run=cmd_images,
+)
+STATUS = Command(
+    help="per subscription: last success, error, version, failing images",
+    description="Per subscription: last success, last error, the accepted list version "
+    "and its expiry, and the images that failed in the last pass that reached them "
+    "(with the reason). Reads the state database without changing it.",
+    arguments=_status_arguments,
+    run=cmd_status,
+)
