@@ -16,7 +16,7 @@ from cryptography import x509
 from vmtrust import authoring, cms, dn, fileio, imagelist, jsonsafe, smime
 from vmtrust.cli import render
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError, InputError, SigningError, VmtrustError
+from vmtrust.errors import ConfigError, InputError, ListTooLarge, SigningError, VmtrustError
 from vmtrust.imagelist import Endorser
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
@@ -181,7 +181,7 @@ def _credential_args(p: argparse.ArgumentParser) -> None:
 
 def _read_document(path: str, limit: int = jsonsafe.DEFAULT_MAX_BYTES) -> tuple[Any, bytes]:
     """A list document from a plain or signed file (the signature is not checked here)."""
-    data = fileio.read_bytes(path, what="list", limit=limit)
+    data = fileio.read_bytes(path, what="list", limit=limit, too_large=ListTooLarge)
     content = data
     if smime.is_smime(data):
         content = smime.strip_text_headers(smime.split(data).content)
@@ -238,7 +238,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         clock_skew=timedelta(seconds=conf.trust.clock_skew),
         max_bytes=conf.trust.max_list_bytes,
     )
-    data = fileio.read_bytes(args.signed_file, what="signed list", limit=conf.trust.max_list_bytes)
+    data = fileio.read_bytes(
+        args.signed_file,
+        what="signed list",
+        limit=conf.trust.max_list_bytes,
+        too_large=ListTooLarge,
+    )
     verified = verify_signed_list(data, policy)
     if args.json:
         json.dump(verified.summary(), sys.stdout, indent=2)

@@ -17,13 +17,13 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from vmtrust import __version__
+from vmtrust import __version__, errors
 from vmtrust.cli import auditcmd, contextcmd, ec2cmd, imagecmd, launchcmd, listcmd, sitecmd
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
-INTERNAL_ERROR = 70  # EX_SOFTWARE
-USAGE_ERROR = 2
+INTERNAL_ERROR = errors.INTERNAL_ERROR
+USAGE_ERROR = errors.USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,14 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vmtrust",
         description="Create, sign, verify and inspect HEPiX endorsed VM image lists.",
-        epilog="Run 'vmtrust COMMAND --help' for the options of a command. "
-        "Exit status: 0 success, 2 usage, 3 unreadable file, 4 configuration, "
-        "11 signature, 12 endorser DN mismatch, 13 endorser not allowed, 14 untrusted signer, "
-        "15 revoked, 16 CRL problem, 17 rollback, 21 not signable, 31 identifier mismatch, "
-        "33 created in the future, 34 expired, 37 bad JSON, 38 bad list structure, "
-        "5 user-data too large, 20 refused by policy (also 'context check'), 41 local store, "
-        "42 Glance, 43 EC2, 50 launch failed, 51 no trusted image, 60 audit findings, 61 audit "
-        "failed, 62 audit findings and an action failed.",
+        epilog="Run 'vmtrust COMMAND --help' for the options of a command.\n\n"
+        + errors.help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -89,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _fail("interrupted")
-        return 130 - 10  # below 124, distinct from every rule
+        return errors.INTERRUPTED
     except BrokenPipeError:
         return 0
     except Exception as exc:
