@@ -12,6 +12,7 @@ list's identifier cannot turn one line into two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import typing
@@ -42,6 +43,57 @@ def _fail(message: str) -> None:
     print(f"vmtrust: {clean(message)}", file=sys.stderr)
 
 
+def _add_global_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, level: int
+) -> None:
+    """``--version``, ``--debug`` and ``--config-file``, at the top (``level`` 0) or after
+    the command at ``level`` 1, 2 (``vmtrust images --config-file FILE``, as users type it).
+
+    After a command they default to nothing, so that a subcommand does not undo what
+    was given before it; each level's config files have their own name (a subcommand
+    parses into a namespace of its own and would replace them) and :func:`_merge`
+    joins them.
+    """
+    unset = {} if level == 0 else {"default": argparse.SUPPRESS}
+    with contextlib.suppress(argparse.ArgumentError):  # 'list bump --version V' is its own
+        parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logs", **unset
+    )
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        dest=_CONFIG_FILES[level],
+        metavar="FILE",
+        help="vmtrust.conf to read (repeatable; default: the standard oslo.config places, "
+        "e.g. /etc/vmtrust/vmtrust.conf)",
+        **unset,
+    )
+
+
+#: where ``--config-file`` lands at each level: before the command, after it, after its verb
+_CONFIG_FILES = ("config_file", "config_file_after_command", "config_file_after_verb")
+
+
+def _after_commands(parser: argparse.ArgumentParser, level: int = 1) -> None:
+    """Give every command and verb under ``parser`` the global options too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                group = sub.add_argument_group("global options (also before the command)")
+                _add_global_options(group, level)
+                _after_commands(sub, level + 1)
+
+
+def _merge(args: argparse.Namespace) -> argparse.Namespace:
+    """The config files of every level, in the order they were given."""
+    files = [f for name in _CONFIG_FILES for f in (getattr(args, name, None) or [])]
+    for name in _CONFIG_FILES[1:]:
+        args.__dict__.pop(name, None)
+    args.config_file = files or None
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vmtrust",
@@ -50,15 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         + errors.help_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument(
-        "--config-file",
-        action="append",
-        metavar="FILE",
-        help="vmtrust.conf to read (repeatable; default: the standard oslo.config places, "
-        "e.g. /etc/vmtrust/vmtrust.conf)",
-    )
+    _add_global_options(parser, 0)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     listcmd.register(commands)
     imagecmd.register(commands)
@@ -67,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     launchcmd.register(commands)
     auditcmd.register(commands)
     ec2cmd.register(commands)
+    _after_commands(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _merge(parser.parse_args(argv))
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vmtrust: %(levelname)s: %(message)s",
