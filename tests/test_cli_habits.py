@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import fails, ok, run, write_list
-from conftest import list_document
+from conftest import image_entry, list_document
 from test_sync_local import IMAGE_A, entry, publish
 from test_verify_smime import openssl_sign
 
@@ -119,13 +119,19 @@ def test_show_prints_an_invalid_list_with_every_problem(capsys, tmp_path, pki):
 
 
 def test_show_of_a_list_whose_fields_have_the_wrong_types(capsys, tmp_path, pki):
+    """Nothing in an invalid list may be assumed: not a type, not a size that fits a float."""
     document = list_document(pki.endorser)
-    document["hv:imagelist"]["dc:title"] = {"nested": ["x"] * 3}
-    document["hv:imagelist"]["hv:images"] = [7, {"hv:image": []}]
+    fields = document["hv:imagelist"]
+    fields["dc:title"] = {"nested": ["x"] * 3}
+    huge = image_entry("huge", **{"hv:size": "9" * 4000})
+    enormous = image_entry("enormous", **{"hv:size": 10**400})
+    fields["hv:images"] = [7, {"hv:image": []}, huge, enormous]
     path = write_list(tmp_path / "bad.json", document)
-    rc, out, _ = run(capsys, "list", "show", path)
-    assert rc == 38 and "Title        {...}" in out
+    rc, out, err = run(capsys, "list", "show", path)
+    assert rc == 38 and err.count("\n") == 1, err
+    assert "Title        {...}" in out
     assert "hv:images[0]: not an object" in out and "hv:images[1]: not an object" in out
+    assert "9" * 4000 in out and str(10**400) in out  # shown as they are, not as sizes
 
 
 def test_show_says_when_hv_dn_is_not_the_signer(capsys, tmp_path, pki, sign):

@@ -9,12 +9,15 @@ second line of output.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from vmtrust.imagelist import endorser_objects, image_objects
 from vmtrust.safetext import clean
 
 __all__ = ["clean", "show_list", "table"]
+
+_SIZE = re.compile(r"[0-9]{1,20}")
 
 
 def _size(n: int) -> str:
@@ -55,8 +58,10 @@ def _raw(value: Any, missing: str = "(missing)") -> str:
 
 
 def _raw_size(value: Any) -> str:
+    """A size in KiB, MiB … when it is one (a number or AppDB's decimal text, at most 20
+    digits as validation allows), else as it is."""
     text = value if isinstance(value, str) else _raw(value, "?")
-    return _size(int(text)) if text.isascii() and text.isdigit() else text
+    return _size(int(text)) if _SIZE.fullmatch(text) else text
 
 
 _HEADER = (
