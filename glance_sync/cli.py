@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from glance_sync import settings as settings_mod
 from glance_sync.report import unexpected
 from glance_sync.service import SyncService, tty_progress
-from vmtrust import __version__
+from vmtrust import __version__, errors
 from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import load_subscriptions
@@ -37,10 +37,11 @@ LOG = logging.getLogger("vmtrust.sync")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmtrust-sync",
-        description="Mirror the approved images of verified image lists into the site's "
+        description="Mirror the approved images of verified image lists into the site's\n"
         "image store (one pass unless --daemon).",
-        epilog="Exit status: 0 all done, 1 something failed (one line each on stderr), "
-        "4 configuration, 74 state database, 75 another sync is running, 70 internal error.",
+        epilog="A pass exits 0 when all was done and 1 when anything failed; when\n"
+        "nothing could start, the status says what stopped it.\n\n" + errors.help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument(
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-INTERNAL_ERROR = 70  # EX_SOFTWARE
+INTERNAL_ERROR = errors.INTERNAL_ERROR
 
 
 def _say(line: str) -> None:
@@ -128,6 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print("vmtrust-sync: interrupted", file=sys.stderr)
-        return 120
+        return errors.INTERRUPTED
     finally:
         service.close()

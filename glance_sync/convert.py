@@ -36,7 +36,8 @@ from types import TracebackType
 from typing import IO
 
 from glance_sync import confine
-from glance_sync.transfer import TransferError, read_disk
+from glance_sync.transfer import read_disk
+from vmtrust.errors import TransferError
 
 LOG = logging.getLogger(__name__)
 

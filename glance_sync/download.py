@@ -30,16 +30,9 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from glance_sync.httpclient import (
-    Deadline,
-    DeadlineExceeded,
-    HttpError,
-    HttpSettings,
-    check_url,
-    get,
-    short,
-)
-from glance_sync.transfer import CHUNK, TransferError
+from glance_sync.httpclient import Deadline, HttpSettings, check_url, get, short
+from glance_sync.transfer import CHUNK
+from vmtrust.errors import DeadlineExceeded, HttpError, TransferError
 from vmtrust.safetext import redact
 
 __all__ = ["BackgroundHash", "HttpSettings", "Source", "SourceReader", "check_uri"]

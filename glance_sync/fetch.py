@@ -19,25 +19,12 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from glance_sync.httpclient import (
-    USER_AGENT,
-    Deadline,
-    DeadlineExceeded,
-    HttpError,
-    HttpSettings,
-    get,
-    short,
-)
-from vmtrust.errors import VmtrustError
+from glance_sync.httpclient import USER_AGENT, Deadline, HttpSettings, get, short
+from vmtrust.errors import DeadlineExceeded, FetchError, HttpError
 from vmtrust.policy import Subscription
 from vmtrust.safetext import redact
 
 __all__ = ["USER_AGENT", "FetchError", "fetch_list"]
-
-
-class FetchError(VmtrustError):
-    exit_code = 10
-    rule = "fetch"
 
 
 class _Transient(Exception):

@@ -38,7 +38,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 
 from vmtrust import __version__
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import DeadlineExceeded, HttpError
 from vmtrust.safetext import redact
 from vmtrust.urls import url_problem
 
@@ -60,13 +60,6 @@ class HttpSettings:
     def image_deadline_for(self, size: int) -> float:
         """The total time an image of ``size`` bytes may take to download."""
         return self.image_deadline + size / self.min_rate
-
-
-class HttpError(VmtrustError):
-    """A URL or redirect vmtrust refuses to follow, or an HTTP exchange it gives up."""
-
-    exit_code = 10
-    rule = "http"
 
 
 # --- URLs ----------------------------------------------------------------------------
@@ -112,10 +105,6 @@ def follow(current: str, location: str | None) -> str:
 # --- the deadline ------------------------------------------------------------------------
 
 _current = threading.local()  #: the deadline of the request this thread is making
-
-
-class DeadlineExceeded(HttpError):
-    rule = "deadline"
 
 
 class Deadline:

@@ -35,7 +35,8 @@ from typing import IO, NoReturn
 
 from oslo_utils.imageutils import format_inspector as fi
 
-from glance_sync.transfer import CHUNK, TransferError
+from glance_sync.transfer import CHUNK
+from vmtrust.errors import UnsafeImageError
 
 #: The disk formats vmtrust stores (Glance's names), each with an inspector.
 INSPECTED = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
@@ -45,12 +46,6 @@ VMDK_SUBFORMATS = ("monolithicsparse", "streamoptimized")
 # The inspector logs every failed check at WARNING with no image name; the
 # sync's own one-line refusal says it all.
 logging.getLogger(fi.__name__).setLevel(logging.CRITICAL)
-
-
-class UnsafeImageError(TransferError):
-    """Disk bytes that are not what the list declares, or that could reach other files."""
-
-    rule = "inspection"
 
 
 class Inspection:

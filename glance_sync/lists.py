@@ -28,8 +28,8 @@ from glance_sync.fetch import fetch_list
 from glance_sync.plan import Desired, Held, KnownList, last_accepted
 from glance_sync.report import ImageFailure, Report, unexpected
 from glance_sync.settings import SyncSettings
-from glance_sync.state import StateDB, StateError
-from vmtrust.errors import VmtrustError
+from glance_sync.state import StateDB
+from vmtrust.errors import StateError, VmtrustError
 from vmtrust.imagelist import ImageList
 from vmtrust.policy import Subscription
 from vmtrust.verify import Policy, VerifiedList, verify_signed_list

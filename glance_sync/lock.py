@@ -20,12 +20,7 @@ from pathlib import Path
 
 from glance_sync.stores.localfs import kind_of
 from vmtrust.cli.render import clean
-from vmtrust.errors import ConfigError
-
-
-class LockError(ConfigError):
-    exit_code = 75  # EX_TEMPFAIL
-    rule = "lock"
+from vmtrust.errors import ConfigError, LockError
 
 
 def holder(state_dir: Path) -> str:

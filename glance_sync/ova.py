@@ -37,7 +37,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 import defusedxml.ElementTree as safe_xml
 
-from glance_sync.transfer import CHUNK, TransferError
+from glance_sync.transfer import CHUNK
+from vmtrust.errors import ArchiveError
 
 MAX_MEMBERS = 256
 MAX_EXTENDED_HEADER = 64 * 1024
@@ -60,12 +61,6 @@ _FORMAT_URIS = (("vmdk", "vmdk"), ("qcow", "qcow2"), ("vhdx", "vhdx"), ("vhd", "
                 ("bb676673", "vhd"), ("vdi", "vdi"), ("iso", "iso"))  # fmt: skip
 _EXTENDED = (tar.GNUTYPE_LONGNAME, tar.GNUTYPE_LONGLINK, tar.XHDTYPE, tar.XGLTYPE,
              tar.SOLARIS_XHDTYPE)  # fmt: skip
-
-
-class ArchiveError(TransferError):
-    """An OVA or tar archive that is malformed, hostile or ambiguous."""
-
-    rule = "archive"
 
 
 class _Refused(Exception):

@@ -42,7 +42,6 @@ from glance_sync.download import Source, SourceReader, check_uri
 from glance_sync.httpclient import make_session
 from glance_sync.inspection import InspectedStream, inspect_stream
 from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
-from glance_sync.lock import LockError as LockError  # where callers found it before
 from glance_sync.plan import (
     Create,
     Desired,
@@ -55,11 +54,11 @@ from glance_sync.plan import (
 )
 from glance_sync.report import ImageFailure, Report, unexpected
 from glance_sync.settings import SyncSettings
-from glance_sync.state import StateDB, StateError
+from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
-from glance_sync.transfer import TransferError
-from glance_sync.unpack import Bound, ExpansionError, open_disk
-from vmtrust.errors import VmtrustError
+from glance_sync.unpack import Bound, open_disk
+from vmtrust.errors import ExpansionError, StateError, TransferError, VmtrustError
+from vmtrust.errors import LockError as LockError  # where callers found it before
 from vmtrust.policy import Subscription
 from vmtrust.record import seal
 from vmtrust.safetext import clean

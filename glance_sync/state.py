@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from glance_sync.report import ImageFailure
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import StateError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.safetext import redact
 
@@ -60,13 +60,6 @@ CREATE TABLE IF NOT EXISTS image_failure (
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _SIDE = ("-wal", "-shm")  #: SQLite's files beside the database (it gives them its mode)
-
-
-class StateError(VmtrustError):
-    """The state database cannot be read or written."""
-
-    exit_code = 74  # EX_IOERR
-    rule = "state"
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import TransferError
 
 CHUNK = 1024 * 1024
-
-
-class TransferError(VmtrustError):
-    """An image could not be downloaded or does not match what the list says."""
-
-    exit_code = 40
-    rule = "transfer"
 
 
 @dataclass

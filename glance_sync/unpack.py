@@ -21,7 +21,8 @@ from typing import IO
 
 from glance_sync.download import SourceReader
 from glance_sync.ova import ArchiveDisk
-from glance_sync.transfer import CHUNK, TransferError
+from glance_sync.transfer import CHUNK
+from vmtrust.errors import ExpansionError
 
 
 def normalise_format(value: str | None) -> tuple[str | None, str]:
@@ -89,12 +90,6 @@ def open_disk(reader: SourceReader, fmt: str | None, bound: Bound) -> tuple[IO[b
         archive = ArchiveDisk(stream, disk, reader.source.identifier)
         return archive, archive.disk_format  # type: ignore[return-value]
     return stream, disk
-
-
-class ExpansionError(TransferError):
-    """An image that unpacks to more than the site allows."""
-
-    rule = "expansion"
 
 
 class _Bounded:

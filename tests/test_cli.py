@@ -263,7 +263,9 @@ def test_show_empty_list_and_invalid_list(capsys, tmp_path, pki):
     broken = list_document(pki.endorser)
     del broken["hv:imagelist"]["dc:title"]
     write_list(path, broken)
-    assert "dc:title: missing" in fails(capsys, 38, "list", "show", path)
+    rc, out, err = run(capsys, "list", "show", path)
+    assert rc == 38 and "not a valid image list (1 problem, each printed above)" in err
+    assert "NOT A VALID IMAGE LIST: 1 problem:\n  dc:title: missing\n" in out
 
 
 # --- help, usage, entry points -----------------------------------------------------------

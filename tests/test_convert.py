@@ -28,7 +28,7 @@ from test_sync_local import entry, publish, trusted
 
 from glance_sync import confine, convert
 from glance_sync.convert import Conversion
-from glance_sync.transfer import TransferError
+from vmtrust.errors import TransferError
 
 pytestmark = needs_qemu_img
 landlock = pytest.mark.skipif(confine.abi_version() < 1, reason="this kernel has no Landlock")

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from glance_sync.stores.ec2_upload import BLOCK, BlockWriter, blocks, volume_gib
 from vmtrust import ec2record, glanceprops
-from vmtrust.ec2record import EC2Error
-from vmtrust.record import SealError, TrustRecord, Verdict, check_binding, seal
+from vmtrust.errors import EC2Error, SealError
+from vmtrust.record import TrustRecord, Verdict, check_binding, seal
 
 KEY = Ed25519PrivateKey.generate()
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

@@ -19,7 +19,8 @@ from hostile_images import needs_qemu_img
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from glance_sync.inspection import Inspection, UnsafeImageError
+from glance_sync.inspection import Inspection
+from vmtrust.errors import UnsafeImageError
 
 pytestmark = needs_qemu_img
 

@@ -24,8 +24,7 @@ from test_ec2_store import trusted
 from test_sync_local import IMAGE_A, IMAGE_B, entry, publish
 
 from vmtrust import ec2client, ec2record, launch_ec2
-from vmtrust.context.userdata import UserDataError
-from vmtrust.launch import LaunchError, NoTrustedImage
+from vmtrust.errors import LaunchError, NoTrustedImage, UserDataError
 from vmtrust.record import generate_key_pair, load_public_key
 
 VO = "vo.example.org"

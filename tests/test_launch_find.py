@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from test_sync_local import IMAGE_A, IMAGE_B, entry, publish
 
-from vmtrust.launch import NoTrustedImage, find_trusted_image
+from vmtrust.errors import NoTrustedImage
+from vmtrust.launch import find_trusted_image
 from vmtrust.record import generate_key_pair, load_public_key
 
 BIN = Path(sys.executable).parent

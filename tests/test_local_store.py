@@ -21,10 +21,9 @@ from conftest import image_entry
 from test_sync_local import IMAGE_A, IMAGE_B, publish
 
 from glance_sync import lock
-from glance_sync.lock import LockError
 from glance_sync.stores import local
 from glance_sync.stores.local import LOCK_NAME, LocalStore, safe_name
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, LockError
 from vmtrust.record import TrustRecord, seal
 
 PRECIOUS = {"notes.txt": b"keep me\n", "1-0000000000000000.img": b"looks like an image"}

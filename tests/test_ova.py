@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from test_sync_local import entry, publish, trusted
 from test_transfer import fetch
 
-from glance_sync.ova import ArchiveDisk, ArchiveError
-from glance_sync.transfer import TransferError
+from glance_sync.ova import ArchiveDisk
+from vmtrust.errors import ArchiveError, TransferError
 
 DISK_A = os.urandom(150_000)
 DISK_B = os.urandom(170_000)

@@ -14,10 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, SealError
 from vmtrust.record import (
     SEAL_CONTEXT,
-    SealError,
     TrustRecord,
     check_seal,
     generate_key_pair,

@@ -25,8 +25,9 @@ from test_sync_local import IMAGE_A, IMAGE_B, entry, publish, trusted
 
 from glance_sync import cli as sync_cli
 from glance_sync import lists as lists_mod
-from glance_sync.state import StateDB, StateError
+from glance_sync.state import StateDB
 from vmtrust import imagelist, smime
+from vmtrust.errors import StateError
 
 BIN = Path(sys.executable).parent
 IMAGE_C = b"C" * 150_000

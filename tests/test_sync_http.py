@@ -26,11 +26,12 @@ from cryptography.x509.oid import NameOID
 from httpserve import Behaviour, BlackHole, Server, Site
 from test_sync_local import IMAGE_A, IMAGE_B, entry, publish, trusted
 
-from glance_sync.fetch import FetchError, fetch_list
+from glance_sync.fetch import fetch_list
 from glance_sync.httpclient import Deadline, HttpSettings, get, make_session, short
 from glance_sync.settings import from_conf
 from vmtrust import imagelist, smime
 from vmtrust.conf import make_conf
+from vmtrust.errors import FetchError
 from vmtrust.policy import Credentials
 from vmtrust.record import generate_key_pair
 

@@ -19,8 +19,9 @@ import pytest
 from conftest import image_entry, list_document
 from httpserve import Behaviour, Site
 
-from glance_sync.service import LockError, SyncService, exclusive_lock
+from glance_sync.service import SyncService, exclusive_lock
 from vmtrust import imagelist, smime
+from vmtrust.errors import LockError
 from vmtrust.policy import Credentials
 from vmtrust.record import check_seal
 

@@ -20,8 +20,9 @@ from glance_sync import hooks
 from glance_sync.download import HttpSettings, Source, SourceReader
 from glance_sync.inspection import inspect_stream
 from glance_sync.plan import Held
-from glance_sync.transfer import TransferError, copy_stream
+from glance_sync.transfer import copy_stream
 from glance_sync.unpack import Bound, normalise_format, open_disk
+from vmtrust.errors import TransferError
 
 DISK = os.urandom(700_000)
 NO_BOUND = Bound(1 << 40, "test")

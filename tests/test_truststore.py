@@ -26,6 +26,10 @@ CA = dn.parse("/DC=org/DC=example/CN=Example Test CA")
 OTHER = dn.parse("/DC=org/DC=other/CN=Other CA")
 
 
+def der(credential) -> bytes:
+    return credential.cert.public_bytes(serialization.Encoding.DER)
+
+
 def crl_pem(ca, revoked=()) -> bytes:
     return devpki.make_crl(ca, list(revoked)).public_bytes(serialization.Encoding.PEM)
 
@@ -39,7 +43,7 @@ def crl_path(ca_dir: Path, ca) -> Path:
 
 def test_crl_cache_reloads_when_the_file_changes(ca_dir, pki):
     trust = TrustStore(ca_dir)
-    assert trust.validate(pki.endorser.cert, [], NOW)[-1] == pki.ca.cert
+    assert trust.validate(pki.endorser.cert, [], NOW)[-1].der == der(pki.ca)
     crl_path(ca_dir, pki.ca).write_bytes(crl_pem(pki.ca, [pki.revoked.cert, pki.endorser.cert]))
     with pytest.raises(CertificateRevoked, match="Jane Endorser"):
         trust.validate(pki.endorser.cert, [], NOW)
@@ -90,7 +94,7 @@ def test_unreadable_crl_is_a_crl_error_not_an_oserror(ca_dir, pki):
 def test_intermediate_crl_is_checked(ca_dir, pki):
     crl_path(ca_dir, pki.ca).write_bytes(crl_pem(pki.ca, [pki.sub_ca.cert]))
     with pytest.raises(CertificateRevoked, match="Example Sub CA"):
-        TrustStore(ca_dir).validate(pki.sub_endorser.cert, [pki.sub_ca.cert], NOW)
+        TrustStore(ca_dir).validate(pki.sub_endorser.cert, [der(pki.sub_ca)], NOW)
 
 
 # --- what may and may not become a trust anchor -------------------------------------
@@ -99,7 +103,7 @@ def test_intermediate_crl_is_checked(ca_dir, pki):
 def test_rogue_ca_sent_in_the_message_is_not_trusted(ca_dir, pki, sign):
     trust = TrustStore(ca_dir)
     with pytest.raises(UntrustedSigner) as info:
-        trust.validate(pki.rogue.cert, [pki.rogue_ca.cert], NOW)
+        trust.validate(pki.rogue.cert, [der(pki.rogue_ca)], NOW)
     assert "not issued by a CA in" in str(info.value)
     data = sign(signer=pki.rogue, extra=[pki.rogue_ca.cert])
     with pytest.raises(UntrustedSigner):

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlparse
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import enforcement, glanceprops
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import AuditError
 
 LOG = logging.getLogger(__name__)
 
@@ -78,13 +78,6 @@ _DONE = {
     "shelve": ("SHELVED", "SHELVED_OFFLOADED"),
 }
 _VERB = {"stop": "stopped", "shelve": "shelved", "lock": "locked"}
-
-
-class AuditError(VmtrustError):
-    """The audit could not complete (an API refused or failed); nothing was changed."""
-
-    exit_code = 61
-    rule = "audit"
 
 
 @dataclass

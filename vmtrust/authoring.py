@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from vmtrust import dn, egiprofile, imagelist, smime, version
+from vmtrust import dn, egiprofile, fileio, imagelist, smime, version
 from vmtrust.errors import InputError, SigningError
 from vmtrust.imagelist import format_date
 
@@ -298,15 +298,16 @@ def _image_objects(fields: dict[str, Any]) -> list[dict[str, Any]]:
 # --- signing ---------------------------------------------------------------------
 
 
+#: A PEM certificate or key is a few KB; ``--key /dev/zero`` must not fill the memory.
+MAX_CREDENTIAL_BYTES = 1024 * 1024
+
+
 def load_credentials(
     cert_path: Path, key_path: Path, password: bytes | None = None
 ) -> tuple[x509.Certificate, Any]:
     """Read a PEM certificate and its private key (grid ``usercert.pem``/``userkey.pem``)."""
-    try:
-        cert_bytes = Path(cert_path).expanduser().read_bytes()
-        key_bytes = Path(key_path).expanduser().read_bytes()
-    except OSError as exc:
-        raise InputError(f"{exc.filename}: {exc.strerror}") from None
+    cert_bytes = fileio.read_bytes(cert_path, what="certificate", limit=MAX_CREDENTIAL_BYTES)
+    key_bytes = fileio.read_bytes(key_path, what="private key", limit=MAX_CREDENTIAL_BYTES)
     try:
         cert = x509.load_pem_x509_certificate(cert_bytes)
     except ValueError:

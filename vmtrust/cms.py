@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -50,7 +51,7 @@ class SignatureInfo:
     """What a valid signature tells: who signed, with what, and the certificates sent along."""
 
     signer: x509.Certificate
-    certificates: tuple[x509.Certificate, ...]
+    certificates: tuple[bytes, ...]  #: DER, the signer's among them
     digest_algorithm: str
 
 
@@ -70,13 +71,32 @@ def _load(der: bytes) -> cms.SignedData:
         raise SmimeFormatError(f"signature: not a valid PKCS#7 structure ({exc})") from None
 
 
-def _certificates(signed: cms.SignedData) -> list[x509.Certificate]:
+@dataclass(frozen=True)
+class _Embedded:
+    """A certificate the signature carries: its DER, and cryptography's reading of it.
+
+    ``cert`` is None for a serial number that is not positive: some grid CAs have
+    serial 0, which RFC 5280 forbids; cryptography warns when it parses one and is
+    to refuse it, so such a certificate is only passed on (as DER) for OpenSSL to
+    build the chain with.
+    """
+
+    der: bytes
+    parsed: asn1_x509.Certificate
+    cert: x509.Certificate | None
+
+
+def _certificates(signed: cms.SignedData) -> list[_Embedded]:
     certs = []
     for choice in signed["certificates"] or []:
         if choice.name != "certificate":
             continue
+        parsed = choice.chosen
+        if parsed.serial_number <= 0:
+            certs.append(_Embedded(parsed.dump(), parsed, None))
+            continue
         try:
-            cert = x509.load_der_x509_certificate(choice.chosen.dump())
+            cert = x509.load_der_x509_certificate(parsed.dump())
             # cryptography parses names and extensions lazily: force it now so a
             # malformed certificate fails here as a SmimeFormatError, not later
             # as a ValueError from whoever touches the field first.
@@ -87,27 +107,30 @@ def _certificates(signed: cms.SignedData) -> list[x509.Certificate]:
             raise SmimeFormatError(
                 f"signature: embedded certificate is malformed ({exc})"
             ) from None
-        certs.append(cert)
+        certs.append(_Embedded(parsed.dump(), parsed, cert))
     return certs
 
 
-def _find_signer(signer_info: cms.SignerInfo, certs: list[x509.Certificate]) -> x509.Certificate:
+def _find_signer(signer_info: cms.SignerInfo, certs: list[_Embedded]) -> x509.Certificate:
     sid = signer_info["sid"]
-    for cert in certs:
+    for embedded in certs:
+        parsed = embedded.parsed
         if sid.name == "issuer_and_serial_number":
             wanted = sid.chosen
-            if (
-                cert.serial_number == wanted["serial_number"].native
-                and cert.issuer.public_bytes() == wanted["issuer"].dump()
-            ):
-                return cert
+            found = (
+                parsed.serial_number == wanted["serial_number"].native
+                and parsed.issuer.dump() == wanted["issuer"].dump()
+            )
         else:
-            try:
-                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-            except x509.ExtensionNotFound:
-                continue
-            if ski.value.digest == sid.chosen.native:
-                return cert
+            found = parsed.key_identifier is not None and parsed.key_identifier == sid.chosen.native
+        if not found:
+            continue
+        if embedded.cert is None:
+            raise SmimeFormatError(
+                f"signature: the signer certificate has serial number {parsed.serial_number}, "
+                "which RFC 5280 forbids (its CA must issue positive serial numbers)"
+            )
+        return embedded.cert
     raise BadSignature("signature: the signer certificate is not included in the message")
 
 
@@ -116,7 +139,8 @@ def _hash_name(algorithm: str, allow_sha1: bool) -> type[hashes.HashAlgorithm]:
         raise WeakAlgorithm(f"signature: digest {algorithm} is not acceptable")
     if algorithm == "sha1" and not allow_sha1:
         raise WeakAlgorithm(
-            "signature: SHA-1 digest refused (set [trust] allow_sha1 for old AppDB lists)"
+            "signature: SHA-1 digest refused (old AppDB lists: [trust] allow_sha1 = true, "
+            "or 'vmtrust list verify --allow-sha1')"
         )
     if algorithm not in _HASHES:
         raise WeakAlgorithm(f"signature: unsupported digest algorithm {algorithm}")
@@ -220,4 +244,6 @@ def verify_detached(der: bytes, content: bytes, *, allow_sha1: bool = False) -> 
         # RFC 5652 §5.4: the signature covers the DER SET OF, not the [0] IMPLICIT tag.
         original = attrs.dump()
         _verify_raw(signer, signer_info, b"\x31" + original[1:], digest, allow_sha1)
-    return SignatureInfo(signer=signer, certificates=tuple(certs), digest_algorithm=digest_name)
+    return SignatureInfo(
+        signer=signer, certificates=tuple(c.der for c in certs), digest_algorithm=digest_name
+    )

@@ -21,6 +21,7 @@ What :func:`parse` understands (all seen from OpenSSL, 1.x and 3.x):
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
@@ -85,14 +86,35 @@ _OID_RE = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
 _HEX_BYTE = re.compile(r"x([0-9A-Fa-f]{2})")
 # The bytes X509_NAME_oneline copies as they are; every other byte becomes \xHH.
 _PRINTABLE = re.compile(r"[ -~]*\Z")
-# How the value of each string type reaches X509_NAME_oneline as bytes.
-# (cryptography keeps the ASN.1 string type in the private ``_type``; UTF-8 if absent.)
+# How the value of each string type reaches X509_NAME_oneline as bytes (UTF-8 if absent).
 _WIRE_CODECS = {"BMPString": "utf-16-be", "UniversalString": "utf-32-be"}
+
+
+#: One attribute of a name, in certificate order: the dotted OID, the value (text; the hex
+#: of a binary value) and the ASN.1 string type it was encoded as ("" when not known).
+#: :mod:`vmtrust.truststore` reads CA names without cryptography's x509 parser into these.
+Attribute = tuple[str, str, str]
+
+_SHORT_BY_DOTTED = {oid.dotted_string: short for oid, short in _SHORT_NAMES.items()}
 
 
 def _value(attribute: x509.NameAttribute) -> str:
     value = attribute.value
     return value if isinstance(value, str) else value.hex()
+
+
+def attributes(name: x509.Name) -> list[Attribute]:
+    """The attributes of ``name``, in certificate order."""
+    return [
+        (
+            attribute.oid.dotted_string,
+            _value(attribute),
+            # cryptography keeps the ASN.1 string type in the private ``_type``
+            getattr(getattr(attribute, "_type", None), "name", ""),
+        )
+        for rdn in name.rdns
+        for attribute in rdn
+    ]
 
 
 def _render(value: str, codec: str = "utf-8") -> str:
@@ -105,28 +127,23 @@ def _render(value: str, codec: str = "utf-8") -> str:
     )
 
 
-def slash(name: x509.Name) -> str:
+def slash(name: x509.Name | Sequence[Attribute]) -> str:
     """Render ``name`` as X509_NAME_oneline does (certificate order, ``/`` between attributes).
 
     This is the OpenSSL 1.x form vmcatcher and vmcaster wrote into lists:
     ``/`` and ``+`` inside values are not escaped, non-printable bytes are
     (``/CN=M\\xC3\\xBCller``).  :func:`parse` reads it back, and OpenSSL 3's form.
     """
-    parts = []
-    for rdn in name.rdns:
-        for attribute in rdn:
-            short = _SHORT_NAMES.get(attribute.oid, attribute.oid.dotted_string)
-            asn1_type = getattr(getattr(attribute, "_type", None), "name", "")
-            codec = _WIRE_CODECS.get(asn1_type, "utf-8")
-            parts.append(f"/{short}={_render(_value(attribute), codec)}")
-    return "".join(parts)
-
-
-def components(name: x509.Name) -> Components:
-    """The comparable form of a certificate name."""
-    return tuple(
-        (attribute.oid.dotted_string, _value(attribute)) for rdn in name.rdns for attribute in rdn
+    return "".join(
+        f"/{_SHORT_BY_DOTTED.get(oid, oid)}={_render(value, _WIRE_CODECS.get(kind, 'utf-8'))}"
+        for oid, value, kind in (attributes(name) if isinstance(name, x509.Name) else name)
     )
+
+
+def components(name: x509.Name | Sequence[Attribute]) -> Components:
+    """The comparable form of a certificate name."""
+    attrs = attributes(name) if isinstance(name, x509.Name) else name
+    return tuple((oid, value) for oid, value, _ in attrs)
 
 
 def _type_key(kind: str) -> str | None:
@@ -230,7 +247,12 @@ def same(text: str, name: x509.Name) -> bool:
         return False
 
 
+def names(subject: str, issuer: str, cert: x509.Certificate) -> bool:
+    """True if slash-form ``subject`` and ``issuer`` name ``cert`` (as ``hv:dn``/``hv:ca``
+    must name the certificate that signed the list)."""
+    return same(subject, cert.subject) and same(issuer, cert.issuer)
+
+
 def normalise(text: str) -> str:
     """A canonical rendering of ``text`` (used for display and pinning keys)."""
-    oid_to_short = {oid.dotted_string: short for oid, short in _SHORT_NAMES.items()}
-    return "".join(f"/{oid_to_short.get(k, k)}={_render(v)}" for k, v in parse(text))
+    return "".join(f"/{_SHORT_BY_DOTTED.get(k, k)}={_render(v)}" for k, v in parse(text))

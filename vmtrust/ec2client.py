@@ -16,8 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vmtrust.ec2record import EC2Error
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, EC2Error
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from vmtrust import jsonsafe
-from vmtrust.errors import VmtrustError
-from vmtrust.record import SealError, TrustRecord
+from vmtrust.errors import EC2Error, SealError, VmtrustError
+from vmtrust.record import TrustRecord
 
 PREFIX = "vmtrust:"
 MANAGED = "vmtrust:managed"
@@ -60,13 +60,6 @@ _ENCODED = "b64:"
 #: Largest published record document read (a record is about 2 KB).
 MAX_DOCUMENT = 64 * 1024
 DOCUMENT_VERSION = 1
-
-
-class EC2Error(VmtrustError):
-    """An EC2, EBS or S3 call failed, or an image does not fit EC2's limits."""
-
-    exit_code = 43
-    rule = "ec2"
 
 
 def _encode(value: str) -> str:

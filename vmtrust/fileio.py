@@ -13,11 +13,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vmtrust.errors import InputError, ListTooLarge
+from vmtrust.errors import FileTooLarge, InputError, ListTooLarge
 
 
-def read_bytes(path: str | Path, *, what: str, limit: int | None = None) -> bytes:
-    """Read a whole file (``-`` is standard input), refusing more than ``limit`` bytes."""
+def read_bytes(
+    path: str | Path,
+    *,
+    what: str,
+    limit: int | None = None,
+    too_large: type[FileTooLarge] | type[ListTooLarge] = FileTooLarge,
+) -> bytes:
+    """Read a whole file (``-`` is standard input), refusing more than ``limit`` bytes.
+
+    A file over the limit is a :class:`FileTooLarge`; an image list over it is
+    refused as lists are (``too_large=ListTooLarge``), with the status scripts
+    know from vmcatcher.
+    """
     try:
         if str(path) == "-":
             data = sys.stdin.buffer.read(limit + 1 if limit else -1)
@@ -29,7 +40,7 @@ def read_bytes(path: str | Path, *, what: str, limit: int | None = None) -> byte
     except OSError as exc:
         raise InputError(f"{what} {path}: {exc.strerror or exc}") from None
     if limit is not None and len(data) > limit:
-        raise ListTooLarge(f"{what} {path}: larger than the limit of {limit} bytes")
+        raise too_large(f"{what} {path}: larger than the limit of {limit} bytes")
     return data
 
 

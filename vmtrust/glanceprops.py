@@ -26,8 +26,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from vmtrust.errors import SealError
 from vmtrust.imagelist import parse_date
-from vmtrust.record import SealError, TrustRecord, check_seal
+from vmtrust.record import TrustRecord, check_seal
 
 PREFIX = "vmtrust_"
 MANAGED = "vmtrust_managed"

@@ -41,17 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import glanceprops, version
 from vmtrust.context.profiles import Flavour
-from vmtrust.errors import VmtrustError
-
-
-class LaunchError(VmtrustError):
-    exit_code = 50
-    rule = "launch"
-
-
-class NoTrustedImage(LaunchError):
-    exit_code = 51
-    rule = "no-trusted-image"
+from vmtrust.errors import LaunchError, NoTrustedImage
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import ec2record, version
-from vmtrust.context.userdata import LIMITS, UserDataError
+from vmtrust.context.userdata import LIMITS
 from vmtrust.ec2client import Clients, call, error_code
-from vmtrust.ec2record import EC2Error
-from vmtrust.launch import LaunchError, NoTrustedImage, Server, TrustedImage
-from vmtrust.record import SealError, TrustRecord, check_binding
+from vmtrust.errors import EC2Error, LaunchError, NoTrustedImage, SealError, UserDataError
+from vmtrust.launch import Server, TrustedImage
+from vmtrust.record import TrustRecord, check_binding
 
 GZIP_MAGIC = b"\x1f\x8b"
 FAILED = ("shutting-down", "terminated", "stopping", "stopped")

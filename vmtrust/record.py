@@ -32,17 +32,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from vmtrust import fileio
-from vmtrust.errors import ConfigError, ListFormatError, VmtrustError
+from vmtrust.errors import ConfigError, FileTooLarge, SealError
 from vmtrust.imagelist import parse_date
 
 SEAL_CONTEXT = b"vmtrust-trust-record-v1\n"
-
-
-class SealError(VmtrustError):
-    """A trust record whose seal is missing, malformed or does not verify."""
-
-    exit_code = 22
-    rule = "seal"
 
 
 _OPTIONAL = ("state", "disk_format", "entry_digest")
@@ -220,7 +213,7 @@ def generate_key_pair(path: Path, *, overwrite: bool = False) -> Path:
 def _read_key_file(path: Path, what: str) -> bytes:
     try:
         return fileio.read_bytes(path, what=what, limit=64 * 1024)
-    except ListFormatError as exc:  # "too large" is about the key file, not an image list
+    except FileTooLarge as exc:  # a seal key file that is no key, as every other such file
         raise ConfigError(str(exc)) from None
 
 

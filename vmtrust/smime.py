@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from vmtrust.errors import SmimeFormatError
 
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
+#: S/MIME with the content inside the signature (``openssl smime -sign -nodetach``)
+OPAQUE_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 #: A line end as OpenSSL's ``strip_eol`` sees it: any run of CRs before the LF.
 _EOL = re.compile(rb"\r*\n")
@@ -61,9 +63,16 @@ def canonical(data: bytes) -> bytes:
 
 
 def is_smime(data: bytes) -> bool:
-    """Cheap test: does ``data`` look like a MIME message rather than JSON?"""
+    """Cheap test: does ``data`` look like an S/MIME message rather than JSON?
+
+    Opaque S/MIME counts, so that :func:`split` can say it is not supported
+    rather than a JSON parser saying it is not JSON.
+    """
     head = data.lstrip()[:1]
-    return head not in (b"{", b"[") and b"multipart/signed" in data[:4096].lower()
+    start = data[:4096].lower()
+    return head not in (b"{", b"[") and (
+        b"multipart/signed" in start or any(kind.encode() in start for kind in OPAQUE_TYPES)
+    )
 
 
 def _headers(data: bytes) -> tuple[Message, bytes]:
@@ -101,6 +110,11 @@ def split(data: bytes) -> SignedMessage:
     Raises :class:`SmimeFormatError` naming what is wrong with the envelope.
     """
     headers, body = _headers(data)
+    if headers.get_content_type() in OPAQUE_TYPES:
+        raise SmimeFormatError(
+            f"S/MIME message: opaque S/MIME ({OPAQUE_TYPES[0]}) is not supported: image lists "
+            "are clear-signed (multipart/signed, 'openssl smime -sign' without -nodetach)"
+        )
     if headers.get_content_type() != "multipart/signed":
         raise SmimeFormatError(
             f"S/MIME message: Content-Type is {headers.get_content_type()}, not multipart/signed"

@@ -20,14 +20,20 @@ that, this module applies the two grid rules OpenSSL does not know:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from asn1crypto import core as asn1_core
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from OpenSSL import crypto
 
 from vmtrust import dn
@@ -50,6 +56,71 @@ _UNKNOWN_ISSUER = {2, 18, 19, 20, 21}
 def subject_hash(cert: x509.Certificate) -> str:
     """OpenSSL's subject-name hash, as used for the file names in the directory."""
     return f"{crypto.X509.from_cryptography(cert).subject_name_hash():08x}"
+
+
+#: How the values of ASN.1 string types (by tag) are text, as cryptography reads them:
+#: UTF8String, BMPString, UniversalString, and Numeric … General (bytes as they are).
+#: A value of another type is shown in hex.
+_STRING_CODECS = {
+    12: "utf-8",
+    30: "utf-16-be",
+    28: "utf-32-be",
+    **dict.fromkeys((18, 19, 20, 21, 22, 25, 26, 27), "latin-1"),
+}
+_STRING_TYPES = {30: "BMPString", 28: "UniversalString", 12: "UTF8String"}
+
+
+def _name(name: asn1_x509.Name) -> list[dn.Attribute]:
+    """The attributes of a name as :func:`vmtrust.dn.attributes` has them from cryptography."""
+    result = []
+    for rdn in name.chosen:
+        for pair in rdn:
+            value = pair["value"]
+            value = value.chosen if isinstance(value, asn1_core.Choice) else value
+            if isinstance(value, asn1_core.Any):
+                value = value.parse()
+            raw = value.contents or b""
+            try:
+                text = raw.decode(_STRING_CODECS[value.tag], "surrogatepass")
+            except (KeyError, UnicodeDecodeError):
+                text = raw.hex()
+            result.append((pair["type"].dotted, text, _STRING_TYPES.get(value.tag, "")))
+    return result
+
+
+@dataclass(frozen=True)
+class ChainCertificate:
+    """A certificate of a verified chain, with what the grid rules read of it.
+
+    Read with asn1crypto from the bytes OpenSSL verified, not with
+    cryptography's x509 parser: some IGTF CAs have serial number 0, which RFC
+    5280 forbids; cryptography warns when it parses one (on the site admin's
+    terminal) and is to refuse it, while OpenSSL accepts it.
+    """
+
+    der: bytes
+    subject: str  #: slash form
+    subject_key: dn.Components  #: the subject, comparable
+    serial_number: int
+    subject_hash: str  #: of the OpenSSL file names, ``<hash>.0``, ``<hash>.r0``
+    public_key_der: bytes = field(repr=False)
+
+    @classmethod
+    def from_openssl(cls, cert: crypto.X509) -> ChainCertificate:
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        parsed = asn1_x509.Certificate.load(der)
+        subject = _name(parsed.subject)
+        return cls(
+            der=der,
+            subject=dn.slash(subject),
+            subject_key=dn.components(subject),
+            serial_number=parsed.serial_number,
+            subject_hash=f"{cert.subject_name_hash():08x}",
+            public_key_der=parsed.public_key.dump(),
+        )
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        return serialization.load_der_public_key(self.public_key_der)  # type: ignore[return-value]
 
 
 @dataclass
@@ -111,29 +182,37 @@ class TrustStore:
     # --- validation ---------------------------------------------------------------
 
     def validate(
-        self, leaf: x509.Certificate, untrusted: list[x509.Certificate], at: datetime
-    ) -> tuple[x509.Certificate, ...]:
-        """Return the verified chain, leaf first, or raise an UntrustedSigner subclass."""
+        self, leaf: x509.Certificate, untrusted: Iterable[bytes], at: datetime
+    ) -> tuple[ChainCertificate, ...]:
+        """Return the verified chain, leaf first, or raise an UntrustedSigner subclass.
+
+        ``untrusted`` are the DER certificates the signature brought along, which
+        OpenSSL may use to build the chain; one it cannot read is left out.
+        """
         chain = self._openssl_chain(leaf, untrusted, at)
         self._check_revocation(chain, at)
         self._check_namespaces(chain)
         return chain
 
     def _openssl_chain(
-        self, leaf: x509.Certificate, untrusted: list[x509.Certificate], at: datetime
-    ) -> tuple[x509.Certificate, ...]:
+        self, leaf: x509.Certificate, untrusted: Iterable[bytes], at: datetime
+    ) -> tuple[ChainCertificate, ...]:
         store = crypto.X509Store()
         store.load_locations(None, str(self.directory))
         store.set_time(at)
-        others = [crypto.X509.from_cryptography(c) for c in untrusted if c != leaf]
-        context = crypto.X509StoreContext(store, crypto.X509.from_cryptography(leaf), others)
+        signer = crypto.X509.from_cryptography(leaf)
+        others = []
+        for der in untrusted:
+            with contextlib.suppress(crypto.Error):  # unreadable: no help in building a path
+                others.append(crypto.load_certificate(crypto.FILETYPE_ASN1, der))
+        context = crypto.X509StoreContext(store, signer, others)
         subject = dn.slash(leaf.subject)
         try:
             verified = context.get_verified_chain()
         except crypto.X509StoreContextError as exc:
             code, depth, message = ([*exc.errors, 0, 0, str(exc)])[:3]
             about = (
-                f"certificate {dn.slash(exc.certificate.to_cryptography().subject)}"
+                f"certificate {ChainCertificate.from_openssl(exc.certificate).subject}"
                 if (exc.certificate is not None and depth)
                 else f"signer certificate {subject}"
             )
@@ -144,10 +223,10 @@ class TrustStore:
                     f"{about}: not issued by a CA in {self.directory} ({message})"
                 ) from None
             raise UntrustedSigner(f"{about}: {message}") from None
-        return tuple(c.to_cryptography() for c in verified)
+        return tuple(ChainCertificate.from_openssl(c) for c in verified)
 
-    def _crl_for(self, ca: x509.Certificate, at: datetime) -> x509.CertificateRevocationList | None:
-        base = subject_hash(ca)
+    def _crl_for(self, ca: ChainCertificate, at: datetime) -> x509.CertificateRevocationList | None:
+        base = ca.subject_hash
         stale = None
         for index in range(10):
             crl = self._cached(self.directory / f"{base}.r{index}", self._load_crl)
@@ -156,16 +235,18 @@ class TrustStore:
                     break
                 continue
             try:
-                if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):
+                if dn.components(crl.issuer) != ca.subject_key or not crl.is_signature_valid(
+                    ca.public_key()
+                ):
                     continue
             except (ValueError, TypeError, UnsupportedAlgorithm):
                 continue  # a CRL that cannot be checked is not a valid CRL
             if crl.last_update_utc > at:
-                stale = f"CRL of {dn.slash(ca.subject)} is not yet valid"
+                stale = f"CRL of {ca.subject} is not yet valid"
                 continue
             if crl.next_update_utc is not None and crl.next_update_utc < at:
                 stale = (
-                    f"CRL of {dn.slash(ca.subject)} expired on "
+                    f"CRL of {ca.subject} expired on "
                     f"{crl.next_update_utc:%Y-%m-%d %H:%M:%SZ} (is fetch-crl running?)"
                 )
                 continue
@@ -174,27 +255,29 @@ class TrustStore:
             raise CrlError(stale)
         return None
 
-    def _check_revocation(self, chain: tuple[x509.Certificate, ...], at: datetime) -> None:
+    def _check_revocation(self, chain: tuple[ChainCertificate, ...], at: datetime) -> None:
         for index, cert in enumerate(chain):
             issuer = chain[index + 1] if index + 1 < len(chain) else cert
             crl = self._crl_for(issuer, at)
             if crl is None:
                 if self.require_crls:
                     raise CrlError(
-                        f"no valid CRL for CA {dn.slash(issuer.subject)} in {self.directory} "
-                        f"(expected {subject_hash(issuer)}.r0; CRLs are required)"
+                        f"no valid CRL for CA {issuer.subject} in {self.directory} "
+                        f"(expected {issuer.subject_hash}.r0; CRLs are required: is fetch-crl "
+                        "running? [trust] require_crls = false, or 'vmtrust list verify "
+                        "--no-require-crls', accepts a CA without one)"
                     )
                 continue
             revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
             if revoked is not None:
                 raise CertificateRevoked(
-                    f"certificate {dn.slash(cert.subject)} (serial {cert.serial_number:#x}) was "
-                    f"revoked by {dn.slash(issuer.subject)} on "
+                    f"certificate {cert.subject} (serial {cert.serial_number:#x}) was "
+                    f"revoked by {issuer.subject} on "
                     f"{revoked.revocation_date_utc:%Y-%m-%d %H:%M:%SZ}"
                 )
 
-    def _namespace_policy(self, ca: x509.Certificate) -> NamespacePolicy | None:
-        base = subject_hash(ca)
+    def _namespace_policy(self, ca: ChainCertificate) -> NamespacePolicy | None:
+        base = ca.subject_hash
         key = self.directory / f"{base}.namespaces"
         stamp: tuple[int, ...] = ()
         for path in (key, self.directory / f"{base}.signing_policy"):
@@ -205,27 +288,24 @@ class TrustStore:
         entry = self._cache.get(key)
         if entry is None or entry.stamp != stamp:
             try:
-                policy = load_for_ca(self.directory, base, dn.components(ca.subject))
+                policy = load_for_ca(self.directory, base, ca.subject_key)
             except ValueError as exc:
                 raise NamespaceViolation(f"namespace policy: {exc}") from None
             entry = _Cached(stamp, policy)  # type: ignore[arg-type]
             self._cache[key] = entry
         return entry.value  # type: ignore[return-value]
 
-    def _check_namespaces(self, chain: tuple[x509.Certificate, ...]) -> None:
+    def _check_namespaces(self, chain: tuple[ChainCertificate, ...]) -> None:
         for cert, issuer in itertools.pairwise(chain):
             policy = self._namespace_policy(issuer)
-            issuer_key = dn.components(issuer.subject)
-            subject = dn.slash(cert.subject)
-            if policy is None or not policy.knows(issuer_key):
+            if policy is None or not policy.knows(issuer.subject_key):
                 if self.require_namespaces:
                     raise NamespaceViolation(
-                        f"no namespace policy for CA {dn.slash(issuer.subject)} "
-                        f"(expected {subject_hash(issuer)}.namespaces or .signing_policy)"
+                        f"no namespace policy for CA {issuer.subject} "
+                        f"(expected {issuer.subject_hash}.namespaces or .signing_policy)"
                     )
                 continue
-            if not policy.allows(issuer_key, subject):
+            if not policy.allows(issuer.subject_key, cert.subject):
                 raise NamespaceViolation(
-                    f"certificate {subject} is outside the namespace of CA "
-                    f"{dn.slash(issuer.subject)}"
+                    f"certificate {cert.subject} is outside the namespace of CA {issuer.subject}"
                 )

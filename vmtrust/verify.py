@@ -36,7 +36,7 @@ from vmtrust.errors import (
     RollbackError,
 )
 from vmtrust.imagelist import Endorser, ImageList, format_date
-from vmtrust.truststore import TrustStore
+from vmtrust.truststore import ChainCertificate, TrustStore
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class VerifiedList:
 
     imagelist: ImageList
     signer: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
+    chain: tuple[ChainCertificate, ...]  #: leaf first, as OpenSSL verified it
     endorser: Endorser  #: the signer in slash form, as the list names it
     digest_algorithm: str
     sha512: str = field(default="")  #: of the raw signed bytes, to detect unchanged lists
@@ -110,7 +110,7 @@ def _check_key_usage(cert: x509.Certificate) -> None:
 
 def _match_endorser(lst: ImageList, signer: x509.Certificate) -> Endorser:
     for endorser in lst.endorsers:
-        if dn.same(endorser.dn, signer.subject) and dn.same(endorser.ca, signer.issuer):
+        if dn.names(endorser.dn, endorser.ca, signer):
             return endorser
     named = "; ".join(f"{e.dn} issued by {e.ca}" for e in lst.endorsers)
     raise EndorserMismatch(

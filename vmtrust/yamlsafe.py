@@ -40,19 +40,13 @@ from yaml.error import Mark
 from yaml.events import AliasEvent
 from yaml.resolver import Resolver
 
-from vmtrust.errors import InputError
+from vmtrust.errors import YamlRefused
 
 MAX_BYTES = 1024 * 1024  #: a subscriptions file with 500 subscriptions is ~100 KB
 MAX_ALIASES = 1000
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 MAX_INT_CHARS = 64
-
-
-class YamlRefused(InputError):
-    """A YAML document over a limit (size, aliases, expansion, depth) or with a cycle."""
-
-    rule = "yaml-limits"
 
 
 class _Limit(Exception):

@@ -51,9 +51,9 @@ from glance_sync.stores.ec2_upload import BlockWriter, blocks, raw_source, volum
 from glance_sync.unpack import normalise_format
 from vmtrust import ec2record as tags_
 from vmtrust.ec2client import Clients
-from vmtrust.ec2record import EC2Error
+from vmtrust.errors import EC2Error, SealError
 from vmtrust.imagelist import format_date, parse_date
-from vmtrust.record import SealError, TrustRecord, check_binding
+from vmtrust.record import TrustRecord, check_binding
 
 if TYPE_CHECKING:
     from oslo_config import cfg

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from glance_sync.convert import qemu_driver
-from glance_sync.transfer import Tally, TransferError, iter_chunks
+from glance_sync.transfer import Tally, iter_chunks
 from vmtrust.ec2client import call
-from vmtrust.ec2record import EC2Error
+from vmtrust.errors import EC2Error, TransferError
 
 LOG = logging.getLogger("vmtrust.ec2")
 BLOCK = 512 * 1024  #: the EBS direct APIs' block size

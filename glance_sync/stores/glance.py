@@ -39,14 +39,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from glance_sync.plan import Desired, Held
 from glance_sync.stores import glance_share
 from glance_sync.stores.base import Finish, Store, StoreContext
-from glance_sync.stores.glance_api import PATCH_TYPE, GlanceError, reason, set_ops, short
+from glance_sync.stores.glance_api import PATCH_TYPE, reason, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
 from glance_sync.transfer import Tally, iter_chunks
 from vmtrust import glanceprops as gp
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, GlanceError, SealError
 from vmtrust.imagelist import format_date, parse_date
-from vmtrust.record import SealError, TrustRecord, check_seal
+from vmtrust.record import TrustRecord, check_seal
 
 if TYPE_CHECKING:
     from oslo_config import cfg

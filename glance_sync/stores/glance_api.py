@@ -11,18 +11,7 @@ import html
 import re
 from typing import Any
 
-from vmtrust.errors import VmtrustError
-
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
-
-
-class GlanceError(VmtrustError):
-    exit_code = 42
-    rule = "glance"
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status  #: Glance's HTTP status, when it answered
 
 
 def set_ops(image: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:

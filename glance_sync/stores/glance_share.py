@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from glance_sync.plan import Held
-from glance_sync.stores.glance_api import GlanceError, set_ops
+from glance_sync.stores.glance_api import set_ops
 from vmtrust import glanceprops as gp
-from vmtrust.errors import ConfigError, summarise
+from vmtrust.errors import ConfigError, GlanceError, summarise
 
 if TYPE_CHECKING:
     from glance_sync.stores.glance import GlanceStore

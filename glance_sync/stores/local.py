@@ -46,9 +46,9 @@ from glance_sync.stores.base import Finish, Store, StoreContext
 from glance_sync.stores.localfs import Dir, Unexpected
 from glance_sync.transfer import copy_stream
 from vmtrust import jsonsafe
-from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.errors import ConfigError, LocalStoreError, SealError, VmtrustError
 from vmtrust.imagelist import format_date, parse_date
-from vmtrust.record import SealError, TrustRecord, check_seal
+from vmtrust.record import TrustRecord, check_seal
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -74,11 +74,6 @@ def safe_name(text: str) -> str:
     if _SAFE.match(text) and ".." not in text:
         return text
     return "_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-class LocalStoreError(VmtrustError):
-    exit_code = 41
-    rule = "store"
 
 
 class Planted(Held):

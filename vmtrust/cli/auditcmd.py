@@ -16,10 +16,10 @@ from typing import Any
 from vmtrust import audit, clouds, record
 from vmtrust.cli.render import table
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError
+from vmtrust.errors import AUDIT_FINDINGS, AUDIT_FINDINGS_ACTION_FAILED, ConfigError
 
-FINDINGS = 60
-ACTION_FAILED = 62
+FINDINGS = AUDIT_FINDINGS
+ACTION_FAILED = AUDIT_FINDINGS_ACTION_FAILED
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -18,8 +18,7 @@ from typing import Any
 
 from vmtrust import ec2policy
 from vmtrust.conf import make_conf
-from vmtrust.ec2record import EC2Error
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, EC2Error
 
 APPLIES = ("allowed-amis", "sync-role", "record-bucket")
 

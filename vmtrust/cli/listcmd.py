@@ -16,7 +16,15 @@ from cryptography import x509
 from vmtrust import authoring, cms, dn, fileio, imagelist, jsonsafe, smime
 from vmtrust.cli import render
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError, InputError, SigningError, VmtrustError
+from vmtrust.errors import (
+    ConfigError,
+    InputError,
+    InvalidListStructure,
+    ListFormatError,
+    ListTooLarge,
+    SigningError,
+    VmtrustError,
+)
 from vmtrust.imagelist import Endorser
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
@@ -186,7 +194,7 @@ def _credential_args(p: argparse.ArgumentParser) -> None:
 
 def _read_document(path: str, limit: int = jsonsafe.DEFAULT_MAX_BYTES) -> tuple[Any, bytes]:
     """A list document from a plain or signed file (the signature is not checked here)."""
-    data = fileio.read_bytes(path, what="list", limit=limit)
+    data = fileio.read_bytes(path, what="list", limit=limit, too_large=ListTooLarge)
     content = data
     if smime.is_smime(data):
         content = smime.strip_text_headers(smime.split(data).content)
@@ -243,7 +251,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         clock_skew=timedelta(seconds=conf.trust.clock_skew),
         max_bytes=conf.trust.max_list_bytes,
     )
-    data = fileio.read_bytes(args.signed_file, what="signed list", limit=conf.trust.max_list_bytes)
+    data = fileio.read_bytes(
+        args.signed_file,
+        what="signed list",
+        limit=conf.trust.max_list_bytes,
+        too_large=ListTooLarge,
+    )
     verified = verify_signed_list(data, policy)
     if args.json:
         json.dump(verified.summary(), sys.stdout, indent=2)
@@ -268,20 +281,49 @@ def cmd_show(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=4)
         print()
         return 0
-    lst = imagelist.validate(document)
-    signature = None
-    if smime.is_smime(data):
-        message = smime.split(data)
-        try:
-            info = cms.verify_detached(message.signature, message.content, allow_sha1=True)
-            signature = (
-                f"matches the content, by {dn.slash(info.signer.subject)} "
-                "(signer NOT checked against any CA: use 'vmtrust list verify')"
-            )
-        except VmtrustError as exc:
-            signature = f"INVALID: {exc}"
-    render.show_list(lst, signature=signature)
+    fields = imagelist.list_fields(document)
+    try:
+        imagelist.validate(document)
+        problems = []
+    except InvalidListStructure as exc:
+        if fields is None:  # nothing of a list to show
+            raise
+        problems = exc.problems
+    render.show_list(fields, signature=_signature(data, fields), problems=problems)
+    if problems:
+        raise ListFormatError(
+            f"list {args.file}: not a valid image list ({len(problems)} "
+            f"problem{'s' if len(problems) > 1 else ''}, each printed above)"
+        )
     return 0
+
+
+def _signature(data: bytes, fields: dict[str, Any]) -> list[str]:
+    """What ``list show`` can say of a signature without the site's CAs, one line each:
+    whether it matches the content, and whether the list names its signer."""
+    if not smime.is_smime(data):
+        return ["none (plain JSON list)"]
+    message = smime.split(data)
+    try:
+        signer = cms.verify_detached(message.signature, message.content, allow_sha1=True).signer
+    except VmtrustError as exc:
+        return [f"INVALID: {exc}"]
+    lines = [
+        f"matches the content, by {dn.slash(signer.subject)} "
+        "(signer NOT checked against any CA: use 'vmtrust list verify')"
+    ]
+    named = [e for e in imagelist.endorser_objects(fields) if isinstance(e, dict)]
+    if not any(
+        isinstance(e.get("hv:dn"), str)
+        and isinstance(e.get("hv:ca"), str)
+        and dn.names(e["hv:dn"], e["hv:ca"], signer)
+        for e in named
+    ):
+        lines.append(
+            f"DIFFERS from hv:dn/hv:ca: the signer is {dn.slash(signer.subject)} issued by "
+            f"{dn.slash(signer.issuer)} ('vmtrust list verify' refuses the list)"
+        )
+    return lines
 
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:

@@ -12,19 +12,20 @@ list's identifier cannot turn one line into two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import typing
 from collections.abc import Sequence
 
-from vmtrust import __version__
+from vmtrust import __version__, errors
 from vmtrust.cli import auditcmd, contextcmd, ec2cmd, imagecmd, keygencmd, launchcmd, listcmd
 from vmtrust.cli.plugins import add_plugin_commands
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
-INTERNAL_ERROR = 70  # EX_SOFTWARE
-USAGE_ERROR = 2
+INTERNAL_ERROR = errors.INTERNAL_ERROR
+USAGE_ERROR = errors.USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,28 +44,66 @@ def _fail(message: str) -> None:
     print(f"vmtrust: {clean(message)}", file=sys.stderr)
 
 
+def _add_global_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, level: int
+) -> None:
+    """``--version``, ``--debug`` and ``--config-file``, at the top (``level`` 0) or after
+    the command at ``level`` 1, 2 (``vmtrust images --config-file FILE``, as users type it).
+
+    After a command they default to nothing, so that a subcommand does not undo what
+    was given before it; each level's config files have their own name (a subcommand
+    parses into a namespace of its own and would replace them) and :func:`_merge`
+    joins them.
+    """
+    unset = {} if level == 0 else {"default": argparse.SUPPRESS}
+    with contextlib.suppress(argparse.ArgumentError):  # 'list bump --version V' is its own
+        parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logs", **unset
+    )
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        dest=_CONFIG_FILES[level],
+        metavar="FILE",
+        help="vmtrust.conf to read (repeatable; default: the standard oslo.config places, "
+        "e.g. /etc/vmtrust/vmtrust.conf)",
+        **unset,
+    )
+
+
+#: where ``--config-file`` lands at each level: before the command, after it, after its verb
+_CONFIG_FILES = ("config_file", "config_file_after_command", "config_file_after_verb")
+
+
+def _after_commands(parser: argparse.ArgumentParser, level: int = 1) -> None:
+    """Give every command and verb under ``parser`` the global options too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                group = sub.add_argument_group("global options (also before the command)")
+                _add_global_options(group, level)
+                _after_commands(sub, level + 1)
+
+
+def _merge(args: argparse.Namespace) -> argparse.Namespace:
+    """The config files of every level, in the order they were given."""
+    files = [f for name in _CONFIG_FILES for f in (getattr(args, name, None) or [])]
+    for name in _CONFIG_FILES[1:]:
+        args.__dict__.pop(name, None)
+    args.config_file = files or None
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vmtrust",
         description="Create, sign, verify and inspect HEPiX endorsed VM image lists.",
-        epilog="Run 'vmtrust COMMAND --help' for the options of a command. "
-        "Exit status: 0 success, 2 usage, 3 unreadable file, 4 configuration, "
-        "11 signature, 12 endorser DN mismatch, 13 endorser not allowed, 14 untrusted signer, "
-        "15 revoked, 16 CRL problem, 17 rollback, 21 not signable, 31 identifier mismatch, "
-        "33 created in the future, 34 expired, 37 bad JSON, 38 bad list structure, "
-        "5 user-data too large, 20 refused by policy (also 'context check'), 41 local store, "
-        "42 Glance, 43 EC2, 50 launch failed, 51 no trusted image, 60 audit findings, 61 audit "
-        "failed, 62 audit findings and an action failed.",
+        epilog="Run 'vmtrust COMMAND --help' for the options of a command.\n\n"
+        + errors.help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument(
-        "--config-file",
-        action="append",
-        metavar="FILE",
-        help="vmtrust.conf to read (repeatable; default: the standard oslo.config places, "
-        "e.g. /etc/vmtrust/vmtrust.conf)",
-    )
+    _add_global_options(parser, 0)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     listcmd.register(commands)
     imagecmd.register(commands)
@@ -74,12 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     auditcmd.register(commands)
     ec2cmd.register(commands)
     add_plugin_commands(commands)  # images, status: the sync side's (import rules)
+    _after_commands(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _merge(parser.parse_args(argv))
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vmtrust: %(levelname)s: %(message)s",
@@ -91,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _fail("interrupted")
-        return 130 - 10  # below 124, distinct from every rule
+        return errors.INTERRUPTED
     except BrokenPipeError:
         return 0
     except Exception as exc:

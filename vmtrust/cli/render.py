@@ -8,10 +8,16 @@ second line of output.
 
 from __future__ import annotations
 
-from vmtrust.imagelist import ImageList, format_date
+import json
+import re
+from typing import Any
+
+from vmtrust.imagelist import endorser_objects, image_objects
 from vmtrust.safetext import clean
 
 __all__ = ["clean", "show_list", "table"]
+
+_SIZE = re.compile(r"[0-9]{1,20}")
 
 
 def _size(n: int) -> str:
@@ -37,37 +43,76 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def show_list(lst: ImageList, *, signature: str | None) -> None:
-    fields = [
-        ("Title", lst.title),
-        ("Identifier", lst.identifier),
-        ("Version", lst.version),
-        ("URI", lst.uri),
-        ("Created", format_date(lst.created)),
-        ("Expires", format_date(lst.expires)),
-    ]
-    if lst.vo:
-        fields.append(("VO", lst.vo))
-    for endorser in lst.endorsers:
-        fields.append(("Endorser", f"{endorser.dn}"))
-        fields.append(("  issued by", endorser.ca))
-    fields.append(("Signature", signature or "none (plain JSON list)"))
-    width = max(len(k) for k, _ in fields)
-    for key, value in fields:
+def _raw(value: Any, missing: str = "(missing)") -> str:
+    """A field as the document has it: text as it is, a number as JSON, a structure elided.
+
+    ``list show`` prints lists that do not validate, so nothing here may assume a type.
+    """
+    if value is None:
+        return missing
+    if isinstance(value, str):
+        return value or "(empty)"
+    if isinstance(value, dict | list):
+        return "{...}" if isinstance(value, dict) else "[...]"
+    return json.dumps(value)
+
+
+def _raw_size(value: Any) -> str:
+    """A size in KiB, MiB … when it is one (a number or AppDB's decimal text, at most 20
+    digits as validation allows), else as it is."""
+    text = value if isinstance(value, str) else _raw(value, "?")
+    return _size(int(text)) if _SIZE.fullmatch(text) else text
+
+
+_HEADER = (
+    ("Title", "dc:title"),
+    ("Identifier", "dc:identifier"),
+    ("Version", "hv:version"),
+    ("URI", "hv:uri"),
+    ("Created", "dc:date:created"),
+    ("Expires", "dc:date:expires"),
+)
+
+
+def show_list(fields: dict[str, Any], *, signature: list[str], problems: list[str]) -> None:
+    """Print a list's fields (those of its ``hv:imagelist`` object), its images, what
+    ``signature`` says (one line each) and every one of its ``problems``."""
+    rows = [(label, _raw(fields.get(key))) for label, key in _HEADER]
+    if fields.get("ad:vo"):
+        rows.append(("VO", _raw(fields["ad:vo"])))
+    for endorser in endorser_objects(fields):
+        endorser = endorser if isinstance(endorser, dict) else {}
+        rows.append(("Endorser", _raw(endorser.get("hv:dn"))))
+        rows.append(("  issued by", _raw(endorser.get("hv:ca"))))
+    rows += [("Signature" if i == 0 else "", line) for i, line in enumerate(signature)]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
         print(f"{key.ljust(width)}  {clean(value)}")
     print()
-    if not lst.images:
+    images = [obj if isinstance(obj, dict) else {} for _, obj in image_objects(fields)]
+    if fields.get("hv:images") == []:
         print("No images (an empty list decommissions the endorser's images).")
-        return
-    rows = [
-        [
-            img.identifier,
-            img.version,
-            _size(img.size),
-            (img.format or "-"),
-            f"{img.os} {img.osversion} {img.arch}",
-            img.title,
-        ]
-        for img in lst.images
-    ]
-    print(table(["IDENTIFIER", "VERSION", "SIZE", "FORMAT", "OS", "TITLE"], rows))
+    elif images:
+        print(
+            table(
+                ["IDENTIFIER", "VERSION", "SIZE", "FORMAT", "OS", "TITLE"],
+                [
+                    [
+                        _raw(img.get("dc:identifier"), "?"),
+                        _raw(img.get("hv:version"), "?"),
+                        _raw_size(img.get("hv:size")),
+                        _raw(img.get("hv:format"), "-"),
+                        " ".join(
+                            _raw(img.get(key), "?") for key in ("sl:os", "sl:osversion", "sl:arch")
+                        ),
+                        _raw(img.get("dc:title"), "?"),
+                    ]
+                    for img in images
+                ],
+            )
+        )
+    if problems:
+        plural = "s" if len(problems) > 1 else ""
+        print(f"\nNOT A VALID IMAGE LIST: {len(problems)} problem{plural}:")
+        for problem in problems:
+            print(f"  {clean(problem)}")

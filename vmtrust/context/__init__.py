@@ -22,8 +22,9 @@ from vmtrust.context.check import explain
 from vmtrust.context.compose import compose
 from vmtrust.context.profiles import Flavour, SiteProfile, VoProfile
 from vmtrust.context.site import load_site
-from vmtrust.context.userdata import LIMITS, UserDataError, fit, package, unpack
-from vmtrust.context.vo import ContextRefused, load_vo
+from vmtrust.context.userdata import LIMITS, fit, package, unpack
+from vmtrust.context.vo import load_vo
+from vmtrust.errors import ContextRefused, UserDataError
 
 __all__ = [
     "LIMITS",

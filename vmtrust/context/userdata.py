@@ -20,15 +20,10 @@ from email.mime.text import MIMEText
 import yaml
 
 from vmtrust.context.compose import Part
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import UserDataError
 
 #: cloud → (limit, what is measured)
 LIMITS = {"ec2": (16384, "raw"), "openstack": (65535, "base64")}
-
-
-class UserDataError(VmtrustError):
-    exit_code = 5
-    rule = "user-data"
 
 
 class _Dumper(yaml.SafeDumper):

@@ -35,19 +35,7 @@ from vmtrust.context.profiles import (
     VoProfile,
     read_yaml,
 )
-from vmtrust.errors import InvalidConfiguration, Problems
-
-
-class ContextRefused(InvalidConfiguration):
-    """What a VO asks for (in a profile, or in a user-data) that the site's policy refuses.
-
-    ``context build`` and ``context check`` exit with the same status for it;
-    ``problems`` holds every refusal, each naming the key.
-    """
-
-    exit_code = 20
-    rule = "context-policy"
-
+from vmtrust.errors import ContextRefused, Problems
 
 #: locations a VO never writes, whatever the site's file_prefixes say
 SITE_PATHS = ("/etc/cvmfs/", "/etc/ssh/", "/root/", "/etc/rsyslog", "/etc/sudoers",
