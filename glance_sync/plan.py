@@ -11,8 +11,9 @@ module decides what to do, following the rules that make a sync safe:
   after it is in place (:class:`Replace` carries both) — unless an old version
   has already expired, which is retired at once;
 * an image leaves the trusted set when its list expires, when a newer list
-  no longer has it (HEPiX revocation), when its own expiry passes, or when the
-  site withdraws approval;
+  no longer has it (HEPiX revocation), when its own expiry passes (by the
+  rule every reader applies, :func:`vmtrust.trust.expiry`), or when the site
+  withdraws approval;
 * a held image whose record or seal does not verify is retired (quarantined);
 * retired images are purged after the grace period when the retire mode is
   ``delete``.
@@ -30,6 +31,7 @@ from datetime import datetime, timedelta
 from vmtrust import version
 from vmtrust.imagelist import Endorser, Image, ImageList, format_date, parse_date
 from vmtrust.record import TrustRecord, entry_digest
+from vmtrust.trust import expiry
 
 
 @dataclass(frozen=True)
@@ -213,9 +215,9 @@ def make_plan(
         # An old version past its own expiry leaves now: carrying it in a Replace
         # would keep it trusted for as long as the new version fails to arrive.
         for item in others:
-            if _expired(item.record, now):  # type: ignore[arg-type]
-                plan.actions.append(Retire(item, _expired_reason(item.record)))  # type: ignore[arg-type]
-        others = tuple(h for h in others if not _expired(h.record, now))  # type: ignore[arg-type]
+            if (gone := expiry(item.record, now)) is not None:  # type: ignore[arg-type]
+                plan.actions.append(Retire(item, gone.reason))
+        others = tuple(h for h in others if expiry(h.record, now) is None)  # type: ignore[arg-type]
         if current:
             keep, *duplicates = current
             probe = want.record(
@@ -237,8 +239,8 @@ def make_plan(
         for item in holding:
             record = item.record
             assert record is not None
-            if _expired(record, now):
-                plan.actions.append(Retire(item, _expired_reason(record)))
+            if (gone := expiry(record, now)) is not None:
+                plan.actions.append(Retire(item, gone.reason))
             elif record.subscription in frozen and frozen[record.subscription] > now:
                 plan.kept.append(item)
             elif record.subscription in frozen:
@@ -287,18 +289,6 @@ def last_accepted(subscription: str, state: KnownList, held: list[Held]) -> Know
         elif order == 0 and (best.expires is None or expires > best.expires):
             best = KnownList(best.identifier, best.version, expires)
     return best
-
-
-def _expired(record: TrustRecord, now: datetime) -> bool:
-    """Past its expiry, or with an expiry that cannot be read (fail closed)."""
-    expires = _parse(record.expires)
-    return expires is None or expires <= now
-
-
-def _expired_reason(record: TrustRecord) -> str:
-    if _parse(record.expires) is None:
-        return f"unreadable expiry {record.expires!r}"
-    return f"expired at {record.expires}"
 
 
 def _parse(text: str) -> datetime | None:

@@ -1,9 +1,10 @@
 """Is this Glance image trusted?  One look-up, one verdict, a short thread-safe cache.
 
 Nothing here imports nova: the decision is the same whether the scheduler or
-a test asks, and :mod:`vmtrust.glanceprops` holds the rule itself (owner,
-status, state, seal bound to image id and Glance's hash, expiry).  What this
-module adds is the scheduler's side of it:
+a test asks, and :func:`vmtrust.glanceprops.judge` makes it by the one rule of
+:mod:`vmtrust.trust` (owner, status, state, seal bound to image id and Glance's
+hash, expiry), as the :class:`~vmtrust.trust.Verdict` every reader gives.
+What this module adds is the scheduler's side of it:
 
 * the image is fetched from Glance by id with the filter's own credentials,
   because nova drops every custom property from the request spec;
@@ -31,7 +32,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,17 +39,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import glanceprops
 from vmtrust.imagelist import parse_date
+from vmtrust.trust import Code, Verdict, refuse
 
 
 class LookupFailed(Exception):
     """Glance could not answer; the message says why, on one line."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    trusted: bool
-    reason: str  #: "trusted", or exactly why not
-    vo: str = ""
 
 
 #: image id → image JSON (properties at the top level), None if Glance has no such image
@@ -81,12 +75,12 @@ class ImageTrust:
         self.deadline = deadline
         self.clock = clock
         self.wall = wall
-        self._cache: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.lookups = 0  #: Glance look-ups made (tests and the benchmark read it)
 
-    def decide(self, image_id: str) -> Decision:
+    def decide(self, image_id: str) -> Verdict:
         now = self.clock()
         with self._lock:
             hit = self._cache.get(image_id)
@@ -102,32 +96,31 @@ class ImageTrust:
                     self._cache.popitem(last=False)
         return decision
 
-    def _look_up(self, image_id: str) -> tuple[Decision, float]:
+    def _look_up(self, image_id: str) -> tuple[Verdict, float]:
         """The decision, and how many seconds it may be reused (0: not at all)."""
         self.lookups += 1
         try:
             image = self._fetch_in_time(image_id)
         except LookupFailed as exc:
-            return Decision(False, f"Glance look-up failed: {exc}"), 0.0
+            return refuse(Code.UNKNOWN, f"Glance look-up failed: {exc}"), 0.0
         except Exception as exc:  # fail closed on anything: a bug must not let an image in
-            return Decision(False, f"Glance look-up failed: {_one_line(exc)}"), 0.0
+            return refuse(Code.UNKNOWN, f"Glance look-up failed: {_one_line(exc)}"), 0.0
         if image is None:
-            return Decision(False, "not in Glance"), 0.0
+            return refuse(Code.UNKNOWN, "not in Glance"), 0.0
         if not self.keys or not self.owners:
-            return Decision(False, "no seal keys or trusted owners configured"), 0.0
+            return refuse(Code.UNKNOWN, "no seal keys or trusted owners configured"), 0.0
         wall = self.wall()
         try:
             verdict = glanceprops.judge(image, self.keys, wall, owners=self.owners)
         except Exception as exc:  # a reply judge() cannot read: refuse, ask again next time
-            return Decision(False, f"unreadable image record: {_one_line(exc)}"), 0.0
-        vo = verdict.record.vo if verdict.record else ""
+            return refuse(Code.UNKNOWN, f"unreadable image record: {_one_line(exc)}"), 0.0
         if verdict.record is None:  # refused before the seal verified: may change, ask again
-            return Decision(verdict.trusted, verdict.reason, vo), 0.0
+            return verdict, 0.0
         keep_for = self.ttl
         if verdict.trusted:
             expires = parse_date(verdict.record.expires)  # judge() has parsed it already
             keep_for = min(keep_for, (expires - wall).total_seconds())
-        return Decision(verdict.trusted, verdict.reason, vo), keep_for
+        return verdict, keep_for
 
     def _fetch_in_time(self, image_id: str) -> dict[str, Any] | None:
         """``fetch(image_id)``, or :class:`LookupFailed` once ``deadline`` seconds passed."""

@@ -40,9 +40,10 @@ from nova.scheduler import utils as scheduler_utils
 from oslo_log import log as logging
 
 from nova_filter import conf as vmtrust_conf
-from nova_filter.decision import Decision, ImageTrust, glance_fetch
+from nova_filter.decision import ImageTrust, glance_fetch
 from vmtrust import enforcement
 from vmtrust.enforcement import AGGREGATE_KEY, FLAVOR_KEY
+from vmtrust.trust import Code, Verdict, refuse
 
 LOG = logging.getLogger(__name__)
 CONF = nova_conf.CONF
@@ -202,30 +203,32 @@ class TrustedImageFilter(filters.BaseHostFilter):
             for aggregate in getattr(host_state, "aggregates", []) or []
         )
 
-    def _judge_image(self, spec_obj: Any, image_id: str | None) -> Decision:
+    def _judge_image(self, spec_obj: Any, image_id: str | None) -> Verdict:
         if "is_bfv" not in spec_obj or spec_obj.is_bfv:
             what = "volume-backed" if "is_bfv" in spec_obj else "possibly volume-backed"
-            return Decision(False, VOLUME_BACKED.format(what=what))
+            return refuse(Code.UNKNOWN, VOLUME_BACKED.format(what=what))
         if image_id is None:
-            return Decision(False, "no image id (boot from volume)")
+            return refuse(Code.UNKNOWN, "no image id (boot from volume)")
         try:
             trust = image_trust()
         except Exception as exc:  # a bad key file or auth option: refuse, try again next time
             problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-            return Decision(False, f"[vmtrust] configuration: {problem}")
+            return refuse(Code.UNKNOWN, f"[vmtrust] configuration: {problem}")
         return trust.decide(image_id)
 
-    def decide(self, spec_obj: Any) -> Decision:
+    def decide(self, spec_obj: Any) -> Verdict:
         """The request's verdict: computed once, logged once if it refuses."""
         image_id = _image_id(spec_obj)
         decision = self._judge_image(spec_obj, image_id)
         if decision.trusted and CONF.vmtrust.require_vo_match:
             wanted = _project_vo(_field(spec_obj, "project_id", "") or "")
             if wanted is None:
-                decision = Decision(False, "requesting project has no VO (project_vo)")
+                decision = refuse(Code.POLICY, "requesting project has no VO (project_vo)")
             elif wanted != decision.vo:
-                decision = Decision(
-                    False, f"image serves VO {decision.vo!r}, the project works for {wanted!r}"
+                decision = refuse(
+                    Code.POLICY,
+                    f"image serves VO {decision.vo!r}, the project works for {wanted!r}",
+                    decision.record,
                 )
         if (
             not decision.trusted
@@ -240,7 +243,7 @@ class TrustedImageFilter(filters.BaseHostFilter):
                 image_id,
                 decision.reason,
             )
-            return Decision(True, f"move allowed: {decision.reason}", decision.vo)
+            return Verdict(True, f"move allowed: {decision.reason}", decision.record)
         if not decision.trusted:
             LOG.info(
                 "TrustedImageFilter: refusing image %s for instance %s on a worker-node "
@@ -256,7 +259,7 @@ class TrustedImageFilter(filters.BaseHostFilter):
         worker_flavour = self._worker_flavour(spec_obj)
         if not worker_flavour and not CONF.vmtrust.aggregate_trusted_only:
             return hosts  # the common case for non-worker requests: no per-host work
-        decision: Decision | None = None
+        decision: Verdict | None = None
         passed = []
         for host in hosts:
             if not (worker_flavour or self._worker_host(host)):

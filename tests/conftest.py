@@ -53,6 +53,8 @@ class TestPKI:
     expired: Credential  #: validity ended yesterday
     outside: Credential  #: subject outside the CA's namespace
     no_sign: Credential  #: key usage without digitalSignature
+    non_repudiation: Credential  #: key usage nonRepudiation, not digitalSignature
+    no_key_usage: Credential  #: no keyUsage extension at all (any use allowed)
     rogue_ca: Credential  #: same DN as ``ca``, different key, not trusted
     rogue: Credential  #: endorser DN, issued by the rogue CA
     sub_ca: Credential  #: intermediate CA under ``ca``
@@ -104,6 +106,15 @@ def pki() -> TestPKI:
         outside=devpki.make_endorser(ca, "/DC=org/DC=elsewhere/CN=Outside Endorser"),
         no_sign=devpki.make_endorser(
             ca, "/DC=org/DC=example/O=People/CN=No Sign", digital_signature=False
+        ),
+        non_repudiation=devpki.make_endorser(
+            ca,
+            "/DC=org/DC=example/O=People/CN=Non Repudiation",
+            digital_signature=False,
+            non_repudiation=True,
+        ),
+        no_key_usage=devpki.make_endorser(
+            ca, "/DC=org/DC=example/O=People/CN=No Key Usage", key_usage=False
         ),
         rogue_ca=rogue_ca,
         rogue=devpki.make_endorser(rogue_ca),

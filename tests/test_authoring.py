@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from vmtrust import authoring, imagelist, smime
 from vmtrust.conf import make_conf
-from vmtrust.errors import InputError, InvalidListStructure, SigningError
+from vmtrust.errors import InputError, InvalidListStructure, KeyUsageError, SigningError
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
 
@@ -208,6 +208,27 @@ def test_check_signable_refusals(case, message, pki):
         authoring.check_signable(document, signer.cert, key)
     with pytest.raises(SigningError):
         authoring.sign_document(document, signer.cert, key)
+
+
+@pytest.mark.parametrize("name", ["endorser", "non_repudiation", "no_key_usage", "no_sign"])
+def test_list_sign_signs_exactly_what_subscribers_accept(name, pki, ca_dir):
+    """One key-usage rule on both sides (before, ``list sign`` refused a certificate with
+    nonRepudiation alone, or with no keyUsage extension, which every subscriber accepts)."""
+    signer = getattr(pki, name)
+    document = list_document(signer)
+    signed = smime.sign(imagelist.dumps(document), signer.cert, signer.key)
+    try:
+        verify_signed_list(signed, Policy(trust=TrustStore(ca_dir)))
+        accepted = True
+    except KeyUsageError:
+        accepted = False
+    try:
+        authoring.check_signable(document, signer.cert, signer.key)
+        signable = True
+    except SigningError as exc:
+        assert "key usage allows neither digitalSignature nor nonRepudiation" in str(exc)
+        signable = False
+    assert signable == accepted == (name != "no_sign")
 
 
 def test_check_signable_accepts_and_validates(pki):

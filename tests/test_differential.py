@@ -173,6 +173,8 @@ CASES = [
          sign_args=("-certfile", "{rogue_ca}"), says="in certificate chain"),
     Case("no-digital-signature", "both", False, KeyUsageError, signer="no_sign",
          says="unsuitable certificate purpose"),
+    Case("non-repudiation-only", "both", True, None, signer="non_repudiation"),
+    Case("no-key-usage-extension", "both", True, None, signer="no_key_usage"),
     Case("crl-missing", "both", False, CrlError, trust="no_crl",
          says="unable to get certificate CRL"),
     Case("crl-missing-relaxed", "both", True, None, trust="no_crl", verify_args=(),
@@ -298,7 +300,7 @@ def corpus(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     creds = {"host": _host_credential(pki.ca)}
     paths = {}
     names = "endorser revoked expired outside no_sign rogue rogue_ca sub_ca sub_endorser"
-    for name in [*names.split(), "other_endorser", "host"]:
+    for name in [*names.split(), "other_endorser", "non_repudiation", "no_key_usage", "host"]:
         credential = creds.get(name) or getattr(pki, name)
         creds[name] = credential
         paths[name] = credential.write(root / "creds", name)

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,10 @@ from test_sync_local import IMAGE_A, IMAGE_B, entry, publish
 
 from glance_sync.service import SyncService
 from glance_sync.stores.ec2_upload import BLOCK
-from vmtrust import ec2record
+from vmtrust import ec2record, trust
 from vmtrust.imagelist import Endorser, parse_date
 from vmtrust.policy import Subscription
-from vmtrust.record import check_binding, generate_key_pair, load_private_key
+from vmtrust.record import generate_key_pair, load_private_key
 
 # --- looking at the account directly ------------------------------------------------------
 
@@ -103,18 +104,12 @@ def trusted(service) -> dict[str, tuple[str, dict]]:
         if tags(image).get("vmtrust:state") != "trusted":
             continue
         snapshot = ec2record.root_snapshot(image)
-        record, seal = ec2record.read_document(published(cloud, image_id) or b"", image_id)
-        verdict = check_binding(
-            record,
-            seal,
-            store_id=f"{image_id}/{snapshot}",
-            sha512=None,
-            size=None,
-            keys=[key],
-            now=datetime.now(UTC),
-        )
-        assert verdict.trusted, verdict.reason
-        assert ec2record.read_record(tags(image)) == (record, seal)
+        read = partial(ec2record.read_document, published(cloud, image_id) or b"", image_id)
+        bound = trust.Stored(f"{image_id}/{snapshot}")
+        verdict = trust.judge(read, bound, keys=[key], now=datetime.now(UTC))
+        assert verdict.trusted and verdict.record, verdict.reason
+        record = verdict.record
+        assert ec2record.read_record(tags(image)) == read()
         data = read_back(cloud, snapshot, record.size)
         assert hashlib.sha512(data).hexdigest() == record.sha512
         result[record.image_identifier] = (record.image_version, image)

@@ -1,4 +1,4 @@
-"""What moto does not check, checked here: blocks, checksums, tag limits; and check_binding.
+"""What moto does not check, checked here: blocks, checksums and tag limits.
 
 moto stores whatever PutSnapshotBlock sends, ignores the checksums, the block
 size and CompleteSnapshot's count and aggregate, and does not limit tag keys
@@ -17,93 +17,24 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import IMAGE_SHA512
+import test_record
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from glance_sync.stores.ec2_upload import BLOCK, BlockWriter, blocks, volume_gib
-from vmtrust import ec2record, glanceprops
+from vmtrust import ec2record, trust
 from vmtrust.errors import EC2Error, SealError
-from vmtrust.record import TrustRecord, Verdict, check_binding, seal
+from vmtrust.record import seal
+from vmtrust.trust import Stored
 
 KEY = Ed25519PrivateKey.generate()
-NOW = datetime(2026, 12, 1, tzinfo=UTC)
-RECORD = TrustRecord(
-    image_identifier="85bfb313-a852-444b-89e7-9cdf8c23dc91",
-    title="Example worker node",
-    image_version="1.2",
-    list_identifier="65ef8feb-86d4-42ea-9960-f79bcc5a11b4",
-    list_version="3",
-    endorser_dn="/DC=org/DC=example/O=People/CN=Jane Endorser",
-    endorser_ca="/DC=org/DC=example/CN=Example Test CA",
-    vo="vo.example.org",
-    subscription="example",
-    approval="all",
+RECORD = dataclasses.replace(
+    test_record.RECORD,
     expires="2026-12-29T00:00:00Z",
-    source_sha512=IMAGE_SHA512,
-    sha512=IMAGE_SHA512,
-    size=20,
     store_id="ami-0123456789abcdef0/snap-0123456789abcdef0",
 )
 SAFE = re.compile(r"[\w .:/=+\-@]*")
-
-
-# --- check_binding: the store-neutral rule ------------------------------------------------
-
-
-def bind(record: TrustRecord = RECORD, sealed: str | None = None, **kw) -> Verdict:
-    values = dict(store_id=RECORD.store_id, sha512=RECORD.sha512, size=RECORD.size, now=NOW)
-    values.update(kw)
-    return check_binding(record, sealed or seal(record, KEY), keys=[KEY.public_key()], **values)
-
-
-def test_a_record_bound_to_this_image_is_trusted():
-    assert bind() == Verdict(True, "trusted", RECORD)
-    # the fields glanceprops.Verdict starts with: callers of either read both
-    names = [f.name for f in dataclasses.fields(Verdict)]
-    assert names == [f.name for f in dataclasses.fields(glanceprops.Verdict)][: len(names)]
-
-
-@pytest.mark.parametrize(
-    "kw,reason",
-    [
-        ({"store_id": "ami-other/snap-0123456789abcdef0"}, "bound to ami-0123456789abcdef0"),
-        ({"store_id": "ami-0123456789abcdef0/snap-other"}, "not ami-0123456789abcdef0/snap-other"),
-        ({"sha512": "0" * 128}, "content hash differs"),
-        ({"size": 21}, "size 21 differs from the sealed 20"),
-        ({"now": datetime(2027, 1, 1, tzinfo=UTC)}, "expired at 2026-12-29T00:00:00Z"),
-    ],
-)
-def test_each_binding_that_does_not_hold_is_refused_with_its_reason(kw, reason):
-    verdict = bind(**kw)
-    assert not verdict.trusted and reason in verdict.reason and verdict.record == RECORD
-
-
-def test_values_a_store_cannot_observe_are_not_compared():
-    assert bind(sha512=None, size=None, now=None).trusted
-    expired = dataclasses.replace(RECORD, expires="2020-01-01T00:00:00Z")
-    assert bind(expired, now=None).trusted  # the planner decides expiry, not the listing
-    assert not bind(expired).trusted
-
-
-def test_a_record_not_in_state_trusted_is_refused_even_when_sealed():
-    retired = dataclasses.replace(RECORD, state="retired")
-    verdict = bind(retired)
-    assert not verdict.trusted and verdict.reason == "trust state is retired"
-
-
-def test_an_unreadable_expiry_is_refused():
-    odd = dataclasses.replace(RECORD, expires="next week")
-    assert bind(odd).reason == "unreadable expiry 'next week'"
-
-
-def test_an_altered_record_or_another_key_raises_seal_error():
-    altered = dataclasses.replace(RECORD, vo="vo.evil.org")
-    with pytest.raises(SealError, match="does not match"):
-        bind(altered, sealed=seal(RECORD, KEY))
-    with pytest.raises(SealError, match="unknown key"):
-        bind(sealed=seal(RECORD, Ed25519PrivateKey.generate()))
 
 
 # --- the record as tags ----------------------------------------------------------------------
@@ -165,16 +96,9 @@ def test_an_added_continuation_changes_the_record_and_breaks_the_seal():
     tags = {**ec2record.record_tags(RECORD, sealed), "vmtrust:vo.1": "-evil"}
     record, got = ec2record.read_record(tags)
     assert record.vo == "vo.example.org-evil"
-    with pytest.raises(SealError):
-        check_binding(
-            record,
-            got,
-            store_id=record.store_id,
-            sha512=None,
-            size=None,
-            keys=[KEY.public_key()],
-            now=None,
-        )
+    read = lambda: (record, got)  # noqa: E731
+    verdict = trust.check_binding(read, Stored(record.store_id), keys=[KEY.public_key()])
+    assert not verdict.trusted and verdict.code == trust.Code.SEAL and verdict.record is None
 
 
 def test_tag_limits_of_ec2():

@@ -48,6 +48,7 @@ from test_sync_local import IMAGE_A, IMAGE_B, entry, publish
 from glance_sync.cloud import connect_cloud
 from glance_sync.stores.glance import GlanceStore
 from vmtrust import glanceprops, imagelist, smime
+from vmtrust.trust import Verdict
 
 VO = "vo.example.org"
 OTHER_LIST = "2b0f7e4c-4b8e-4a57-9a43-0c3c1f6e7d11"
@@ -124,7 +125,7 @@ def patch_image(glance, project: str, image_id: str, ops: list, roles: str = SER
     )
 
 
-def judge(service, image: dict, now: datetime | None = None) -> glanceprops.Verdict:
+def judge(service, image: dict, now: datetime | None = None) -> Verdict:
     return glanceprops.judge(
         image,
         [service.s.seal_key.public_key()],
@@ -813,7 +814,7 @@ def test_trust_properties_copied_onto_another_image_do_not_make_it_trusted(
 
     report = glance_sync.run(glance_sync.subs)
     assert report.failures == []
-    assert report.done == [f"retired img-a: record belongs to image {original['id']}"]
+    assert report.done == [f"retired img-a: seal is bound to image {original['id']}, not this one"]
     images = project_images(glance, glance_sync.project)
     assert images[original["id"]] == original
     assert images[copy["id"]]["vmtrust_state"] == "retired"

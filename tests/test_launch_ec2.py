@@ -72,7 +72,7 @@ def test_a_record_copied_to_another_ami_is_refused(ec2_sync, site, pki):
     copy = ec2.register_image(Name="copy v9", RootDeviceName="/dev/xvda")["ImageId"]
     s3.put_object(Bucket=BUCKET, Key=f"vmtrust/records/{copy}.json", Body=body)
     (image,) = ec2.describe_images(ImageIds=[copy])["Images"]
-    record, why = launch_ec2.judge(
+    verdict = launch_ec2.judge(
         ec2_sync.cloud.clients,
         image,
         keys=[ec2_sync.s.seal_key.public_key()],
@@ -81,7 +81,7 @@ def test_a_record_copied_to_another_ami_is_refused(ec2_sync, site, pki):
         record_prefix="vmtrust/records/",
         now=datetime.now(UTC),
     )
-    assert record is None and why.startswith(f"record is bound to {good}/snap-")
+    assert not verdict.trusted and verdict.reason.startswith(f"seal is bound to image {good}/snap-")
     assert find(ec2_sync).id == good
     s3.delete_object(Bucket=BUCKET, Key=f"vmtrust/records/{good}.json")
     with pytest.raises(NoTrustedImage, match="2 AMI"):
@@ -220,10 +220,24 @@ def test_a_launch_ec2_refuses_is_one_line(ec2_sync, site, pki):
             {"ImageId": "ami-1", "OwnerId": ACCOUNT, "State": "available", "DeprecationTime": "x"},
             "unreadable deprecation time 'x'",
         ),
+        # without a zone it cannot be compared with now (a TypeError once), nor a number
+        (
+            {
+                "ImageId": "ami-1",
+                "OwnerId": ACCOUNT,
+                "State": "available",
+                "DeprecationTime": "2020-01-01T00:00:00",
+            },
+            "unreadable deprecation time '2020-01-01T00:00:00'",
+        ),
+        (
+            {"ImageId": "ami-1", "OwnerId": ACCOUNT, "State": "available", "DeprecationTime": 5},
+            "unreadable deprecation time 5",
+        ),
     ],
 )
 def test_amis_are_refused_before_their_record_is_fetched(image, why):
-    record, reason = launch_ec2.judge(
+    verdict = launch_ec2.judge(
         None,
         image,
         keys=[],
@@ -232,4 +246,4 @@ def test_amis_are_refused_before_their_record_is_fetched(image, why):
         record_prefix="p/",
         now=datetime.now(UTC),
     )
-    assert record is None and reason.startswith(why)
+    assert not verdict.trusted and verdict.record is None and verdict.reason.startswith(why)

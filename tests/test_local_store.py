@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from conftest import image_entry
-from test_sync_local import IMAGE_A, IMAGE_B, publish
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_sync_local import IMAGE_A, IMAGE_B, event_hook, publish
 
 from glance_sync import lock
 from glance_sync.stores import local
@@ -324,6 +325,41 @@ def test_a_create_never_replaces_what_has_its_name(sync, site, pki, monkeypatch)
 # --- more ways in ----------------------------------------------------------------------------
 
 
+def test_a_planted_record_names_nothing_to_the_site_hook(sync, site, pki, tmp_path):
+    """A record sealed by no site key is only ever quarantined: the ExpirePostfix hook
+    gets its store id, never the identifier it claims.  (Before, the store passed the
+    unverified record on, and a vmcatcher handler was told to expire image "a".)"""
+    events = event_hook(
+        sync,
+        tmp_path,
+        "VMCATCHER_EVENT_TYPE",
+        "VMCATCHER_EVENT_DC_IDENTIFIER",
+        "VMCATCHER_EVENT_HV_VERSION",
+        "VMTRUST_STORE_ID",
+    )
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    sync.run(sync.subs)
+    (held,) = sync.store.held()
+    stem = "1-" + "0" * 16
+    planted = store_root(sync) / "images" / "planted"
+    planted.mkdir()
+    (planted / f"{stem}.img").write_bytes(IMAGE_A)
+    claim = {**held.record.__dict__, "store_id": f"planted/{stem}"}
+    forged = seal(TrustRecord.from_dict(claim), Ed25519PrivateKey.generate())
+    (planted / f"{stem}.json").write_text(json.dumps({"record": claim, "seal": forged}))
+
+    report = sync.run(sync.subs)
+    assert events.read_text().splitlines() == [
+        f"AvailablePostfix a 1 {held.store_id}",
+        f"ExpirePostfix   planted/{stem}",
+    ]
+    (found,) = [h for h in sync.store.held() if h.store_id == f"planted/{stem}"]
+    assert found.retired and found.record is None and found.identifier is None
+    assert found.problem.startswith("seal invalid: image a: sealed by unknown key")
+    assert report.done == [f"retired planted/{stem}: {found.problem}"]
+    assert trusted(sync) == {"a": "1"}
+
+
 def test_a_sealed_record_naming_a_store_id_outside_moves_nothing_outside(sync, site, pki, precious):
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     sync.run(sync.subs)
@@ -334,7 +370,7 @@ def test_a_sealed_record_naming_a_store_id_outside_moves_nothing_outside(sync, s
     record = TrustRecord.from_dict(escaped)
     meta.write_text(json.dumps({"record": escaped, "seal": seal(record, sync.s.seal_key)}))
     (found,) = sync.store.held()
-    assert not found.seal_ok and "record belongs to ../../" in found.problem
+    assert not found.seal_ok and "seal is bound to image ../../" in found.problem
     assert found.location == held.location  # where it is, never where the record says
     sync.run(sync.subs)
     assert intact(precious)

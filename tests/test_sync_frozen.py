@@ -119,8 +119,9 @@ def test_a_record_whose_seal_is_bad_extends_nothing(sync, site, pki, host):
     report = new.run(sync.subs, now=NOW + timedelta(days=60))
     assert sorted(report.done) == [
         "retired a: expired at " + sync.store.held()[0].record.expires,
-        "retired b: image b: seal does not match the trust record (record or image altered, "
-        "or copied from another image)",
+        # a record whose seal fails names nothing: the store id says which image went
+        f"retired b/{forged.stem}: seal invalid: image b: seal does not match the trust record "
+        "(record or image altered, or copied from another image)",
     ]
     assert trusted(sync) == {}
     # Nor does it raise the version the next list must reach.

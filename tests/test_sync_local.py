@@ -268,16 +268,19 @@ def test_withdrawn_approval_retires_the_image(sync, site, pki):
     assert trusted(sync) == {"a": "1"}
 
 
-def test_site_hook_runs_after_store_and_retire_with_vmcatcher_events(sync, site, pki, tmp_path):
-    log = tmp_path / "events.log"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(
-        "#!/bin/sh\n"
-        f'echo "$VMCATCHER_EVENT_TYPE $VMCATCHER_EVENT_DC_IDENTIFIER '
-        f'$VMCATCHER_EVENT_HV_VERSION" >> {log}\n'
-    )
+def event_hook(sync: SyncService, folder: Path, *variables: str) -> Path:
+    """Make ``sync`` run a site hook that logs ``variables`` (space-separated) per event."""
+    log, hook = folder / "events.log", folder / "hook.sh"
+    line = " ".join(f"${name}" for name in variables)
+    hook.write_text(f'#!/bin/sh\necho "{line}" >> {log}\n')
     hook.chmod(0o755)
     sync.store.hook = hook
+    return log
+
+
+def test_site_hook_runs_after_store_and_retire_with_vmcatcher_events(sync, site, pki, tmp_path):
+    event = ("VMCATCHER_EVENT_TYPE", "VMCATCHER_EVENT_DC_IDENTIFIER", "VMCATCHER_EVENT_HV_VERSION")
+    log = event_hook(sync, tmp_path, *event)
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     sync.run(sync.subs)
     publish(site, pki, [entry("a", IMAGE_A + b"2", site, version="2")], "2")

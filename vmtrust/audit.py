@@ -23,11 +23,13 @@ volume     the root disk is a volume                                      the se
 rescue     the server is in rescue (booted from a rescue image)           the server's update
 ========== ============================================================== =================
 
-The trust judgement is :func:`vmtrust.glanceprops.judge`, the one the filter
-and launch use.  Cost: nova's server list, paged (``page_size`` per call), one
-aggregate list, one Glance look-up per distinct image, and one attachment list
-for each worker server that has volumes attached and an image (to tell whether
-a volume is its root) — whatever the number of servers per image.
+The trust judgement is :func:`vmtrust.glanceprops.judge` (the one rule of
+:mod:`vmtrust.trust` after Glance's own checks), the one the filter and launch
+use; its :class:`~vmtrust.trust.Code` gives the reason.  Cost: nova's server
+list, paged (``page_size`` per call), one aggregate list, one Glance look-up
+per distinct image, and one attachment list for each worker server that has
+volumes attached and an image (to tell whether a volume is its root) —
+whatever the number of servers per image.
 
 Servers that never ran (no host: refused or still scheduling) are skipped;
 shelved-offloaded ones are not (unshelving brings them back).  Any API error
@@ -48,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import enforcement, glanceprops
 from vmtrust.errors import AuditError
+from vmtrust.trust import Code
 
 LOG = logging.getLogger(__name__)
 
@@ -65,12 +68,12 @@ VOLUME = "volume"
 RESCUE = "rescue"
 
 _BY_CODE = {
-    glanceprops.CODE_NO_RECORD: NOT_VMTRUST,
-    glanceprops.CODE_OWNER: NOT_VMTRUST,
-    glanceprops.CODE_STATUS: INACTIVE,
-    glanceprops.CODE_STATE: INACTIVE,
-    glanceprops.CODE_SEAL: SEAL,
-    glanceprops.CODE_EXPIRED: EXPIRED,
+    Code.NO_RECORD: NOT_VMTRUST,
+    Code.OWNER: NOT_VMTRUST,
+    Code.STATUS: INACTIVE,
+    Code.STATE: INACTIVE,
+    Code.SEAL: SEAL,
+    Code.EXPIRED: EXPIRED,
 }
 #: What an action does not need to do again, by server status.
 _DONE = {

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from vmtrust import dn, egiprofile, fileio, imagelist, smime, version
+from vmtrust import dn, egiprofile, fileio, imagelist, smime, verify, version
 from vmtrust.errors import InputError, SigningError
 from vmtrust.imagelist import format_date
 
@@ -345,13 +345,9 @@ def check_signable(
     )
     if public != mine:
         raise SigningError(f"certificate {subject}: the private key does not belong to it")
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        can_sign = usage.digital_signature
-    except x509.ExtensionNotFound:
-        can_sign = False
-    if not can_sign:
-        raise SigningError(f"certificate {subject}: key usage does not include digitalSignature")
+    usage = verify.key_usage_problem(cert)
+    if usage is not None:
+        raise SigningError(f"certificate {subject}: {usage}")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise SigningError(
             f"certificate {subject}: not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "

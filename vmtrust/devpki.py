@@ -127,11 +127,17 @@ def make_endorser(
     not_before: datetime | None = None,
     days: int = 395,
     digital_signature: bool = True,
+    non_repudiation: bool = False,
+    key_usage: bool = True,
 ) -> Credential:
-    """An end-entity certificate like an IGTF user certificate."""
+    """An end-entity certificate like an IGTF user certificate.
+
+    ``non_repudiation`` adds that key usage bit; ``key_usage=False`` leaves the
+    extension out altogether (older certificates, which allow any use).
+    """
     start = not_before or datetime.now(UTC) - timedelta(days=1)
     key = new_key()
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name(subject))
         .issuer_name(ca.cert.subject)
@@ -140,21 +146,22 @@ def make_endorser(
         .not_valid_before(start)
         .not_valid_after(start + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=digital_signature,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=not digital_signature,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+    )
+    if key_usage:
+        usage = x509.KeyUsage(
+            digital_signature=digital_signature,
+            content_commitment=non_repudiation,
+            key_encipherment=True,
+            data_encipherment=not digital_signature,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
         )
-        .add_extension(
+        builder = builder.add_extension(usage, critical=True)
+    cert = (
+        builder.add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
             ),

@@ -18,7 +18,7 @@ the encoding gives nothing to an attacker: any change breaks the seal.
 is shared with.  The record and seal are therefore also published as a small
 JSON document (an S3 object, see docs/decisions/0003-ec2-ingest.md) that the
 VO accounts can read; the launch side checks the seal and the binding to the
-AMI and snapshot it sees with :func:`vmtrust.record.check_binding`.
+AMI and snapshot it sees by the one rule, :func:`vmtrust.trust.judge`.
 """
 
 from __future__ import annotations

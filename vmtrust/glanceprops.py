@@ -1,7 +1,7 @@
-"""The trust record as Glance image properties, and the one check every reader makes.
+"""The trust record as Glance image properties, and what Glance adds to the one rule.
 
-The Glance store writes, the nova filter and ``vmtrust launch`` read, so the
-mapping and the decision live here, in the trust core, once.  Each record field
+The Glance store writes, the nova filter, ``vmtrust launch`` and the audit
+read, so the mapping lives here, in the trust core, once.  Each record field
 ``f`` becomes the property ``vmtrust_f`` (Glance properties are strings; the
 size is written in decimal), the seal goes to ``vmtrust_seal``, and
 ``vmtrust_managed = true`` marks every image the sync created — the marker is
@@ -9,10 +9,12 @@ what the sync lists by, and what keeps it away from images it does not manage.
 Property protections (``etc/glance/property-protections-vmtrust.conf``) keep
 everyone but the sync's role from writing any of them.
 
-:func:`judge` is the whole rule for "may this Glance image be trusted": owned
-by a trusted project, active, state trusted, the seal valid for one of the
-site's keys, the record bound to this image id and to the ``os_hash_value``
-Glance itself computed, the size equal, not expired.  A copy of the
+:func:`judge` is "may this Glance image be used": it carries a record, is
+owned by a trusted project and active, and then the one rule of
+:mod:`vmtrust.trust` — state trusted, the seal valid for one of the site's
+keys, the record bound to this image id and to the SHA-512 (``os_hash_algo``
+and ``os_hash_value``) and size Glance itself computed (:func:`stored`), not
+expired.  The Glance store asks the same of what it holds.  A copy of the
 properties onto another image, a snapshot inheriting them, or bytes swapped
 behind the record each break one of these.
 """
@@ -20,15 +22,16 @@ behind the record each break one of these.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from vmtrust import trust
 from vmtrust.errors import SealError
-from vmtrust.imagelist import parse_date
-from vmtrust.record import TrustRecord, check_seal
+from vmtrust.record import TrustRecord
+from vmtrust.trust import Code, Stored, Verdict, refuse
 
 PREFIX = "vmtrust_"
 MANAGED = "vmtrust_managed"
@@ -71,27 +74,23 @@ def read_record(image: Mapping[str, Any]) -> tuple[TrustRecord, str]:
     return record, seal
 
 
-#: :attr:`Verdict.code` values: which check refused the image.
-CODE_NO_RECORD = "no-record"
-CODE_OWNER = "owner"
-CODE_STATUS = "status"
-CODE_STATE = "state"
-CODE_SEAL = "seal"
-CODE_EXPIRED = "expired"
+def stored(image: Mapping[str, Any]) -> Stored:
+    """What Glance itself computed of an image: the id, SHA-512 and size its record is bound to.
+
+    Glance hashes what it stores with its ``hashing_algorithm`` (sha512 at a
+    vmtrust site, docs/glance.md).  A hash by any other algorithm, or none at
+    all (an image given a location rather than bytes), is no SHA-512 of these
+    bytes: it is read as the empty one, which no record's SHA-512 equals.
+    """
+    value = image.get("os_hash_value")
+    sha512 = value if image.get("os_hash_algo") == "sha512" and isinstance(value, str) else ""
+    return Stored(str(image.get("id", "")), sha512, image.get("size"))
 
 
-@dataclass(frozen=True)
-class Verdict:
-    trusted: bool
-    reason: str  #: why not; "trusted" when it is
-    record: TrustRecord | None = None  #: set once the seal verified
-    #: "trusted", or the check that refused (``CODE_*``; ``CODE_SEAL`` covers the seal and
-    #: its binding to id, hash and size) — for callers that sort refusals, like the audit
-    code: str = "trusted"
-
-
-def _refuse(code: str, reason: str, record: TrustRecord | None = None) -> Verdict:
-    return Verdict(False, reason, record, code)
+def usable(image: Mapping[str, Any]) -> str | None:
+    """Why Glance's own status keeps the image from use, or None when it is active."""
+    status = image.get("status")
+    return None if status == "active" else f"status is {status}"
 
 
 def judge(
@@ -100,36 +99,17 @@ def judge(
     now: datetime,
     *,
     owners: Iterable[str] | None = None,
-    statuses: tuple[str, ...] = ("active",),
 ) -> Verdict:
-    """Decide whether a Glance image is trusted; fail closed with the exact reason."""
-    image_id = image.get("id", "?")
+    """May this Glance image be used now?  Fail closed, with the exact reason.
+
+    What only Glance can tell comes first (a record at all, the owner, the
+    status), then the one rule (:func:`vmtrust.trust.judge`) on the record.
+    """
     if image.get(MANAGED) != "true" or SEAL not in image:
-        return _refuse(CODE_NO_RECORD, "no vmtrust trust record")
+        return refuse(Code.NO_RECORD, "no vmtrust trust record")
     if owners is not None and image.get("owner") not in set(owners):
-        return _refuse(CODE_OWNER, f"owner {image.get('owner')} is not a trusted project")
-    if image.get("status") not in statuses:
-        return _refuse(CODE_STATUS, f"status is {image.get('status')}")
-    state = image.get(STATE)
-    if state != "trusted":
-        return _refuse(CODE_STATE, f"trust state is {state}")
-    try:
-        record, seal = read_record(image)
-        check_seal(record, seal, keys)
-    except SealError as exc:
-        return _refuse(CODE_SEAL, f"seal invalid: {exc}")
-    if record.store_id != image_id:
-        return _refuse(CODE_SEAL, f"seal is bound to image {record.store_id}, not this one", record)
-    if image.get("os_hash_algo") != "sha512" or image.get("os_hash_value") != record.sha512:
-        return _refuse(CODE_SEAL, "content hash differs from the sealed one", record)
-    if image.get("size") is not None and image.get("size") != record.size:
-        return _refuse(
-            CODE_SEAL, f"size {image.get('size')} differs from the sealed {record.size}", record
-        )
-    try:
-        expires = parse_date(record.expires)
-    except ValueError:
-        return _refuse(CODE_SEAL, f"unreadable expiry {record.expires!r}", record)
-    if expires <= now:
-        return _refuse(CODE_EXPIRED, f"expired at {record.expires}", record)
-    return Verdict(True, "trusted", record)
+        return refuse(Code.OWNER, f"owner {image.get('owner')} is not a trusted project")
+    problem = usable(image)
+    if problem is not None:
+        return refuse(Code.STATUS, problem)
+    return trust.judge(lambda: read_record(image), stored(image), keys=keys, now=now)

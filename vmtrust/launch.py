@@ -21,10 +21,10 @@ The Python API pilot frameworks import (small on purpose)::
 The image is chosen in Glance by its trust properties (server-side filters on
 ``vmtrust_state`` and ``vmtrust_vo``), and every candidate's seal is checked
 here, client-side, with the site's public key: the same rule as the nova
-filter (:func:`vmtrust.glanceprops.judge`).  Among trusted candidates the
-newest image version wins (vmcatcher's version order).  The cloud is reached
-through openstacksdk; an EC2 flavour of the same two functions can follow the
-same shape (find by tags, launch with ``UserData``).
+filter (:func:`vmtrust.glanceprops.judge`).  Among trusted candidates of the
+VO the newest image version wins, then the newest list version (:func:`newest`,
+which :mod:`vmtrust.launch_ec2` shares).  The cloud is reached through
+openstacksdk.
 """
 
 from __future__ import annotations
@@ -34,14 +34,18 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cmp_to_key
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import glanceprops, version
 from vmtrust.context.profiles import Flavour
 from vmtrust.errors import LaunchError, NoTrustedImage
+from vmtrust.record import TrustRecord
+from vmtrust.trust import Verdict
+
+#: A candidate image as its cloud lists it (a Glance image, an AMI).
+Image = TypeVar("Image")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class TrustedImage:
     version: str
     vo: str
     expires: str
+
+    @classmethod
+    def of(cls, image_id: str, name: str, record: TrustRecord) -> TrustedImage:
+        """The image ``image_id`` as its verified ``record`` describes it."""
+        return cls(
+            image_id, name, record.image_identifier, record.image_version, record.vo, record.expires
+        )
 
 
 @dataclass(frozen=True)
@@ -91,36 +102,53 @@ def find_trusted_image(
     params = {glanceprops.STATE: "trusted", glanceprops.PREFIX + "vo": vo, "limit": 1000}
     if identifier:
         params[glanceprops.PREFIX + "image_identifier"] = identifier
-    candidates: list[tuple[dict, Any]] = []
-    refused: list[str] = []
+    judged = []
     url: str | None = "/images"
     while url:
         body = _call(conn, "GET", "image", url, (200,), params=params).json()
         for image in body.get("images", []):
-            verdict = glanceprops.judge(image, keys, now, owners=owners)
-            if verdict.trusted and verdict.record is not None:
-                candidates.append((image, verdict.record))
-            else:
-                refused.append(f"{image.get('id')}: {verdict.reason}")
+            judged.append(
+                (image, image.get("id"), glanceprops.judge(image, keys, now, owners=owners))
+            )
         url, params = (body.get("next") or "").removeprefix("/v2") or None, None
+    image, record = newest(judged, vo=vo, identifier=identifier, where="in Glance")
+    return TrustedImage.of(image["id"], image.get("name", ""), record)
+
+
+def newest(
+    judged: Iterable[tuple[Image, Any, Verdict]],
+    *,
+    vo: str,
+    identifier: str | None,
+    where: str,
+    kind: str = "candidate",
+) -> tuple[Image, TrustRecord]:
+    """Of the trusted images of ``vo`` (and ``identifier``), the newest, with its record.
+
+    ``judged`` holds each candidate image, its id and its verdict.  The newest
+    has the newest image version and, between equal ones, the newest list
+    version, both in vmcatcher's order (:mod:`vmtrust.version`: list 10 is newer
+    than list 9).  None at all is :class:`NoTrustedImage`, naming the first
+    candidate refused and why.
+    """
+    candidates: list[tuple[Image, TrustRecord]] = []
+    refused: list[str] = []
+    for image, image_id, verdict in judged:
+        record = verdict.record
+        if not verdict.trusted or record is None:
+            refused.append(f"{image_id}: {verdict.reason}")
+        elif record.vo == vo and identifier in (None, record.image_identifier):
+            candidates.append((image, record))
     if not candidates:
         what = f"image {identifier} of VO {vo}" if identifier else f"image of VO {vo}"
-        detail = f" ({len(refused)} candidate(s) refused, first: {refused[0]})" if refused else ""
-        raise NoTrustedImage(f"no trusted {what} in Glance{detail}")
-
-    def order(a: tuple[dict, Any], b: tuple[dict, Any]) -> int:
-        return version.compare(a[1].image_version, b[1].image_version) or (
-            (a[1].list_version > b[1].list_version) - (a[1].list_version < b[1].list_version)
-        )
-
-    image, record = max(candidates, key=cmp_to_key(order))
-    return TrustedImage(
-        id=image["id"],
-        name=image.get("name", ""),
-        identifier=record.image_identifier,
-        version=record.image_version,
-        vo=record.vo,
-        expires=record.expires,
+        detail = f" ({len(refused)} {kind}(s) refused, first: {refused[0]})" if refused else ""
+        raise NoTrustedImage(f"no trusted {what} {where}{detail}")
+    return max(
+        candidates,
+        key=lambda c: (
+            version.version_key(c[1].image_version),
+            version.version_key(c[1].list_version),
+        ),
     )
 
 

@@ -33,17 +33,16 @@ import gzip
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from functools import cmp_to_key
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vmtrust import ec2record, version
+from vmtrust import ec2record, trust
 from vmtrust.context.userdata import LIMITS
 from vmtrust.ec2client import Clients, call, error_code
-from vmtrust.errors import EC2Error, LaunchError, NoTrustedImage, SealError, UserDataError
-from vmtrust.launch import Server, TrustedImage
-from vmtrust.record import TrustRecord, check_binding
+from vmtrust.errors import EC2Error, LaunchError, UserDataError
+from vmtrust.launch import Server, TrustedImage, newest
+from vmtrust.trust import Code, Stored, Verdict, refuse
 
 GZIP_MAGIC = b"\x1f\x8b"
 FAILED = ("shutting-down", "terminated", "stopping", "stopped")
@@ -90,33 +89,33 @@ def judge(
     record_bucket: str,
     record_prefix: str,
     now: datetime,
-) -> tuple[TrustRecord | None, str]:
-    """(record, "trusted") when the AMI is a trusted image of the site, else (None, why not)."""
+) -> Verdict:
+    """May this AMI be used now?  Fail closed, with the exact reason.
+
+    What only EC2 can tell comes first (the owner, the AMI's state and
+    deprecation) and costs no S3 request; then the published record, judged by
+    the one rule (:func:`vmtrust.trust.judge`) against the AMI and its root
+    snapshot as EC2 shows them.
+    """
     image_id = image.get("ImageId", "?")
     if image.get("OwnerId") != site_account:
-        return None, f"owned by {image.get('OwnerId')}, not the site account"
+        return refuse(Code.OWNER, f"owned by {image.get('OwnerId')}, not the site account")
     if image.get("State") != "available":
-        return None, f"state is {image.get('State')}"
+        return refuse(Code.STATUS, f"state is {image.get('State')}")
     deprecated = image.get("DeprecationTime")
     if deprecated:
         try:
             if datetime.fromisoformat(deprecated) <= now:
-                return None, f"deprecated since {deprecated}"
-        except ValueError:
-            return None, f"unreadable deprecation time {deprecated!r}"
+                return refuse(Code.STATUS, f"deprecated since {deprecated}")
+        except (TypeError, ValueError):
+            return refuse(Code.STATUS, f"unreadable deprecation time {deprecated!r}")
     key = f"{record_prefix}{image_id}.json"
     body = _published(clients, record_bucket, key)
     if body is None:
-        return None, f"no published record at s3://{record_bucket}/{key}"
-    try:
-        record, seal = ec2record.read_document(body, f"s3://{record_bucket}/{key}")
-        bound = ec2record.store_id(image_id, ec2record.root_snapshot(image))
-        verdict = check_binding(
-            record, seal, store_id=bound, sha512=None, size=None, keys=keys, now=now
-        )
-    except SealError as exc:
-        return None, f"seal invalid: {exc}"
-    return (record, "trusted") if verdict.trusted else (None, verdict.reason)
+        return refuse(Code.NO_RECORD, f"no published record at s3://{record_bucket}/{key}")
+    where = f"s3://{record_bucket}/{key}"
+    bound = Stored(ec2record.store_id(image_id, ec2record.root_snapshot(image)))
+    return trust.judge(lambda: ec2record.read_document(body, where), bound, keys=keys, now=now)
 
 
 def find_trusted_image(
@@ -132,41 +131,26 @@ def find_trusted_image(
 ) -> TrustedImage:
     """The newest AMI of ``vo`` (optionally of one image ``identifier``) that is trusted."""
     keys, now = list(keys), now or datetime.now(UTC)
-    candidates: list[tuple[dict, TrustRecord]] = []
-    refused: list[str] = []
-    for image in _images(clients, site_account):
-        record, why = judge(
-            clients,
+    judged = (
+        (
             image,
-            keys=keys,
-            site_account=site_account,
-            record_bucket=record_bucket,
-            record_prefix=record_prefix,
-            now=now,
+            image.get("ImageId"),
+            judge(
+                clients,
+                image,
+                keys=keys,
+                site_account=site_account,
+                record_bucket=record_bucket,
+                record_prefix=record_prefix,
+                now=now,
+            ),
         )
-        if record is None:
-            refused.append(f"{image.get('ImageId')}: {why}")
-        elif record.vo == vo and identifier in (None, record.image_identifier):
-            candidates.append((image, record))
-    if not candidates:
-        what = f"image {identifier} of VO {vo}" if identifier else f"image of VO {vo}"
-        detail = f" ({len(refused)} AMI(s) refused, first: {refused[0]})" if refused else ""
-        raise NoTrustedImage(f"no trusted {what} among the AMIs of {site_account}{detail}")
-
-    def order(a: tuple[dict, TrustRecord], b: tuple[dict, TrustRecord]) -> int:
-        return version.compare(a[1].image_version, b[1].image_version) or (
-            (a[1].list_version > b[1].list_version) - (a[1].list_version < b[1].list_version)
-        )
-
-    image, record = max(candidates, key=cmp_to_key(order))
-    return TrustedImage(
-        id=image["ImageId"],
-        name=image.get("Name", ""),
-        identifier=record.image_identifier,
-        version=record.image_version,
-        vo=record.vo,
-        expires=record.expires,
+        for image in _images(clients, site_account)
     )
+    image, record = newest(
+        judged, vo=vo, identifier=identifier, where=f"among the AMIs of {site_account}", kind="AMI"
+    )
+    return TrustedImage.of(image["ImageId"], image.get("Name", ""), record)
 
 
 def pack_user_data(data: bytes) -> bytes:

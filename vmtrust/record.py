@@ -7,7 +7,8 @@ an Ed25519 signature by the site's sync key over a canonical encoding of the
 record.  Because the record includes the store's own image id and the content
 hash the store computed, copying the properties onto another image, a
 snapshot inheriting them, or a swapped payload all break the seal.  The nova
-filter and ``vmtrust images`` check seals with the public key only.
+filter and ``vmtrust images`` check seals with the public key only, by the
+rule in :mod:`vmtrust.trust`.
 
 Canonical encoding: a domain-separation prefix, then JSON with sorted keys,
 no whitespace and ASCII escapes (all values are strings or integers, so this
@@ -23,7 +24,6 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from vmtrust import fileio
 from vmtrust.errors import ConfigError, FileTooLarge, SealError
-from vmtrust.imagelist import parse_date
 
 SEAL_CONTEXT = b"vmtrust-trust-record-v1\n"
 
@@ -135,56 +134,6 @@ def check_seal(record: TrustRecord, sealed: str, keys: Iterable[Ed25519PublicKey
             ) from None
         return wanted
     raise SealError(f"image {record.image_identifier}: sealed by unknown key {wanted}")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether a stored image may be trusted and why not (as ``glanceprops.Verdict``)."""
-
-    trusted: bool
-    reason: str  #: why not; "trusted" when it is
-    record: TrustRecord | None = None
-
-
-def check_binding(
-    record: TrustRecord,
-    sealed: str,
-    *,
-    store_id: str,
-    sha512: str | None,
-    size: int | None,
-    keys: Iterable[Ed25519PublicKey],
-    now: datetime | None,
-) -> Verdict:
-    """Is ``record`` a valid, sealed statement about *this* stored image, today?
-
-    The one store-neutral rule: the seal verifies with one of ``keys`` (else
-    :class:`SealError` is raised), and the record is bound to what the store
-    itself reports about the image — its ``store_id``, the ``sha512`` and
-    ``size`` the store computed — is in state trusted and not expired at
-    ``now``.  A caller passes ``None`` for a value its store cannot observe
-    independently (EC2 computes no whole-image hash; there the store id names
-    the immutable EBS snapshot instead), and ``now = None`` when expiry is not
-    its decision (the sync's planner retires expired images itself).  Copied
-    records, records of another image and swapped bytes each fail one check.
-    """
-    check_seal(record, sealed, keys)
-    if record.store_id != store_id:
-        return Verdict(False, f"record is bound to {record.store_id}, not {store_id}", record)
-    if sha512 is not None and sha512 != record.sha512:
-        return Verdict(False, "content hash differs from the sealed SHA-512", record)
-    if size is not None and size != record.size:
-        return Verdict(False, f"size {size} differs from the sealed {record.size}", record)
-    if record.state != "trusted":
-        return Verdict(False, f"trust state is {record.state}", record)
-    if now is not None:
-        try:
-            expires = parse_date(record.expires)
-        except ValueError:
-            return Verdict(False, f"unreadable expiry {record.expires!r}", record)
-        if expires <= now:
-            return Verdict(False, f"expired at {record.expires}", record)
-    return Verdict(True, "trusted", record)
 
 
 # --- key files ---------------------------------------------------------------------

@@ -96,16 +96,28 @@ class VerifiedList:
         }
 
 
-def _check_key_usage(cert: x509.Certificate) -> None:
+def key_usage_problem(cert: x509.Certificate) -> str | None:
+    """Why ``cert``'s key usage does not allow signing a list, or None when it does.
+
+    The reference subscriber's rule (OpenSSL's S/MIME signing purpose, which
+    vmcatcher applies): without a keyUsage extension any use is allowed; with
+    one, digitalSignature or nonRepudiation must be among its bits.  The
+    endorser's side (:func:`vmtrust.authoring.check_signable`) asks the same, so
+    what ``vmtrust list sign`` signs, subscribers accept, and the other way round.
+    """
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
-        return
-    if not (usage.digital_signature or usage.content_commitment):
-        raise KeyUsageError(
-            f"signer certificate {dn.slash(cert.subject)}: key usage allows neither "
-            "digitalSignature nor nonRepudiation"
-        )
+        return None
+    if usage.digital_signature or usage.content_commitment:
+        return None
+    return "key usage allows neither digitalSignature nor nonRepudiation"
+
+
+def _check_key_usage(cert: x509.Certificate) -> None:
+    problem = key_usage_problem(cert)
+    if problem is not None:
+        raise KeyUsageError(f"signer certificate {dn.slash(cert.subject)}: {problem}")
 
 
 def _match_endorser(lst: ImageList, signer: x509.Certificate) -> Endorser:

@@ -15,6 +15,10 @@ contract:
 Each store builds itself from vmtrust.conf (:meth:`Store.from_conf`); which
 store ``[sync] store`` names is the registry's business
 (:mod:`glance_sync.stores.registry`).
+
+What a store reports of an image it holds is decided by the one rule
+(:func:`vmtrust.trust.check_binding`); :func:`held_image` turns that verdict
+into the planner's :class:`~glance_sync.plan.Held` the same way for every store.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from typing import IO, TYPE_CHECKING, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
+from vmtrust.imagelist import parse_date
 from vmtrust.record import TrustRecord
+from vmtrust.trust import Verdict
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -126,3 +132,32 @@ class Store(ABC):
 
     def location(self, held: Held) -> str:
         return held.location
+
+
+def held_image(
+    verdict: Verdict,
+    store_id: str,
+    *,
+    retired: bool,
+    retired_at: object,
+    location: str,
+    unusable: str | None = None,
+) -> Held:
+    """One held image as the rule found it.
+
+    Its record counts only once the seal verified (``verdict.record``): an
+    unverified record names nothing the sync acts on — no identifier for a
+    hook, no list for rollback protection.  ``unusable`` is the store's own
+    objection to a trusted image whose record is good (a Glance status, a
+    missing file); a retired image is out of use anyway.  ``retired_at`` is
+    the retirement time as the store keeps it (text), unreadable text read as
+    unknown.
+    """
+    problem = None if verdict.trusted else verdict.reason
+    if problem is None and not retired:
+        problem = unusable
+    when = None
+    if retired and isinstance(retired_at, str):
+        with contextlib.suppress(ValueError):
+            when = parse_date(retired_at)
+    return Held(store_id, verdict.record, problem is None, retired, when, location, problem)

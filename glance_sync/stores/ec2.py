@@ -26,7 +26,6 @@ tagged ``vmtrust:managed`` are ever listed, changed or removed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -38,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.convert import work_folder
 from glance_sync.plan import Desired, Held
-from glance_sync.stores.base import Finish, Store, StoreContext
+from glance_sync.stores.base import Finish, Store, StoreContext, held_image
 from glance_sync.stores.ec2_account import (
     SiteAccount,
     aws_time,
@@ -51,9 +50,10 @@ from glance_sync.stores.ec2_upload import BlockWriter, blocks, raw_source, volum
 from glance_sync.unpack import normalise_format
 from vmtrust import ec2record as tags_
 from vmtrust.ec2client import Clients
-from vmtrust.errors import EC2Error, SealError
-from vmtrust.imagelist import format_date, parse_date
-from vmtrust.record import TrustRecord, check_binding
+from vmtrust.errors import EC2Error
+from vmtrust.imagelist import format_date
+from vmtrust.record import TrustRecord
+from vmtrust.trust import RETIRED, Stored, check_binding
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -117,38 +117,22 @@ class EC2Store(Store):
     # --- reading ----------------------------------------------------------------------
 
     def _held(self, image: dict[str, Any]) -> Held:
-        image_id = image["ImageId"]
-        bound_to = tags_.store_id(image_id, tags_.root_snapshot(image))
-        location = f"ec2:{self.c.region}:{image_id}"
+        # EBS snapshots are immutable: the snapshot id in the store id binds the bytes,
+        # and EC2 computes no hash of them to compare.
+        bound_to = tags_.store_id(image["ImageId"], tags_.root_snapshot(image))
         tags = _tags(image)
-        retired = tags.get(tags_.STATE) == "retired"
-        retired_at = None
-        if retired:
-            try:
-                retired_at = parse_date(tags.get(tags_.RETIRED_AT, ""))
-            except ValueError:
-                retired_at = None
-        try:
-            record, seal = tags_.read_record(tags)
-            # retiring changes only vmtrust:state: the seal is over the trusted record
-            sealed = dataclasses.replace(record, state="trusted") if retired else record
-            # EBS snapshots are immutable: the snapshot id in the store id binds the bytes,
-            # and EC2 computes no hash of them to compare; expiry is the planner's decision.
-            verdict = check_binding(
-                sealed,
-                seal,
-                store_id=bound_to,
-                sha512=None,
-                size=None,
-                keys=self.seal_keys,
-                now=None,
-            )
-        except SealError as exc:
-            return Held(bound_to, None, False, retired, retired_at, location, str(exc))
-        problem = None if verdict.trusted else verdict.reason
-        if problem is None and not retired and image.get("State") not in ("available", "pending"):
-            problem = f"AMI state is {image.get('State')}"
-        return Held(bound_to, record, problem is None, retired, retired_at, location, problem)
+        verdict = check_binding(
+            lambda: tags_.read_record(tags), Stored(bound_to), keys=self.seal_keys
+        )
+        state = image.get("State")
+        return held_image(
+            verdict,
+            bound_to,
+            retired=tags.get(tags_.STATE) == RETIRED,
+            retired_at=tags.get(tags_.RETIRED_AT),
+            location=f"ec2:{self.c.region}:{image['ImageId']}",
+            unusable=None if state in ("available", "pending") else f"AMI state is {state}",
+        )
 
     def held(self) -> list[Held]:
         # cleanup() of the same pass has just listed them: one listing per pass, not two

@@ -25,8 +25,6 @@ failure becomes one :class:`GlanceError` line naming the call and the status.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import math
 import threading
@@ -38,15 +36,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
 from glance_sync.stores import glance_share
-from glance_sync.stores.base import Finish, Store, StoreContext
+from glance_sync.stores.base import Finish, Store, StoreContext, held_image
 from glance_sync.stores.glance_api import PATCH_TYPE, reason, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
 from glance_sync.transfer import Tally, iter_chunks
 from vmtrust import glanceprops as gp
-from vmtrust.errors import ConfigError, GlanceError, SealError
-from vmtrust.imagelist import format_date, parse_date
-from vmtrust.record import TrustRecord, check_seal
+from vmtrust.errors import ConfigError, GlanceError
+from vmtrust.imagelist import format_date
+from vmtrust.record import TrustRecord
+from vmtrust.trust import RETIRED, check_binding
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -211,30 +210,17 @@ class GlanceStore(Store):
         return held.location
 
     def _held(self, image: dict[str, Any]) -> Held:
-        image_id = image["id"]
-        location = f"glance:{image_id}"
-        retired = image.get(gp.STATE) == "retired"
-        retired_at = None
-        if retired and isinstance(image.get(gp.RETIRED_AT), str):
-            with contextlib.suppress(ValueError):
-                retired_at = parse_date(image[gp.RETIRED_AT])
-        try:
-            record, seal = gp.read_record(image)
-            # retiring changes only vmtrust_state: the seal is over the trusted record
-            sealed = dataclasses.replace(record, state="trusted") if retired else record
-            check_seal(sealed, seal, self.seal_keys)
-        except SealError as exc:
-            return Held(image_id, None, False, retired, retired_at, location, str(exc))
-        problem = None
-        if record.store_id != image_id:
-            problem = f"record belongs to image {record.store_id}"
-        elif image.get("os_hash_value") != record.sha512:
-            problem = "Glance's os_hash_value differs from the sealed SHA-512"
-        elif image.get("size") != record.size:
-            problem = f"Glance holds {image.get('size')} bytes, the record says {record.size}"
-        elif not retired and image.get("status") != "active":
-            problem = f"image status is {image.get('status')}"
-        return Held(image_id, record, problem is None, retired, retired_at, location, problem)
+        verdict = check_binding(
+            lambda: gp.read_record(image), gp.stored(image), keys=self.seal_keys
+        )
+        return held_image(
+            verdict,
+            image["id"],
+            retired=image.get(gp.STATE) == RETIRED,
+            retired_at=image.get(gp.RETIRED_AT),
+            location=f"glance:{image['id']}",
+            unusable=gp.usable(image),
+        )
 
     def _managed(self) -> list[dict[str, Any]]:
         """Every managed image of the project, visible and hidden (two listings + paging)."""

@@ -42,13 +42,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync import hooks, lock
 from glance_sync.plan import Desired, Held
-from glance_sync.stores.base import Finish, Store, StoreContext
+from glance_sync.stores.base import Finish, Store, StoreContext, held_image
 from glance_sync.stores.localfs import Dir, Unexpected
 from glance_sync.transfer import copy_stream
 from vmtrust import jsonsafe
-from vmtrust.errors import ConfigError, LocalStoreError, SealError, VmtrustError
-from vmtrust.imagelist import format_date, parse_date
-from vmtrust.record import TrustRecord, check_seal
+from vmtrust.errors import ConfigError, LocalStoreError, VmtrustError
+from vmtrust.imagelist import format_date
+from vmtrust.record import TrustRecord
+from vmtrust.trust import Code, Stored, check_binding, refuse
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -180,7 +181,7 @@ class LocalStore(Store):
 
     def _read(self, folder: Dir, stem: str, retired: bool) -> Held:
         store_id = f"{os.path.basename(folder.rel)}/{stem}"
-        location = str(self.root / folder.path(f"{stem}.img"))
+        retired_at, unusable = None, None
         try:
             content = jsonsafe.loads(
                 folder.read(f"{stem}.json", MAX_RECORD_BYTES),
@@ -188,47 +189,39 @@ class LocalStore(Store):
                 max_bytes=MAX_RECORD_BYTES,
             )
             record = TrustRecord.from_dict(content["record"])
-            seal = content.get("seal", "")
+            seal, retired_at = content.get("seal", ""), content.get("retired_at")
         except (OSError, Unexpected, VmtrustError, KeyError, TypeError, AttributeError) as exc:
-            return Held(
-                store_id=store_id,
-                record=None,
-                seal_ok=False,
-                retired=retired,
-                location=location,
-                problem=f"unreadable trust record ({exc})",
+            verdict = refuse(Code.SEAL, f"unreadable trust record ({exc})")
+        else:
+            size, unusable = self._image_size(folder, f"{stem}.img")
+            verdict = check_binding(
+                lambda: (record, seal), Stored(store_id, size=size), keys=self.seal_keys
             )
-        retired_at = None
-        if retired and isinstance(content.get("retired_at"), str):
-            with contextlib.suppress(ValueError):
-                retired_at = parse_date(content["retired_at"])
-        problem = None
-        image = f"{stem}.img"
-        try:
-            check_seal(record, seal, self.seal_keys)
-            if record.store_id != store_id:
-                problem = f"record belongs to {record.store_id}, found at {store_id}"
-            elif not folder.regular(image):
-                problem = "image file missing"
-            else:
-                size = os.stat(image, dir_fd=folder.fd, follow_symlinks=False).st_size
-                if size != record.size:
-                    problem = f"image file has {size} bytes, the record says {record.size}"
-        except SealError as exc:
-            problem = str(exc)
-        except Unexpected as exc:
-            problem = f"{exc}{NOT_OURS}"
-        except OSError as exc:
-            problem = f"image file: {exc.strerror or exc}"
-        return Held(
-            store_id=store_id,
-            record=record,
-            seal_ok=problem is None,
+        return held_image(
+            verdict,
+            store_id,
             retired=retired,
             retired_at=retired_at,
-            location=location,
-            problem=problem,
+            location=str(self.root / folder.path(f"{stem}.img")),
+            unusable=unusable,
         )
+
+    @staticmethod
+    def _image_size(folder: Dir, image: str) -> tuple[int | None, str | None]:
+        """The size of a record's image file, or why there is no such file to bind it to.
+
+        The store binds a record to its file's place (the store id, whose name
+        carries the first 16 hex digits of the file's SHA-512) and size; hashing
+        every image again on every pass would read the whole store each time.
+        """
+        try:
+            if not folder.regular(image):
+                return None, "image file missing"
+            return os.stat(image, dir_fd=folder.fd, follow_symlinks=False).st_size, None
+        except Unexpected as exc:
+            return None, f"{exc}{NOT_OURS}"
+        except OSError as exc:
+            return None, f"image file: {exc.strerror or exc}"
 
     def _folder(self, folder: Dir, retired: bool) -> list[Held]:
         """The images of one folder, and whatever in it is not a plain file."""
