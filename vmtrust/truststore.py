@@ -174,6 +174,11 @@ class TrustStore:
             raise CrlError(stale)
         return None
 
+    def crl_of(self, ca: x509.Certificate, at: datetime) -> x509.CertificateRevocationList | None:
+        """The CA's valid CRL at ``at``: None when it has none, CrlError when only stale
+        ones (the check the pre-flight and the probe make without verifying a list)."""
+        return self._crl_for(ca, at)
+
     def _check_revocation(self, chain: tuple[x509.Certificate, ...], at: datetime) -> None:
         for index, cert in enumerate(chain):
             issuer = chain[index + 1] if index + 1 < len(chain) else cert
