@@ -24,8 +24,10 @@ WN = b"worker node image bytes\n" * 4096
 BAD = b"these are not the bytes the list describes\n"
 
 
-def image(site: Site, identifier: str, data: bytes, *, sha512: str | None = None) -> dict:
-    path = f"/img/{identifier}.img"
+def image(
+    site: Site, identifier: str, data: bytes, *, sha512: str | None = None, path: str = ""
+) -> dict:
+    path = path or f"/img/{identifier}.img"
     site.files[path] = data
     return image_entry(
         identifier,
