@@ -174,12 +174,20 @@ def _lists(
 ) -> None:
     """Fetch and verify every list as a pass would, with the state's rollback floor."""
     http = http_settings(conf)
+    try:
+        state = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+        try:
+            accepted = {sub.name: state.get(sub.name) for sub in subs}
+        finally:
+            state.close()
+    except VmtrustError as exc:
+        f.problems.append(f"{exc} (lists not checked: their rollback floor is unknown)")
+        return
     session = make_session()
-    state = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
 
     def one(sub: Subscription) -> str | None:
+        known = accepted[sub.name]
         try:
-            known = state.get(sub.name)
             data = fetch_list(sub, session, http, conf.trust.max_list_bytes)
             policy = Policy(
                 trust=trust,
@@ -206,7 +214,6 @@ def _lists(
                     f.problems.append(problem)
     finally:
         session.close()
-        state.close()
 
 
 # --- the store ---------------------------------------------------------------------------
