@@ -187,3 +187,10 @@ def test_unknown_is_one_line_and_exit_3(good, tmp_path):
     assert code == UNKNOWN and "subs.yaml" in line
     code, line = probe(tmp_path / "missing.conf")
     assert code == UNKNOWN and "configuration file not found" in line
+
+
+def test_a_hostile_reason_cannot_forge_performance_data_or_lines():
+    error = "HTTP 500 x | 'evil'=1;;;0\nVMTRUST OK - fine"
+    code, line = verdict([sub(age_h=None, error=error)])
+    assert code == CRITICAL and line.count("|") == 1 and "\n" not in line
+    assert "evil" not in line.split(" | ")[1]  # the perfdata holds only what the probe wrote

@@ -90,7 +90,7 @@ class Result:
 
     @classmethod
     def unknown(cls, why: str) -> Result:
-        return cls(UNKNOWN, clean(f"VMTRUST UNKNOWN - {why}"))
+        return cls(UNKNOWN, clean(f"VMTRUST UNKNOWN - {why}".replace("|", "/")))
 
 
 def _at_least(value: float, warning: float, critical: float) -> int:
@@ -186,7 +186,8 @@ def evaluate(
     if soonest is not None:
         perf.append(_perf("crl_next_update", soonest, "s", f"{crl_w:.0f}:", f"{crl_c:.0f}:"))
     if problems:
-        text = "; ".join(problems)
+        # a server's reason may hold "|", which would start the performance data
+        text = "; ".join(problems).replace("|", "/")
     else:
         text = f"{len(subs)} subscription{'s' if len(subs) != 1 else ''} in sync"
         if crls:
