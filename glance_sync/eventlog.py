@@ -8,13 +8,14 @@ a site can find every line about one image with ``grep image=wn-9`` or a
 
 * **text** (the default)::
 
-    2026-11-26 10:00:02,123 vmtrust.sync.event INFO event=stored subscription=cms
+    2026-11-26 10:00:02,123 vmtrust.sync.event INFO event=stored subscription=cms \\
     image=wn-9 version=9.5.1 rule=- stored wn-9 9.5.1 (CMS worker node)
 
-  (one line; folded here), the five keys are always there, in this order (``-`` when they do not
-  apply); a value with a space, quote, ``=`` or backslash is quoted, so a
-  hostile image identifier cannot forge a key.  The rest of the line is the
-  sentence, cleaned like every other line (:class:`~vmtrust.safetext.SafeFormatter`).
+  (one line, folded here).  The five keys are always there, in this order
+  (``-`` when they do not apply); a value with a space, quote, ``=`` or
+  backslash is quoted, so a hostile image identifier cannot forge a key.  The
+  rest of the line is the sentence, cleaned like every other line
+  (:class:`~vmtrust.safetext.SafeFormatter`).
 * **json**: every record of the command — events, warnings, errors — is one JSON
   object per line with the keys ``time``, ``level``, ``logger``, ``event``,
   ``subscription``, ``image``, ``version``, ``rule`` and ``message`` (``null``
@@ -102,7 +103,7 @@ def configure(verbose: int, log_format: str) -> logging.Handler:
     failure once, so without ``-v`` the event lines stay quiet; with ``-v`` (the
     systemd units' setting) every event is logged as it happens.  In JSON form
     the events are the output: failures show at the default level, and the
-    command prints no text summary (:func:`summary_in_text`).
+    command prints no text summary (:mod:`glance_sync.cli`).
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = logging.StreamHandler()

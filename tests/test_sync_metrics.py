@@ -62,7 +62,7 @@ def test_daemon_serves_metrics_that_a_scrape_reads(tmp_path, ca_dir, site, pki):
         tmp_path, ca_dir, site, pki, sync=f"metrics_address = 127.0.0.1:{port}\ninterval = 60\n"
     )
     process = subprocess.Popen(
-        [BIN / "vmtrust-sync", "--config-file", conf, "--daemon"],
+        [BIN / "vmtrust-sync", "--config-file", conf, "--daemon", "--interval", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -84,6 +84,20 @@ def test_daemon_serves_metrics_that_a_scrape_reads(tmp_path, ca_dir, site, pki):
         check_one_pass(found)
         # the sync's own registry: no process or platform collectors of the library
         assert not [k for k in found if k[0].startswith(("process_", "python_"))]
+        # a pass that fails as a whole (the subscriptions file broke) is counted too, and
+        # what the state remembers stays
+        (tmp_path / "subs.yaml").write_text("subscriptions: [")
+
+        def whole_pass_failed() -> bool:
+            now = samples(requests.get(url, timeout=5).text)
+            return value(now, "vmtrust_sync_pass_failures") == 1
+
+        wait_for(whole_pass_failed, what="a failed pass in the metrics")
+        after = samples(requests.get(url, timeout=5).text)
+        success = "vmtrust_sync_last_success_timestamp_seconds"
+        assert value(after, success, subscription="example") == value(
+            found, success, subscription="example"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
