@@ -96,27 +96,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True)
 
 
-def configure(verbose: int, log_format: str) -> logging.Handler:
-    """Set up the command's logging on standard error; return the handler.
+_installed: list[logging.Handler] = []  #: the handler configure() added, to replace it
+
+
+def configure(verbose: int, log_format: str) -> None:
+    """Set up the command's logging on standard error.
 
     In text form the summary the command prints after a pass already names each
     failure once, so without ``-v`` the event lines stay quiet; with ``-v`` (the
     systemd units' setting) every event is logged as it happens.  In JSON form
     the events are the output: failures show at the default level, and the
-    command prints no text summary (:mod:`glance_sync.cli`).
+    command prints no text summary (:mod:`glance_sync.cli`).  Like
+    :func:`logging.basicConfig`, it leaves a root logger that someone else set up
+    (a program embedding the sync, a test runner) alone.
     """
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    root = logging.getLogger()
+    for old in _installed:
+        root.removeHandler(old)
+    _installed.clear()
+    quiet = log_format == "text" and verbose == 0
+    EVENT_LOG.setLevel(logging.CRITICAL if quiet else logging.NOTSET)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if root.handlers:
+        return
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
-    quiet = log_format == "text" and verbose == 0
-    EVENT_LOG.setLevel(logging.CRITICAL if quiet else logging.NOTSET)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    return handler
+    _installed.append(handler)
+    root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
