@@ -2,9 +2,15 @@
 
 One pass by default (for cron or a systemd timer); ``--daemon`` repeats it
 every ``--interval`` seconds; ``--dry-run`` prints the plan and changes
-nothing.  Exit 0 when everything succeeded, 1 when anything failed (each
-failure on one line of standard error, after everything else was done), and
-the configuration's exit status when nothing could start.
+nothing; ``--check`` checks the configuration and what it names, and changes
+nothing either (:mod:`glance_sync.preflight`).  Exit 0 when everything
+succeeded, 1 when anything failed (each failure on one line of standard error,
+after everything else was done), and the configuration's exit status when
+nothing could start.
+
+Each event of a pass is also a log line with fixed keys, as text or JSON lines
+(:mod:`glance_sync.eventlog`); the metrics of each pass are served by the
+daemon and written for node_exporter by any pass (:mod:`glance_sync.metrics`).
 
 Nothing stops the daemon but a signal: a pass that fails as a whole (the
 subscriptions file became invalid, the store cannot be read, a bug) is one
@@ -20,16 +26,20 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
+from glance_sync import eventlog
 from glance_sync import settings as settings_mod
-from glance_sync.report import unexpected
+from glance_sync.report import Report, unexpected
 from glance_sync.service import SyncService, tty_progress
 from vmtrust import __version__, errors
 from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import load_subscriptions
-from vmtrust.safetext import SafeFormatter, shown
+from vmtrust.safetext import shown
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -55,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--daemon", action="store_true", help="keep running, one pass per interval")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration, CA directory, seal key, every subscription and the "
+        "store, one line per problem; change nothing",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=eventlog.FORMATS,
+        help="text lines or JSON lines on stderr (default: [sync] log_format)",
+    )
+    parser.add_argument(
         "--interval",
         type=int,
         metavar="SECONDS",
@@ -68,49 +89,115 @@ def build_parser() -> argparse.ArgumentParser:
 
 INTERNAL_ERROR = errors.INTERNAL_ERROR
 
+#: Observes a finished pass: its report, the subscriptions' names, its duration in seconds.
+Observer = Callable[[Report, list[str], float], int]
+
+
+class _Output:
+    """Where the command's own lines go: plain lines, or JSON records with ``--log-format json``."""
+
+    json = False
+
 
 def _say(line: str) -> None:
-    print(f"vmtrust-sync: {shown(line)}", file=sys.stderr)
+    if _Output.json:
+        LOG.error("%s", line)
+    else:
+        print(f"vmtrust-sync: {shown(line)}", file=sys.stderr)
 
 
-def _one_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
+def _one_pass(
+    service: SyncService, subscriptions_file, dry_run: bool, observe: Observer | None = None
+) -> int:
     subscriptions = load_subscriptions(subscriptions_file)
+    started = time.monotonic()
     report = service.run(subscriptions, dry_run=dry_run, out=lambda line: print(shown(line)))
-    for line in report.done:
-        LOG.info("%s", line)
-    for line in report.failures:
-        _say(line)
+    code = report.exit_code
+    if observe is not None and not dry_run:
+        code = max(
+            code, observe(report, [s.name for s in subscriptions], time.monotonic() - started)
+        )
+    if not _Output.json:  # JSON lines: every failure was an event record already
+        for line in report.failures:
+            _say(line)
     if not report.failures and not dry_run:
         LOG.info("sync complete: %d change(s)", len(report.done))
-    return report.exit_code
+    return code
 
 
-def _guarded_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
+def _guarded_pass(
+    service: SyncService, subscriptions_file, dry_run: bool, observe: Observer | None = None
+) -> int:
     """One pass whatever happens: a failure of the pass as a whole is one line too."""
+    started = time.monotonic()
     try:
-        return _one_pass(service, subscriptions_file, dry_run)
+        return _one_pass(service, subscriptions_file, dry_run, observe)
     except VmtrustError as exc:
-        _say(str(exc))
-        return exc.exit_code
+        line, code = str(exc), exc.exit_code
     except Exception as exc:
-        _say(unexpected("pass", exc))
-        return INTERNAL_ERROR
+        line, code = unexpected("pass", exc), INTERNAL_ERROR
+    _say(line)
+    if observe is not None and not dry_run:
+        failed = Report(failures=[line])
+        observe(failed, [], time.monotonic() - started)
+    return code
+
+
+def _observer(service: SyncService, metrics, textfile: str) -> Observer:
+    """Metrics after each pass, and the node_exporter file when one is configured."""
+    from glance_sync.metrics import write_textfile
+
+    def observe(report: Report, names: list[str], duration: float) -> int:
+        metrics.observe(
+            report,
+            duration=duration,
+            ended=datetime.now(UTC),
+            state=service.state,
+            subscriptions=names,
+            held=service.last_held if names else None,
+        )
+        if not textfile:
+            return 0
+        try:
+            write_textfile(metrics, Path(textfile))
+        except VmtrustError as exc:
+            _say(f"[sync] metrics_textfile: {exc}")
+            return 1
+        return 0
+
+    return observe
+
+
+def _logging(args: argparse.Namespace, log_format: str) -> None:
+    _Output.json = log_format == "json"
+    eventlog.configure(args.verbose, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    _logging(args, args.log_format or "text")
+    server = None
     try:
         conf = make_conf(args.config_file)
+        if not args.log_format and conf.sync.log_format != "text":
+            _logging(args, conf.sync.log_format)
+        if args.check:
+            from glance_sync import preflight
+
+            return preflight.main(conf, _say)
         settings = settings_mod.from_conf(conf)
         load_subscriptions(settings.subscriptions_file)  # validate before touching anything
         store = settings_mod.make_store(conf, settings)
-        service = SyncService(settings, store, progress=tty_progress())
+        service = SyncService(settings, store, progress=tty_progress(), events=eventlog.log_event)
         interval = args.interval or conf.sync.interval
+        observe = None
+        if conf.sync.metrics_textfile or (args.daemon and conf.sync.metrics_address):
+            from glance_sync import metrics
+
+            registry = metrics.SyncMetrics(conf.sync.store)
+            observe = _observer(service, registry, conf.sync.metrics_textfile)
+            if args.daemon and conf.sync.metrics_address:
+                server = metrics.serve(registry, conf.sync.metrics_address)
     except VmtrustError as exc:
         _say(str(exc))
         return exc.exit_code
@@ -119,16 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERNAL_ERROR
     try:
         if not args.daemon:
-            return _guarded_pass(service, settings.subscriptions_file, args.dry_run)
+            return _guarded_pass(service, settings.subscriptions_file, args.dry_run, observe)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         while not stop.is_set():
-            _guarded_pass(service, settings.subscriptions_file, args.dry_run)
+            _guarded_pass(service, settings.subscriptions_file, args.dry_run, observe)
             stop.wait(interval)
         return 0
     except KeyboardInterrupt:
         print("vmtrust-sync: interrupted", file=sys.stderr)
         return errors.INTERRUPTED
     finally:
+        if server is not None:
+            server.shutdown()
         service.close()

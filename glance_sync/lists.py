@@ -26,7 +26,7 @@ import requests
 
 from glance_sync.fetch import fetch_list
 from glance_sync.plan import Desired, Held, KnownList, last_accepted
-from glance_sync.report import ImageFailure, Report, unexpected
+from glance_sync.report import ImageFailure, Report, rule_of, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from vmtrust.errors import StateError, VmtrustError
@@ -115,15 +115,24 @@ class ListPhase:
                     raise data
                 item = self._accept(sub, data, held, report, now)
             except VmtrustError as exc:
-                self._failed(sub, f"{what}: {exc}", report, now)
+                self._failed(sub, f"{what}: {exc}", report, now, exc.rule)
                 continue
             except Exception as exc:
-                self._failed(sub, unexpected(what, exc), report, now)
+                self._failed(sub, unexpected(what, exc), report, now, rule_of(exc))
                 continue
+            lst = item.imagelist
+            report.note(
+                "list-verified",
+                f"{what}: list {lst.identifier} version {lst.version} verified",
+                subscription=sub.name,
+                version=lst.version,
+            )
             yield item
 
-    def _failed(self, sub: Subscription, line: str, report: Report, now: datetime) -> None:
-        report.fail(line)
+    def _failed(
+        self, sub: Subscription, line: str, report: Report, now: datetime, rule: str
+    ) -> None:
+        report.fail(line, rule=rule, kind="list-failed", subscription=sub.name)
         try:
             self.state.record_failure(
                 sub.name, line.removeprefix(f"subscription {sub.name}: "), now

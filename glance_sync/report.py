@@ -5,6 +5,11 @@ line is redacted here — a password in a URL never reaches the command's
 output, the logs or the state database — and cleaned where it is printed
 (:func:`vmtrust.safetext.shown`).  Image downloads run on several threads;
 the report takes their lines under a lock.
+
+Beside the lines, every outcome is an :class:`Event` with the subscription,
+image and version in fields of their own: the sync's log writes one line per
+event (:mod:`glance_sync.eventlog`) and its metrics count them
+(:mod:`glance_sync.metrics`), so neither has to parse a sentence.
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmtrust.errors import VmtrustError
 from vmtrust.safetext import redact
 
 LOG = logging.getLogger("vmtrust.sync")
@@ -30,36 +39,138 @@ class ImageFailure:
     reason: str
 
 
+@dataclass(frozen=True)
+class Event:
+    """One outcome of a pass, with what it is about in fixed fields.
+
+    ``kind``: ``list-verified``, ``list-failed``, ``stored``, ``image-failed``,
+    ``retired``, ``refreshed``, ``purged``, ``changed`` (what the store
+    converged) or ``failed`` (anything else).  ``line`` is the report's
+    (redacted) sentence; ``rule`` the rule of the error that caused a failure;
+    ``at`` seconds since the pass started.
+    """
+
+    kind: str
+    line: str
+    subscription: str = ""
+    image: str = ""
+    version: str = ""
+    rule: str = ""
+    at: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.kind.endswith("failed")
+
+
+def rule_of(exc: BaseException) -> str:
+    """The rule an error reports under: its own, ``io`` for the operating system's,
+    ``unexpected`` for exceptions nobody foresaw."""
+    if isinstance(exc, VmtrustError):
+        return exc.rule
+    return "io" if isinstance(exc, OSError) else "unexpected"
+
+
 @dataclass
 class Report:
     done: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     images: list[ImageFailure] = field(default_factory=list)  #: failures of single images
+    events: list[Event] = field(default_factory=list)
+    #: bytes downloaded per subscription (failed and resumed downloads included)
+    transferred: Counter[str] = field(default_factory=Counter)
+    #: told of every event as it happens (the event log); None: nobody listens
+    listener: Callable[[Event], None] | None = field(default=None, repr=False, compare=False)
+    started: float = field(default_factory=time.monotonic, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def fail(self, line: str, *images: ImageFailure) -> None:
+    def _event(
+        self,
+        kind: str,
+        line: str,
+        *,
+        subscription: str = "",
+        image: str = "",
+        version: str = "",
+        rule: str = "",
+    ) -> None:
+        event = Event(
+            kind, line, subscription, image, version, rule, time.monotonic() - self.started
+        )
+        with self._lock:
+            self.events.append(event)
+        if self.listener is not None:
+            self.listener(event)
+
+    def fail(
+        self,
+        line: str,
+        *images: ImageFailure,
+        rule: str = "",
+        kind: str = "",
+        subscription: str = "",
+    ) -> None:
         """Record one failure, and the images it is about (``line`` is their reason)."""
         line = redact(line)
         LOG.debug("failure: %s", line)  # printed once, by the command, after the run
         with self._lock:
             self.failures.append(line)
             self.images.extend(dataclasses.replace(image, reason=line) for image in images)
+        for image in images:
+            self._event(
+                kind or "image-failed",
+                line,
+                subscription=image.subscription,
+                image=image.identifier,
+                version=image.version,
+                rule=rule,
+            )
+        if not images:
+            self._event(kind or "failed", line, subscription=subscription, rule=rule)
 
     def fail_once(self, line: str) -> None:
         """Record ``line`` unless this pass already did (a failure that repeats)."""
         if redact(line) not in self.failures:
             self.fail(line)
 
-    def add(self, line: str) -> None:
+    def add(
+        self,
+        line: str,
+        kind: str = "changed",
+        *,
+        subscription: str = "",
+        image: str = "",
+        version: str = "",
+    ) -> None:
+        """Record a change the pass made."""
+        line = redact(line)
         with self._lock:
             self.done.append(line)
+        self._event(kind, line, subscription=subscription, image=image, version=version)
+
+    def note(self, kind: str, line: str, *, subscription: str = "", version: str = "") -> None:
+        """An event that changed nothing (a list verified)."""
+        self._event(kind, redact(line), subscription=subscription, version=version)
+
+    def count_bytes(self, subscription: str, count: int) -> None:
+        with self._lock:
+            self.transferred[subscription] += count
 
     def merge(self, other: Report, image: ImageFailure) -> None:
-        """Take ``other``'s lines; each of its failures is a failure of ``image``."""
-        for line in other.failures:
-            self.fail(line, image)
+        """Take ``other``'s lines and events; each of its failures is a failure of ``image``."""
+        for event in other.events:
+            if event.failed:
+                self.fail(event.line, image, rule=event.rule)
+            else:
+                self.add(
+                    event.line,
+                    event.kind,
+                    subscription=event.subscription,
+                    image=event.image,
+                    version=event.version,
+                )
         with self._lock:
-            self.done.extend(other.done)
+            self.transferred.update(other.transferred)
 
     def failing(self, subscription: str) -> list[ImageFailure]:
         return [f for f in self.images if f.subscription == subscription]

@@ -52,7 +52,7 @@ from glance_sync.plan import (
     Retire,
     make_plan,
 )
-from glance_sync.report import ImageFailure, Report, unexpected
+from glance_sync.report import Event, ImageFailure, Report, rule_of, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
@@ -81,6 +81,18 @@ def exclusive_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
+def _keys(held: Held) -> dict[str, str]:
+    """The event fields of a held image: what its record names (nothing without one)."""
+    record = held.record
+    if record is None:
+        return {"image": held.store_id}
+    return {
+        "subscription": record.subscription,
+        "image": record.image_identifier,
+        "version": record.image_version,
+    }
+
+
 def _held_failure(held: Held) -> tuple[ImageFailure, ...]:
     """The failure record of a held image, if its record names one."""
     record = held.record
@@ -99,8 +111,12 @@ class SyncService:
         settings: SyncSettings,
         store: Store,
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
+        events: Callable[[Event], None] | None = None,
     ) -> None:
         self.s = settings
+        self.events = events  #: told of each event of a pass as it happens (the event log)
+        #: what the store held when the last pass ended (its metrics); None: unknown
+        self.last_held: list[Held] | None = None
         self.store = store
         self.state = StateDB(settings.state_dir)
         self.session = make_session()
@@ -110,7 +126,7 @@ class SyncService:
 
     # --- images -------------------------------------------------------------------
 
-    def _create(self, want: Desired) -> Held:
+    def _create(self, want: Desired, report: Report) -> Held:
         """Download, unpack, inspect (and convert) one image, and store it sealed.
 
         Nothing reaches the store's commit point, and nothing reaches ``qemu-img``,
@@ -154,6 +170,7 @@ class SyncService:
                     converted = inspect_stream(output, wanted, image.identifier, converted=True)
                     return self._store(want, reader, converted, wanted)
         finally:
+            report.count_bytes(want.subscription, reader.received)
             reader.close()
 
     def _check_converted_size(self, identifier: str, size: int, free: int | None) -> None:
@@ -198,14 +215,20 @@ class SyncService:
     def _apply_create(self, action: Create | Replace, report: Report, now: datetime) -> None:
         want = action.desired
         try:
-            held = self._create(want)
+            held = self._create(want, report)
         except VmtrustError as exc:
-            report.fail(str(exc))
+            report.fail(str(exc), rule=exc.rule)
             return
         except OSError as exc:
-            report.fail(f"image {want.identifier}: {exc}")
+            report.fail(f"image {want.identifier}: {exc}", rule=rule_of(exc))
             return
-        report.done.append(f"stored {want.identifier} {want.image.version} ({want.image.title})")
+        report.add(
+            f"stored {want.identifier} {want.image.version} ({want.image.title})",
+            "stored",
+            subscription=want.subscription,
+            image=want.identifier,
+            version=want.image.version,
+        )
         self.store.notify("AvailablePostfix", held, want)
         if isinstance(action, Replace):
             for old in action.old:
@@ -221,9 +244,9 @@ class SyncService:
             check_uri(want.identifier, want.image.uri, local_list=local_list)
             self._apply_create(action, own, now)
         except VmtrustError as exc:
-            own.fail(str(exc))
+            own.fail(str(exc), rule=exc.rule)
         except Exception as exc:
-            own.fail(unexpected(f"image {want.identifier}", exc))
+            own.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
         report.merge(own, image_failure(want))
 
     def _retire(self, held: Held, reason: str, report: Report, now: datetime) -> None:
@@ -231,12 +254,14 @@ class SyncService:
         try:
             self.store.retire(held, self.s.retire_mode, now)
         except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}", *_held_failure(held))
+            report.fail(f"{what}: {exc}", *_held_failure(held), rule=rule_of(exc))
             return
         except Exception as exc:
-            report.fail(unexpected(what, exc), *_held_failure(held))
+            report.fail(unexpected(what, exc), *_held_failure(held), rule=rule_of(exc))
             return
-        report.add(f"retired {held.identifier or held.store_id}: {reason}")
+        report.add(
+            f"retired {held.identifier or held.store_id}: {reason}", "retired", **_keys(held)
+        )
         self.store.notify("ExpirePostfix", held)
 
     def _refresh(self, action: Refresh, report: Report) -> None:
@@ -252,12 +277,18 @@ class SyncService:
         try:
             self.store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
         except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}", image_failure(action.desired))
+            report.fail(f"{what}: {exc}", image_failure(action.desired), rule=rule_of(exc))
             return
         except Exception as exc:
-            report.fail(unexpected(what, exc), image_failure(action.desired))
+            report.fail(unexpected(what, exc), image_failure(action.desired), rule=rule_of(exc))
             return
-        report.add(f"refreshed {record.image_identifier} metadata")
+        report.add(
+            f"refreshed {record.image_identifier} metadata",
+            "refreshed",
+            subscription=record.subscription,
+            image=record.image_identifier,
+            version=record.image_version,
+        )
 
     def _purge(self, held: Held, report: Report) -> None:
         what = f"purge {held.store_id}"
@@ -269,7 +300,7 @@ class SyncService:
         except Exception as exc:
             report.fail(unexpected(what, exc))
             return
-        report.add(f"purged {held.store_id}")
+        report.add(f"purged {held.store_id}", "purged", **_keys(held))
 
     # --- the pass -----------------------------------------------------------------------
 
@@ -346,7 +377,8 @@ class SyncService:
         out: Callable[[str], None] = print,
     ) -> Report:
         now = now or datetime.now(UTC)
-        report = Report()
+        report = Report(listener=self.events)
+        self.last_held = None
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         local = {sub.name: sub.url.startswith("file:") for sub in subscriptions}
         with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
@@ -424,7 +456,19 @@ class SyncService:
             except Exception as exc:
                 report.fail(unexpected(f"store {self.store.name}", exc))
             self._remember(ok, report, now)
+            self.last_held = self._final(held, report)
         return report
+
+    def _final(self, held: list[Held], report: Report) -> list[Held] | None:
+        """What the store holds now, for the metrics: the plan's survey when the pass
+        changed nothing (a no-op pass asks the store nothing more), else a new one."""
+        if not report.done:
+            return held
+        try:
+            return self.store.held()
+        except Exception as exc:  # the pass is done; only its image counts are missing
+            LOG.warning("store %s: not listed after the pass (%s)", self.store.name, exc)
+            return None
 
     def _remember(self, verified: set[str], report: Report, now: datetime) -> None:
         """Each subscription's failing images of this pass, for ``vmtrust status``.

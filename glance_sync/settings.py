@@ -50,6 +50,20 @@ def _path(value: str, option: str) -> Path:
     return Path(value).expanduser()
 
 
+def http_settings(conf: cfg.ConfigOpts) -> HttpSettings:
+    """How the sync fetches lists and images (also what ``--check`` fetches with)."""
+    return HttpSettings(
+        timeout=conf.sync.http_timeout,
+        retries=conf.sync.http_retries,
+        backoff=conf.sync.http_backoff,
+        max_redirects=conf.sync.max_redirects,
+        list_retries=conf.sync.list_retries,
+        list_deadline=conf.sync.list_deadline,
+        image_deadline=conf.sync.image_deadline,
+        min_rate=conf.sync.min_rate * 1024,
+    )
+
+
 def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
     state_dir = _path(conf.state_dir, "[DEFAULT] state_dir")
     try:
@@ -76,16 +90,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         retire_mode=conf.sync.retire,
         retire_grace=timedelta(hours=conf.sync.retire_grace_hours),
         parallel_downloads=conf.sync.parallel_downloads,
-        http=HttpSettings(
-            timeout=conf.sync.http_timeout,
-            retries=conf.sync.http_retries,
-            backoff=conf.sync.http_backoff,
-            max_redirects=conf.sync.max_redirects,
-            list_retries=conf.sync.list_retries,
-            list_deadline=conf.sync.list_deadline,
-            image_deadline=conf.sync.image_deadline,
-            min_rate=conf.sync.min_rate * 1024,
-        ),
+        http=http_settings(conf),
         allow_sha1=conf.trust.allow_sha1,
         clock_skew=timedelta(seconds=conf.trust.clock_skew),
         max_list_bytes=conf.trust.max_list_bytes,

@@ -19,7 +19,7 @@ from vmtrust import record
 from vmtrust.cli.plugins import Command
 from vmtrust.cli.render import clean, table
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
 
@@ -30,6 +30,24 @@ def _images_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
+    probe = parser.add_argument_group(
+        "monitoring probe",
+        "--nagios prints one line with performance data and exits 0 OK, 1 WARNING, "
+        "2 CRITICAL, 3 UNKNOWN (the Nagios/ARGO plugin convention). A critical level of 0 "
+        "turns that check's CRITICAL off.",
+    )
+    probe.add_argument("--nagios", action="store_true", help="run as a Nagios/ARGO probe")
+    for name, unit, default in (
+        ("stale-warning", "HOURS since a subscription's last success", "6"),
+        ("stale-critical", "HOURS since a subscription's last success", "24"),
+        ("failing-warning", "failing IMAGES of a subscription", "1"),
+        ("failing-critical", "failing IMAGES of a subscription", "0: off"),
+        ("expiry-warning", "DAYS left before a list expires", "7"),
+        ("expiry-critical", "DAYS left before a list expires", "2"),
+        ("crl-warning", "HOURS left before a CRL's next update", "24"),
+        ("crl-critical", "HOURS left before a CRL's next update", "6"),
+    ):
+        probe.add_argument(f"--{name}", metavar="N", help=f"{unit} (default {default})")
 
 
 def _public_keys(conf) -> list:
@@ -107,6 +125,8 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.nagios:
+        return status_nagios(args)
     conf = make_conf(args.config_file)
     from glance_sync.state import StateDB
     from vmtrust.policy import load_subscriptions
@@ -233,3 +253,64 @@ STATUS = Command(
     arguments=_status_arguments,
     run=cmd_status,
 )
+
+
+# --- the monitoring probe (issue 18) --------------------------------------------------------
+
+
+def status_nagios(args: argparse.Namespace) -> int:
+    """``status --nagios``: one line, performance data, exit 0-3; never anything else.
+
+    Whatever goes wrong — the configuration, the state database, a bug — is
+    UNKNOWN (3) with the reason on the line, as the plugin convention asks.
+    """
+    from datetime import UTC, datetime
+
+    from vmtrust import nagios
+
+    try:
+        result = _nagios_result(args, datetime.now(UTC))
+    except VmtrustError as exc:
+        result = nagios.Result.unknown(str(exc))
+    except Exception as exc:
+        result = nagios.Result.unknown(f"internal error: {type(exc).__name__}: {exc}")
+    print(result.line)
+    return result.code
+
+
+def _nagios_result(args: argparse.Namespace, now):
+    from glance_sync.state import StateDB
+    from vmtrust import anchors, nagios
+    from vmtrust.policy import load_subscriptions
+    from vmtrust.truststore import TrustStore
+
+    names = ("stale", "failing", "expiry", "crl")
+    limits = nagios.Thresholds.parse(
+        **{
+            f"{name}_{level}": getattr(args, f"{name}_{level}")
+            for name in names
+            for level in ("warning", "critical")
+        }
+    )
+    conf = make_conf(args.config_file)
+    subscriptions = load_subscriptions(conf.sync.subscriptions_file)
+    db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+    try:
+        subs = []
+        for sub in subscriptions:
+            st = db.get(sub.name)
+            failing = len(db.failing_images(sub.name))
+            subs.append(
+                nagios.Subscription(
+                    sub.name, st.last_success, st.list_expires, failing, st.last_error
+                )
+            )
+    finally:
+        db.close()
+    trust = TrustStore(
+        Path(conf.trust.ca_dir).expanduser(),
+        require_crls=conf.trust.require_crls,
+        require_namespaces=conf.trust.require_namespaces,
+    )
+    cas = [endorser.ca for sub in subscriptions for endorser in sub.endorsers]
+    return nagios.evaluate(subs, anchors.crl_states(trust, cas, now), now, limits)

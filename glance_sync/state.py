@@ -121,7 +121,13 @@ class StateDB:
         try:
             if readonly:
                 if self.path.exists():
-                    uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                    # SQLite gives a read-only reader of a WAL database a -wal and -shm
+                    # file when there are none; a database the sync closed has none, and
+                    # is read as it is (immutable), so nothing is created.  While a sync
+                    # runs, its -wal is there and shared the ordinary way.
+                    wal = self.path.with_name(self.path.name + "-wal").exists()
+                    query = "mode=ro" if wal else "mode=ro&immutable=1"
+                    uri = f"{self.path.resolve().as_uri()}?{query}"
                     self._db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
                 return
             Path(state_dir).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)

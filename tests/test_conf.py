@@ -57,7 +57,7 @@ def test_entry_point_and_groups():
     groups = {group: {opt.name for opt in opts} for group, opts in list_opts()}
     glance = groups.pop("store_glance")
     own = {"cloud", "clouds_file", "project_id", "visibility", "vo_project", "disk_formats",
-           "name_prefix", "api_timeout", "hypervisor_type"}  # fmt: skip
+           "name_prefix", "api_timeout", "hypervisor_type", "check_cloud"}  # fmt: skip
     # the rest are keystoneauth's own (auth, session, adapter), as nova has for [glance]
     assert own <= glance
     assert {"auth_type", "auth_section", "cafile", "insecure", "endpoint-override"} <= glance
@@ -91,6 +91,9 @@ def test_entry_point_and_groups():
             "max_redirects",
             "max_image_size",
             "max_expansion_ratio",
+            "metrics_address",
+            "metrics_textfile",
+            "log_format",
         },
         "store_local": {"path", "hook", "disk_format"},
         "store_ec2": {

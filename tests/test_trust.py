@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 import pytest
 from test_record import KEY, OTHER, RECORD
 
-from vmtrust.record import SealError, seal
+from vmtrust.errors import SealError
+from vmtrust.record import seal
 from vmtrust.trust import Code, Stored, Verdict, check_binding, judge, refuse
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)  # RECORD expires 2026-12-01

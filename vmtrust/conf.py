@@ -221,6 +221,34 @@ sync_opts = [
         "more is refused as a decompression bomb. Raise it for sparse raw disks that "
         "compress better.",
     ),
+    cfg.StrOpt(
+        "metrics_address",
+        default="",
+        help="HOST:PORT where 'vmtrust-sync --daemon' serves its Prometheus metrics over HTTP "
+        "(e.g. 127.0.0.1:9731; [::1]:9731 for IPv6). Empty: no metrics server. Anyone who "
+        "can reach it reads subscription and image names: keep it on loopback or behind a "
+        "firewall.",
+    ),
+    cfg.StrOpt(
+        "metrics_textfile",
+        default="",
+        help="File each pass writes its Prometheus metrics to, in the text format "
+        "node_exporter's textfile collector reads (e.g. "
+        "/var/lib/prometheus/node-exporter/vmtrust.prom), replaced atomically. Empty: none.",
+    ),
+    cfg.StrOpt(
+        "log_format",
+        default="text",
+        choices=[
+            (
+                "text",
+                "lines for people: each event leads with event=, subscription=, image=, "
+                "version= and rule= keys",
+            ),
+            ("json", "one JSON object per line, the same keys on every line"),
+        ],
+        help="Form of vmtrust-sync's log on standard error (--log-format overrides it).",
+    ),
 ]
 
 store_local_opts = [
@@ -299,6 +327,14 @@ store_glance_opts = [
         default=300.0,
         min=1.0,
         help="Seconds to wait for a Glance API answer (an upload's end included).",
+    ),
+    cfg.StrOpt(
+        "check_cloud",
+        default="",
+        help="A clouds.yaml entry of an ordinary project member (without the vmtrust_service "
+        "role), used only by 'vmtrust-sync --check' to confirm that Glance's property "
+        "protections refuse vmtrust_* properties to members. Empty: the clouds of vo_project "
+        "entries are used, if any.",
     ),
 ]
 

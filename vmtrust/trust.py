@@ -39,8 +39,9 @@ from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from vmtrust.errors import SealError
 from vmtrust.imagelist import parse_date
-from vmtrust.record import SealError, TrustRecord, check_seal
+from vmtrust.record import TrustRecord, check_seal
 
 #: Trust states a store writes into a record; only the first was ever sealed.
 TRUSTED = "trusted"

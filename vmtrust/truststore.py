@@ -101,6 +101,7 @@ class ChainCertificate:
     der: bytes
     subject: str  #: slash form
     subject_key: dn.Components  #: the subject, comparable
+    issuer_key: dn.Components  #: the issuer, comparable
     serial_number: int
     subject_hash: str  #: of the OpenSSL file names, ``<hash>.0``, ``<hash>.r0``
     public_key_der: bytes = field(repr=False)
@@ -114,10 +115,19 @@ class ChainCertificate:
             der=der,
             subject=dn.slash(subject),
             subject_key=dn.components(subject),
+            issuer_key=dn.components(_name(parsed.issuer)),
             serial_number=parsed.serial_number,
             subject_hash=f"{cert.subject_name_hash():08x}",
             public_key_der=parsed.public_key.dump(),
         )
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> ChainCertificate:
+        """A CA file of the directory, read as OpenSSL reads it (ValueError if it is none)."""
+        try:
+            return cls.from_openssl(crypto.load_certificate(crypto.FILETYPE_PEM, data))
+        except crypto.Error as exc:
+            raise ValueError(f"not a PEM certificate ({exc})") from None
 
     def public_key(self) -> CertificateIssuerPublicKeyTypes:
         return serialization.load_der_public_key(self.public_key_der)  # type: ignore[return-value]
@@ -254,6 +264,11 @@ class TrustStore:
         if stale:
             raise CrlError(stale)
         return None
+
+    def crl_of(self, ca: ChainCertificate, at: datetime) -> x509.CertificateRevocationList | None:
+        """The CA's valid CRL at ``at``: None when it has none, CrlError when only stale
+        ones (the check the pre-flight and the probe make without verifying a list)."""
+        return self._crl_for(ca, at)
 
     def _check_revocation(self, chain: tuple[ChainCertificate, ...], at: datetime) -> None:
         for index, cert in enumerate(chain):
