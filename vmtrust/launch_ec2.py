@@ -39,6 +39,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import ec2record, version
+from vmtrust.context.profiles import Flavour
 from vmtrust.context.userdata import LIMITS, UserDataError
 from vmtrust.ec2client import Clients, call, error_code
 from vmtrust.ec2record import EC2Error
@@ -50,7 +51,7 @@ FAILED = ("shutting-down", "terminated", "stopping", "stopped")
 
 
 def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
-    token = None
+    token, seen = None, set()
     while True:
         extra = {"NextToken": token} if token else {}
         reply = (
@@ -67,18 +68,35 @@ def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
         yield from reply.get("Images", [])
         if not (token := reply.get("NextToken")):
             return
+        if token in seen:  # an endpoint that pages in a circle would loop for ever
+            raise EC2Error(f"launch: EC2 DescribeImages: paging does not advance ({token[:40]!r})")
+        seen.add(token)
 
 
-def _published(clients: Clients, bucket: str, key: str) -> bytes | None:
-    from botocore.exceptions import ClientError
+def _published(
+    clients: Clients, bucket: str, key: str, *, denied_means_absent: bool = True
+) -> bytes | None:
+    """The published record document, None when there is none.
 
+    S3 answers AccessDenied for a missing key to a reader without
+    ``s3:ListBucket`` (a VO account), so by default a refused read counts as
+    no record: launch then skips the AMI.  The audit passes
+    ``denied_means_absent=False``: a read it was refused must stop it, not turn
+    into findings that stop instances.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    absent = ("NoSuchKey", "404") + (("AccessDenied", "403") if denied_means_absent else ())
+    where = f"S3 GetObject s3://{bucket}/{key}"
     try:
         reply = clients.s3.get_object(Bucket=bucket, Key=key)
+        return reply["Body"].read(ec2record.MAX_DOCUMENT + 1)
     except ClientError as exc:
-        if error_code(exc) in ("NoSuchKey", "404", "AccessDenied", "403"):
+        if error_code(exc) in absent:
             return None
-        raise EC2Error(f"launch: S3 GetObject s3://{bucket}/{key}: {error_code(exc)}") from None
-    return reply["Body"].read(ec2record.MAX_DOCUMENT + 1)
+        raise EC2Error(f"launch: {where}: {error_code(exc)}") from None
+    except BotoCoreError as exc:  # the connection broke, no credentials, a timeout
+        raise EC2Error(f"launch: {where}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def judge(
@@ -90,8 +108,13 @@ def judge(
     record_bucket: str,
     record_prefix: str,
     now: datetime,
+    denied_means_absent: bool = True,
 ) -> tuple[TrustRecord | None, str]:
-    """(record, "trusted") when the AMI is a trusted image of the site, else (None, why not)."""
+    """(record, "trusted") when the AMI is a trusted image of the site, else (None, why not).
+
+    ``denied_means_absent``: whether a refused read of the published record
+    counts as no record (see :func:`_published`) or raises EC2Error.
+    """
     image_id = image.get("ImageId", "?")
     if image.get("OwnerId") != site_account:
         return None, f"owned by {image.get('OwnerId')}, not the site account"
@@ -105,7 +128,7 @@ def judge(
         except ValueError:
             return None, f"unreadable deprecation time {deprecated!r}"
     key = f"{record_prefix}{image_id}.json"
-    body = _published(clients, record_bucket, key)
+    body = _published(clients, record_bucket, key, denied_means_absent=denied_means_absent)
     if body is None:
         return None, f"no published record at s3://{record_bucket}/{key}"
     try:
@@ -167,6 +190,40 @@ def find_trusted_image(
         vo=record.vo,
         expires=record.expires,
     )
+
+
+def instance_type(clients: Clients, name: str) -> Flavour:
+    """The sizes of instance type ``name``, for the worker node's machine/job features.
+
+    The scratch space is the instance store when the type has one; without
+    one it is left to the machine to measure at boot (the root volume's size
+    is the AMI's).  An unknown type is a LaunchError naming it.
+    """
+    what = f"instance type {name}"
+    try:
+        reply = call(
+            clients.ec2,
+            "DescribeInstanceTypes",
+            what=what,
+            tolerate=("InvalidInstanceType",),
+            InstanceTypes=[name],
+        )
+    except EC2Error as exc:
+        raise LaunchError(str(exc)) from None
+    for item in (reply or {}).get("InstanceTypes", []):
+        if item.get("InstanceType") == name:
+            store = (item.get("InstanceStorageInfo") or {}).get("TotalSizeInGB")
+            return Flavour(
+                vcpus=_whole((item.get("VCpuInfo") or {}).get("DefaultVCpus")),
+                ram_mb=_whole((item.get("MemoryInfo") or {}).get("SizeInMiB")),
+                swap_mb=0,
+                scratch_gb=_whole(store),
+            )
+    raise LaunchError(f"{what}: not offered in {clients.region}")
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def pack_user_data(data: bytes) -> bytes:
@@ -234,8 +291,17 @@ def launch(
     done: dict[str, Server] = {}
     while True:
         pending = [i for i in ids if i not in done]
-        found = call(clients.ec2, "DescribeInstances", what="launch", InstanceIds=pending) or {}
-        for reservation in found.get("Reservations", []):
+        try:  # new instances may be unknown to DescribeInstances for a moment (EC2 says so)
+            found = call(
+                clients.ec2,
+                "DescribeInstances",
+                what="launch",
+                tolerate=("InvalidInstanceID.NotFound",),
+                InstanceIds=pending,
+            )
+        except EC2Error as exc:  # they run: say which, so that nobody loses them
+            raise LaunchError(f"{exc} (while waiting for {_listed(ids)})") from None
+        for reservation in (found or {}).get("Reservations", []):
             for item in reservation.get("Instances", []):
                 state = item.get("State", {}).get("Name")
                 if state == "running":
@@ -247,3 +313,8 @@ def launch(
             break
         time.sleep(poll)
     return [done.get(i, Server(i, name, "BUILD", f"not running after {timeout:g} s")) for i in ids]
+
+
+def _listed(ids: list[str], most: int = 10) -> str:
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return f"instance(s) {', '.join(ids[:most])}{more}"
