@@ -190,11 +190,12 @@ def test_instances_not_yet_listed_are_waited_for_and_lost_ones_named(cli, capsys
                                             endpoint=proxy.url))  # fmt: skip
         assert (rc, err) == (0, "") and out.split()[1] == "ACTIVE"
         assert proxy.count("DescribeInstances") == 3
+        before = {i["InstanceId"] for i in instances(cli)}
         proxy.faults = [Fault("DescribeInstances", 403, "UnauthorizedOperation", times=None)]
         line = fails(capsys, 50, *options(cli, "--instance-type", "t3.micro", "--count", "2",
                                           endpoint=proxy.url))  # fmt: skip
-    started = sorted(i["InstanceId"] for i in instances(cli))[-2:]
-    assert "EC2 DescribeInstances: UnauthorizedOperation" in line
+    started = {i["InstanceId"] for i in instances(cli)} - before
+    assert len(started) == 2 and "EC2 DescribeInstances: UnauthorizedOperation" in line
     assert all(instance_id in line for instance_id in started)
 
 
@@ -268,6 +269,22 @@ def test_ec2_options_are_refused_on_openstack_and_cloud_is_required(capsys, tmp_
             run(capsys, *argv)
         err = capsys.readouterr().err
         assert done.value.code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_an_html_error_page_where_ec2_should_answer_is_one_line(
+    site,
+    aws_env,  # noqa: F811 - the fixture
+    tmp_path,
+    capsys,
+):
+    """A web server that is not EC2 (a proxy's error page): botocore cannot parse the
+    answer; that is a launch failure in one line, not a traceback."""
+    from vmtrust.record import generate_key_pair
+
+    cli = SimpleNamespace(cloud=SimpleNamespace(url=site.url("")),
+                          pub=generate_key_pair(tmp_path / "seal.key"))  # fmt: skip
+    line = fails(capsys, 50, *options(cli, "--find-only"))
+    assert "EC2 DescribeImages: Unable to parse response" in line
 
 
 def test_a_record_unreadable_for_a_broken_connection_is_one_line():

@@ -226,6 +226,7 @@ def call(
     removing something already gone) return None instead.
     """
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.parsers import ResponseParserError
 
     method = getattr(client, _snake(operation))
     service = client.meta.service_model.service_id
@@ -243,7 +244,7 @@ def call(
             f"{what}: {service} {operation}: no AWS credentials (environment, profile or "
             "instance role)"
         ) from None
-    except BotoCoreError as exc:
+    except (BotoCoreError, ResponseParserError) as exc:  # the latter: an HTML error page
         raise EC2Error(f"{what}: {service} {operation}: {_short(exc)}") from None
 
 

@@ -94,7 +94,8 @@ class Target:
     """Where the site's AMIs and records are, and whose credentials to use."""
 
     profile: str
-    regions: list[str]  #: empty: the region of the AWS configuration
+    region: str  #: where the session starts; empty: the region of the AWS configuration
+    regions: list[str] | None  #: (audit) the regions to look at; None: every enabled one
     endpoint_url: str
     site_account: str
     record_bucket: str
@@ -110,15 +111,14 @@ def resolve(args: argparse.Namespace, command: str, *, audit: bool) -> Target:
         return given if given is not None else getattr(conf().store_ec2, option)
 
     profile = args.profile if args.profile is not None or not audit else conf().store_ec2.profile
-    regions = args.region if audit else [args.region] if args.region else None
-    if getattr(args, "all_regions", False):
-        if regions:
-            args.usage("--all-regions and --region exclude each other")
-    elif not regions:
-        regions = [r for r in [conf().store_ec2.region] if r]
-    for region in regions or ():
-        if not REGION.fullmatch(region):
+    given = (args.region or []) if audit else [args.region] if args.region else []
+    if getattr(args, "all_regions", False) and given:
+        args.usage("--all-regions and --region exclude each other")
+    home = given[0] if given else conf().store_ec2.region
+    for region in [*given, home]:
+        if region and not REGION.fullmatch(region):
             raise ConfigError(f"{command}: region {region!r}: not an AWS region name")
+    regions = None if getattr(args, "all_regions", False) else given or [r for r in [home] if r]
     site_account = pick(args.site_account, "account_id")
     if not site_account:
         raise ConfigError(
@@ -134,7 +134,8 @@ def resolve(args: argparse.Namespace, command: str, *, audit: bool) -> Target:
     key_paths = args.seal_key or [conf().trust.seal_key + ".pub"]
     return Target(
         profile=profile or "",
-        regions=list(regions or []),
+        region=home,
+        regions=regions,
         endpoint_url=pick(args.endpoint_url, "endpoint_url") or "",
         site_account=site_account,
         record_bucket=bucket,

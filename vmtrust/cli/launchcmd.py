@@ -189,8 +189,7 @@ def _launch_ec2(
 
     if args.user_data:
         launch_ec2.pack_user_data(user_data)  # too large even gzipped: refused before any call
-    region = target.regions[0] if target.regions else ""
-    boto = ec2client.session(target.profile, region, what="launch:")
+    boto = ec2client.session(target.profile, target.region, what="launch:")
     clients = ec2client.clients(boto, endpoint_url=target.endpoint_url)
     try:
         image = launch_ec2.find_trusted_image(
