@@ -25,7 +25,9 @@ botocore event hooks on the client side, and nothing else:
   empty one of moto's, not one made from the AMI's root snapshot.  For an AMI
   registered through these stubs, the root volume of each new instance is
   recorded with the AMI's root snapshot, and DescribeVolumes shows that as the
-  volume's ``SnapshotId``, as EC2 does.  A volume attached later is moto's own.
+  volume's ``SnapshotId``, as EC2 does.  A root volume the launch asks for itself
+  (a block-device mapping of the root device) and a volume attached later are
+  moto's own.
 
 The recorded state lives in a JSON file, so a sync killed with ``kill -9`` in a
 child process and the run after it see the same emulated cloud.
@@ -267,14 +269,18 @@ class MotoGaps:
         if start + size < len(pairs):
             parsed["NextToken"] = str(start + size)
 
-    def _run_instances(self, parsed: dict, **_: Any) -> None:
+    def _run_instances(self, parsed: dict, context: dict, **_: Any) -> None:
+        asked = context.get("moto_gaps_params", {}).get("BlockDeviceMappings", [])
         with self.state() as data:
             for instance in parsed.get("Instances", []):
+                root_device = instance.get("RootDeviceName")
+                if any(m.get("DeviceName") == root_device for m in asked):
+                    continue  # a root the launch asked for: moto made that one itself
                 mapping = data["mappings"].get(instance.get("ImageId"))
                 root = [
                     m["Ebs"]["VolumeId"]
                     for m in instance.get("BlockDeviceMappings", [])
-                    if m.get("DeviceName") == instance.get("RootDeviceName") and "Ebs" in m
+                    if m.get("DeviceName") == root_device and "Ebs" in m
                 ]
                 if mapping and root:
                     snapshots = [

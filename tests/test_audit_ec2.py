@@ -148,11 +148,18 @@ def test_every_reason_an_instance_s_ami_is_not_trusted(ec2_sync, site, pki):
 
 
 def test_a_root_volume_not_made_from_the_ami_is_found(ec2_sync, site, pki):
-    """Swapping the root volume of a stopped instance keeps its ImageId: the audit looks
-    at what the root volume was made from."""
+    """Swapping the root volume of a stopped instance, or launching with another snapshot
+    for the root device, keeps the ImageId: the audit looks at what the root volume was
+    made from."""
     held = synced(ec2_sync, site, pki, ["a"])
     vo = vo_clients(ec2_sync)
     kept, swapped, stripped = boot(vo, held["a"], 3)
+    mine = vo.ec2.create_volume(AvailabilityZone="eu-west-1a", Size=8)["VolumeId"]
+    own_snapshot = vo.ec2.create_snapshot(VolumeId=mine)["SnapshotId"]
+    overridden = vo.ec2.run_instances(
+        ImageId=held["a"], MinCount=1, MaxCount=1, InstanceType="t3.micro",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": own_snapshot}}],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
     vo.ec2.stop_instances(InstanceIds=[swapped, stripped])
     described = vo.ec2.describe_instances(InstanceIds=[swapped, stripped])["Reservations"]
     roots = {i["InstanceId"]: (i["RootDeviceName"], i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"])
@@ -163,8 +170,9 @@ def test_a_root_volume_not_made_from_the_ami_is_found(ec2_sync, site, pki):
     vo.ec2.attach_volume(VolumeId=other, InstanceId=swapped, Device=roots[swapped][0])
     _, report = run_audit(ec2_sync)
     found = {f.server: f for f in report.findings}
-    assert set(found) == {swapped, stripped}
-    assert found[swapped].reason == found[stripped].reason == "volume"
+    assert set(found) == {swapped, stripped, overridden}
+    assert {f.reason for f in found.values()} == {"volume"}
+    assert f"was made from {own_snapshot}, not from the AMI's snap-" in found[overridden].detail
     assert found[swapped].detail.startswith(f"root volume {other} was made from no snapshot")
     assert found[stripped].detail == f"no EBS volume at its root device {roots[stripped][0]}"
     assert kept not in found

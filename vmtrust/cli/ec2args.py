@@ -2,7 +2,9 @@
 
 What a command line does not give comes from ``[store_ec2]`` of vmtrust.conf
 where the site's value is the right one — its region, endpoint, account and
-record bucket — and vmtrust.conf is read only when something is missing.
+record bucket, not the sync's profile: a VO launching and a site auditing use
+credentials of their own — and vmtrust.conf is read only when something is
+missing.
 Everything is checked before AWS is contacted.  Options of the other cloud type
 are a usage error (exit 2), not silently ignored.
 """
@@ -38,13 +40,12 @@ def add_cloud_type(parser: argparse.ArgumentParser) -> None:
 
 
 def add_options(parser: argparse.ArgumentParser, *, audit: bool) -> None:
-    """The EC2 options; ``audit``: several regions and the site's credentials by default."""
+    """The EC2 options; ``audit``: several regions."""
     group = parser.add_argument_group("EC2 (--cloud-type ec2)")
     group.add_argument(
         "--profile",
-        help="AWS profile of the credentials (default: "
-        + ("[store_ec2] profile, " if audit else "")
-        + "boto3's chain: environment, default profile, instance role)",
+        help="AWS profile of the credentials (default: boto3's chain: environment, default "
+        "profile, instance role; not the sync's, which needs other rights)",
     )
     if audit:
         group.add_argument(
@@ -110,7 +111,6 @@ def resolve(args: argparse.Namespace, command: str, *, audit: bool) -> Target:
     def pick(given: Any, option: str) -> Any:
         return given if given is not None else getattr(conf().store_ec2, option)
 
-    profile = args.profile if args.profile is not None or not audit else conf().store_ec2.profile
     given = (args.region or []) if audit else [args.region] if args.region else []
     if getattr(args, "all_regions", False) and given:
         args.usage("--all-regions and --region exclude each other")
@@ -133,7 +133,7 @@ def resolve(args: argparse.Namespace, command: str, *, audit: bool) -> Target:
         )
     key_paths = args.seal_key or [conf().trust.seal_key + ".pub"]
     return Target(
-        profile=profile or "",
+        profile=args.profile or "",
         region=home,
         regions=regions,
         endpoint_url=pick(args.endpoint_url, "endpoint_url") or "",
