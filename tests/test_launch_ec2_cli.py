@@ -178,6 +178,10 @@ def test_ec2_errors_are_50_and_one_line(cli, capsys):
         proxy.faults = [Fault("GetObject", 500, "InternalError", times=None)]
         line = fails(capsys, 50, *options(cli, "--find-only", endpoint=proxy.url))
         assert f"S3 GetObject s3://{BUCKET}/vmtrust/records/ami-" in line
+        # a VO account without s3:ListBucket is refused a missing record: no record, no AMI
+        proxy.faults = [Fault("GetObject", 403, "AccessDenied", times=None)]
+        line = fails(capsys, 51, *options(cli, "--find-only", endpoint=proxy.url))
+        assert f"no published record at s3://{BUCKET}/vmtrust/records/ami-" in line
     assert instances(cli) == []
 
 

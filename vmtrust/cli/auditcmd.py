@@ -176,6 +176,7 @@ def _audit_ec2(args: argparse.Namespace) -> int:
     site = audit_ec2.Site(
         target.site_account, target.record_bucket, target.record_prefix, tuple(target.keys)
     )
+    # None: every region enabled (--all-regions); none named: the AWS configuration's
     regions = target.regions if target.regions != [] else [boto.region_name]
     places = audit_ec2.places(reach, accounts, regions, boto.region_name)
     report = audit_ec2.audit(reach, site, places, page_size=args.page_size)
