@@ -47,7 +47,7 @@ audit (:class:`~vmtrust.audit.AuditError`) before any action: an action is only
 ever taken on a complete, verified picture.  The actions: ``stop``
 (StopInstances; the root volume stays, the instance can be started again by
 its account, and the next audit finds it again).  ``shelve`` and ``lock`` have
-no EC2 meaning and are refused before anything is contacted.
+no EC2 meaning: :func:`act` refuses them (the command, before anything is contacted).
 """
 
 from __future__ import annotations
