@@ -18,8 +18,16 @@ botocore event hooks on the client side, and nothing else:
   DescribeImages, and the tags are applied with moto's own ``CreateTags``;
 * ``StartSnapshot`` reports ``BlockSize`` 512 while storing whatever is sent:
   the reply says 524288, as EBS does;
-* DescribeImages ignores ``MaxResults``/``NextToken`` (one page): with
-  ``page_size`` set, the reply is cut into pages with tokens, as EC2 pages.
+* DescribeImages and DescribeInstances ignore ``MaxResults``/``NextToken`` (one
+  page): with ``page_size`` set, the reply is cut into pages with tokens, as EC2
+  pages (DescribeInstances by instances, each page keeping their reservations);
+* ``RunInstances`` ignores the AMI's block-device mapping: the root volume is an
+  empty one of moto's, not one made from the AMI's root snapshot.  For an AMI
+  registered through these stubs, the root volume of each new instance is
+  recorded with the AMI's root snapshot, and DescribeVolumes shows that as the
+  volume's ``SnapshotId``, as EC2 does.  A root volume the launch asks for itself
+  (a block-device mapping of the root device) and a volume attached later are
+  moto's own.
 
 The recorded state lives in a JSON file, so a sync killed with ``kill -9`` in a
 child process and the run after it see the same emulated cloud.
@@ -129,7 +137,7 @@ class MotoGaps:
             fcntl.flock(handle, fcntl.LOCK_EX)
             handle.seek(0)
             data = json.loads(handle.read() or "{}")
-            for key in ("deprecations", "mappings", "allowed"):
+            for key in ("deprecations", "mappings", "allowed", "root_volumes"):
                 data.setdefault(key, {})
             yield data
             handle.seek(0)
@@ -168,13 +176,23 @@ class MotoGaps:
         ):
             events.register(f"before-call.ec2.{name}", self._allowed)
         events.register("provide-client-params.ec2", self._keep_params)
+        events.register("provide-client-params.ec2.DescribeInstances", self._whole_listing)
         events.register("after-call.ec2.RegisterImage", self._registered)
         events.register("after-call.ec2.DescribeImages", self._describe_images)
+        events.register("after-call.ec2.DescribeInstances", self._describe_instances)
+        events.register("after-call.ec2.RunInstances", self._run_instances)
+        events.register("after-call.ec2.DescribeVolumes", self._describe_volumes)
         events.register("after-call.ebs.StartSnapshot", self._block_size)
 
     @staticmethod
     def _keep_params(params: dict, context: dict, **_: Any) -> None:
         context["moto_gaps_params"] = copy.deepcopy(params)
+
+    def _whole_listing(self, params: dict, **_: Any) -> dict | None:
+        """moto reads the stubs' page tokens as its own (and fails): it is asked for all."""
+        if not self.page_size:
+            return None
+        return {k: v for k, v in params.items() if k not in ("MaxResults", "NextToken")}
 
     def _deprecate(self, context: dict, **_: Any) -> tuple:
         body = context["moto_gaps_params"]
@@ -234,6 +252,49 @@ class MotoGaps:
             parsed["Images"] = images[start : start + size]
             if start + size < len(images):
                 parsed["NextToken"] = str(start + size)
+
+    def _describe_instances(self, parsed: dict, context: dict, **_: Any) -> None:
+        if not self.page_size or "Reservations" not in parsed:
+            return
+        params = context.get("moto_gaps_params", {})
+        start = int(params.get("NextToken") or 0)
+        size = min(self.page_size, params.get("MaxResults") or self.page_size)
+        pairs = [(r, i) for r in parsed["Reservations"] for i in r.get("Instances", [])]
+        page: list[dict] = []
+        for reservation, instance in pairs[start : start + size]:
+            if not page or page[-1]["ReservationId"] != reservation["ReservationId"]:
+                page.append({**reservation, "Instances": []})
+            page[-1]["Instances"].append(instance)
+        parsed["Reservations"] = page
+        if start + size < len(pairs):
+            parsed["NextToken"] = str(start + size)
+
+    def _run_instances(self, parsed: dict, context: dict, **_: Any) -> None:
+        asked = context.get("moto_gaps_params", {}).get("BlockDeviceMappings", [])
+        with self.state() as data:
+            for instance in parsed.get("Instances", []):
+                root_device = instance.get("RootDeviceName")
+                if any(m.get("DeviceName") == root_device for m in asked):
+                    continue  # a root the launch asked for: moto made that one itself
+                mapping = data["mappings"].get(instance.get("ImageId"))
+                root = [
+                    m["Ebs"]["VolumeId"]
+                    for m in instance.get("BlockDeviceMappings", [])
+                    if m.get("DeviceName") == root_device and "Ebs" in m
+                ]
+                if mapping and root:
+                    snapshots = [
+                        m["Ebs"].get("SnapshotId", "")
+                        for m in mapping["BlockDeviceMappings"]
+                        if m.get("DeviceName") == mapping["RootDeviceName"] and "Ebs" in m
+                    ]
+                    data["root_volumes"][root[0]] = snapshots[0] if snapshots else ""
+
+    def _describe_volumes(self, parsed: dict, **_: Any) -> None:
+        made_from = self.read()["root_volumes"]
+        for volume in parsed.get("Volumes", []):
+            if volume.get("VolumeId") in made_from:
+                volume["SnapshotId"] = made_from[volume["VolumeId"]]
 
     @staticmethod
     def _block_size(parsed: dict, **_: Any) -> None:

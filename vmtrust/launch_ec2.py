@@ -38,6 +38,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vmtrust import ec2record, trust
+from vmtrust.context.profiles import Flavour
 from vmtrust.context.userdata import LIMITS
 from vmtrust.ec2client import Clients, call, error_code
 from vmtrust.errors import EC2Error, LaunchError, UserDataError
@@ -49,7 +50,7 @@ FAILED = ("shutting-down", "terminated", "stopping", "stopped")
 
 
 def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
-    token = None
+    token, seen = None, set()
     while True:
         extra = {"NextToken": token} if token else {}
         reply = (
@@ -66,18 +67,35 @@ def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
         yield from reply.get("Images", [])
         if not (token := reply.get("NextToken")):
             return
+        if token in seen:  # an endpoint that pages in a circle would loop for ever
+            raise EC2Error(f"launch: EC2 DescribeImages: paging does not advance ({token[:40]!r})")
+        seen.add(token)
 
 
-def _published(clients: Clients, bucket: str, key: str) -> bytes | None:
-    from botocore.exceptions import ClientError
+def _published(
+    clients: Clients, bucket: str, key: str, *, denied_means_absent: bool = True
+) -> bytes | None:
+    """The published record document, None when there is none.
 
+    S3 answers AccessDenied for a missing key to a reader without
+    ``s3:ListBucket`` (a VO account), so by default a refused read counts as
+    no record: launch then skips the AMI.  The audit passes
+    ``denied_means_absent=False``: a read it was refused must stop it, not turn
+    into findings that stop instances.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    absent = ("NoSuchKey", "404") + (("AccessDenied", "403") if denied_means_absent else ())
+    where = f"S3 GetObject s3://{bucket}/{key}"
     try:
         reply = clients.s3.get_object(Bucket=bucket, Key=key)
+        return reply["Body"].read(ec2record.MAX_DOCUMENT + 1)
     except ClientError as exc:
-        if error_code(exc) in ("NoSuchKey", "404", "AccessDenied", "403"):
+        if error_code(exc) in absent:
             return None
-        raise EC2Error(f"launch: S3 GetObject s3://{bucket}/{key}: {error_code(exc)}") from None
-    return reply["Body"].read(ec2record.MAX_DOCUMENT + 1)
+        raise EC2Error(f"launch: {where}: {error_code(exc)}") from None
+    except BotoCoreError as exc:  # the connection broke, no credentials, a timeout
+        raise EC2Error(f"launch: {where}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def judge(
@@ -89,13 +107,15 @@ def judge(
     record_bucket: str,
     record_prefix: str,
     now: datetime,
+    denied_means_absent: bool = True,
 ) -> Verdict:
     """May this AMI be used now?  Fail closed, with the exact reason.
 
     What only EC2 can tell comes first (the owner, the AMI's state and
     deprecation) and costs no S3 request; then the published record, judged by
     the one rule (:func:`vmtrust.trust.judge`) against the AMI and its root
-    snapshot as EC2 shows them.
+    snapshot as EC2 shows them.  ``denied_means_absent``: whether a refused read of
+    the published record counts as no record (see :func:`_published`) or raises EC2Error.
     """
     image_id = image.get("ImageId", "?")
     if image.get("OwnerId") != site_account:
@@ -110,7 +130,7 @@ def judge(
         except (TypeError, ValueError):
             return refuse(Code.STATUS, f"unreadable deprecation time {deprecated!r}")
     key = f"{record_prefix}{image_id}.json"
-    body = _published(clients, record_bucket, key)
+    body = _published(clients, record_bucket, key, denied_means_absent=denied_means_absent)
     if body is None:
         return refuse(Code.NO_RECORD, f"no published record at s3://{record_bucket}/{key}")
     where = f"s3://{record_bucket}/{key}"
@@ -151,6 +171,40 @@ def find_trusted_image(
         judged, vo=vo, identifier=identifier, where=f"among the AMIs of {site_account}", kind="AMI"
     )
     return TrustedImage.of(image["ImageId"], image.get("Name", ""), record)
+
+
+def instance_type(clients: Clients, name: str) -> Flavour:
+    """The sizes of instance type ``name``, for the worker node's machine/job features.
+
+    The scratch space is the instance store when the type has one; without
+    one it is left to the machine to measure at boot (the root volume's size
+    is the AMI's).  An unknown type is a LaunchError naming it.
+    """
+    what = f"instance type {name}"
+    try:
+        reply = call(
+            clients.ec2,
+            "DescribeInstanceTypes",
+            what=what,
+            tolerate=("InvalidInstanceType",),
+            InstanceTypes=[name],
+        )
+    except EC2Error as exc:
+        raise LaunchError(str(exc)) from None
+    for item in (reply or {}).get("InstanceTypes", []):
+        if item.get("InstanceType") == name:
+            store = (item.get("InstanceStorageInfo") or {}).get("TotalSizeInGB")
+            return Flavour(
+                vcpus=_whole((item.get("VCpuInfo") or {}).get("DefaultVCpus")),
+                ram_mb=_whole((item.get("MemoryInfo") or {}).get("SizeInMiB")),
+                swap_mb=0,
+                scratch_gb=_whole(store),
+            )
+    raise LaunchError(f"{what}: not offered in {clients.region}")
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def pack_user_data(data: bytes) -> bytes:
@@ -218,8 +272,17 @@ def launch(
     done: dict[str, Server] = {}
     while True:
         pending = [i for i in ids if i not in done]
-        found = call(clients.ec2, "DescribeInstances", what="launch", InstanceIds=pending) or {}
-        for reservation in found.get("Reservations", []):
+        try:  # new instances may be unknown to DescribeInstances for a moment (EC2 says so)
+            found = call(
+                clients.ec2,
+                "DescribeInstances",
+                what="launch",
+                tolerate=("InvalidInstanceID.NotFound",),
+                InstanceIds=pending,
+            )
+        except EC2Error as exc:  # they run: say which, so that nobody loses them
+            raise LaunchError(f"{exc} (while waiting for {_listed(ids)})") from None
+        for reservation in (found or {}).get("Reservations", []):
             for item in reservation.get("Instances", []):
                 state = item.get("State", {}).get("Name")
                 if state == "running":
@@ -231,3 +294,8 @@ def launch(
             break
         time.sleep(poll)
     return [done.get(i, Server(i, name, "BUILD", f"not running after {timeout:g} s")) for i in ids]
+
+
+def _listed(ids: list[str], most: int = 10) -> str:
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return f"instance(s) {', '.join(ids[:most])}{more}"
