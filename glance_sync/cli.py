@@ -21,8 +21,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from glance_sync import settings as settings_mod
+from glance_sync.foreign import TOOLS
 from glance_sync.report import unexpected
 from glance_sync.service import SyncService, tty_progress
 from vmtrust import __version__
@@ -30,6 +32,9 @@ from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import load_subscriptions
 from vmtrust.safetext import SafeFormatter, shown
+
+if TYPE_CHECKING:
+    from glance_sync.adopt import Adoption
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -60,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between passes with --daemon (default: [sync] interval)",
     )
     parser.add_argument(
+        "--adopt",
+        choices=TOOLS,
+        metavar="TOOL",
+        help="one pass that first adopts the Glance images another sync made (atrope or "
+        "cloudkeeper-os), keeping their ids where the bytes are the list's "
+        "(docs/migration.md); with --dry-run, print the plan",
+    )
+    parser.add_argument(
+        "--adopt-tag",
+        metavar="TAG",
+        help="the tag atrope marks its images with (its [glance] tag; default: atrope)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     return parser
@@ -72,9 +90,13 @@ def _say(line: str) -> None:
     print(f"vmtrust-sync: {shown(line)}", file=sys.stderr)
 
 
-def _one_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
+def _one_pass(
+    service: SyncService, subscriptions_file, dry_run: bool, adoption: Adoption | None = None
+) -> int:
     subscriptions = load_subscriptions(subscriptions_file)
-    report = service.run(subscriptions, dry_run=dry_run, out=lambda line: print(shown(line)))
+    report = service.run(
+        subscriptions, dry_run=dry_run, out=lambda line: print(shown(line)), adoption=adoption
+    )
     for line in report.done:
         LOG.info("%s", line)
     for line in report.failures:
@@ -84,10 +106,12 @@ def _one_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
     return report.exit_code
 
 
-def _guarded_pass(service: SyncService, subscriptions_file, dry_run: bool) -> int:
+def _guarded_pass(
+    service: SyncService, subscriptions_file, dry_run: bool, adoption: Adoption | None = None
+) -> int:
     """One pass whatever happens: a failure of the pass as a whole is one line too."""
     try:
-        return _one_pass(service, subscriptions_file, dry_run)
+        return _one_pass(service, subscriptions_file, dry_run, adoption)
     except VmtrustError as exc:
         _say(str(exc))
         return exc.exit_code
@@ -96,8 +120,21 @@ def _guarded_pass(service: SyncService, subscriptions_file, dry_run: bool) -> in
         return INTERNAL_ERROR
 
 
+def _adoption(args: argparse.Namespace, store, settings) -> Adoption:
+    from glance_sync.adopt import Adoption
+    from glance_sync.foreign import make_tool
+
+    tool = make_tool(args.adopt, args.adopt_tag)
+    return Adoption(store, tool, settings.seal_key, settings.retire_mode)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.adopt and args.daemon:
+        parser.error("--adopt is one pass: run it without --daemon")
+    if args.adopt_tag and args.adopt != "atrope":
+        parser.error("--adopt-tag goes with --adopt atrope")
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -108,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_mod.from_conf(conf)
         load_subscriptions(settings.subscriptions_file)  # validate before touching anything
         store = settings_mod.make_store(settings)
+        adoption = _adoption(args, store, settings) if args.adopt else None
         service = SyncService(settings, store, progress=tty_progress())
         interval = args.interval or conf.sync.interval
     except VmtrustError as exc:
@@ -118,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERNAL_ERROR
     try:
         if not args.daemon:
-            return _guarded_pass(service, settings.subscriptions_file, args.dry_run)
+            return _guarded_pass(service, settings.subscriptions_file, args.dry_run, adoption)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

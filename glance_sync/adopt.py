@@ -1,0 +1,448 @@
+"""Adoption: a site's Glance images made by atrope (or cloudkeeper-os) become vmtrust's.
+
+``vmtrust-sync --adopt atrope`` is one sync pass with two hooks
+(:meth:`Adoption.before_plan`, :meth:`Adoption.after_create`) around the plan.
+Between verifying the lists and planning, every approved image the other tool
+holds in Glance is decided (:func:`plan_adoption`, pure):
+
+* **adopt in place** — the image keeps its Glance id (what users, Heat
+  templates and pilot frameworks reference) — when it is owned by the sync's
+  project, active, and Glance holds exactly the bytes vmtrust would store: its
+  ``os_hash_value`` (sha512) is the list's, the list's file is a plain disk the
+  site stores as it is, and Glance's ``disk_format`` says what the list
+  declares.  The bytes are then read back from Glance, hashed and inspected like
+  a download (:mod:`glance_sync.inspection`) — reading, not uploading — and the
+  store's :meth:`~glance_sync.stores.glance.GlanceStore.adopt` commits record and
+  seal bound to that id;
+* **re-upload** — any other copy the sync's project owns (converted, unpacked,
+  mislabelled, of an older version, not active): the pass creates the image as
+  usual, and the tool's copy is retired (``[sync] retire``) only once vmtrust
+  holds that version trusted — in the same pass, or, after an interruption, in
+  the next adoption pass;
+* **refuse** — a copy owned by another project: the sync could neither commit a
+  record on it nor retire it, and a copy of its own would show the VO two
+  images.  One line with the fix; the image is not created;
+* **leave alone** — images of lists or entries the site does not approve in
+  vmtrust (or whose list did not verify in this pass), images the tool marks as
+  its own retired copies, and copies in other projects of images vmtrust
+  already holds: listed with the command that would remove them, never touched.
+
+Each adoption is its own boundary; a kill at any point leaves either the other
+tool's image as it was (adopting again is safe) or vmtrust's committed image,
+and a re-run converges.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from glance_sync.foreign import Image, Tool
+from glance_sync.inspection import inspect_stream
+from glance_sync.lists import image_failure
+from glance_sync.plan import Desired, Held
+from glance_sync.report import Report, unexpected
+from glance_sync.stores.glance import GlanceStore
+from glance_sync.stores.glance_api import GlanceError, set_ops, short
+from glance_sync.transfer import CHUNK, Tally, TransferError, iter_chunks
+from glance_sync.unpack import normalise_format
+from vmtrust import glanceprops as gp
+from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.record import seal
+
+LOG = logging.getLogger("vmtrust.adopt")
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InPlace:
+    want: Desired
+    image: Image
+    disk_format: str  #: of the bytes Glance holds (the list's)
+
+
+@dataclass(frozen=True)
+class RetireCopy:
+    """Retire the tool's copy once vmtrust holds ``identifier`` at the list's version."""
+
+    identifier: str
+    image: Image
+    reason: str
+    reupload: bool  #: the copy's bytes are not adoptable: the pass uploads the list's
+
+
+@dataclass(frozen=True)
+class Refused:
+    want: Desired
+    image: Image
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeftAlone:
+    image: Image
+    reason: str
+
+
+@dataclass
+class AdoptionPlan:
+    in_place: list[InPlace] = field(default_factory=list)
+    retire: list[RetireCopy] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    left: list[LeftAlone] = field(default_factory=list)
+
+    def describe(self, tool: Tool, retire_mode: str) -> list[str]:
+        lines = []
+        for item in self.in_place:
+            d = item.want
+            lines.append(
+                f"adopt    {d.identifier} {d.image.version} ({d.image.title}): "
+                f"{tool.describe(item.image)} keeps its id"
+            )
+        for item in self.retire:
+            what = f"{tool.describe(item.image)}: {item.reason}"
+            if item.reupload:
+                lines.append(
+                    f"re-upload {item.identifier}: {what}; the copy is retired ({retire_mode}) "
+                    "once the new one is active"
+                )
+            else:
+                lines.append(f"retire   {what} ({retire_mode})")
+        for item in self.refused:
+            lines.append(f"refuse   {item.want.identifier}: {item.reason}")
+        for item in self.left:
+            lines.append(
+                f"leave    {tool.describe(item.image)}: {item.reason}; left alone (to remove "
+                f"it: openstack image delete {item.image.get('id')})"
+            )
+        return lines
+
+
+def plan_adoption(
+    wanted: dict[str, Desired],
+    held: list[Held],
+    found: list[Image],
+    *,
+    tool: Tool,
+    project: str,
+    stored_format: Callable[[str], str],
+) -> AdoptionPlan:
+    """Decide, for every image of the tool, what adoption does with it (no I/O)."""
+    plan = AdoptionPlan()
+    current = _current(wanted, held)
+    copies: dict[str, list[Image]] = {}
+    for image in sorted(found, key=lambda i: (str(i.get("created_at")), str(i.get("id")))):
+        identifier = tool.identifier(image)
+        want = wanted.get(identifier) if identifier else None
+        if identifier is None:
+            plan.left.append(LeftAlone(image, f"{tool.name} recorded no image identifier"))
+        elif tool.superseded(image):
+            plan.left.append(LeftAlone(image, f"{tool.name} marked it as replaced"))
+        elif want is None or not tool.belongs(image, want):
+            plan.left.append(
+                LeftAlone(image, "no list that verified in this pass approves it in vmtrust")
+            )
+        else:
+            copies.setdefault(identifier, []).append(image)
+    for identifier, images in sorted(copies.items()):
+        want = wanted[identifier]
+        own = [i for i in images if i.get("owner") == project]
+        others = [i for i in images if i.get("owner") != project]
+        if identifier in current:
+            reason = f"vmtrust already holds {identifier} {want.image.version}"
+            plan.retire += [RetireCopy(identifier, i, reason, False) for i in own]
+        elif not own:
+            plan.refused += [Refused(want, i, _refusal(tool, i, project)) for i in others]
+            continue
+        else:
+            problems = [(i, _not_in_place(i, want, tool, stored_format)) for i in own]
+            adoptable = [i for i, problem in problems if problem is None]
+            if adoptable:
+                fmt = normalise_format(want.image.format)[1]
+                plan.in_place.append(InPlace(want, adoptable[0], fmt))
+                plan.retire += [
+                    RetireCopy(identifier, i, f"a second copy of {identifier}", False)
+                    for i in own
+                    if i is not adoptable[0]
+                ]
+            else:
+                plan.retire += [RetireCopy(identifier, i, str(p), True) for i, p in problems]
+        plan.left += [
+            LeftAlone(i, f"a copy of {identifier} owned by project {i.get('owner')}, which the "
+                      "sync cannot retire: remove it with that project's credentials")
+            for i in others
+        ]  # fmt: skip
+    return plan
+
+
+def _current(wanted: dict[str, Desired], held: list[Held]) -> set[str]:
+    """Identifiers vmtrust already holds trusted at the version the list has."""
+    return {
+        h.record.image_identifier
+        for h in held
+        if h.record is not None
+        and h.seal_ok
+        and not h.retired
+        and h.record.image_identifier in wanted
+        and h.record.source_sha512 == wanted[h.record.image_identifier].image.sha512
+        and h.record.image_version == wanted[h.record.image_identifier].image.version
+    }
+
+
+def _refusal(tool: Tool, image: Image, project: str) -> str:
+    owner, image_id = image.get("owner"), image.get("id")
+    return (
+        f"{tool.describe(image)} is owned by project {owner}, not by the sync's project "
+        f"{project}: not adopted, and not copied (VOs would see two images). Either run the "
+        f"sync as project {owner} ([store_glance] project_id = {owner}, with credentials "
+        f"holding the role vmtrust_service there), or have a cloud admin move the image "
+        f"('openstack image set --project {project} {image_id}', its id stays), then adopt again"
+    )
+
+
+def _not_in_place(
+    image: Image, want: Desired, tool: Tool, stored_format: Callable[[str], str]
+) -> str | None:
+    """Why the copy cannot become vmtrust's as it is, or None when it can."""
+    entry = want.image
+    if image.get("status") != "active":
+        return f"its Glance status is {image.get('status')}"
+    algo = image.get("os_hash_algo")
+    if algo != "sha512":
+        return f"Glance hashed it with {algo}, which cannot be compared with the list's sha512"
+    if image.get("os_hash_value") != entry.sha512 or image.get("size") != entry.size:
+        claimed = tool.claimed_sha512(image)
+        if claimed == entry.sha512:
+            return f"Glance holds other bytes than the list's file ({tool.name} converted it)"
+        if claimed:
+            return (
+                f"{tool.name} uploaded another file (sha512 {claimed[:16]}…) than the list "
+                f"has now (version {entry.version}, sha512 {entry.sha512[:16]}…)"
+            )
+        return "Glance holds other bytes than the list's file"
+    compression, fmt = normalise_format(entry.format)
+    if compression is not None or fmt in ("ova", "tar"):
+        return (
+            f"the list's file is {entry.format}: Glance holds it as published, vmtrust "
+            "stores the disk inside"
+        )
+    if stored_format(fmt) != fmt:
+        return f"the site stores {stored_format(fmt)} ([store_glance] disk_formats), not {fmt}"
+    if image.get("disk_format") != fmt:
+        return (
+            f"Glance labels it {image.get('disk_format')}, the list declares {fmt} "
+            "(hv:format): the label cannot change on an active image"
+        )
+    if image.get("container_format") != "bare":
+        return f"container_format is {image.get('container_format')}, vmtrust stores bare disks"
+    return None
+
+
+# --- finding the tool's images ---------------------------------------------------------------
+
+
+def find(store: GlanceStore, tool: Tool, list_identifiers: set[str]) -> list[Image]:
+    """The tool's images the sync can see: as its project, and as each VO project it has.
+
+    cloudkeeper-os keeps its images private in the VO projects; atrope's are in its
+    own project, shared or public.  Images vmtrust manages are not the tool's.
+    """
+    connections = [None] + [
+        conn for entries in store.vo_projects.values() for _, conn in entries if conn is not None
+    ]
+    found: dict[str, Image] = {}
+    for conn in connections:
+        for query in tool.queries(list_identifiers):
+            for hidden in ("false", "true"):
+                params = {**query, "visibility": "all", "os_hidden": hidden}
+                for image in store.pages(params, conn):
+                    if image.get(gp.MANAGED) != "true":
+                        found.setdefault(image["id"], image)
+    return list(found.values())
+
+
+# --- reading an image back from Glance --------------------------------------------------------
+
+
+class GlanceFile:
+    """The bytes Glance holds for an image, as a stream (for hashing and inspection)."""
+
+    def __init__(self, store: GlanceStore, image_id: str) -> None:
+        self.what = f"glance GET /images/{image_id}/file"
+        self.reply = store.call(
+            "GET",
+            f"/images/{image_id}/file",
+            (200,),
+            headers={"Accept": "application/octet-stream"},
+            stream=True,
+        )
+        self.chunks: Iterator[bytes] = self.reply.iter_content(CHUNK)
+
+    def read(self, size: int = CHUNK) -> bytes:
+        try:
+            return next(self.chunks, b"")
+        except Exception as exc:  # requests' and urllib3's ways of losing a body
+            raise GlanceError(f"{self.what}: connection lost ({short(exc)})") from None
+
+    def close(self) -> None:
+        self.reply.close()
+
+
+# --- the hooks of the pass ---------------------------------------------------------------------
+
+
+class Adoption:
+    """One adoption pass's decisions and actions, called by :meth:`SyncService.run`."""
+
+    def __init__(
+        self, store: Any, tool: Tool, seal_key: Ed25519PrivateKey, retire_mode: str
+    ) -> None:
+        if not isinstance(store, GlanceStore):
+            raise ConfigError(
+                f"--adopt {tool.name}: needs [sync] store = glance ({tool.name} wrote to Glance)"
+            )
+        self.store = store
+        self.tool = tool
+        self.seal_key = seal_key
+        self.retire_mode = retire_mode
+        self.plan = AdoptionPlan()
+        self.current: set[str] = set()
+
+    def before_plan(
+        self,
+        wanted: dict[str, Desired],
+        held: list[Held],
+        report: Report,
+        *,
+        dry_run: bool,
+        out: Callable[[str], None],
+    ) -> list[Held] | None:
+        """Adopt in place; return what the store holds now (None: stop the pass).
+
+        Images refused, or whose adoption failed, leave ``wanted``: the pass must
+        not upload a second copy beside the tool's.
+        """
+        lists = {want.imagelist.identifier for want in wanted.values()}
+        try:
+            found = find(self.store, self.tool, lists)
+        except VmtrustError as exc:
+            # Without the tool's images every approved image would be uploaded again.
+            report.fail(f"adopt {self.tool.name}: cannot list its images: {exc}")
+            return None
+        plan = plan_adoption(
+            wanted, held, found, tool=self.tool, project=self.store.project_id,
+            stored_format=self.store.disk_format,
+        )  # fmt: skip
+        self.plan, self.current = plan, _current(wanted, held)
+        for line in plan.describe(self.tool, self.retire_mode) or [
+            f"adopt    nothing: no {self.tool.name} image of an approved list"
+        ]:
+            out(line)
+        for item in plan.refused:
+            report.fail(f"image {item.want.identifier}: {item.reason}", image_failure(item.want))
+            wanted.pop(item.want.identifier, None)
+        held = list(held)
+        for item in plan.in_place:
+            adopted = self._in_place(item, report, dry_run=dry_run)
+            if adopted is None:
+                wanted.pop(item.want.identifier, None)
+            else:
+                held.append(adopted)
+        return held
+
+    def _in_place(self, item: InPlace, report: Report, *, dry_run: bool) -> Held | None:
+        want, image = item.want, item.image
+        image_id = image["id"]
+        if dry_run:  # as the plan will see it once adopted: nothing to create
+            record = want.record(
+                store_id=image_id, sha512=want.image.sha512, size=want.image.size,
+                disk_format=item.disk_format,
+            )  # fmt: skip
+            return Held(image_id, record, True, location=f"glance:{image_id}")
+        what = f"adopt {want.identifier}"
+        try:
+            tally = self._read_back(image_id, want, item.disk_format)
+            record = want.record(
+                store_id=image_id, sha512=tally.sha512, size=tally.size,
+                disk_format=item.disk_format,
+            )  # fmt: skip
+            tags, properties = self.tool.marks(image)
+            held = self.store.adopt(
+                image, want, record, seal(record, self.seal_key),
+                drop_tags=tags, drop_properties=properties,
+            )  # fmt: skip
+        except VmtrustError as exc:
+            report.fail(f"{what}: {exc}", image_failure(want))
+            return None
+        except Exception as exc:
+            report.fail(unexpected(what, exc), image_failure(want))
+            return None
+        report.add(
+            f"adopted {want.identifier} {want.image.version}: {self.tool.name} image "
+            f"{image_id} kept its id"
+        )
+        return held
+
+    def _read_back(self, image_id: str, want: Desired, disk_format: str) -> Tally:
+        """Hash and inspect what Glance holds, as a download would be before it is stored."""
+        identifier = want.identifier
+        raw = GlanceFile(self.store, image_id)
+        tally = Tally()
+        try:
+            for _ in iter_chunks(inspect_stream(raw, disk_format, identifier), identifier, tally):
+                pass
+        finally:
+            raw.close()
+        if tally.sha512 != want.image.sha512 or tally.size != want.image.size:
+            raise TransferError(
+                f"image {identifier}: Glance image {image_id} returned {tally.size} bytes "
+                f"with another sha512 than the list's and Glance's own hash; not adopted"
+            )
+        return tally
+
+    def after_create(self, report: Report, now: datetime) -> None:
+        """Retire the tool's copies of images vmtrust now holds at the list's version."""
+        trusted = self.current | {
+            h.record.image_identifier for h in self.store.fresh.values() if h.record is not None
+        }
+        for item in self.plan.retire:
+            if item.identifier not in trusted:
+                LOG.warning(
+                    "%s kept: %s is not trusted in vmtrust yet",
+                    self.tool.describe(item.image), item.identifier,
+                )  # fmt: skip
+                continue
+            what = f"retire {self.tool.describe(item.image)}"
+            try:
+                self._retire_copy(item.image, now)
+            except VmtrustError as exc:
+                report.fail(f"{what}: {exc}")
+                continue
+            except Exception as exc:
+                report.fail(unexpected(what, exc))
+                continue
+            report.add(
+                f"retired {self.tool.name} image {item.image.get('id')} ({item.identifier}): "
+                f"{item.reason}"
+            )
+
+    def _retire_copy(self, image: Image, now: datetime) -> None:
+        """Hand the copy to vmtrust's retirement: marked managed, then retired as usual.
+
+        As a managed retired image it follows ``[sync] retire`` like vmtrust's own
+        (deactivated, hidden, or deleted after the grace period); killed between the
+        two steps, the next pass finds a managed image without a record and retires it.
+        """
+        image_id = image["id"]
+        tags, _ = self.tool.marks(image)
+        wanted = {gp.MANAGED: "true", "tags": [t for t in image.get("tags") or [] if t not in tags]}
+        self.store.seen[image_id] = self.store.patch(image_id, set_ops(image, wanted))
+        self.store.retire(Held(image_id, None, False, location=f"glance:{image_id}"),
+                          self.retire_mode, now)  # fmt: skip
