@@ -24,11 +24,11 @@ import pytest
 from atrope_run import Source, appdb_entry, run_atrope
 from conftest import list_document
 from glance_server import ADMIN_ROLES, token
-from hostile_images import made, needs_qemu_img, ova
+from hostile_images import made, needs_qemu_img, ova, vmdk_with_parent
 from keystoneauth1 import adapter, session, token_endpoint
 from openstack_standin import Cloud, StandIn
 from test_glance_share import vo_cloud, with_vo
-from test_glance_store import VO, judge, members, project_images, visible_to
+from test_glance_store import VO, judge, members, patch_image, project_images, visible_to
 
 from glance_sync.adopt import Adoption
 from glance_sync.foreign import Atrope
@@ -210,3 +210,96 @@ def test_atrope_images_are_adopted_in_place_or_uploaded_again(
     assert decision.trusted and decision.vo == VO
     assert not trust.decide(before["img-qcow2"]["id"]).trusted
     assert not trust.decide(before["img-unapproved"]["id"]).trusted
+
+
+# --- atrope's images in another project -------------------------------------------------------
+
+
+def test_images_of_another_project_are_refused_with_the_fix_which_works(
+    glance_sync, glance, site, pki, ca_dir, keystone, tmp_path
+):
+    """atrope ran as its own project and shared its images with the sync's project: the
+    sync can neither seal nor retire them, and a copy would show two images.  Refused,
+    nothing uploaded; once an admin moves the image (the fix printed), it is adopted."""
+    service, project = glance_sync, glance_sync.project
+    atrope_project = "atr" + uuid.uuid4().hex[:12]
+    url = sign_list(site, pki, "/site.list", SITE_LIST, [appdb_entry("img-raw", RAW, site)], "1")
+    atrope_pass(tmp_path, keystone, atrope_project, ca_dir,
+                {"egi-site": source(url, pki, project)})  # fmt: skip
+    (image,) = tagged(glance, atrope_project).values()
+    assert image["owner"] == atrope_project and image["id"] in visible_to(glance, project)
+    subs = subscription(service, url)
+
+    report, lines = run_adoption(service, subs)
+    (failure,) = report.failures
+    assert failure.startswith(f"image img-raw: atrope image {image['id']} ")
+    assert f"is owned by project {atrope_project}, not by the sync's project {project}" in failure
+    assert f"openstack image set --project {project} {image['id']}" in failure
+    assert "\n" not in failure
+    assert project_images(glance, project) == {}, "no silent copy"
+    assert tagged(glance, atrope_project) == {"img-raw": image}
+    assert any(line.startswith("refuse   img-raw: ") for line in lines)
+
+    # the fix: a cloud admin gives the image to the sync's project; its id stays
+    moved = patch_image(
+        glance,
+        "admin",
+        image["id"],
+        [{"op": "replace", "path": "/owner", "value": project}],
+        ADMIN_ROLES,
+    )
+    assert moved.status_code == 200, moved.text
+    report, _ = run_adoption(service, subs)
+    assert report.failures == [], report.failures
+    adopted = project_images(glance, project)[image["id"]]
+    assert judge(service, adopted).trusted
+    assert members(glance, project, image["id"]) == {}  # vmtrust's sharing: no VO project here
+
+
+# --- the list moved on, atrope's copy is not active, bytes vmtrust refuses ----------------------
+
+
+@needs_qemu_img
+def test_copies_of_older_versions_or_not_active_are_replaced_and_refused_bytes_stay_untrusted(
+    glance_sync, glance, site, pki, ca_dir, keystone, tmp_path
+):
+    service, project = glance_sync, glance_sync.project
+    # a VMDK naming a parent disk: Glance's own upload check lets it through, qemu-img
+    # would open the parent as a backing file (docs/images.md)
+    evil = vmdk_with_parent(tmp_path)
+    old = [
+        appdb_entry("img-old", b"version one " * 4000, site),
+        appdb_entry("img-down", b"deactivated " * 4000, site),
+        appdb_entry("img-evil", evil, site, fmt="vmdk"),
+    ]
+    url = sign_list(site, pki, "/site.list", SITE_LIST, old, "1")
+    atrope_pass(tmp_path, keystone, project, ca_dir, {"egi-site": source(url, pki)})
+    before = tagged(glance, project)
+    reply = glance.api(project).post(
+        f"{glance.url}/v2/images/{before['img-down']['id']}/actions/deactivate"
+    )
+    assert reply.status_code == 204
+    new = appdb_entry("img-old", b"version two " * 4000, site, version="2")
+    url = sign_list(site, pki, "/site.list", SITE_LIST, [new, *old[1:]], "2")
+
+    report, lines = run_adoption(service, subscription(service, url))
+    text = "\n".join(lines)
+    assert "re-upload img-old: " in text and "than the list has now (version 2, sha512 " in text
+    assert "re-upload img-down: " in text and "its Glance status is deactivated" in text
+    assert "adopt    img-evil 1" in text  # Glance's hash is the list's: read back to decide
+    (failure,) = report.failures
+    assert failure == (
+        "adopt img-evil: image img-evil: VMDK names a parent disk "
+        "(parentFileNameHint/parentCID); refused"
+    )
+    after = project_images(glance, project)
+    versions = {
+        verdict.record.image_identifier: verdict.record.image_version
+        for verdict in map(lambda image: judge(service, image), after.values())
+        if verdict.trusted
+    }
+    assert versions == {"img-old": "2", "img-down": "1"}
+    assert after[before["img-old"]["id"]][gp.STATE] == "retired"
+    assert after[before["img-down"]["id"]][gp.STATE] == "retired"
+    assert after[before["img-evil"]["id"]] == before["img-evil"], "refused: left as it was"
+    assert len(after) == 5, "no copy of img-evil either"

@@ -327,9 +327,12 @@ class GlanceStore(Store):
         }
         if mode in ("hide", "delete"):
             wanted["os_hidden"] = True
-        self.patch(held.store_id, set_ops(image, wanted))
         if mode == "deactivate" and image.get("status", "active") == "active":
+            # Before the state: killed in between, the next pass finds a record on an
+            # image that is not active and retires it; a retired image still active
+            # would stay bootable (nothing deactivates retired images later).
             self.call("POST", f"/images/{held.store_id}/actions/deactivate", (204,))
+        self.patch(held.store_id, set_ops(image, wanted))
 
     def purge(self, held: Held) -> None:
         self.call("DELETE", f"/images/{held.store_id}", (204, 404))
