@@ -141,16 +141,11 @@ def plan_adoption(
     for image in sorted(found, key=lambda i: (str(i.get("created_at")), str(i.get("id")))):
         identifier = tool.identifier(image)
         want = wanted.get(identifier) if identifier else None
-        if identifier is None:
-            plan.left.append(LeftAlone(image, f"{tool.name} recorded no image identifier"))
-        elif tool.superseded(image):
-            plan.left.append(LeftAlone(image, f"{tool.name} marked it as replaced"))
-        elif want is None or not tool.belongs(image, want):
-            plan.left.append(
-                LeftAlone(image, "no list that verified in this pass approves it in vmtrust")
-            )
+        why_not = _not_a_copy(image, identifier, want, tool, project)
+        if why_not is not None:
+            plan.left.append(LeftAlone(image, why_not))
         else:
-            copies.setdefault(identifier, []).append(image)
+            copies.setdefault(identifier, []).append(image)  # type: ignore[arg-type]
     for identifier, images in sorted(copies.items()):
         want = wanted[identifier]
         own = [i for i in images if i.get("owner") == project]
@@ -180,6 +175,23 @@ def plan_adoption(
             for i in others
         ]  # fmt: skip
     return plan
+
+
+def _not_a_copy(
+    image: Image, identifier: str | None, want: Desired | None, tool: Tool, project: str
+) -> str | None:
+    """Why the image is none of adoption's business, or None when it is a copy of ``want``."""
+    if image.get("owner") != project and image.get("visibility") == "community":
+        # any project may publish a community image with the tool's marks: such an
+        # image must not stop the sync from adopting or uploading the real one
+        return f"a community image of project {image.get('owner')}: anyone can publish one"
+    if identifier is None:
+        return f"{tool.name} recorded no image identifier"
+    if tool.superseded(image):
+        return f"{tool.name} marked it as replaced"
+    if want is None or not tool.belongs(image, want):
+        return "no list that verified in this pass approves it in vmtrust"
+    return None
 
 
 def _current(wanted: dict[str, Desired], held: list[Held]) -> set[str]:

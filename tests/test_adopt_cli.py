@@ -212,3 +212,18 @@ def test_kill_9_in_the_middle_of_adoption_then_rerun_converges(glance, migrating
     rerun = sync(migrating["conf"], "--adopt", "atrope")
     assert rerun.returncode == 0, rerun.stderr
     converged(glance, migrating)
+
+
+def test_when_the_tool_s_images_cannot_be_listed_nothing_is_uploaded(glance, migrating):
+    """Without atrope's images every approved image would look missing: the pass stops
+    before its plan, in one line, rather than upload a second copy of each."""
+    before = project_images(glance, migrating["project"])
+    migrating["proxy"].rules[:] = [Rule("GET", "tag=atrope", status=503, times=None)]
+    done = sync(migrating["conf"], "--adopt", "atrope")
+    assert done.returncode == 1
+    ours = [line for line in done.stderr.splitlines() if line.startswith("vmtrust-sync: ")]
+    assert ours == [
+        "vmtrust-sync: adopt atrope: cannot list its images: glance GET /images: "
+        "HTTP 503 Proxy Failure"
+    ]  # after keystoneauth's own retries, which it logs
+    assert project_images(glance, migrating["project"]) == before

@@ -199,3 +199,18 @@ def test_atrope_marks_and_claims():
     assert tool.claimed_sha512({"image_hash": "md5:x"}) is None
     with pytest.raises(ValueError, match="unknown tool 'vmcatcher'"):
         make_tool("vmcatcher")
+
+
+def test_a_community_image_of_another_project_neither_blocks_nor_is_adopted():
+    """Any project may publish a community image tagged atrope with an approved appdb_id:
+    it must not stop the real copy's adoption, nor, alone, the upload of the image."""
+    fake = atrope_image("g-9", owner="someone", visibility="community")
+    alone = plan([fake])
+    assert (alone.in_place, alone.retire, alone.refused) == ([], [], [])
+    (left,) = alone.left
+    assert left.reason == "a community image of project someone: anyone can publish one"
+    beside = plan([fake, atrope_image()])
+    assert [i.image["id"] for i in beside.in_place] == ["g-1"] and beside.refused == []
+    # atrope 2.1.0's own community images (sharing_model) are in its project: adopted
+    own = plan([atrope_image(visibility="community")])
+    assert len(own.in_place) == 1

@@ -379,6 +379,7 @@ class GlanceStore(Store):
             image = self.patch(image_id, set_ops(image, {"visibility": self.visibility}))
         wanted = self._wanted(image, want, record, seal)
         wanted[gp.SHARED_WITH] = glance_share.share(self, image_id, record.vo)
+        wanted["os_hidden"] = False  # as a created image: in the projects' listings
         tags = image.get("tags") or []
         wanted["tags"] = [tag for tag in tags if tag not in drop_tags]
         gone = set(stale_properties(image, wanted)) | (drop_properties - set(wanted))
