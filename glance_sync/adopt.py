@@ -3,7 +3,7 @@
 ``vmtrust-sync --adopt atrope`` is one sync pass with two hooks
 (:meth:`Adoption.before_plan`, :meth:`Adoption.after_create`) around the plan.
 Between verifying the lists and planning, every approved image the other tool
-holds in Glance is decided (:func:`plan_adoption`, pure):
+holds in Glance is decided (:mod:`glance_sync.adopt_plan`, pure):
 
 * **adopt in place** — the image keeps its Glance id (what users, Heat
   templates and pilot frameworks reference) — when it is owned by the sync's
@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from glance_sync.adopt_plan import AdoptionPlan, InPlace, current_versions, plan_adoption
 from glance_sync.foreign import Image, Tool
 from glance_sync.inspection import inspect_stream
 from glance_sync.lists import image_failure
@@ -50,211 +51,11 @@ from glance_sync.report import Report, unexpected
 from glance_sync.stores.glance import GlanceStore
 from glance_sync.stores.glance_api import GlanceError, set_ops, short
 from glance_sync.transfer import CHUNK, Tally, TransferError, iter_chunks
-from glance_sync.unpack import normalise_format
 from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.record import seal
 
 LOG = logging.getLogger("vmtrust.adopt")
-
-
-# --- the plan -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InPlace:
-    want: Desired
-    image: Image
-    disk_format: str  #: of the bytes Glance holds (the list's)
-
-
-@dataclass(frozen=True)
-class RetireCopy:
-    """Retire the tool's copy once vmtrust holds ``identifier`` at the list's version."""
-
-    identifier: str
-    image: Image
-    reason: str
-    reupload: bool  #: the copy's bytes are not adoptable: the pass uploads the list's
-
-
-@dataclass(frozen=True)
-class Refused:
-    want: Desired
-    image: Image
-    reason: str
-
-
-@dataclass(frozen=True)
-class LeftAlone:
-    image: Image
-    reason: str
-
-
-@dataclass
-class AdoptionPlan:
-    in_place: list[InPlace] = field(default_factory=list)
-    retire: list[RetireCopy] = field(default_factory=list)
-    refused: list[Refused] = field(default_factory=list)
-    left: list[LeftAlone] = field(default_factory=list)
-
-    def describe(self, tool: Tool, retire_mode: str) -> list[str]:
-        lines = []
-        for item in self.in_place:
-            d = item.want
-            lines.append(
-                f"adopt    {d.identifier} {d.image.version} ({d.image.title}): "
-                f"{tool.describe(item.image)} keeps its id"
-            )
-        for item in self.retire:
-            what = f"{tool.describe(item.image)}: {item.reason}"
-            if item.reupload:
-                lines.append(
-                    f"re-upload {item.identifier}: {what}; the copy is retired ({retire_mode}) "
-                    "once the new one is active"
-                )
-            else:
-                lines.append(f"retire   {what} ({retire_mode})")
-        for item in self.refused:
-            lines.append(f"refuse   {item.want.identifier}: {item.reason}")
-        for item in self.left:
-            lines.append(
-                f"leave    {tool.describe(item.image)}: {item.reason}; left alone (to remove "
-                f"it: openstack image delete {item.image.get('id')})"
-            )
-        return lines
-
-
-def plan_adoption(
-    wanted: dict[str, Desired],
-    held: list[Held],
-    found: list[Image],
-    *,
-    tool: Tool,
-    project: str,
-    stored_format: Callable[[str], str],
-) -> AdoptionPlan:
-    """Decide, for every image of the tool, what adoption does with it (no I/O)."""
-    plan = AdoptionPlan()
-    current = _current(wanted, held)
-    copies: dict[str, list[Image]] = {}
-    for image in sorted(found, key=lambda i: (str(i.get("created_at")), str(i.get("id")))):
-        identifier = tool.identifier(image)
-        want = wanted.get(identifier) if identifier else None
-        why_not = _not_a_copy(image, identifier, want, tool, project)
-        if why_not is not None:
-            plan.left.append(LeftAlone(image, why_not))
-        else:
-            copies.setdefault(identifier, []).append(image)  # type: ignore[arg-type]
-    for identifier, images in sorted(copies.items()):
-        want = wanted[identifier]
-        own = [i for i in images if i.get("owner") == project]
-        others = [i for i in images if i.get("owner") != project]
-        if identifier in current:
-            reason = f"vmtrust already holds {identifier} {want.image.version}"
-            plan.retire += [RetireCopy(identifier, i, reason, False) for i in own]
-        elif not own:
-            plan.refused += [Refused(want, i, _refusal(tool, i, project)) for i in others]
-            continue
-        else:
-            problems = [(i, _not_in_place(i, want, tool, stored_format)) for i in own]
-            adoptable = [i for i, problem in problems if problem is None]
-            if adoptable:
-                fmt = normalise_format(want.image.format)[1]
-                plan.in_place.append(InPlace(want, adoptable[0], fmt))
-                plan.retire += [
-                    RetireCopy(identifier, i, f"a second copy of {identifier}", False)
-                    for i in own
-                    if i is not adoptable[0]
-                ]
-            else:
-                plan.retire += [RetireCopy(identifier, i, str(p), True) for i, p in problems]
-        plan.left += [
-            LeftAlone(i, f"a copy of {identifier} owned by project {i.get('owner')}, which the "
-                      "sync cannot retire: remove it with that project's credentials")
-            for i in others
-        ]  # fmt: skip
-    return plan
-
-
-def _not_a_copy(
-    image: Image, identifier: str | None, want: Desired | None, tool: Tool, project: str
-) -> str | None:
-    """Why the image is none of adoption's business, or None when it is a copy of ``want``."""
-    if image.get("owner") != project and image.get("visibility") == "community":
-        # any project may publish a community image with the tool's marks: such an
-        # image must not stop the sync from adopting or uploading the real one
-        return f"a community image of project {image.get('owner')}: anyone can publish one"
-    if identifier is None:
-        return f"{tool.name} recorded no image identifier"
-    if tool.superseded(image):
-        return f"{tool.name} marked it as replaced"
-    if want is None or not tool.belongs(image, want):
-        return "no list that verified in this pass approves it in vmtrust"
-    return None
-
-
-def _current(wanted: dict[str, Desired], held: list[Held]) -> set[str]:
-    """Identifiers vmtrust already holds trusted at the version the list has."""
-    return {
-        h.record.image_identifier
-        for h in held
-        if h.record is not None
-        and h.seal_ok
-        and not h.retired
-        and h.record.image_identifier in wanted
-        and h.record.source_sha512 == wanted[h.record.image_identifier].image.sha512
-        and h.record.image_version == wanted[h.record.image_identifier].image.version
-    }
-
-
-def _refusal(tool: Tool, image: Image, project: str) -> str:
-    owner, image_id = image.get("owner"), image.get("id")
-    return (
-        f"{tool.describe(image)} is owned by project {owner}, not by the sync's project "
-        f"{project}: not adopted, and not copied (VOs would see two images). Either run the "
-        f"sync as project {owner} ([store_glance] project_id = {owner}, with credentials "
-        f"holding the role vmtrust_service there), or have a cloud admin move the image "
-        f"('openstack image set --project {project} {image_id}', its id stays), then adopt again"
-    )
-
-
-def _not_in_place(
-    image: Image, want: Desired, tool: Tool, stored_format: Callable[[str], str]
-) -> str | None:
-    """Why the copy cannot become vmtrust's as it is, or None when it can."""
-    entry = want.image
-    if image.get("status") != "active":
-        return f"its Glance status is {image.get('status')}"
-    algo = image.get("os_hash_algo")
-    if algo != "sha512":
-        return f"Glance hashed it with {algo}, which cannot be compared with the list's sha512"
-    if image.get("os_hash_value") != entry.sha512 or image.get("size") != entry.size:
-        claimed = tool.claimed_sha512(image)
-        if claimed == entry.sha512:
-            return f"Glance holds other bytes than the list's file ({tool.name} converted it)"
-        if claimed:
-            return (
-                f"{tool.name} uploaded another file (sha512 {claimed[:16]}…) than the list "
-                f"has now (version {entry.version}, sha512 {entry.sha512[:16]}…)"
-            )
-        return "Glance holds other bytes than the list's file"
-    compression, fmt = normalise_format(entry.format)
-    if compression is not None or fmt in ("ova", "tar"):
-        return (
-            f"the list's file is {entry.format}: Glance holds it as published, vmtrust "
-            "stores the disk inside"
-        )
-    if stored_format(fmt) != fmt:
-        return f"the site stores {stored_format(fmt)} ([store_glance] disk_formats), not {fmt}"
-    if image.get("disk_format") != fmt:
-        return (
-            f"Glance labels it {image.get('disk_format')}, the list declares {fmt} "
-            "(hv:format): the label cannot change on an active image"
-        )
-    if image.get("container_format") != "bare":
-        return f"container_format is {image.get('container_format')}, vmtrust stores bare disks"
-    return None
 
 
 # --- finding the tool's images ---------------------------------------------------------------
@@ -314,7 +115,12 @@ class Adoption:
     """One adoption pass's decisions and actions, called by :meth:`SyncService.run`."""
 
     def __init__(
-        self, store: Any, tool: Tool, seal_key: Ed25519PrivateKey, retire_mode: str
+        self,
+        store: Any,
+        tool: Tool,
+        seal_key: Ed25519PrivateKey,
+        retire_mode: str,
+        workers: int = 1,
     ) -> None:
         if not isinstance(store, GlanceStore):
             raise ConfigError(
@@ -324,6 +130,7 @@ class Adoption:
         self.tool = tool
         self.seal_key = seal_key
         self.retire_mode = retire_mode
+        self.workers = max(1, workers)  #: adoptions read back at once ([sync] parallel_downloads)
         self.plan = AdoptionPlan()
         self.current: set[str] = set()
 
@@ -352,8 +159,8 @@ class Adoption:
             wanted, held, found, tool=self.tool, project=self.store.project_id,
             stored_format=self.store.disk_format,
         )  # fmt: skip
-        self.plan, self.current = plan, _current(wanted, held)
-        for line in plan.describe(self.tool, self.retire_mode) or [
+        self.plan, self.current = plan, current_versions(wanted, held)
+        for line in plan.describe(self.tool, self.retire_mode, self._changes) or [
             f"adopt    nothing: no {self.tool.name} image of an approved list"
         ]:
             out(line)
@@ -361,15 +168,30 @@ class Adoption:
             report.fail(f"image {item.want.identifier}: {item.reason}", image_failure(item.want))
             wanted.pop(item.want.identifier, None)
         held = list(held)
-        for item in plan.in_place:
-            adopted = self._in_place(item, report, dry_run=dry_run)
+        # reading back is I/O and hashing (which releases the GIL): several at once
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="vmtrust-adopt") as pool:
+            results = list(pool.map(lambda i: self._in_place(i, report, dry_run), plan.in_place))
+        for item, adopted in zip(plan.in_place, results, strict=True):
             if adopted is None:
                 wanted.pop(item.want.identifier, None)
             else:
                 held.append(adopted)
         return held
 
-    def _in_place(self, item: InPlace, report: Report, *, dry_run: bool) -> Held | None:
+    def _changes(self, item: InPlace) -> list[str]:
+        """What the users of an adopted image notice: its name, who sees it."""
+        image, store = item.image, self.store
+        name = f"{store.name_prefix}{item.want.image.title}"[:255]
+        changes = []
+        if image.get("name") != name:
+            changes.append(f"renamed {image.get('name')!r} -> {name!r}")
+        if image.get("visibility") != store.visibility:
+            changes.append(f"visibility {image.get('visibility')} -> {store.visibility}")
+        shared = sorted(project for project, _ in store.projects(item.want.vo))
+        changes.append(f"members: {', '.join(shared) or 'none'}")
+        return changes
+
+    def _in_place(self, item: InPlace, report: Report, dry_run: bool) -> Held | None:
         want, image = item.want, item.image
         image_id = image["id"]
         if dry_run:  # as the plan will see it once adopted: nothing to create

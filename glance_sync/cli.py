@@ -125,7 +125,9 @@ def _adoption(args: argparse.Namespace, store, settings) -> Adoption:
     from glance_sync.foreign import make_tool
 
     tool = make_tool(args.adopt, args.adopt_tag)
-    return Adoption(store, tool, settings.seal_key, settings.retire_mode)
+    return Adoption(
+        store, tool, settings.seal_key, settings.retire_mode, settings.parallel_downloads
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

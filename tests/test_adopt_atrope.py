@@ -146,6 +146,11 @@ def test_atrope_images_are_adopted_in_place_or_uploaded_again(
     assert project_images(glance, project) == untouched
     text = "\n".join(lines)
     assert f"adopt    img-raw 1 (Example worker node): atrope image {raw_id}" in text
+    # what the users of the image will notice, said before it happens
+    assert (
+        "keeps its id; renamed 'EGI Example worker node' -> 'Example worker node'; "
+        f"members: {vo_project}\n" in text
+    )
     assert "re-upload img-qcow2: " in text
     assert "Glance labels it raw, the list declares qcow2" in text
     assert "re-upload img-ova: " in text and "atrope converted it" in text

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 from test_plan import ID_A, ID_B, desired, held, sha
 
-from glance_sync.adopt import InPlace, plan_adoption
+from glance_sync.adopt_plan import InPlace, plan_adoption
 from glance_sync.foreign import Atrope, CloudkeeperOS, make_tool
 
 PROJECT = "svc0123"
