@@ -2,7 +2,8 @@
 
 One pass by default (for cron or a systemd timer); ``--daemon`` repeats it
 every ``--interval`` seconds; ``--dry-run`` prints the plan and changes
-nothing.  Exit 0 when everything succeeded, 1 when anything failed (each
+nothing; ``--adopt atrope`` makes the images atrope left in Glance vmtrust's
+first (:mod:`glance_sync.adopt`, docs/migration.md).  Exit 0 when everything succeeded, 1 when anything failed (each
 failure on one line of standard error, after everything else was done), and
 the configuration's exit status when nothing could start.
 
