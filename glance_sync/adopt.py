@@ -42,7 +42,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from glance_sync.adopt_plan import AdoptionPlan, InPlace, current_versions, plan_adoption
+from glance_sync.adopt_plan import (
+    AdoptionPlan,
+    InPlace,
+    current_versions,
+    held_identifiers,
+    plan_adoption,
+)
 from glance_sync.foreign import Image, Tool
 from glance_sync.inspection import inspect_stream
 from glance_sync.lists import image_failure
@@ -85,10 +91,15 @@ def find(store: GlanceStore, tool: Tool, list_identifiers: set[str]) -> list[Ima
 
 
 class GlanceFile:
-    """The bytes Glance holds for an image, as a stream (for hashing and inspection)."""
+    """The bytes Glance holds for an image, as a stream (for hashing and inspection).
 
-    def __init__(self, store: GlanceStore, image_id: str) -> None:
+    Bounded by the size the image should have: a body that goes on is cut there.
+    """
+
+    def __init__(self, store: GlanceStore, image_id: str, size: int) -> None:
         self.what = f"glance GET /images/{image_id}/file"
+        self.size = size
+        self.left = size
         self.reply = store.call(
             "GET",
             f"/images/{image_id}/file",
@@ -100,9 +111,13 @@ class GlanceFile:
 
     def read(self, size: int = CHUNK) -> bytes:
         try:
-            return next(self.chunks, b"")
+            chunk = next(self.chunks, b"")
         except Exception as exc:  # requests' and urllib3's ways of losing a body
             raise GlanceError(f"{self.what}: connection lost ({short(exc)})") from None
+        self.left -= len(chunk)
+        if self.left < 0:
+            raise GlanceError(f"{self.what}: more than the {self.size} bytes of the image")
+        return chunk
 
     def close(self) -> None:
         self.reply.close()
@@ -145,8 +160,9 @@ class Adoption:
     ) -> list[Held] | None:
         """Adopt in place; return what the store holds now (None: stop the pass).
 
-        Images refused, or whose adoption failed, leave ``wanted``: the pass must
-        not upload a second copy beside the tool's.
+        Images refused, or whose adoption failed, leave ``wanted`` unless vmtrust
+        holds a version of its own: the pass must not upload a second copy beside
+        the tool's, nor retire vmtrust's own because it left the approved set.
         """
         lists = {want.imagelist.identifier for want in wanted.values()}
         try:
@@ -164,18 +180,21 @@ class Adoption:
             f"adopt    nothing: no {self.tool.name} image of an approved list"
         ]:
             out(line)
-        for item in plan.refused:
+        for item in plan.refused:  # refused only when vmtrust holds no version of it
             report.fail(f"image {item.want.identifier}: {item.reason}", image_failure(item.want))
             wanted.pop(item.want.identifier, None)
+        holding = held_identifiers(held)
         held = list(held)
         # reading back is I/O and hashing (which releases the GIL): several at once
         with ThreadPoolExecutor(self.workers, thread_name_prefix="vmtrust-adopt") as pool:
             results = list(pool.map(lambda i: self._in_place(i, report, dry_run), plan.in_place))
         for item, adopted in zip(plan.in_place, results, strict=True):
-            if adopted is None:
-                wanted.pop(item.want.identifier, None)
-            else:
+            if adopted is not None:
                 held.append(adopted)
+            elif item.want.identifier not in holding:
+                # no upload beside the copy that failed (with a version of its own
+                # vmtrust updates as usual: leaving the image out would retire that)
+                wanted.pop(item.want.identifier, None)
         return held
 
     def _changes(self, item: InPlace) -> list[str]:
@@ -227,7 +246,7 @@ class Adoption:
     def _read_back(self, image_id: str, want: Desired, disk_format: str) -> Tally:
         """Hash and inspect what Glance holds, as a download would be before it is stored."""
         identifier = want.identifier
-        raw = GlanceFile(self.store, image_id)
+        raw = GlanceFile(self.store, image_id, want.image.size)
         tally = Tally()
         try:
             for _ in iter_chunks(inspect_stream(raw, disk_format, identifier), identifier, tally):

@@ -103,6 +103,9 @@ def plan_adoption(
     """Decide, for every image of the tool, what adoption does with it (no I/O)."""
     plan = AdoptionPlan()
     current = current_versions(wanted, held)
+    # vmtrust's own copy of an image, at whatever version, is updated as usual: a copy in
+    # another project then adds no second image, and is only listed
+    holding = held_identifiers(held)
     copies: dict[str, list[Image]] = {}
     for image in sorted(found, key=lambda i: (str(i.get("created_at")), str(i.get("id")))):
         identifier = tool.identifier(image)
@@ -119,7 +122,7 @@ def plan_adoption(
         if identifier in current:
             reason = f"vmtrust already holds {identifier} {want.image.version}"
             plan.retire += [RetireCopy(identifier, i, reason, False) for i in own]
-        elif not own:
+        elif not own and identifier not in holding:
             plan.refused += [Refused(want, i, _refusal(tool, i, project)) for i in others]
             continue
         else:
@@ -158,6 +161,11 @@ def _not_a_copy(
     if want is None or not tool.belongs(image, want):
         return "no list that verified in this pass approves it in vmtrust"
     return None
+
+
+def held_identifiers(held: list[Held]) -> set[str]:
+    """Identifiers of which vmtrust holds a trusted version, whichever it is."""
+    return {h.record.image_identifier for h in held if h.record and h.seal_ok and not h.retired}
 
 
 def current_versions(wanted: dict[str, Desired], held: list[Held]) -> set[str]:

@@ -2,10 +2,13 @@
 
 One pass by default (for cron or a systemd timer); ``--daemon`` repeats it
 every ``--interval`` seconds; ``--dry-run`` prints the plan and changes
-nothing; ``--adopt atrope`` makes the images atrope left in Glance vmtrust's
-first (:mod:`glance_sync.adopt`, docs/migration.md).  Exit 0 when everything succeeded, 1 when anything failed (each
+nothing.  Exit 0 when everything succeeded, 1 when anything failed (each
 failure on one line of standard error, after everything else was done), and
 the configuration's exit status when nothing could start.
+
+``--adopt atrope`` (or ``cloudkeeper-os``) is one pass that first makes the
+images that tool left in Glance vmtrust's (:mod:`glance_sync.adopt`,
+docs/migration.md).
 
 Nothing stops the daemon but a signal: a pass that fails as a whole (the
 subscriptions file became invalid, the store cannot be read, a bug) is one

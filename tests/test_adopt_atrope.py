@@ -308,3 +308,27 @@ def test_copies_of_older_versions_or_not_active_are_replaced_and_refused_bytes_s
     assert after[before["img-down"]["id"]][gp.STATE] == "retired"
     assert after[before["img-evil"]["id"]] == before["img-evil"], "refused: left as it was"
     assert len(after) == 5, "no copy of img-evil either"
+
+
+@needs_qemu_img
+def test_a_failed_adoption_never_retires_the_version_vmtrust_holds(
+    glance_sync, glance, site, pki, ca_dir, keystone, tmp_path
+):
+    """A site that ran both: vmtrust holds version 1; atrope uploaded version 2, which
+    vmtrust refuses when it reads it back.  vmtrust's version 1 stays trusted."""
+    service, project = glance_sync, glance_sync.project
+    url = sign_list(site, pki, "/site.list", SITE_LIST, [appdb_entry("wn", RAW, site)], "1")
+    subs = subscription(service, url)
+    assert service.run(subs).failures == []
+    (mine,) = project_images(glance, project)
+    evil = appdb_entry("wn", vmdk_with_parent(tmp_path), site, fmt="vmdk", version="2")
+    url = sign_list(site, pki, "/site.list", SITE_LIST, [evil], "2")
+    atrope_pass(tmp_path, keystone, project, ca_dir, {"egi-site": source(url, pki)})
+
+    report, lines = run_adoption(service, subs)
+    assert any(line.startswith("adopt    wn 2 ") for line in lines)
+    assert len(report.failures) == 2, report.failures  # the read-back, then the download
+    assert all("VMDK names a parent disk" in line for line in report.failures)
+    image = project_images(glance, project)[mine]
+    verdict = judge(service, image)
+    assert verdict.trusted and verdict.record.image_version == "1"

@@ -11,10 +11,13 @@ import json
 from dataclasses import replace
 
 import pytest
+import requests
 from test_plan import ID_A, ID_B, desired, held, sha
 
+from glance_sync.adopt import GlanceFile
 from glance_sync.adopt_plan import InPlace, plan_adoption
 from glance_sync.foreign import Atrope, CloudkeeperOS, make_tool
+from glance_sync.stores.glance_api import GlanceError
 
 PROJECT = "svc0123"
 WANTED = desired((ID_A, "1.2"), (ID_B, "7"))
@@ -214,3 +217,57 @@ def test_a_community_image_of_another_project_neither_blocks_nor_is_adopted():
     # atrope 2.1.0's own community images (sharing_model) are in its project: adopted
     own = plan([atrope_image(visibility="community")])
     assert len(own.in_place) == 1
+
+
+def test_with_a_version_of_its_own_vmtrust_updates_as_usual_and_refuses_nothing():
+    """vmtrust holds an older version and atrope's copy is in another project: the pass
+    replaces vmtrust's own as it would without --adopt; refusing would leave the image
+    out of the approved set, and the plan would retire vmtrust's version."""
+    older = held(desired((ID_A, "1.1"))[ID_A], "vm-0")
+    result = plan([atrope_image(owner="atrope-project")], [older])
+    assert result.refused == [] and result.in_place == []
+    (left,) = result.left
+    assert "owned by project atrope-project, which the sync cannot retire" in left.reason
+
+
+class _Reply:
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.closed = False
+
+    def iter_content(self, size):
+        yield from self.chunks
+
+    def close(self):
+        self.closed = True
+
+
+class _Store:
+    """Glance's answer to GET /images/{id}/file, and nothing else."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.asked = []
+
+    def call(self, method, url, ok, **kw):
+        self.asked.append((method, url, kw.get("stream")))
+        return self.reply
+
+
+def test_reading_back_is_bounded_and_a_lost_body_is_one_line():
+    def broken():
+        yield b"x" * 10
+        raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead")
+
+    store = _Store(_Reply([b"x" * 10, b"y" * 10]))
+    raw = GlanceFile(store, "g-1", 15)
+    assert store.asked == [("GET", "/images/g-1/file", True)]
+    assert raw.read() == b"x" * 10
+    with pytest.raises(GlanceError, match=r"^glance GET /images/g-1/file: more than the 15 bytes"):
+        raw.read()
+    raw = GlanceFile(_Store(_Reply(broken())), "g-1", 100)
+    raw.read()
+    with pytest.raises(GlanceError, match=r"connection lost \(Connection broken: Incomplete"):
+        raw.read()
+    exact = GlanceFile(_Store(_Reply([b"z" * 15])), "g-1", 15)
+    assert (exact.read(), exact.read()) == (b"z" * 15, b"")
