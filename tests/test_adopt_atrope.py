@@ -332,3 +332,29 @@ def test_a_failed_adoption_never_retires_the_version_vmtrust_holds(
     image = project_images(glance, project)[mine]
     verdict = judge(service, image)
     assert verdict.trusted and verdict.record.image_version == "1"
+
+
+def test_public_images_of_a_list_without_token_become_shared_with_the_vo(
+    glance_sync, glance, site, pki, ca_dir, tmp_path
+):
+    """atrope makes the images of a source without token public (its admin credentials
+    allow it): adoption gives them vmtrust's visibility and members, as the sync's
+    project, without an admin role — and says so in the plan first."""
+    service, project = glance_sync, glance_sync.project
+    vo_project, vo_conn, _ = vo_cloud(glance, tmp_path)
+    with_vo(service, {VO: [(vo_project, vo_conn)]})
+    url = sign_list(site, pki, "/site.list", SITE_LIST, [appdb_entry("wn", RAW, site)], "1")
+    cloud = Cloud(glance.url, {"atrope": "secret"}, roles={"atrope": ADMIN_ROLES})
+    with StandIn(cloud) as keystone:
+        atrope_pass(tmp_path, keystone, project, ca_dir, {"egi": source(url, pki, token="")})
+    (image,) = tagged(glance, project).values()
+    assert image["visibility"] == "public"
+    subs = subscription(service, url)
+    _, lines = run_adoption(service, subs, dry_run=True)
+    assert f"visibility public -> shared; members: {vo_project}" in lines[0]
+    report, _ = run_adoption(service, subs)
+    assert report.failures == [], report.failures
+    adopted = project_images(glance, project)[image["id"]]
+    assert judge(service, adopted).trusted and adopted["visibility"] == "shared"
+    assert image["id"] in visible_to(glance, vo_project)
+    assert image["id"] not in visible_to(glance, "someone-else")
