@@ -10,8 +10,11 @@ them; the copies atrope changed (a QCOW2 it labelled raw, an OVA it unpacked) or
 that the list replaced since are uploaded again and atrope's copy retired once
 the new one is active; images of lists and entries the site does not approve are
 listed and left alone; the dry run changes nothing; a second pass changes
-nothing; the nova filter's decision; and atrope's images in another project are
-refused with the fix, which works.
+nothing; the nova filter's decision; atrope's images in another project are
+refused with the fix, which works; public images (a source without token) become
+shared with the VO; bytes vmtrust refuses (a VMDK naming a parent, which Glance's
+own upload check lets through) stay untrusted at read-back, and such a failure
+never retires the version vmtrust already holds.
 """
 
 from __future__ import annotations
