@@ -12,6 +12,10 @@ Each event of a pass is also a log line with fixed keys, as text or JSON lines
 (:mod:`glance_sync.eventlog`); the metrics of each pass are served by the
 daemon and written for node_exporter by any pass (:mod:`glance_sync.metrics`).
 
+``--adopt atrope`` (or ``cloudkeeper-os``) is one pass that first makes the
+images that tool left in Glance vmtrust's (:mod:`glance_sync.adopt`,
+docs/migration.md).
+
 Nothing stops the daemon but a signal: a pass that fails as a whole (the
 subscriptions file became invalid, the store cannot be read, a bug) is one
 line, and the next pass runs at its time.  Everything printed or logged
@@ -30,9 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glance_sync import eventlog
 from glance_sync import settings as settings_mod
+from glance_sync.foreign import TOOLS
 from glance_sync.report import Report, unexpected
 from glance_sync.service import SyncService, tty_progress
 from vmtrust import __version__, errors
@@ -40,6 +46,9 @@ from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
 from vmtrust.policy import load_subscriptions
 from vmtrust.safetext import shown
+
+if TYPE_CHECKING:
+    from glance_sync.adopt import Adoption
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -82,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between passes with --daemon (default: [sync] interval)",
     )
     parser.add_argument(
+        "--adopt",
+        choices=TOOLS,
+        metavar="TOOL",
+        help="one pass that first adopts the Glance images another sync made (atrope or "
+        "cloudkeeper-os), keeping their ids where the bytes are the list's "
+        "(docs/migration.md); with --dry-run, print the plan",
+    )
+    parser.add_argument(
+        "--adopt-tag",
+        metavar="TAG",
+        help="the tag atrope marks its images with (its [glance] tag; default: atrope)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     return parser
@@ -107,11 +129,17 @@ def _say(line: str) -> None:
 
 
 def _one_pass(
-    service: SyncService, subscriptions_file, dry_run: bool, observe: Observer | None = None
+    service: SyncService,
+    subscriptions_file,
+    dry_run: bool,
+    observe: Observer | None = None,
+    adoption: Adoption | None = None,
 ) -> int:
     subscriptions = load_subscriptions(subscriptions_file)
     started = time.monotonic()
-    report = service.run(subscriptions, dry_run=dry_run, out=lambda line: print(shown(line)))
+    report = service.run(
+        subscriptions, dry_run=dry_run, out=lambda line: print(shown(line)), adoption=adoption
+    )
     code = report.exit_code
     if observe is not None and not dry_run:
         code = max(
@@ -126,12 +154,16 @@ def _one_pass(
 
 
 def _guarded_pass(
-    service: SyncService, subscriptions_file, dry_run: bool, observe: Observer | None = None
+    service: SyncService,
+    subscriptions_file,
+    dry_run: bool,
+    observe: Observer | None = None,
+    adoption: Adoption | None = None,
 ) -> int:
     """One pass whatever happens: a failure of the pass as a whole is one line too."""
     started = time.monotonic()
     try:
-        return _one_pass(service, subscriptions_file, dry_run, observe)
+        return _one_pass(service, subscriptions_file, dry_run, observe, adoption)
     except VmtrustError as exc:
         line, code = str(exc), exc.exit_code
     except Exception as exc:
@@ -168,13 +200,28 @@ def _observer(service: SyncService, metrics, textfile: str) -> Observer:
     return observe
 
 
+def _adoption(args: argparse.Namespace, store, settings) -> Adoption:
+    from glance_sync.adopt import Adoption
+    from glance_sync.foreign import make_tool
+
+    tool = make_tool(args.adopt, args.adopt_tag)
+    return Adoption(
+        store, tool, settings.seal_key, settings.retire_mode, settings.parallel_downloads
+    )
+
+
 def _logging(args: argparse.Namespace, log_format: str) -> None:
     _Output.json = log_format == "json"
     eventlog.configure(args.verbose, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.adopt and args.daemon:
+        parser.error("--adopt is one pass: run it without --daemon")
+    if args.adopt_tag and args.adopt != "atrope":
+        parser.error("--adopt-tag goes with --adopt atrope")
     _logging(args, args.log_format or "text")
     server = None
     try:
@@ -188,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_mod.from_conf(conf)
         load_subscriptions(settings.subscriptions_file)  # validate before touching anything
         store = settings_mod.make_store(conf, settings)
+        adoption = _adoption(args, store, settings) if args.adopt else None
         service = SyncService(settings, store, progress=tty_progress(), events=eventlog.log_event)
         interval = args.interval or conf.sync.interval
         observe = None
@@ -206,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERNAL_ERROR
     try:
         if not args.daemon:
-            return _guarded_pass(service, settings.subscriptions_file, args.dry_run, observe)
+            return _guarded_pass(
+                service, settings.subscriptions_file, args.dry_run, observe, adoption
+            )
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glance_sync import lock
 from glance_sync.convert import Conversion, clear_work_folder, work_folder
@@ -62,6 +63,9 @@ from vmtrust.errors import LockError as LockError  # where callers found it befo
 from vmtrust.policy import Subscription
 from vmtrust.record import seal
 from vmtrust.safetext import clean
+
+if TYPE_CHECKING:
+    from glance_sync.adopt import Adoption
 
 __all__ = ["LockError", "Report", "SyncService", "exclusive_lock", "tty_progress"]
 
@@ -375,7 +379,10 @@ class SyncService:
         dry_run: bool = False,
         now: datetime | None = None,
         out: Callable[[str], None] = print,
+        adoption: Adoption | None = None,
     ) -> Report:
+        """One pass; with ``adoption`` (``--adopt``), another tool's images are adopted
+        before the plan is made (:mod:`glance_sync.adopt`)."""
         now = now or datetime.now(UTC)
         report = Report(listener=self.events)
         self.last_held = None
@@ -401,7 +408,7 @@ class SyncService:
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
                 for verified in self.lists.verified(subscriptions, held, report, now):
                     lists.append(verified)
-                    if dry_run:
+                    if dry_run or adoption is not None:  # adoption decides before any upload
                         continue
                     local_list = local[verified.subscription.name]
                     for action in self._early(verified, lists, held, report, now):
@@ -418,9 +425,17 @@ class SyncService:
                 for sub in subscriptions
                 if sub.name not in ok
             }
+            wanted = desired(lists, report)
+            if adoption is not None:
+                adopted = adoption.before_plan(wanted, held, report, dry_run=dry_run, out=out)
+                if adopted is None:  # the other tool's images unknown: nothing is planned
+                    if not dry_run:
+                        self._remember(ok, report, now)
+                    return report
+                held = adopted
             # Images of subscriptions no longer configured are not approved any more.
             plan = make_plan(
-                desired(lists, report),
+                wanted,
                 held,
                 frozen=frozen,
                 now=now,
@@ -440,6 +455,8 @@ class SyncService:
                 for action in late:
                     local_list = local.get(action.desired.subscription, False)
                     images.submit(self._image_task, action, local_list, report, now)
+            if adoption is not None:  # the other tool's copies go once vmtrust's are active
+                adoption.after_create(report, now)
             for action in plan.actions:
                 if isinstance(action, Refresh):
                     self._refresh(action, report)

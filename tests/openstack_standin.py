@@ -38,6 +38,7 @@ FLAVORS = [
 class Cloud:
     glance_url: str
     users: dict[str, str]  #: user name → password
+    roles: dict[str, str] = field(default_factory=dict)  #: user name → roles (default member)
     port: int = 0
     issued: dict[str, str] = field(default_factory=dict)  #: token → project
     requests: list[str] = field(default_factory=list)
@@ -103,7 +104,8 @@ def _handler(cloud: Cloud) -> type[BaseHTTPRequestHandler]:
             if cloud.users.get(user.get("name")) != user.get("password") or not project:
                 self._send(401, {"error": {"code": 401, "message": "wrong user or no project"}})
                 return
-            issued = token(project, MEMBER_ROLES, user["name"])
+            roles = cloud.roles.get(user["name"], MEMBER_ROLES)
+            issued = token(project, roles, user["name"])
             cloud.issued[issued] = project
             now = datetime.now(UTC)
             domain = {"id": "default", "name": "Default"}
@@ -118,7 +120,7 @@ def _handler(cloud: Cloud) -> type[BaseHTTPRequestHandler]:
                         ),
                         "user": {"id": user["name"], "name": user["name"], "domain": domain},
                         "project": {"id": project, "name": f"{project}-name", "domain": domain},
-                        "roles": [{"id": r, "name": r} for r in MEMBER_ROLES.split(",")],
+                        "roles": [{"id": r, "name": r} for r in roles.split(",")],
                         "catalog": cloud.catalog(),
                     }
                 },

@@ -69,12 +69,11 @@ from vmtrust.audit import (
     RETIRED,
     SEAL,
     VOLUME,
-    AuditError,
     Finding,
     Report,
 )
 from vmtrust.ec2client import Accounts, Clients
-from vmtrust.errors import EC2Error
+from vmtrust.errors import AuditError, EC2Error
 from vmtrust.imagelist import parse_date
 
 LOG = logging.getLogger("vmtrust.audit")

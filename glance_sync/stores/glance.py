@@ -329,6 +329,17 @@ class GlanceStore(Store):
             self.seen.get(held.store_id)
             or self.call("GET", f"/images/{held.store_id}", (200,)).json()
         )
+        wanted = self._wanted(image, want, record, seal)
+        ops = set_ops(image, wanted) + _removals(image, stale_properties(image, wanted))
+        self.seen[held.store_id] = self.patch(held.store_id, ops)
+        fresh = Held(held.store_id, record, True, location=held.location)
+        self.fresh[held.store_id] = fresh
+        return fresh
+
+    def _wanted(
+        self, image: dict[str, Any], want: Desired, record: TrustRecord, seal: str
+    ) -> dict[str, Any]:
+        """The list metadata, ``min_disk`` as stored, the record and the seal of ``image``."""
         wanted: dict[str, Any] = dict(
             list_properties(
                 want, record.size, self.name_prefix, hypervisor_type=self.hypervisor_type
@@ -339,12 +350,7 @@ class GlanceStore(Store):
         # What the entry no longer gives must go too: a stale hypervisor_type or
         # os_distro would steer nova's scheduler by metadata the list withdrew.
         wanted.setdefault("min_ram", 0)
-        ops = set_ops(image, wanted)
-        ops += [{"op": "remove", "path": f"/{key}"} for key in stale_properties(image, wanted)]
-        self.seen[held.store_id] = self.patch(held.store_id, ops)
-        fresh = Held(held.store_id, record, True, location=held.location)
-        self.fresh[held.store_id] = fresh
-        return fresh
+        return wanted
 
     def retire(self, held: Held, mode: str, now: datetime) -> None:
         image = self.seen.get(held.store_id, {})
@@ -355,9 +361,12 @@ class GlanceStore(Store):
         }
         if mode in ("hide", "delete"):
             wanted["os_hidden"] = True
-        self.patch(held.store_id, set_ops(image, wanted))
         if mode == "deactivate" and image.get("status", "active") == "active":
+            # Before the state: killed in between, the next pass finds a record on an
+            # image that is not active and retires it; a retired image still active
+            # would stay bootable (nothing deactivates retired images later).
             self.call("POST", f"/images/{held.store_id}/actions/deactivate", (204,))
+        self.patch(held.store_id, set_ops(image, wanted))
 
     def purge(self, held: Held) -> None:
         self.call("DELETE", f"/images/{held.store_id}", (204, 404))
@@ -377,6 +386,44 @@ class GlanceStore(Store):
         self._listing = kept
         return removed
 
+    # --- adoption of another tool's images (glance_sync.adopt) -------------------------------
+
+    def adopt(
+        self,
+        image: dict[str, Any],
+        want: Desired,
+        record: TrustRecord,
+        seal: str,
+        *,
+        drop_tags: set[str],
+        drop_properties: set[str],
+    ) -> Held:
+        """Make an image another tool uploaded one of this store's trusted images, keeping its id.
+
+        The caller has checked the bytes (read back, hashed and inspected) and made
+        ``record``; this gives the image what :meth:`create` gives a new one: the
+        configured visibility and the VO's members first (only shared images take
+        members), then one PATCH — the commit point — with the list metadata, record
+        and seal, which also takes off the other tool's marks (``drop_*``), so that
+        tool no longer finds the image.  Until that PATCH the image is the other
+        tool's, and adopting it again is safe.
+        """
+        image_id = image["id"]
+        if image.get("visibility") != self.visibility:
+            image = self.patch(image_id, set_ops(image, {"visibility": self.visibility}))
+        wanted = self._wanted(image, want, record, seal)
+        wanted[gp.SHARED_WITH] = glance_share.share(self, image_id, record.vo)
+        wanted["os_hidden"] = False  # as a created image: in the projects' listings
+        tags = image.get("tags") or []
+        wanted["tags"] = [tag for tag in tags if tag not in drop_tags]
+        gone = set(stale_properties(image, wanted)) | (drop_properties - set(wanted))
+        ops = set_ops(image, wanted) + _removals(image, sorted(gone))
+        self.seen[image_id] = self.patch(image_id, ops)
+        held = Held(image_id, record, True, location=f"glance:{image_id}")
+        self.fresh[image_id] = held
+        self._accept_new(image_id, record.image_identifier, record.vo)
+        return held
+
     # --- sharing -------------------------------------------------------------------------
 
     def projects(self, vo: str) -> list[tuple[str, Any]]:
@@ -395,6 +442,10 @@ class GlanceStore(Store):
 
     def converge(self, held: list[Held]) -> list[str]:
         return glance_share.converge(self, held)
+
+
+def _removals(image: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:
+    return [{"op": "remove", "path": f"/{key}"} for key in keys if key in image]
 
 
 def _min_disk(image: dict[str, Any]) -> int:
