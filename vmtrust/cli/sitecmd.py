@@ -102,6 +102,8 @@ def cmd_images(args: argparse.Namespace) -> int:
                 "vo": rec.vo if rec else None,
                 "expires": rec.expires if rec else None,
                 "subscription": rec.subscription if rec else None,
+                # what vouches for it: hepix (signed list), cosign, or registry (its word only)
+                "basis": rec.basis if rec else None,
                 "store_id": held.store_id,
                 "problem": held.problem,
                 "retired_at": format_date(held.retired_at) if held.retired_at else None,
@@ -116,12 +118,13 @@ def cmd_images(args: argparse.Namespace) -> int:
         return 0
     print(
         table(
-            ["IDENTIFIER", "VERSION", "STATE", "VO", "EXPIRES", "SHA512", "LOCATION"],
+            ["IDENTIFIER", "VERSION", "STATE", "BASIS", "VO", "EXPIRES", "SHA512", "LOCATION"],
             [
                 [
                     r["identifier"] or "?",
                     r["version"] or "?",
                     r["state"],
+                    r["basis"] or "-",
                     r["vo"] or "-",
                     r["expires"] or "-",
                     (r["sha512"] or "?")[:16],
