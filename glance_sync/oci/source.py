@@ -133,7 +133,7 @@ def _image(
         return None
     manifest = parse_manifest(data, digest, content_type, what)
     annotations = dict(manifest.annotations)
-    if len(manifest.layers) == 1:
+    if manifest.layers:  # atrope takes the first layer: so is an artefact an image for it
         annotations.update(manifest.layers[0].annotations)
     if SYNC_ANNOTATION not in annotations:
         LOG.info("%s: no %s annotation, not a VM image; passed over", what, SYNC_ANNOTATION)
