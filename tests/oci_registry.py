@@ -77,6 +77,8 @@ class LocalRegistry:
     user: str | None = None  #: with a password: Basic authentication through htpasswd
     password: str | None = None
     tls: tuple[Path, Path] | None = None  #: (certificate, key) for https
+    #: bearer tokens instead: {realm, service, issuer, rootcertbundle} of a token service
+    token: dict[str, str] | None = None
     port: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -122,6 +124,8 @@ class LocalRegistry:
             ).stdout  # fmt: skip
             htpasswd.write_text(out)
             lines += ["auth:", "  htpasswd:", "    realm: vmtrust-test", f"    path: {htpasswd}"]
+        if self.token:
+            lines += ["auth:", "  token:"] + [f"    {k}: {v}" for k, v in self.token.items()]
         path = self.root / "config.yml"
         path.write_text("\n".join(lines) + "\n")
         return path

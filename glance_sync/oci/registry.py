@@ -157,7 +157,9 @@ class Registry:
             check_url(realm)
         except HttpError as exc:
             raise RegistryError(f"registry {self.base}: token service refused: {exc}") from None
-        same_host = urlsplit(realm).netloc.lower() == self.host
+        # Harbor's realm is the registry's own /service/token; another port of the same
+        # host is the same machine's.  Another host never gets the site's password.
+        same_host = urlsplit(realm).hostname == urlsplit(self.base).hostname
         if urlsplit(self.base).scheme == "https" and urlsplit(realm).scheme != "https":
             raise RegistryError(f"registry {self.base}: token service {realm} is not https")
         query = {"scope": params.get("scope") or scope}
