@@ -257,9 +257,9 @@ class Registry:
         auth = self.auth(scope)
         for attempt in range(2):
             response = self._exchange(url, deadline, auth=auth, headers=headers, params=params)
-            if response.status_code != 401 or attempt == 1:
-                break
             header = response.headers.get("WWW-Authenticate", "")
+            if response.status_code != 401 or attempt == 1 or not header:
+                break
             response.close()
             auth = self._authorise(header, scope, deadline)
             with self._lock:
