@@ -407,3 +407,31 @@ def test_vmtrust_images_shows_the_basis(registry, pusher, service, disk, tmp_pat
     assert "BASIS" in out.splitlines()[0] and " registry " in out.splitlines()[1]
     assert main(["--config-file", str(conf), "images", "--json"]) == 0
     assert '"basis": "registry"' in capsys.readouterr().out
+
+
+def test_a_referrer_index_naming_a_missing_signature_keeps_the_stored_version(
+    registry, pusher, service, disk, disk2, signer
+):
+    """A dangling referrer must not make the image look gone (that would retire it)."""
+    key, pub = signer
+    sub = cosign_sub(registry, pub)
+    old = pusher.vm_image(REPO, "22.04", disk)
+    pusher.cosign_sign(REPO, old, key)
+    assert service.run((sub,)).exit_code == 0
+    new = pusher.vm_image(REPO, "22.04", disk2)
+    signature = pusher.cosign_referrer(REPO, new, key, size=len(manifest_of(pusher, new, raw=True)))
+    pusher.delete(REPO, signature)  # the fallback tag's index now names nothing
+    report = service.run((sub,))
+    assert report.exit_code == 1 and "not found" in report.failures[0]
+    assert trusted(service) == {f"{registry.host}/{REPO}:22.04": (old, "cosign")}
+
+
+def test_tags_a_registry_sends_are_checked_before_use():
+    from glance_sync.oci.source import _selected
+    from vmtrust.policy_oci import OciSource
+
+    class Sub:
+        oci = OciSource(registry="https://r.example.org", repository="a/b")
+
+    sent = ["22.04", "../../v2/_catalog", "a?b", "sha256-" + "a" * 64 + ".sig", "x" * 200]
+    assert _selected(Sub(), sent) == ["22.04"]

@@ -80,8 +80,11 @@ def find(
     manifests = []
     with contextlib.suppress(NotFound):  # no .sig tag: perhaps referrers
         manifests.append(registry.manifest(repository, signature_tag(digest), deadline))
-    for ref in _referrers(registry, repository, digest, deadline, problems):
-        manifests.append(registry.manifest(repository, ref, deadline))
+    for ref in _referrers(registry, repository, digest, deadline, problems)[:MAX_SIGNATURES]:
+        try:
+            manifests.append(registry.manifest(repository, ref, deadline))
+        except NotFound:
+            problems.append(f"referrer {ref[:19]}… not found")
     checked = 0
     for data, sig_digest, content_type in manifests:
         try:

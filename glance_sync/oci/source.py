@@ -43,7 +43,7 @@ from glance_sync.oci.manifest import INDEXES, ManifestError, media_type_of, pars
 from glance_sync.oci.registry import NotFound, Registry, RegistryError
 from vmtrust.cosign import CosignError
 from vmtrust.imagelist import Endorser, Image, ImageList
-from vmtrust.ociref import is_accessory_tag, is_digest
+from vmtrust.ociref import is_accessory_tag, is_digest, is_tag
 from vmtrust.policy import Subscription
 
 LOG = logging.getLogger("vmtrust.sync")
@@ -86,7 +86,7 @@ def _selected(sub: Subscription, tags: list[str]) -> list[str]:
     """The tags (and subscribed digests) of one repository the subscription follows."""
     oci = sub.oci
     assert oci is not None
-    tags = [t for t in tags if not is_accessory_tag(t)]
+    tags = [t for t in tags if is_tag(t) and not is_accessory_tag(t)]  # names from a server
     if oci.tags:
         return [t for t in oci.tags if is_digest(t) or t in tags]
     if oci.tag_pattern:
@@ -191,18 +191,19 @@ def _list(sub: Subscription, registry: Registry, deadline: Deadline, now: dateti
         identifier = f"{registry.host}/{what}"
         version = ref
         try:
-            found = _image(registry, repository, ref, deadline)
+            try:
+                found = _image(registry, repository, ref, deadline)
+            except NotFound:
+                LOG.info("%s: gone while listing (a tag deleted meanwhile)", identifier)
+                continue
             if found is None:
                 continue
-            image, digests[identifier] = found
+            image, layer_digest = found
             version = image.version
             if sub.trust == "cosign":
                 identity = f"{oci.signed_registry or registry.host}/{repository}"
                 key = signatures.find(registry, repository, version, oci.keys, identity, deadline)
                 endorsers[identifier] = Endorser(dn=f"cosign:{key.key_id}", ca="cosign")
-        except NotFound:
-            LOG.info("%s: gone while listing (a tag deleted meanwhile)", identifier)
-            continue
         except (ManifestError, CosignError, RegistryError) as exc:
             if deadline.expired:  # the registry as a whole is too slow: the subscription fails
                 raise RegistryError(
@@ -211,6 +212,7 @@ def _list(sub: Subscription, registry: Registry, deadline: Deadline, now: dateti
                 ) from None
             refused.append((identifier, version, what, str(exc)))
             continue
+        digests[identifier] = layer_digest
         images.append(image)
     registry_word = Endorser(dn=f"registry:{registry.host}", ca="registry")
     endorser = next(iter(endorsers.values()), registry_word)
