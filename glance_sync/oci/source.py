@@ -37,7 +37,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from glance_sync.httpclient import Deadline
+import requests
+
+from glance_sync.httpclient import Deadline, HttpSettings
 from glance_sync.oci import harbor, signatures
 from glance_sync.oci.manifest import INDEXES, ManifestError, media_type_of, parse_manifest
 from glance_sync.oci.registry import NotFound, Registry, RegistryError
@@ -69,7 +71,9 @@ class OciListing:
     refused: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def make_registry(sub: Subscription, session, http, max_bytes: int) -> Registry:
+def make_registry(
+    sub: Subscription, session: requests.Session, http: HttpSettings, max_bytes: int
+) -> Registry:
     """The registry client of an OCI subscription, for one pass."""
     assert sub.oci is not None
     return Registry(
