@@ -151,7 +151,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append(
                 {
                     "name": sub.name,
-                    "url": redact(sub.url),
+                    # a registry-listed subscription (type: oci) has no list URL
+                    "url": redact(sub.url or (sub.oci.registry if sub.oci else "")),
                     "list_identifier": st.list_identifier,
                     "list_version": st.list_version,
                     "expires": _date(st.list_expires),
