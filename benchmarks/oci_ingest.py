@@ -52,15 +52,18 @@ TAG = "1"
 
 #: The baseline, run by the oras environment's interpreter: pull to a cache, then upload.
 BASELINE = """
-import sys, tempfile, pathlib, oras.client, openstack
+import sys, tempfile, pathlib, time, oras.client, openstack
 host, target, clouds, name, work = sys.argv[1:6]
 with tempfile.TemporaryDirectory(dir=work) as cache:
+    start = time.perf_counter()
     files = oras.client.OrasClient(hostname=host, insecure=True).pull(target=target, outdir=cache)
+    pulled = time.perf_counter()
     disk = max(files, key=lambda f: pathlib.Path(f).stat().st_size)
     config = openstack.config.OpenStackConfig(config_files=[clouds]).get_one(cloud="sync")
     conn = openstack.connection.Connection(config=config)
     image = conn.image.create_image(name=name, filename=disk, disk_format="raw",
                                     container_format="bare", wait=True)
+    print(pulled - start, time.perf_counter() - pulled)
     conn.image.delete_image(image.id)
 """
 
@@ -97,16 +100,17 @@ def site_config(work: Path, name: str, glance: GlanceServer, registry: LocalRegi
     return conf
 
 
-def measured(command: list) -> tuple[float, float]:
-    """Run ``command``; (wall seconds, peak resident MiB of the process)."""
+def measured(command: list) -> tuple[float, float, str]:
+    """Run ``command``; (wall seconds, peak resident MiB of the process, its output)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    output = process.stdout.read() if process.stdout else ""
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{command[0]} failed with status {process.returncode}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, output
 
 
 def trusted_in(glance: GlanceServer, project: str) -> list[dict]:
@@ -143,18 +147,21 @@ def main() -> int:
             Pusher(registry).vm_image(REPO, TAG, disk, disk_format="raw")
             disk.unlink()  # only the registry holds it now
             baseline_clouds = clouds_yaml(work / "baseline-clouds.yaml", glance, "baseline")
-            ours, theirs, memory = [], [], []
+            ours, theirs, memory, pulls, uploads = [], [], [], [], []
             for n in range(max(1, args.rounds)):
                 os.sync()
-                seconds, _ = measured(
+                seconds, _, phases = measured(
                     [args.baseline_python, "-c", BASELINE, registry.host,
                      f"{registry.host}/{REPO}:{TAG}", str(baseline_clouds), f"baseline-{n}",
                      str(work)]
                 )  # fmt: skip
                 theirs.append(seconds)
+                pull, upload = map(float, phases.split())
+                pulls.append(pull)
+                uploads.append(upload)
                 os.sync()
                 conf = site_config(work, f"vmtrust{n}", glance, registry)
-                seconds, rss = measured([str(BIN / "vmtrust-sync"), "--config-file", str(conf)])
+                seconds, rss, _ = measured([str(BIN / "vmtrust-sync"), "--config-file", str(conf)])
                 ours.append(seconds)
                 memory.append(rss)
                 (stored,) = trusted_in(glance, f"vmtrust{n}")
@@ -175,6 +182,11 @@ def main() -> int:
     )
     print(f"  samples: oras pull + openstacksdk {', '.join(f'{t:.2f}' for t in theirs)}; "
           f"vmtrust-sync {', '.join(f'{t:.2f}' for t in ours)}")  # fmt: skip
+    print(
+        f"  baseline phases (medians): oras pull {statistics.median(pulls):.2f} s, openstacksdk "
+        f"create_image {statistics.median(uploads):.2f} s; the upload alone bounds any pipeline "
+        f"into this Glance: at best {a / statistics.median(uploads):.2f}x"
+    )
     print(
         f"{args.gib:g} GiB from the registry into Glance: oras pull + openstacksdk upload "
         f"{a:.2f} s, whole vmtrust-sync {b:.2f} s (medians of {len(ours)}): vmtrust "
