@@ -326,10 +326,12 @@ class Pusher:
         }
         return self.manifest(repository, digest.replace(":", "-") + ".sig", manifest, OCI_MANIFEST)
 
-    def cosign_referrer(self, repository: str, digest: str, key: Any, *, size: int) -> str:
+    def cosign_referrer(
+        self, repository: str, digest: str, key: Any, *, size: int, fallback_tag: bool = True
+    ) -> str:
         """Sign as ``cosign sign --registry-referrers-mode=oci-1-1``: a manifest whose
         subject is the image, found through the referrers fallback tag (this registry
-        has no referrers API)."""
+        has no referrers API; without ``fallback_tag`` only a referrers API finds it)."""
         identity = f"{self.registry.host}/{repository}"
         layer = self._signature_layer(repository, key, digest, identity, None)
         config, config_size = self.blob(repository, b"{}")
@@ -355,7 +357,9 @@ class Pusher:
                 }
             ],
         }
-        self.manifest(repository, digest.replace(":", "-"), index, OCI_INDEX)
+        if fallback_tag:
+            self.manifest(repository, digest.replace(":", "-"), index, OCI_INDEX)
+        self.referrers_index = index  #: what a registry with the referrers API would answer
         return signature
 
 

@@ -34,6 +34,8 @@ class HarborFront:
     def __init__(self, registry: LocalRegistry, *, password: str | None = None) -> None:
         self.api: list[tuple[str, str | None]] = []  #: (path, Authorization) of API requests
         self.responses = dict(RECORDED)
+        #: /v2/ paths answered here instead of by the registry (a referrers API, say)
+        self.v2: dict[str, tuple[str, bytes]] = {}
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +54,10 @@ class HarborFront:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
+                if self.path in front.v2:
+                    content_type, body = front.v2[self.path]
+                    self._send(200, {"Content-Type": content_type}, body)
+                    return
                 if self.path.startswith("/v2/"):
                     upstream = requests.get(
                         registry.url + self.path, timeout=30, allow_redirects=False,
@@ -186,3 +192,66 @@ def test_without_harbor_a_project_is_listed_through_the_catalog(registry, servic
         f"{registry.host}/egi_vm_images/ubuntu:22.04": (ubuntu, "registry"),
         f"{registry.host}/egi_vm_images/base/almalinux:9": (alma, "registry"),
     }
+
+
+# --- OCI 1.1 referrers API (docker-registry 2.8 has none: answered at the boundary) --------
+
+
+def test_a_cosign_signature_found_only_through_the_referrers_api(registry, service, tmp_path):
+    from oci_registry import OCI_INDEX, p256_key, write_public_key
+
+    key = p256_key()
+    pub = write_public_key(key, tmp_path / "cosign.pub")
+    pusher = Pusher(registry)
+    digest = pusher.vm_image("egi_vm_images/ubuntu", "22.04", qcow2_disk(tmp_path))
+    size = len(
+        requests.get(
+            f"{registry.url}/v2/egi_vm_images/ubuntu/manifests/{digest}", timeout=30,
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).content
+    )  # fmt: skip
+    pusher.cosign_referrer("egi_vm_images/ubuntu", digest, key, size=size, fallback_tag=False)
+    with HarborFront(registry) as front:  # signed as the registry, read through the front
+        sub = oci_subscription(
+            LocalRegistry(Path("/nonexistent"), port=front.port), trust="cosign",
+            extra=f"keys: [{pub}]\nsigned_registry: '{registry.host}'",
+        )  # fmt: skip
+        report = service.run((sub,))
+        assert report.exit_code == 1 and "no cosign signature" in report.failures[0]
+        front.v2[f"/v2/egi_vm_images/ubuntu/referrers/{digest}"] = (
+            OCI_INDEX, json.dumps(pusher.referrers_index).encode()
+        )  # fmt: skip
+        report = service.run((sub,))
+    assert report.exit_code == 0, report.failures
+    assert trusted(service) == {
+        f"127.0.0.1:{front.port}/egi_vm_images/ubuntu:22.04": (digest, "cosign")
+    }
+
+
+def test_a_sigstore_bundle_referrer_is_refused_with_its_reason(registry, service, tmp_path):
+    from oci_registry import OCI_INDEX, OCI_MANIFEST, p256_key, write_public_key
+
+    pub = write_public_key(p256_key(), tmp_path / "cosign.pub")
+    digest = Pusher(registry).vm_image("egi_vm_images/ubuntu", "22.04", qcow2_disk(tmp_path))
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 700,
+            "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        }],
+    }  # fmt: skip
+    with HarborFront(registry) as front:
+        front.v2[f"/v2/egi_vm_images/ubuntu/referrers/{digest}"] = (
+            OCI_INDEX, json.dumps(index).encode()
+        )  # fmt: skip
+        sub = oci_subscription(
+            LocalRegistry(Path("/nonexistent"), port=front.port), trust="cosign",
+            extra=f"keys: [{pub}]",
+        )  # fmt: skip
+        report = service.run((sub,))
+    assert report.exit_code == 1
+    assert (
+        "a Sigstore bundle (cosign --new-bundle-format) names no repository" in (report.failures[0])
+    )
+    assert trusted(service) == {}
