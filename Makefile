@@ -18,9 +18,12 @@ CIP_VERSION := 1.2.0
 # what the compatibility and migration tests run against (2.0.0 is the release on PyPI).
 ATROPE_VENV := .venv-atrope
 ATROPE_VERSION := 2.0.0
+# oras-py and openstacksdk: the baseline of benchmarks/oci_ingest.py (atrope's Harbor path)
+ORAS_VENV := .venv-oras
+ORAS_VERSION := 0.2.43
 
-.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 venv venv-glance \
-	venv-nova venv-cip venv-atrope cloud-init clean
+.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 bench-oci venv \
+	venv-glance venv-nova venv-cip venv-atrope venv-oras cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +68,14 @@ $(ATROPE_VENV)/bin/.installed: $(CONSTRAINTS)
 
 venv-atrope: $(ATROPE_VENV)/bin/.installed
 
+$(ORAS_VENV)/bin/.installed: $(CONSTRAINTS)
+	$(PYTHON) -m venv $(ORAS_VENV)
+	$(ORAS_VENV)/bin/pip install --quiet --upgrade pip
+	$(ORAS_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) oras==$(ORAS_VERSION) openstacksdk
+	touch $@
+
+venv-oras: $(ORAS_VENV)/bin/.installed
+
 # cloud-init is not on PyPI: its Debian package's Python tree gives the tests its own
 # schema and user-data processing (used at test time only, never vendored).
 CLOUD_INIT := .cloud-init
@@ -102,8 +113,11 @@ bench-glance: venv venv-glance
 bench-ec2: venv
 	$(BIN)/python benchmarks/ec2_ingest.py
 
+bench-oci: venv venv-glance venv-oras
+	$(BIN)/python benchmarks/oci_ingest.py
+
 bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py
 
 clean:
-	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CIP_VENV) $(ATROPE_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GLANCE_VENV) $(NOVA_VENV) $(CIP_VENV) $(ATROPE_VENV) $(ORAS_VENV) $(CLOUD_INIT) demo-out .pytest_cache .ruff_cache .hypothesis

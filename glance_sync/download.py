@@ -42,13 +42,16 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Source:
-    """What the verified list says about an image's bytes."""
+    """What the verified list (or an OCI manifest) says about an image's bytes."""
 
     identifier: str
     uri: str
     size: int
-    sha512: str
+    sha512: str  #: "" when the source gives none (an OCI layer: its sha256 is checked)
     format: str | None = None
+    sha256: str = ""  #: hex digest the bytes must have (an OCI layer's digest)
+    claim: str = "the list"  #: who gave the size, for messages
+    size_key: str = " (hv:size)"
 
 
 def check_uri(identifier: str, uri: str, *, local_list: bool) -> None:
@@ -58,6 +61,8 @@ def check_uri(identifier: str, uri: str, *, local_list: bool) -> None:
     the site reads from its own disk (a ``file:`` subscription): a list served
     over the network must not make the sync read the site's own files.
     """
+    if uri.startswith("oci://"):
+        return  # fetched by the OCI subscription's registry client (glance_sync.oci.pull)
     if uri.startswith("file:"):
         if not local_list:
             raise TransferError(
@@ -76,18 +81,24 @@ class BackgroundHash:
 
     hashlib releases the GIL for large updates, so hashing overlaps network and
     disk I/O on a second core; the queue is bounded (8 chunks), and so is memory.
+    With ``sha256`` the same thread also computes the SHA-256 an OCI layer's
+    digest names (:attr:`sha256_hex` once :meth:`hexdigest` returned).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, sha256: bool = False) -> None:
         self._hash = hashlib.sha512()
+        self._sha256 = hashlib.sha256() if sha256 else None
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._work, daemon=True)
         self._thread.start()
         self._result: str | None = None
+        self.sha256_hex = ""
 
     def _work(self) -> None:
         while (chunk := self._queue.get()) is not None:
             self._hash.update(chunk)
+            if self._sha256 is not None:
+                self._sha256.update(chunk)
 
     def update(self, chunk: bytes) -> None:
         self._queue.put(chunk)
@@ -99,6 +110,7 @@ class BackgroundHash:
             self._queue.put(None)
             self._thread.join()
             self._result = self._hash.hexdigest()
+            self.sha256_hex = self._sha256.hexdigest() if self._sha256 is not None else ""
         return self._result
 
     def close(self) -> None:
@@ -117,14 +129,17 @@ class SourceReader(io.RawIOBase):
         session: requests.Session,
         settings: HttpSettings,
         progress: Callable[[int], None] | None = None,
+        *,
+        auth: Any = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.session = session
         self.settings = settings
         self.progress = progress
+        self.auth = auth  #: a registry's credentials or token: sent to the URI's origin only
         self.received = 0
-        self.digest = BackgroundHash()
+        self.digest = BackgroundHash(sha256=bool(source.sha256))
         self._body: Any = None
         self._response: requests.Response | None = None
         self._eof = False
@@ -182,6 +197,7 @@ class SourceReader(io.RawIOBase):
             deadline=self.deadline,
             verify=self.settings.verify,
             headers=headers,
+            auth=self.auth,
         )
         if response.status_code not in (200, 206):
             response.close()
@@ -290,8 +306,8 @@ class SourceReader(io.RawIOBase):
         self.received += len(chunk)
         if self.received > self.source.size:
             raise TransferError(
-                f"image {self.source.identifier}: more than the {self.source.size} "
-                "bytes the list gives (hv:size)"
+                f"image {self.source.identifier}: more than the {self.source.size} bytes "
+                f"{self.source.claim} gives{self.source.size_key}"
             )
         self.digest.update(chunk)
         if self.progress:
@@ -307,11 +323,17 @@ class SourceReader(io.RawIOBase):
     def _finish(self) -> None:
         if self.received != self.source.size:
             raise TransferError(
-                f"image {self.source.identifier}: got {self.received} bytes, the "
-                f"list says {self.source.size} (hv:size)"
+                f"image {self.source.identifier}: got {self.received} bytes, "
+                f"{self.source.claim} says {self.source.size}{self.source.size_key}"
             )
         got = self.digest.hexdigest()
-        if got != self.source.sha512.lower():
+        if self.source.sha256 and self.digest.sha256_hex != self.source.sha256:
+            raise TransferError(
+                f"image {self.source.identifier}: the bytes served hash to sha256:"
+                f"{self.digest.sha256_hex[:16]}…, not the digest sha256:"
+                f"{self.source.sha256[:16]}… they were asked for; refused"
+            )
+        if self.source.sha512 and got != self.source.sha512.lower():
             raise TransferError(
                 f"image {self.source.identifier}: SHA-512 {got[:16]}… differs "
                 f"from the list's {self.source.sha512[:16]}… "

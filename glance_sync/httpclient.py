@@ -288,14 +288,17 @@ def get(
     settings: HttpSettings,
     deadline: Deadline,
     verify: bool | str,
-    auth: tuple[str, str] | None = None,
+    auth: tuple[str, str] | requests.auth.AuthBase | None = None,
     headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
 ) -> requests.Response:
     """A streamed GET of ``url``, redirects followed by the rules above.
 
     Raises HttpError for a refused URL or redirect, requests' exceptions for
     transport failures (the caller decides what to retry), and
-    DeadlineExceeded when no time is left.
+    DeadlineExceeded when no time is left.  ``auth`` (a password, or a
+    registry's bearer token) goes only to the origin of ``url``; ``params``
+    only with the first request.
     """
     check_url(url)
     origin = _origin(url)
@@ -311,7 +314,9 @@ def get(
                 verify=verify,
                 auth=auth if _origin(url) == origin else None,
                 headers=headers,
+                params=params,
             )
+        params = None  # a redirect's Location is the whole next URL
         if not response.is_redirect:
             return response
         location = response.headers.get("Location")

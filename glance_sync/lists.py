@@ -25,14 +25,16 @@ from datetime import datetime
 import requests
 
 from glance_sync.fetch import fetch_list
+from glance_sync.oci.registry import Registry
+from glance_sync.oci.source import OciListing, list_registry
 from glance_sync.plan import Desired, Held, KnownList, last_accepted
 from glance_sync.report import ImageFailure, Report, rule_of, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from vmtrust.errors import StateError, VmtrustError
-from vmtrust.imagelist import ImageList
+from vmtrust.imagelist import Endorser, ImageList
 from vmtrust.policy import Subscription
-from vmtrust.verify import Policy, VerifiedList, verify_signed_list
+from vmtrust.verify import Policy, verify_signed_list
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -45,16 +47,18 @@ def image_failure(desired: Desired) -> ImageFailure:
 
 @dataclass
 class Verified:
-    """A subscription whose list verified in this pass."""
+    """A subscription whose list verified (or whose registry was listed) in this pass."""
 
     subscription: Subscription
-    verified: VerifiedList
+    imagelist: ImageList
+    endorser: Endorser
     known: frozenset[str]  #: identifiers known at first acceptance (new_images: refuse)
     wanted: dict[str, Desired] = field(default_factory=dict)  #: approved, unexpired images
-
-    @property
-    def imagelist(self) -> ImageList:
-        return self.verified.imagelist
+    basis: str = "hepix"
+    endorsers: dict[str, Endorser] = field(default_factory=dict)  #: per image, where it differs
+    digests: dict[str, str] = field(default_factory=dict)  #: OCI layer digest per image
+    #: identifiers whose current version was refused: the store keeps what it holds
+    keep: frozenset[str] = frozenset()
 
     @property
     def listed(self) -> frozenset[str]:
@@ -71,6 +75,8 @@ class ListPhase:
         self.s = settings
         self.state = state
         self.session = session
+        #: subscription → its registry client, for OCI subscriptions (set for each pass)
+        self.registries: dict[str, Registry] = {}
 
     def known(self, sub: Subscription, held: list[Held], report: Report) -> KnownList:
         """The newest list accepted for ``sub``, from the state and the sealed records."""
@@ -82,18 +88,21 @@ class ListPhase:
             remembered = KnownList()
         return last_accepted(sub.name, remembered, held)
 
+    def _fetch(self, sub: Subscription, now: datetime) -> bytes | OciListing:
+        """A signed list's bytes, or what a registry holds for a registry-listed subscription."""
+        if sub.lists_registry:
+            return list_registry(sub, self.registries[sub.name], self.s.registry_deadline, now)
+        return fetch_list(sub, self.session, self.s.http, self.s.max_list_bytes)
+
     def _fetch_all(
-        self, subscriptions: tuple[Subscription, ...]
-    ) -> Iterator[tuple[Subscription, bytes | BaseException]]:
+        self, subscriptions: tuple[Subscription, ...], now: datetime
+    ) -> Iterator[tuple[Subscription, bytes | OciListing | BaseException]]:
         """Each subscription's list (or why not) as it arrives."""
         if not subscriptions:
             return
         workers = min(self.s.parallel_lists, len(subscriptions))
         with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-list") as pool:
-            futures = {
-                pool.submit(fetch_list, sub, self.session, self.s.http, self.s.max_list_bytes): sub
-                for sub in subscriptions
-            }
+            futures = {pool.submit(self._fetch, sub, now): sub for sub in subscriptions}
             for future in as_completed(futures):
                 try:
                     yield futures[future], future.result()
@@ -108,12 +117,15 @@ class ListPhase:
         now: datetime,
     ) -> Iterator[Verified]:
         """Every subscription whose list verified, as soon as it did; the others reported."""
-        for sub, data in self._fetch_all(subscriptions):
+        for sub, data in self._fetch_all(subscriptions, now):
             what = f"subscription {sub.name}"
             try:
                 if isinstance(data, BaseException):
                     raise data
-                item = self._accept(sub, data, held, report, now)
+                if isinstance(data, OciListing):
+                    item = self._accept_listing(sub, data, held, report, now)
+                else:
+                    item = self._accept(sub, data, held, report, now)
             except VmtrustError as exc:
                 self._failed(sub, f"{what}: {exc}", report, now, exc.rule)
                 continue
@@ -167,16 +179,7 @@ class ListPhase:
                 sub.name,
                 lst.version,
             )
-        known = state.known_images
-        if known is None:
-            # First acceptance — or a lost state directory on a host whose store still
-            # holds the subscription's images: then only those were approved, new ones wait.
-            sealed = frozenset(
-                h.record.image_identifier
-                for h in held
-                if h.record and h.seal_ok and h.record.subscription == sub.name
-            )
-            known = sealed or frozenset(img.identifier for img in lst.images)
+        known = self._known(sub, state.known_images, lst, held)
         self.state.record_success(
             sub.name,
             identifier=lst.identifier,
@@ -187,8 +190,61 @@ class ListPhase:
             known_images=known,
             now=now,
         )
-        item = Verified(sub, verified, known)
+        item = Verified(sub, lst, verified.endorser, known)
         item.wanted = self._wanted(item, now)
+        return item
+
+    @staticmethod
+    def _known(
+        sub: Subscription, known: frozenset[str] | None, lst: ImageList, held: list[Held]
+    ) -> frozenset[str]:
+        if known is not None:
+            return known
+        # First acceptance — or a lost state directory on a host whose store still
+        # holds the subscription's images: then only those were approved, new ones wait.
+        sealed = frozenset(
+            h.record.image_identifier
+            for h in held
+            if h.record and h.seal_ok and h.record.subscription == sub.name
+        )
+        return sealed or frozenset(img.identifier for img in lst.images)
+
+    def _accept_listing(
+        self,
+        sub: Subscription,
+        listing: OciListing,
+        held: list[Held],
+        report: Report,
+        now: datetime,
+    ) -> Verified:
+        """A registry listed by a cosign or registry subscription: its images, as a list's.
+
+        Tags whose current manifest was refused are reported (images that failed)
+        and kept as the store holds them.
+        """
+        lst = listing.imagelist
+        known = self._known(sub, self.state.get(sub.name).known_images, lst, held)
+        self.state.record_success(
+            sub.name,
+            identifier=lst.identifier,
+            version=lst.version,
+            created=lst.created,
+            expires=lst.expires,
+            sha512="",
+            known_images=known,
+            now=now,
+        )
+        keep = frozenset(identifier for identifier, *_ in listing.refused)
+        item = Verified(
+            sub, lst, listing.endorser, known, basis=sub.trust, endorsers=listing.endorsers,
+            digests=listing.digests, keep=keep,
+        )  # fmt: skip
+        item.wanted = self._wanted(item, now)
+        for identifier, version, title, reason in listing.refused:
+            report.fail(
+                f"image {identifier}: {reason}; not trusted (what the store holds is kept)",
+                ImageFailure(sub.name, identifier, version, title, ""),
+            )
         return item
 
     def _wanted(self, item: Verified, now: datetime) -> dict[str, Desired]:
@@ -213,8 +269,10 @@ class ListPhase:
                 approval=approval,
                 image=image,
                 imagelist=lst,
-                endorser=item.verified.endorser,
+                endorser=item.endorsers.get(image.identifier, item.endorser),
                 vo=item.subscription.vo or lst.vo or "",
+                basis=item.basis,
+                digest=item.digests.get(image.identifier, ""),
             )
         return wanted
 

@@ -44,6 +44,10 @@ class Desired:
     imagelist: ImageList
     endorser: Endorser
     vo: str
+    basis: str = "hepix"  #: what vouches for the image (:data:`vmtrust.record.BASES`)
+    #: The content digest the source pins (an OCI layer's ``sha256:…``); Glance's
+    #: ``image_hash`` shows it when the source gives no SHA-512 to check.
+    digest: str = ""
 
     @property
     def identifier(self) -> str:
@@ -55,7 +59,21 @@ class Desired:
             return min(self.image.expires, self.imagelist.expires)
         return self.imagelist.expires
 
-    def record(self, *, store_id: str, sha512: str, size: int, disk_format: str) -> TrustRecord:
+    def record(
+        self,
+        *,
+        store_id: str,
+        sha512: str,
+        size: int,
+        disk_format: str,
+        source_sha512: str = "",
+    ) -> TrustRecord:
+        """The record of this version stored as ``store_id``.
+
+        ``source_sha512`` is the SHA-512 of the download as computed; it counts only
+        when the source gives none to check (an OCI image pinned by digest): a list's
+        ``sl:checksum:sha512`` is what the download was checked against.
+        """
         return TrustRecord(
             image_identifier=self.image.identifier,
             title=self.image.title,
@@ -68,12 +86,13 @@ class Desired:
             subscription=self.subscription,
             approval=self.approval,
             expires=format_date(self.expires),
-            source_sha512=self.image.sha512,
+            source_sha512=self.image.sha512 or source_sha512,
             sha512=sha512,
             size=size,
             store_id=store_id,
             disk_format=disk_format,
             entry_digest=entry_digest(self.image.raw),
+            basis=self.basis,
         )
 
 
@@ -133,6 +152,7 @@ Action = Create | Replace | Refresh | Retire | Purge
 class Plan:
     actions: list[Action] = field(default_factory=list)
     kept: list[Held] = field(default_factory=list)  #: frozen by a failed subscription
+    held: list[Held] = field(default_factory=list)  #: their new version was refused (``hold``)
 
     def describe(self) -> list[str]:
         lines = []
@@ -168,6 +188,8 @@ class Plan:
             lines.append(
                 f"keep    {held.identifier} (its list failed this run; kept until the list expires)"
             )
+        for held in self.held:
+            lines.append(f"keep    {held.identifier} (its new version was refused; kept as it is)")
         return lines
 
 
@@ -180,10 +202,11 @@ def _same_metadata(held: TrustRecord, wanted: TrustRecord) -> bool:
 
 
 def _same_bytes(record: TrustRecord, desired: Desired) -> bool:
-    return (
-        record.source_sha512 == desired.image.sha512
-        and record.image_version == desired.image.version
-    )
+    """The held version is the one wanted: same version and, where the source gives
+    one, the same SHA-512 (an OCI image's version is its manifest digest, which pins
+    the bytes by itself)."""
+    same_hash = not desired.image.sha512 or record.source_sha512 == desired.image.sha512
+    return same_hash and record.image_version == desired.image.version
 
 
 def make_plan(
@@ -194,8 +217,14 @@ def make_plan(
     now: datetime,
     retire_mode: str = "deactivate",
     grace: timedelta = timedelta(days=7),
+    hold: frozenset[str] = frozenset(),
 ) -> Plan:
-    """Decide what to do; ``frozen`` maps failed subscriptions to their last list's expiry."""
+    """Decide what to do; ``frozen`` maps failed subscriptions to their last list's expiry.
+
+    ``hold`` are identifiers whose source answered but whose current version could not
+    be trusted this pass (an OCI tag moved to an unsigned manifest): what the store
+    holds for them stays as it is, like a failed subscription's images, until it expires.
+    """
     plan = Plan()
     by_identifier: dict[str, list[Held]] = {}
     for item in held:
@@ -225,6 +254,7 @@ def make_plan(
                 sha512=keep.record.sha512,  # type: ignore[union-attr]
                 size=keep.record.size,
                 disk_format=keep.record.disk_format,
+                source_sha512=keep.record.source_sha512,
             )  # type: ignore[union-attr]
             if not _same_metadata(keep.record, probe):  # type: ignore[arg-type]
                 plan.actions.append(Refresh(keep, want))
@@ -241,8 +271,10 @@ def make_plan(
             assert record is not None
             if (gone := expiry(record, now)) is not None:
                 plan.actions.append(Retire(item, gone.reason))
-            elif record.subscription in frozen and frozen[record.subscription] > now:
+            elif frozen.get(record.subscription, now) > now:
                 plan.kept.append(item)
+            elif identifier in hold:
+                plan.held.append(item)
             elif record.subscription in frozen:
                 plan.actions.append(Retire(item, "its list could not be refreshed and has expired"))
             else:

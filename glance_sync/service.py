@@ -43,6 +43,8 @@ from glance_sync.download import Source, SourceReader, check_uri
 from glance_sync.httpclient import make_session
 from glance_sync.inspection import InspectedStream, inspect_stream
 from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
+from glance_sync.oci.pull import open_layer
+from glance_sync.oci.source import make_registry
 from glance_sync.plan import (
     Create,
     Desired,
@@ -148,11 +150,7 @@ class SyncService:
                 f"image {image.identifier}: store has {free} bytes free, the "
                 f"image needs {image.size} (hv:size)"
             )
-        source = Source(image.identifier, image.uri, image.size, image.sha512, image.format)
-        tick = self.progress(image.title, image.size) if self.progress else None
-        # Images come from the same endorser infrastructure as the list: same TLS anchors.
-        http = dataclasses.replace(self.s.http, verify=self._tls.get(want.subscription, True))
-        reader = SourceReader(source, self.session, http, tick)
+        reader = self._reader(want)
         try:
             bound = Bound.of(image.size, self.s.max_image_size, self.s.max_expansion_ratio, free)
             unpacked, disk_format = open_disk(reader, image.format, bound)
@@ -176,6 +174,18 @@ class SyncService:
         finally:
             report.count_bytes(want.subscription, reader.received)
             reader.close()
+
+    def _reader(self, want: Desired) -> SourceReader:
+        """The download of ``want``'s bytes: its URI, or its OCI layer through its registry."""
+        image = want.image
+        tick = self.progress(image.title, image.size) if self.progress else None
+        # Images come from the same endorser infrastructure as the list: same TLS anchors.
+        http = dataclasses.replace(self.s.http, verify=self._tls.get(want.subscription, True))
+        if image.uri.startswith("oci://"):
+            registry = self.lists.registries.get(want.subscription)
+            return open_layer(want, registry, self.session, http, tick)
+        source = Source(image.identifier, image.uri, image.size, image.sha512, image.format)
+        return SourceReader(source, self.session, http, tick)
 
     def _check_converted_size(self, identifier: str, size: int, free: int | None) -> None:
         if size > self.s.max_image_size:
@@ -202,6 +212,7 @@ class SyncService:
             record = want.record(
                 store_id=store_id, sha512=sha512, size=size,
                 disk_format=stored_format or disk_format,
+                source_sha512=reader.digest.hexdigest(),
             )  # fmt: skip
             return record, seal(record, self.s.seal_key)
 
@@ -276,6 +287,7 @@ class SyncService:
             sha512=held.record.sha512,
             size=held.record.size,
             disk_format=held.record.disk_format,
+            source_sha512=held.record.source_sha512,
         )
         what = f"refresh {record.image_identifier}"
         try:
@@ -387,6 +399,11 @@ class SyncService:
         report = Report(listener=self.events)
         self.last_held = None
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
+        self.lists.registries = {
+            sub.name: make_registry(sub, self.session, self.s.http, self.s.max_list_bytes)
+            for sub in subscriptions
+            if sub.oci is not None
+        }
         local = {sub.name: sub.url.startswith("file:") for sub in subscriptions}
         with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
             if not dry_run:
@@ -441,6 +458,7 @@ class SyncService:
                 now=now,
                 retire_mode=self.s.retire_mode,
                 grace=self.s.retire_grace,
+                hold=frozenset().union(*(item.keep for item in lists)),
             )
             if dry_run:
                 for line in plan.describe() or ["nothing to do"]:

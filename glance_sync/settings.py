@@ -42,6 +42,7 @@ class SyncSettings:
     parallel_lists: int = 4
     max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
     max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
+    registry_deadline: float = 300.0  #: seconds for listing one OCI registry subscription
 
 
 def _path(value: str, option: str) -> Path:
@@ -97,6 +98,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         parallel_lists=conf.sync.parallel_lists,
         max_image_size=conf.sync.max_image_size,
         max_expansion_ratio=conf.sync.max_expansion_ratio,
+        registry_deadline=conf.sync.registry_deadline,
     )
 
 

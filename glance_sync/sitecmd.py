@@ -92,6 +92,8 @@ def cmd_images(args: argparse.Namespace) -> int:
                 "vo": rec.vo if rec else None,
                 "expires": rec.expires if rec else None,
                 "subscription": rec.subscription if rec else None,
+                # what vouches for it: hepix (signed list), cosign, or registry (its word only)
+                "basis": rec.basis if rec else None,
                 "store_id": held.store_id,
                 "problem": held.problem,
                 "retired_at": format_date(held.retired_at) if held.retired_at else None,
@@ -106,12 +108,13 @@ def cmd_images(args: argparse.Namespace) -> int:
         return 0
     print(
         table(
-            ["IDENTIFIER", "VERSION", "STATE", "VO", "EXPIRES", "SHA512", "LOCATION"],
+            ["IDENTIFIER", "VERSION", "STATE", "BASIS", "VO", "EXPIRES", "SHA512", "LOCATION"],
             [
                 [
                     r["identifier"] or "?",
                     r["version"] or "?",
                     r["state"],
+                    r["basis"] or "-",
                     r["vo"] or "-",
                     r["expires"] or "-",
                     (r["sha512"] or "?")[:16],
@@ -140,7 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append(
                 {
                     "name": sub.name,
-                    "url": redact(sub.url),
+                    # a registry-listed subscription (type: oci) has no list URL
+                    "url": redact(sub.url or (sub.oci.registry if sub.oci else "")),
                     "list_identifier": st.list_identifier,
                     "list_version": st.list_version,
                     "expires": _date(st.list_expires),

@@ -64,6 +64,13 @@ filter_opts = [
         "a worker server boots only an image whose vmtrust_vo is its project's VO.",
     ),
     cfg.BoolOpt(
+        "accept_registry_trust",
+        default=False,
+        help="Let images whose trust record says basis 'registry' (synced from an OCI "
+        "registry with trust: registry: the registry's word only, no signature) boot on worker "
+        "flavours. Off: only images endorsed by a signed HEPiX list or cosign signature do.",
+    ),
+    cfg.BoolOpt(
         "require_vo_match",
         default=False,
         help="Refuse worker-node images of another VO than the requesting project's "

@@ -49,6 +49,12 @@ class LookupFailed(Exception):
 #: image id → image JSON (properties at the top level), None if Glance has no such image
 Fetch = Callable[[str], dict[str, Any] | None]
 
+#: Why an image synced on the registry's word alone does not run as a worker node.
+REGISTRY_ONLY = (
+    "trusted on the registry's word only (basis registry, no signature); "
+    "[vmtrust] accept_registry_trust is false"
+)
+
 #: Glance look-ups that may be under way at once per scheduler process; a request
 #: that finds them all busy (a Glance hanging on every one) waits at most its deadline.
 FETCH_WORKERS = 8
@@ -66,8 +72,11 @@ class ImageTrust:
         deadline: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        accept_registry: bool = False,
     ) -> None:
         self.fetch = fetch
+        #: trust images whose record's basis is "registry" ([vmtrust] accept_registry_trust)
+        self.accept_registry = accept_registry
         self.keys = list(keys)
         self.owners = frozenset(owners)
         self.ttl = ttl
@@ -117,6 +126,8 @@ class ImageTrust:
         if verdict.record is None:  # refused before the seal verified: may change, ask again
             return verdict, 0.0
         keep_for = self.ttl
+        if verdict.trusted and verdict.record.basis == "registry" and not self.accept_registry:
+            return refuse(Code.POLICY, REGISTRY_ONLY, verdict.record), keep_for
         if verdict.trusted:
             expires = parse_date(verdict.record.expires)  # judge() has parsed it already
             keep_for = min(keep_for, (expires - wall).total_seconds())

@@ -121,6 +121,7 @@ def _build(conf: Any) -> ImageTrust:
         ttl=section.cache_ttl,
         size=section.cache_size,
         deadline=section.timeout or vmtrust_conf.DEFAULT_TIMEOUT,
+        accept_registry=section.accept_registry_trust,
     )
 
 

@@ -86,6 +86,7 @@ def test_entry_point_and_groups():
             "parallel_lists",
             "list_retries",
             "list_deadline",
+            "registry_deadline",
             "image_deadline",
             "min_rate",
             "max_redirects",

@@ -60,7 +60,8 @@ def test_canonical_is_prefixed_sorted_compact_json():
     assert data.startswith(SEAL_CONTEXT)
     body = data[len(SEAL_CONTEXT) :]
     parsed = json.loads(body)
-    assert parsed == dataclasses.asdict(RECORD)
+    # basis "hepix" is left out: records sealed before the field existed still verify
+    assert parsed == {k: v for k, v in dataclasses.asdict(RECORD).items() if k != "basis"}
     assert list(parsed) == sorted(parsed)
     assert b'", "' not in body and b'": ' not in body and b"\n" not in body
     assert b'"size":20,' in body and b'"state":"trusted"' in body
@@ -288,3 +289,37 @@ def test_wrong_kind_and_encrypted_keys_are_config_errors(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
         load_private_key(_pem(tmp_path, "encrypted.key", encrypted))
+
+
+# --- basis (issue 15) --------------------------------------------------------------------
+
+
+def test_a_record_sealed_before_basis_existed_still_verifies_and_means_hepix():
+    """An existing store's records have no basis: same bytes sealed, same seal, basis hepix."""
+    key = Ed25519PrivateKey.generate()
+    old_fields = {k: v for k, v in dataclasses.asdict(RECORD).items() if k != "basis"}
+    old_canonical = SEAL_CONTEXT + json.dumps(
+        old_fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    ).encode("ascii")
+    sealed = f"{key_id(key.public_key())}:" + base64.b64encode(key.sign(old_canonical)).decode()
+    record = TrustRecord.from_dict(old_fields)
+    assert record.basis == "hepix"
+    assert check_seal(record, sealed, [key.public_key()])
+
+
+def test_basis_is_sealed_and_cannot_be_dropped_or_changed():
+    key = Ed25519PrivateKey.generate()
+    registry = dataclasses.replace(RECORD, basis="registry")
+    sealed = seal(registry, key)
+    assert b'"basis":"registry"' in registry.canonical()
+    for forged in ("hepix", "cosign"):
+        with pytest.raises(SealError, match="does not match"):
+            check_seal(dataclasses.replace(registry, basis=forged), sealed, [key.public_key()])
+    dropped = {k: v for k, v in dataclasses.asdict(registry).items() if k != "basis"}
+    with pytest.raises(SealError, match="does not match"):
+        check_seal(TrustRecord.from_dict(dropped), sealed, [key.public_key()])
+
+
+def test_unknown_basis_is_refused():
+    with pytest.raises(SealError, match="unknown basis 'web'"):
+        TrustRecord.from_dict({**dataclasses.asdict(RECORD), "basis": "web"})

@@ -183,6 +183,14 @@ sync_opts = [
         "subscription fails for this pass (its images stay as they are).",
     ),
     cfg.FloatOpt(
+        "registry_deadline",
+        default=300.0,
+        min=1.0,
+        help="Seconds the listing of an OCI registry by a cosign or registry subscription may "
+        "take in all (tags, manifests, signatures, retries); then the subscription fails for "
+        "this pass and its images stay as they are. Each request also has list_deadline.",
+    ),
+    cfg.FloatOpt(
         "image_deadline",
         default=300.0,
         min=1.0,

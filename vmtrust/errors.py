@@ -155,6 +155,12 @@ class SignatureError(VmtrustError):
     rule = "signature"
 
 
+class CosignError(SignatureError):
+    """A cosign signature that does not vouch for the image (one line: which and why)."""
+
+    rule = "cosign"
+
+
 class SmimeFormatError(SignatureError):
     rule = "smime-format"
 
@@ -320,6 +326,16 @@ class DeadlineExceeded(HttpError):
     rule = "deadline"
 
 
+class RegistryError(FetchError):
+    """An OCI registry that cannot be reached, refuses the site, or answers nonsense."""
+
+    rule = "registry"
+
+
+class RegistryNotFound(RegistryError):
+    """HTTP 404 from a registry: no such repository, tag, manifest or blob (or API)."""
+
+
 class TransferError(VmtrustError):
     """An image could not be downloaded or does not match what the list says."""
 
@@ -344,6 +360,18 @@ class ExpansionError(TransferError):
     """An image that unpacks to more than the site allows."""
 
     rule = "expansion"
+
+
+class ManifestError(TransferError):
+    """An OCI manifest, index or descriptor that cannot be read as the spec says."""
+
+    rule = "oci-manifest"
+
+
+class OciReferenceError(TransferError):
+    """A repository, tag, digest or oci:// reference that is not valid."""
+
+    rule = "oci-reference"
 
 
 class StateError(VmtrustError):

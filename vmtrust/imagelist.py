@@ -30,6 +30,9 @@ _SPACE_RE = re.compile(r"\s")  # the characters str.isspace() finds
 _SHA512_RE = re.compile(r"[0-9a-fA-F]{128}\Z")
 _UINT_RE = re.compile(r"[0-9]{1,20}\Z")
 _URI_SCHEMES = ("http://", "https://", "file:")
+#: Image URIs may also name OCI artefacts (``oci://registry/repository@sha256:…``),
+#: which only a subscription of type oci fetches.
+_IMAGE_URI_SCHEMES = (*_URI_SCHEMES, "oci://")
 
 #: List fields a valid list must carry (besides endorser and images).
 LIST_REQUIRED = (
@@ -217,10 +220,14 @@ def _version(value: Any) -> str:
     raise ValueError
 
 
-def _uri(value: Any) -> str:
-    if isinstance(value, str) and value.startswith(_URI_SCHEMES) and not _SPACE_RE.search(value):
+def _uri(value: Any, schemes: tuple[str, ...] = _URI_SCHEMES) -> str:
+    if isinstance(value, str) and value.startswith(schemes) and not _SPACE_RE.search(value):
         return value
     raise ValueError
+
+
+def _image_uri(value: Any) -> str:
+    return _uri(value, _IMAGE_URI_SCHEMES)
 
 
 def list_fields(document: Any) -> dict[str, Any] | None:
@@ -310,7 +317,7 @@ def _read_image(c: _Checker, obj: dict[str, Any], path: str) -> Image | None:
             "hv:hypervisor",
         )
     }
-    uri = c.converted(obj, "hv:uri", path, _uri, "not an http, https or file URL")
+    uri = c.converted(obj, "hv:uri", path, _image_uri, "not an http, https, file or oci URL")
     size = c.converted(obj, "hv:size", path, _uint, "not a non-negative integer")
     sha = c.converted(obj, "sl:checksum:sha512", path, _sha512, "not 128 hexadecimal digits")
     version = c.converted(obj, "hv:version", path, _version, "not a version string")

@@ -17,6 +17,13 @@ approval — ``all``, a list of image identifiers, or rules::
           - {os: Linux, arch: x86_64, hypervisor: kvm}   # a rule
         new_images: refuse        # images that appear later wait for approval
 
+A subscription of ``type: oci`` reads an OCI registry instead (a repository, or
+a Harbor project, and which tags), and says what it trusts — never implicitly:
+``trust: hepix`` (a signed HEPiX list, ``url`` and ``endorsers`` as above, whose
+images are ``oci://`` references pinned by digest), ``trust: cosign`` (cosign
+signatures made with the site's ``keys``) or ``trust: registry`` (the
+registry's word only).  See docs/oci.md.
+
 The whole file is validated before anything is touched; every problem names
 the file, the key path and what is wrong.
 """
@@ -35,6 +42,7 @@ import yaml
 from vmtrust import dn, yamlsafe
 from vmtrust.errors import ConfigError, Problems
 from vmtrust.imagelist import Endorser, Image, ImageList
+from vmtrust.policy_oci import OCI_KEYS, TRUST_MODES, OciSource, oci_source
 from vmtrust.safetext import redact
 from vmtrust.urls import has_credentials, url_problem
 
@@ -62,6 +70,8 @@ SUBSCRIPTION_KEYS = {
     "tls_ca",
     "site",
     "description",
+    "type",
+    "trust",
 }
 CREDENTIAL_KEYS = {"username", "password_file", "password_env", "token_file", "token_env"}
 
@@ -145,6 +155,14 @@ class Subscription:
     credentials: Credentials = field(default_factory=Credentials)
     tls_ca: str | None = None
     site: bool = False
+    type: str = "list"  #: "list" or "oci"
+    trust: str = "hepix"  #: what vouches for the images (:data:`TRUST_MODES`)
+    oci: OciSource | None = None  #: the registry of a ``type: oci`` subscription
+
+    @property
+    def lists_registry(self) -> bool:
+        """Its images come from listing a registry, not from a signed list."""
+        return self.oci is not None and self.trust != "hepix"
 
     def approval(self, image: Image, lst: ImageList, known: frozenset[str] | None) -> str | None:
         """Why ``image`` is approved ("all", "identifier", "rule:N", "site"), or None.
@@ -262,33 +280,66 @@ def _credentials(p: Problems, value: Any, path: str) -> Credentials:
     return Credentials(**fields_)
 
 
+def _url(p: Problems, url: str, path: str) -> None:
+    shown = redact(url)  # a password in the URL must not reach the error either
+    scheme = url.partition(":")[0]  # lower case only: the fetcher dispatches on it
+    problem = url_problem(url, ("http", "https", "file"))
+    if problem is None and scheme not in ("http", "https", "file"):
+        problem = "not an http, https or file URL"
+    if problem:
+        p.add(f"{path}.url", f"{problem}: {shown}")
+    elif has_credentials(url):
+        p.add(
+            f"{path}.url",
+            f"credentials in the URL are refused (they would end up in logs): {shown}; "
+            "use credentials: {username, password_file or password_env} or token_file",
+        )
+
+
+def _trust(p: Problems, obj: dict[str, Any], kind: str, path: str) -> str:
+    """What vouches for the images: a registry's subscription must say it; a list's is hepix."""
+    trust = obj.get("trust")
+    if kind == "oci":
+        if trust is None:
+            p.add(
+                f"{path}.trust",
+                "missing: say what vouches for the images (hepix, cosign or registry); "
+                "there is no default",
+            )
+        elif trust not in TRUST_MODES:
+            p.add(f"{path}.trust", f"must be one of {', '.join(TRUST_MODES)}, not {trust!r}")
+        return trust if trust in TRUST_MODES else "hepix"
+    if trust not in (None, "hepix"):
+        p.add(f"{path}.trust", "a list subscription is trusted through its signed list (hepix)")
+    return "hepix"
+
+
 def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
     if not isinstance(obj, dict):
         p.add(path, "not a mapping")
         return None
     before = len(p.items)
-    for key in sorted(set(obj) - SUBSCRIPTION_KEYS):
-        p.add(f"{path}.{key}", "unknown key")
+    kind = obj.get("type", "list")
+    if kind not in ("list", "oci"):
+        p.add(f"{path}.type", f"must be list or oci, not {kind!r}")
+    for key in sorted(set(obj) - SUBSCRIPTION_KEYS - (OCI_KEYS if kind == "oci" else set())):
+        p.add(f"{path}.{key}", "only for type: oci" if key in OCI_KEYS else "unknown key")
+    trust = _trust(p, obj, kind, path)
+    from_list = trust == "hepix"  # a signed list says which images, and vouches for them
     name = _string(p, obj, "name", path, required=True)
     if name and not _NAME_RE.match(name):
         p.add(f"{path}.name", f"{name!r}: use letters, digits, '.', '_' and '-' (max 64)")
-    url = _string(p, obj, "url", path, required=True)
+    url = _string(p, obj, "url", path, required=from_list)
     if url:
-        shown = redact(url)  # a password in the URL must not reach the error either
-        scheme = url.partition(":")[0]  # lower case only: the fetcher dispatches on it
-        problem = url_problem(url, ("http", "https", "file"))
-        if problem is None and scheme not in ("http", "https", "file"):
-            problem = "not an http, https or file URL"
-        if problem:
-            p.add(f"{path}.url", f"{problem}: {shown}")
-        elif has_credentials(url):
-            p.add(
-                f"{path}.url",
-                f"credentials in the URL are refused (they would end up in logs): {shown}; "
-                "use credentials: {username, password_file or password_env} or token_file",
-            )
-    endorsers = _endorsers(p, obj.get("endorsers"), f"{path}.endorsers")
-    approve_all, identifiers, rules = _approval(p, obj.get("approve"), f"{path}.approve")
+        _url(p, url, path)
+    endorsers: tuple[Endorser, ...] = ()
+    if from_list:
+        endorsers = _endorsers(p, obj.get("endorsers"), f"{path}.endorsers")
+    for key in ("url", "endorsers", "identifier"):
+        if not from_list and key in obj:
+            p.add(f"{path}.{key}", f"only with a signed list (trust: hepix), not trust: {trust}")
+    approve = obj.get("approve", None if from_list else "all")
+    approve_all, identifiers, rules = _approval(p, approve, f"{path}.approve")
     new_images = obj.get("new_images", "accept")
     if new_images not in ("accept", "refuse"):
         p.add(f"{path}.new_images", f"must be accept or refuse, not {new_images!r}")
@@ -301,11 +352,12 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
     credentials = _credentials(p, obj.get("credentials"), f"{path}.credentials")
     identifier = _string(p, obj, "identifier", path)
     vo = _string(p, obj, "vo", path)
+    oci = oci_source(p, obj, trust, path) if kind == "oci" else None
     if len(p.items) > before:
         return None
     return Subscription(
         name=name,
-        url=url,
+        url=url or "",
         endorsers=endorsers,
         identifier=identifier,
         vo=vo,
@@ -316,6 +368,9 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
         credentials=credentials,
         tls_ca=str(Path(tls_ca).expanduser()) if tls_ca else None,
         site=site,
+        type=kind,
+        trust=trust,
+        oci=oci,
     )
 
 

@@ -37,7 +37,11 @@ from vmtrust.errors import ConfigError, FileTooLarge, SealError
 SEAL_CONTEXT = b"vmtrust-trust-record-v1\n"
 
 
-_OPTIONAL = ("state", "disk_format", "entry_digest")
+_OPTIONAL = ("state", "disk_format", "entry_digest", "basis")
+#: What vouches for a stored image: a HEPiX list signed by an endorser (every record made
+#: before OCI sources existed), cosign signatures with site-configured keys, or only the
+#: registry's word (``trust: registry``, which the nova filter refuses unless told otherwise).
+BASES = ("hepix", "cosign", "registry")
 
 
 def entry_digest(entry: dict[str, Any]) -> str:
@@ -70,10 +74,16 @@ class TrustRecord:
     #: SHA-256 of the list's hv:image entry (canonical JSON): a change to any of the
     #: entry's metadata without new bytes makes the sync refresh the store's metadata.
     entry_digest: str = ""
+    #: One of :data:`BASES`.  "hepix" is left out of the sealed bytes, so records sealed
+    #: before the field existed still verify and a record without it means "hepix".
+    basis: str = "hepix"
 
     def canonical(self) -> bytes:
         """The exact bytes the seal signs."""
-        body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        data = asdict(self)
+        if data["basis"] == "hepix":
+            del data["basis"]
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return SEAL_CONTEXT + body.encode("ascii")
 
     @classmethod
@@ -97,6 +107,8 @@ class TrustRecord:
                     raise SealError(f"trust record: size is not an integer: {value!r}")
             elif not isinstance(value, str):
                 raise SealError(f"trust record: {name} is not a string: {value!r}")
+            elif name == "basis" and value not in BASES:
+                raise SealError(f"trust record: unknown basis {value!r}")
             values[name] = value
         return cls(**values)
 

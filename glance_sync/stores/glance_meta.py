@@ -131,8 +131,27 @@ def list_properties(
     # atrope's meaning: the name the site gave the list (its sources.yaml key); the
     # list's own UUID is vmtrust_list_identifier.
     props["image_list"] = want.subscription
-    props["image_hash"] = f"sha512:{image.sha512}"
+    props["image_hash"] = f"sha512:{image.sha512}" if image.sha512 else want.digest
+    if image.uri.startswith("oci://"):
+        _oci_properties(want, props)
     return props
+
+
+def _oci_properties(want: Desired, props: dict[str, str | int]) -> None:
+    """What atrope's Harbor source writes, where it differs from a list entry's.
+
+    The OCI annotations are the image's metadata (``APPLIANCE_ATTRIBUTES``, as
+    atrope); the marketplace URI is atrope's identifier
+    ``<registry>/<repository>:<tag>-<digest>`` (cASO's ``ImageId``, GLUE's
+    ``MarketplaceURL``); the description is ``eu.egi.cloud.description``.
+    """
+    image = want.image
+    if image.mpuri:
+        props["vmcatcher_event_ad_mpuri"] = image.mpuri
+    if image.description:
+        props["vmcatcher_event_dc_description"] = image.description
+    props["vmcatcher_event_dc_title"] = image.title
+    props["vmcatcher_event_hv_uri"] = image.uri
 
 
 def stale_properties(image: dict, wanted: dict) -> list[str]:

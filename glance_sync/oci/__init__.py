@@ -1,0 +1,1 @@
+"""OCI registries as image sources: listing, manifests, cosign signatures, layer downloads."""
