@@ -185,7 +185,10 @@ def strip_text_headers(content: bytes) -> bytes:
     return content[match.end() :] if match else content
 
 
-_DIGESTS = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
+_DIGESTS: dict[str, type[hashes.SHA256 | hashes.SHA512]] = {
+    "sha256": hashes.SHA256,
+    "sha512": hashes.SHA512,
+}
 
 
 def sign(

@@ -289,6 +289,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if fields is None:  # nothing of a list to show
             raise
         problems = exc.problems
+    assert fields is not None  # validate() refuses a document without list fields
     render.show_list(fields, signature=_signature(data, fields), problems=problems)
     if problems:
         raise ListFormatError(

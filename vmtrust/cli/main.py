@@ -55,7 +55,7 @@ def _add_global_options(
     parses into a namespace of its own and would replace them) and :func:`_merge`
     joins them.
     """
-    unset = {} if level == 0 else {"default": argparse.SUPPRESS}
+    unset: dict[str, typing.Any] = {} if level == 0 else {"default": argparse.SUPPRESS}
     with contextlib.suppress(argparse.ArgumentError):  # 'list bump --version V' is its own
         parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument(
