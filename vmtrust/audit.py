@@ -328,11 +328,12 @@ def _act_once(conn: Any, finding: Finding, action: str, dry_run: bool) -> str:
     elif dry_run:
         outcome = f"would {action}"
     else:
-        body: dict[str, Any] = {
+        bodies: dict[str, dict[str, Any]] = {
             "stop": {"os-stop": None},
             "shelve": {"shelve": None},
             "lock": {"lock": {"locked_reason": f"vmtrust audit: {finding.reason}"}},
-        }[action]
+        }
+        body = bodies[action]
         try:
             _call(conn, "compute", "POST", f"/servers/{finding.server}/action", (202,), json=body)
             outcome = _VERB[action]

@@ -380,7 +380,7 @@ def audit(
         for page in _pages(
             clients.ec2, "DescribeInstances", "Reservations", what=what, MaxResults=page_size
         ):
-            roots = []
+            roots: list[tuple[dict[str, Any], dict[str, Any], str]] = []
             for instance in (i for r in page for i in r.get("Instances") or ()):
                 report.servers += 1
                 if (instance.get("State") or {}).get("Name") in GONE:
@@ -388,8 +388,8 @@ def audit(
                 report.worker_servers += 1
                 report.located[str(instance.get("InstanceId"))] = (account, region)
                 if not instance.get("ImageId"):
-                    problem = (NOT_VMTRUST, "EC2 names no AMI for it", "")
-                    report.findings.append(_finding(instance, account, problem))
+                    no_ami = (NOT_VMTRUST, "EC2 names no AMI for it", "")
+                    report.findings.append(_finding(instance, account, no_ami))
                     continue
                 image, problem = images.judged(account, region, str(instance["ImageId"]))
                 if problem is not None:

@@ -52,7 +52,8 @@ def connect_cloud(
     files = [clouds_file] if clouds_file else None
     try:
         config = os_config.OpenStackConfig(config_files=files, load_envvars=False)
-        region = config.get_one(cloud=cloud, **({"api_timeout": timeout} if timeout else {}))
+        options: dict[str, Any] = {"api_timeout": timeout} if timeout else {}
+        region = config.get_one(cloud=cloud, **options)
     except (os_exc.ConfigException, os_exc.SDKException, OSError, ValueError) as exc:
         where = f" in {clouds_file}" if clouds_file else ""
         raise ConfigError(f"{label} {cloud}{where}: {exc}") from None

@@ -9,6 +9,7 @@ digitalSignature key usage, a rogue CA that copies the real CA's name).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -177,8 +178,8 @@ def make_endorser(
 
 def make_crl(
     ca: Credential,
-    revoked: list[x509.Certificate] = (),
-    *,  # type: ignore[assignment]
+    revoked: Iterable[x509.Certificate] = (),
+    *,
     last_update: datetime | None = None,
     next_update: datetime | None = None,
 ) -> x509.CertificateRevocationList:
@@ -245,7 +246,7 @@ class DevPKI:
     def ca_dir(self) -> Path:
         return self.root / "certificates"
 
-    def install(self, *, revoked: list[x509.Certificate] = ()) -> Path:  # type: ignore[assignment]
+    def install(self, *, revoked: Iterable[x509.Certificate] = ()) -> Path:
         """Write the trust directory with the CA, its CRL and namespaces; return it."""
-        write_ca(self.ca_dir, self.ca, crl=make_crl(self.ca, list(revoked)))
+        write_ca(self.ca_dir, self.ca, crl=make_crl(self.ca, revoked))
         return self.ca_dir

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import cast
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
@@ -167,7 +168,8 @@ def _split(text: str) -> list[tuple[str, str, _Units]]:
     type; the units carry the unescaped value.
     """
     segments: list[tuple[str, str, _Units]] = []
-    separator, start, units = "/", 0, []
+    separator, start = "/", 0
+    units: _Units = []
     i = 0
     while i < len(text):
         ch = text[i]
@@ -196,7 +198,7 @@ def _split(text: str) -> list[tuple[str, str, _Units]]:
 def _decode(units: _Units) -> str:
     """The value of ``units``; bytes written as ``\\xHH`` are decoded as OpenSSL wrote them."""
     if not any(isinstance(u, int) for u in units):
-        return "".join(units)  # type: ignore[arg-type]
+        return "".join(cast("list[str]", units))  # only text: checked above
     raw = b"".join(bytes([u]) if isinstance(u, int) else u.encode() for u in units)
     # A UTF8String (the usual case); the NUL-padded UniversalString and
     # BMPString forms (only when NULs sit where those put them); else single

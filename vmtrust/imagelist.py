@@ -77,7 +77,8 @@ def parse_date(text: str) -> datetime:
         raise ValueError("not a date of the form YYYY-MM-DDTHH:MM:SSZ")
     # The constructor checks the ranges (month 13, 30 February) as strptime did, at a
     # tenth of its cost: a 10,000-image list has 10,000 dates.
-    return datetime(*map(int, match.groups()), tzinfo=UTC)
+    year, month, day, hour, minute, second = map(int, match.groups())
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

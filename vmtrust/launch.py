@@ -99,9 +99,14 @@ def find_trusted_image(
     """The newest image of ``vo`` (optionally of one image ``identifier``) that is trusted."""
     keys, owners = list(keys), list(owners)
     now = now or datetime.now(UTC)
-    params = {glanceprops.STATE: "trusted", glanceprops.PREFIX + "vo": vo, "limit": 1000}
+    query: dict[str, object] = {
+        glanceprops.STATE: "trusted",
+        glanceprops.PREFIX + "vo": vo,
+        "limit": 1000,
+    }
     if identifier:
-        params[glanceprops.PREFIX + "image_identifier"] = identifier
+        query[glanceprops.PREFIX + "image_identifier"] = identifier
+    params: dict[str, object] | None = query  # the first page's; "next" carries them on
     judged = []
     url: str | None = "/images"
     while url:

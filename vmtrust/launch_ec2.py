@@ -52,7 +52,7 @@ FAILED = ("shutting-down", "terminated", "stopping", "stopped")
 def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
     token, seen = None, set()
     while True:
-        extra = {"NextToken": token} if token else {}
+        extra: dict[str, Any] = {"NextToken": token} if token else {}
         reply = (
             call(
                 clients.ec2,

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from vmtrust.anchors import CrlState
 from vmtrust.errors import ConfigError
@@ -48,7 +49,7 @@ class Thresholds:
     @classmethod
     def parse(cls, **values: str | None) -> Thresholds:
         """From the command's options (strings); ConfigError naming a bad one."""
-        kwargs: dict[str, float | int] = {}
+        kwargs: dict[str, Any] = {}  # keyed by field names: the caller's keywords are the fields
         for name, text in values.items():
             if text is None:
                 continue
@@ -60,7 +61,7 @@ class Thresholds:
             if not math.isfinite(number) or number < 0:
                 raise ConfigError(f"{option} {text!r}: must be 0 or more")
             kwargs[name] = number
-        limits = cls(**kwargs)  # type: ignore[arg-type]
+        limits = cls(**kwargs)
         for kind, worse in (("stale", "more"), ("failing", "more")):
             warn, crit = getattr(limits, f"{kind}_warning"), getattr(limits, f"{kind}_critical")
             if crit and warn and crit < warn:

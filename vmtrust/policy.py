@@ -356,7 +356,7 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
     if len(p.items) > before:
         return None
     return Subscription(
-        name=name,
+        name=name or "",
         url=url or "",
         endorsers=endorsers,
         identifier=identifier,

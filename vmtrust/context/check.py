@@ -257,9 +257,9 @@ def _judge(parts: list[Part], config: dict, site: SiteProfile) -> list[str]:
     expected = [(CONFIG_PART, "text/cloud-config")]
     expected += [(part.filename, part.content_type) for part in our_parts]
     mine = {part.filename: part.body for part in our_parts}
-    names = {name for name, _ in expected}
+    written = {name for name, _ in expected}
     for part in parts:
-        if part.filename not in names and part.content_type == "text/x-shellscript":
+        if part.filename not in written and part.content_type == "text/x-shellscript":
             problems.append(f"{part.filename}: a shell script vmtrust does not write for site "
                             f"{site.name} (it would run as root)")  # fmt: skip
         elif part.filename in mine and part.body != mine[part.filename]:

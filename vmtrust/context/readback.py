@@ -82,12 +82,13 @@ def _launcher(text: Any) -> tuple[str, tuple[str, ...], tuple[tuple[str, str], .
         words = [w for w in shlex.split(text.split(marker, 1)[1]) if w != "\n"]
     except ValueError:
         return None
-    env = []
+    env: list[tuple[str, str]] = []
     while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
-        env.append(tuple(words.pop(0).split("=", 1)))
+        key, value = words.pop(0).split("=", 1)
+        env.append((key, value))
     if not words:
         return None
-    return words[0], tuple(words[1:]), tuple(env)  # type: ignore[return-value]
+    return words[0], tuple(words[1:]), tuple(env)
 
 
 def request(config: dict, bodies: dict[str, str], site: SiteProfile) -> tuple[VoProfile, Flavour]:

@@ -123,7 +123,9 @@ def unpack(data: bytes) -> list[Part]:
     for index, item in enumerate(message.walk()):
         if item.is_multipart():
             continue
-        payload = item.get_payload(decode=True) or b""
+        payload = item.get_payload(decode=True)  # bytes, or None when there is none
+        if not isinstance(payload, bytes):
+            payload = b""
         kind = item.get_content_type()
         if payload[:2] == b"\x1f\x8b":
             payload = _gunzip(payload, "gzip part")
