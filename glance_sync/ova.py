@@ -31,13 +31,13 @@ import contextlib
 import tarfile as tar
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
 import defusedxml.ElementTree as safe_xml
 
-from glance_sync.transfer import CHUNK
+from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import ArchiveError
 
 MAX_MEMBERS = 256
@@ -86,7 +86,7 @@ class _BoundedInfo(tar.TarInfo):
             tarfile.extended_bytes += self.size
             if tarfile.extended_bytes > MAX_EXTENDED_TOTAL:
                 raise _Refused(f"more than {MAX_EXTENDED_TOTAL} bytes of extended headers")
-        return super()._proc_member(tarfile)
+        return super()._proc_member(tarfile)  # type: ignore[misc]  # private hook, not in typeshed
 
     def _sparse(self, *args: Any) -> None:
         raise _Refused("a sparse member (pax GNU.sparse headers)")
@@ -100,7 +100,7 @@ class _Archive(tar.TarFile):
 
     def next(self) -> tar.TarInfo | None:
         member = super().next()
-        if len(self.members) > MAX_MEMBERS:
+        if len(self.members) > MAX_MEMBERS:  # type: ignore[attr-defined]  # typeshed omits it
             raise _Refused(f"more than {MAX_MEMBERS} members")
         return member
 
@@ -117,13 +117,14 @@ class DiskRef:
 class ArchiveDisk:
     """The disk member's bytes; at their end, the rest of the archive is read and checked."""
 
-    def __init__(self, stream: IO[bytes], kind: str, identifier: str) -> None:
+    def __init__(self, stream: DiskStream, kind: str, identifier: str) -> None:
         self.identifier = identifier
         self.kind = kind
         self.described = False  #: the archive starts with an OVF descriptor
         self._names: set[str] = set()
         with self._guard():
-            self.archive = _Archive.open(fileobj=stream, mode="r|")
+            # stream mode ("r|") only ever calls read(), all a DiskStream has
+            self.archive = _Archive.open(fileobj=cast(IO[bytes], stream), mode="r|")
             self._members = iter(self.archive)
             self.member, self.disk_format = self._find_disk()
             extracted = self.archive.extractfile(self.member)

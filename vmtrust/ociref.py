@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from vmtrust.errors import OciReferenceError
@@ -27,15 +28,15 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _ACCESSORY_TAG = re.compile(r"sha256-[0-9a-f]{64}(?:\.[a-z]+)?\Z")
 
 
-def is_repository(name: object) -> bool:
+def is_repository(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and len(name) <= 255 and bool(_REPOSITORY.match(name))
 
 
-def is_tag(name: object) -> bool:
+def is_tag(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and bool(_TAG.match(name))
 
 
-def is_digest(value: object) -> bool:
+def is_digest(value: object) -> TypeGuard[str]:
     """``sha256:`` and 64 lower-case hexadecimal digits: the only digests vmtrust accepts."""
     return isinstance(value, str) and bool(_DIGEST.match(value))
 

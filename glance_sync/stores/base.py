@@ -28,11 +28,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
+from glance_sync.transfer import DiskStream
 from vmtrust.imagelist import parse_date
 from vmtrust.record import TrustRecord
 from vmtrust.trust import Verdict
@@ -88,7 +89,7 @@ class Store(ABC):
         return source_format
 
     @abstractmethod
-    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+    def create(self, want: Desired, stream: DiskStream, disk_format: str, finish: Finish) -> Held:
         """Write the image from ``stream`` and commit it with the record ``finish`` gives.
 
         ``want`` carries the list's metadata for stores that publish it (Glance

@@ -37,7 +37,7 @@ class SiteAccount:
     def _pages(self, operation: str, key: str, **params: Any) -> Iterator[dict[str, Any]]:
         token = None
         while True:
-            extra = {"NextToken": token} if token else {}
+            extra: dict[str, Any] = {"NextToken": token} if token else {}
             reply = self._call(
                 self.c.ec2, operation, "ec2 store", MaxResults=PAGE, **params, **extra
             )
