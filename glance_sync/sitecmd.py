@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from vmtrust import record
 from vmtrust.cli.plugins import Command
@@ -137,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
     db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
     try:
-        rows = []
+        rows: list[dict[str, Any]] = []  # one JSON object per subscription
         for sub in subscriptions:
             st = db.get(sub.name)
             rows.append(
