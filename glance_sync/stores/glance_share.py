@@ -146,7 +146,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
     listed = {
         project: conn
         for item in items.values()
-        for project, conn in store.projects(item.record.vo)  # type: ignore[union-attr]
+        for project, conn in store.projects(item.record.vo)  # type: ignore[union-attr]  # has one
         if conn is not None
     }
     accepted, problems = accepted_by(store, listed.items())
@@ -166,7 +166,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
 
 
 def _converge_one(store: GlanceStore, item: Held, accepted: dict[str, set[str]]) -> list[str]:
-    image_id, vo = item.store_id, item.record.vo  # type: ignore[union-attr]
+    image_id, vo = item.store_id, item.record.vo  # type: ignore[union-attr]  # sealed: has one
     image = store.seen.get(image_id, {})
     projects = store.projects(vo)
     wanted = ",".join(sorted(project for project, _ in projects))
