@@ -145,10 +145,6 @@ class ImageTrust:
             future.cancel()  # if it never started, it never will; else it ends on its own
             raise LookupFailed(f"no answer within {self.deadline:g} s") from None
 
-    def forget(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
 
 def glance_fetch(adapter: Any) -> Fetch:
     """A :data:`Fetch` over a keystoneauth Adapter for the image service."""

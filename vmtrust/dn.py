@@ -256,5 +256,8 @@ def names(subject: str, issuer: str, cert: x509.Certificate) -> bool:
 
 
 def normalise(text: str) -> str:
-    """A canonical rendering of ``text`` (used for display and pinning keys)."""
+    """One rendering for every way of writing the same name (short attribute names,
+    upper-case ``\\xHH``): what a value derived from a DN, such as the EGI profile's
+    ``ad:user:guid``, is computed from, so that it does not depend on the tool that
+    printed the DN.  ValueError for text that is not a DN."""
     return "".join(f"/{_SHORT_BY_DOTTED.get(k, k)}={_render(v)}" for k, v in parse(text))

@@ -143,8 +143,8 @@ def _pinned(endorser: Endorser, allowed: Iterable[Endorser]) -> bool:
     return False
 
 
-def check_freshness(lst: ImageList, policy: Policy, now: datetime) -> None:
-    """Rules 9-12, usable on their own by callers that re-check a stored list."""
+def _check_freshness(lst: ImageList, policy: Policy, now: datetime) -> None:
+    """Rules 9-12: identifier pinning, creation and expiry dates, rollback."""
     if policy.identifier is not None and lst.identifier != policy.identifier:
         raise IdentifierMismatch(
             f"list {lst.identifier}: expected identifier {policy.identifier} "
@@ -191,7 +191,7 @@ def verify_signed_list(data: bytes, policy: Policy, now: datetime | None = None)
             f"list {lst.identifier}: endorser {named.dn} issued by {named.ca} is not among the "
             f"allowed endorsers ({allowed})"
         )
-    check_freshness(lst, policy, now)
+    _check_freshness(lst, policy, now)
     return VerifiedList(
         imagelist=lst,
         signer=signature.signer,

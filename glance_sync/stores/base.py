@@ -131,9 +131,6 @@ class Store(ABC):
         """Remove leftovers of interrupted runs; return what was removed."""
         return []
 
-    def location(self, held: Held) -> str:
-        return held.location
-
 
 def held_image(
     verdict: Verdict,

@@ -207,9 +207,6 @@ class GlanceStore(Store):
 
     # --- reading ----------------------------------------------------------------------
 
-    def location(self, held: Held) -> str:
-        return held.location
-
     def _held(self, image: dict[str, Any]) -> Held:
         verdict = check_binding(
             lambda: gp.read_record(image), gp.stored(image), keys=self.seal_keys
