@@ -339,10 +339,17 @@ def _act_once(conn: Any, finding: Finding, action: str, dry_run: bool) -> str:
             outcome = _VERB[action]
         except AuditError as exc:
             outcome = f"failed: {exc}"
-    changed = not (already or dry_run)  # what was done, or failed, is a warning; the rest news
+    log_action(finding, outcome, changed=not (already or dry_run))
+    return outcome
+
+
+def log_action(
+    finding: Finding, outcome: str, *, changed: bool, what: str = "server %s of project %s on host"
+) -> None:
+    """One log line per action: what was done, or failed, is a warning; the rest news."""
     LOG.log(
         logging.WARNING if changed else logging.INFO,
-        "audit: %s server %s of project %s on host %s: %s (%s)",
+        f"audit: %s {what} %s: %s (%s)",
         outcome,
         finding.server,
         finding.project,
@@ -350,4 +357,3 @@ def _act_once(conn: Any, finding: Finding, action: str, dry_run: bool) -> str:
         finding.reason,
         finding.detail,
     )
-    return outcome

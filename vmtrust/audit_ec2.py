@@ -52,7 +52,6 @@ no EC2 meaning: :func:`act` refuses them (the command, before anything is contac
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,12 +70,11 @@ from vmtrust.audit import (
     VOLUME,
     Finding,
     Report,
+    log_action,
 )
 from vmtrust.ec2client import Accounts, Clients
 from vmtrust.errors import AuditError, EC2Error
 from vmtrust.imagelist import parse_date
-
-LOG = logging.getLogger("vmtrust.audit")
 
 DISABLED = "disabled"
 DEREGISTERED = "deregistered"
@@ -447,15 +445,7 @@ def _stop(reach: Accounts, report: EC2Report, finding: Finding, dry_run: bool) -
             outcome = "stopped"
         except AuditError as exc:
             outcome = f"failed: {exc}"
-    changed = not (already or dry_run)
-    LOG.log(
-        logging.WARNING if changed else logging.INFO,
-        "audit: %s instance %s of account %s in %s: %s (%s)",
-        outcome,
-        finding.server,
-        finding.project,
-        finding.host or "-",
-        finding.reason,
-        finding.detail,
+    log_action(
+        finding, outcome, changed=not (already or dry_run), what="instance %s of account %s in"
     )
     return outcome
