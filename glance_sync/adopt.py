@@ -61,6 +61,8 @@ from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError, TransferError, VmtrustError
 from vmtrust.record import seal
 
+__all__ = ["Adoption", "GlanceFile", "find"]
+
 LOG = logging.getLogger("vmtrust.adopt")
 
 

@@ -22,6 +22,17 @@ from glance_sync.foreign import Image, Tool
 from glance_sync.plan import Desired, Held
 from glance_sync.unpack import normalise_format
 
+__all__ = [
+    "AdoptionPlan",
+    "InPlace",
+    "LeftAlone",
+    "Refused",
+    "RetireCopy",
+    "current_versions",
+    "held_identifiers",
+    "plan_adoption",
+]
+
 
 @dataclass(frozen=True)
 class InPlace:

@@ -39,6 +39,18 @@ from glance_sync import confine
 from glance_sync.transfer import DiskStream, read_disk
 from vmtrust.errors import TransferError
 
+__all__ = [
+    "ADDRESS_SPACE",
+    "CPU_SECONDS",
+    "CPU_SECONDS_PER_GIB",
+    "QEMU_DRIVERS",
+    "TIMEOUT",
+    "Conversion",
+    "clear_work_folder",
+    "qemu_driver",
+    "work_folder",
+]
+
 LOG = logging.getLogger(__name__)
 
 #: Glance's disk format names → qemu-img driver names.

@@ -42,6 +42,17 @@ from vmtrust.errors import DeadlineExceeded, HttpError
 from vmtrust.safetext import redact
 from vmtrust.urls import url_problem
 
+__all__ = [
+    "USER_AGENT",
+    "Deadline",
+    "HttpSettings",
+    "check_url",
+    "follow",
+    "get",
+    "make_session",
+    "short",
+]
+
 USER_AGENT = f"vmtrust/{__version__}"
 
 

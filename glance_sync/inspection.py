@@ -38,6 +38,8 @@ from oslo_utils.imageutils import format_inspector as fi
 from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import UnsafeImageError
 
+__all__ = ["INSPECTED", "VMDK_SUBFORMATS", "InspectedStream", "Inspection", "inspect_stream"]
+
 #: The disk formats vmtrust stores (Glance's names), each with an inspector.
 INSPECTED = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
 #: VMDK subformats whose data are inside the one file (the inspector's lower-case names).

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from vmtrust.errors import TransferError
 
+__all__ = ["CHUNK", "DiskStream", "Tally", "copy_stream", "iter_chunks", "read_disk"]
+
 CHUNK = 1024 * 1024
 
 

@@ -23,6 +23,8 @@ from glance_sync.ova import ArchiveDisk
 from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import ExpansionError
 
+__all__ = ["Bound", "normalise_format", "open_disk"]
+
 
 def normalise_format(value: str | None) -> tuple[str | None, str]:
     """Split ``hv:format`` into (compression, disk format), case-insensitively.

@@ -41,6 +41,8 @@ from vmtrust import glanceprops
 from vmtrust.imagelist import parse_date
 from vmtrust.trust import Code, Verdict, refuse
 
+__all__ = ["FETCH_WORKERS", "REGISTRY_ONLY", "Fetch", "ImageTrust", "LookupFailed", "glance_fetch"]
+
 
 class LookupFailed(Exception):
     """Glance could not answer; the message says why, on one line."""

@@ -52,6 +52,25 @@ from vmtrust import enforcement, glanceprops
 from vmtrust.errors import AuditError
 from vmtrust.trust import Code
 
+__all__ = [
+    "ACTIONS",
+    "COMPUTE_HEADERS",
+    "DELETED",
+    "EXPIRED",
+    "INACTIVE",
+    "NOT_VMTRUST",
+    "RESCUE",
+    "RETIRED",
+    "SEAL",
+    "VOLUME",
+    "Finding",
+    "Report",
+    "act",
+    "audit",
+    "log_action",
+    "servers",
+]
+
 LOG = logging.getLogger(__name__)
 
 #: 2.47: the flavour's extra specs inside the server; 2.73: lock with a reason.
@@ -162,7 +181,7 @@ def servers(conn: Any, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         params = {**params, "marker": marker}
 
 
-def trusted_hosts(conn: Any) -> set[str]:
+def _trusted_hosts(conn: Any) -> set[str]:
     """Hosts of aggregates whose metadata marks them (``vmtrust_trusted_only``)."""
     body = _json(_call(conn, "compute", "GET", "/os-aggregates", (200,)), "nova aggregates")
     return {
@@ -275,7 +294,7 @@ def audit(
     if page_size < 1:
         raise AuditError(f"audit: page size {page_size}: must be at least 1")
     images = _Images(conn, keys, owners, now or datetime.now(UTC))
-    hosts = trusted_hosts(conn)
+    hosts = _trusted_hosts(conn)
     findings: list[Finding] = []
     listed = workers = 0
     for server in servers(conn, page_size):

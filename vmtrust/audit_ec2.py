@@ -76,6 +76,23 @@ from vmtrust.ec2client import Accounts, Clients
 from vmtrust.errors import AuditError, EC2Error
 from vmtrust.imagelist import parse_date
 
+__all__ = [
+    "DEPRECATED",
+    "DEREGISTERED",
+    "DISABLED",
+    "EC2_ACTIONS",
+    "GONE",
+    "STOPPED",
+    "VOLUME_BATCH",
+    "EC2Report",
+    "Problem",
+    "Site",
+    "act",
+    "audit",
+    "label",
+    "places",
+]
+
 DISABLED = "disabled"
 DEREGISTERED = "deregistered"
 DEPRECATED = "deprecated"
@@ -141,7 +158,7 @@ def _pages(
         params = {**params, "NextToken": token}
 
 
-def regions_of(reach: Accounts, account: str, region: str) -> list[str]:
+def _regions_of(reach: Accounts, account: str, region: str) -> list[str]:
     """The regions enabled in ``account`` (DescribeRegions), asked from ``region``."""
     clients = _clients(reach, account, region)
     reply = _call(clients.ec2, "DescribeRegions", what=f"audit: account {account}")
@@ -285,7 +302,7 @@ def places(
     _guard(reach.check, accounts)
     pairs = []
     for account in accounts:
-        for region in regions if regions is not None else regions_of(reach, account, home):
+        for region in regions if regions is not None else _regions_of(reach, account, home):
             pairs.append((account, region))
     return pairs
 

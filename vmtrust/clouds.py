@@ -19,6 +19,8 @@ from vmtrust.errors import ConfigError
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
+__all__ = ["connect_cloud", "openstacksdk"]
+
 
 def openstacksdk(needed_by: str) -> Any:
     """The ``openstack`` module, or one line saying how to install it for ``needed_by``."""

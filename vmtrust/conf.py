@@ -16,6 +16,19 @@ from oslo_config import cfg
 from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError
 
+__all__ = [
+    "default_opts",
+    "endorser_opts",
+    "keystoneauth_opts",
+    "list_opts",
+    "make_conf",
+    "store_ec2_opts",
+    "store_glance_opts",
+    "store_local_opts",
+    "sync_opts",
+    "trust_opts",
+]
+
 trust_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "ca_dir",

@@ -22,6 +22,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from vmtrust import dn
 from vmtrust.truststore import subject_hash
 
+__all__ = [
+    "CA_DN",
+    "ENDORSER_DN",
+    "NAMESPACE",
+    "Credential",
+    "DevPKI",
+    "make_ca",
+    "make_crl",
+    "make_endorser",
+    "name",
+    "new_key",
+    "write_ca",
+]
+
 CA_DN = "/DC=org/DC=example/CN=Example Test CA"
 ENDORSER_DN = "/DC=org/DC=example/O=People/CN=Jane Endorser"
 NAMESPACE = "/DC=org/DC=example/*"

@@ -27,6 +27,18 @@ from typing import cast
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+__all__ = [
+    "Attribute",
+    "Components",
+    "attributes",
+    "components",
+    "names",
+    "normalise",
+    "parse",
+    "same",
+    "slash",
+]
+
 # OpenSSL short names (what X509_NAME_oneline prints) for the OIDs grid
 # certificates use.
 _SHORT_NAMES: dict[ObjectIdentifier, str] = {

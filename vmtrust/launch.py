@@ -44,6 +44,16 @@ from vmtrust.errors import LaunchError, NoTrustedImage
 from vmtrust.record import TrustRecord
 from vmtrust.trust import Verdict
 
+__all__ = [
+    "Image",
+    "Server",
+    "TrustedImage",
+    "find_flavour",
+    "find_trusted_image",
+    "launch",
+    "newest",
+]
+
 #: A candidate image as its cloud lists it (a Glance image, an AMI).
 Image = TypeVar("Image")
 

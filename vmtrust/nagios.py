@@ -28,6 +28,20 @@ from vmtrust.anchors import CrlState
 from vmtrust.errors import ConfigError
 from vmtrust.safetext import clean
 
+__all__ = [
+    "CRITICAL",
+    "DAY",
+    "HOUR",
+    "NAMES",
+    "OK",
+    "UNKNOWN",
+    "WARNING",
+    "Result",
+    "Subscription",
+    "Thresholds",
+    "evaluate",
+]
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 HOUR, DAY = 3600.0, 86400.0

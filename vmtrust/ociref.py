@@ -18,6 +18,16 @@ from vmtrust.errors import OciReferenceError
 from vmtrust.safetext import redact
 from vmtrust.urls import url_problem
 
+__all__ = [
+    "PinnedReference",
+    "is_accessory_tag",
+    "is_digest",
+    "is_repository",
+    "is_tag",
+    "parse_pinned",
+    "registry_base",
+]
+
 #: The distribution spec's repository name: path components of lower-case letters and
 #: digits joined by separators, at most 255 characters in all.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"

@@ -48,6 +48,8 @@ from vmtrust.errors import (
 )
 from vmtrust.namespaces import NamespacePolicy, load_for_ca
 
+__all__ = ["ChainCertificate", "TrustStore", "subject_hash"]
+
 # OpenSSL X509_V_ERR_* codes that mean "outside the validity period".
 _VALIDITY_ERRORS = {9, 10}
 # ... and "no trusted CA for this certificate".

@@ -42,6 +42,16 @@ from yaml.resolver import Resolver
 
 from vmtrust.errors import YamlRefused
 
+__all__ = [
+    "MAX_ALIASES",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_INT_CHARS",
+    "MAX_NODES",
+    "load",
+    "load_file",
+]
+
 MAX_BYTES = 1024 * 1024  #: a subscriptions file with 500 subscriptions is ~100 KB
 MAX_ALIASES = 1000
 MAX_NODES = 100_000

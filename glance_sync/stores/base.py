@@ -41,6 +41,8 @@ from vmtrust.trust import Verdict
 if TYPE_CHECKING:
     from oslo_config import cfg
 
+__all__ = ["Finish", "Store", "StoreContext", "held_image"]
+
 
 @dataclass(frozen=True)
 class StoreContext:

@@ -59,6 +59,8 @@ from vmtrust.trust import RETIRED, Stored, check_binding
 if TYPE_CHECKING:
     from oslo_config import cfg
 
+__all__ = ["ARCHES", "EC2Store"]
+
 LOG = logging.getLogger("vmtrust.ec2")
 #: sl:arch → EC2's architecture; an empty sl:arch is taken as x86_64.
 ARCHES = {

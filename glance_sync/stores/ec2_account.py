@@ -17,6 +17,8 @@ from vmtrust import ec2record
 from vmtrust.ec2client import Clients, call
 from vmtrust.imagelist import parse_date
 
+__all__ = ["PAGE", "SiteAccount", "aws_time", "deprecate_at", "next_minute", "parse_time"]
+
 PAGE = 1000  # DescribeImages' and DescribeSnapshots' largest page
 _AMI_GONE = ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable")
 _SNAPSHOT_GONE = ("InvalidSnapshot.NotFound",)

@@ -42,6 +42,20 @@ from glance_sync.transfer import DiskStream, Tally, iter_chunks
 from vmtrust.ec2client import call
 from vmtrust.errors import EC2Error, TransferError
 
+__all__ = [
+    "BLOCK",
+    "GIB",
+    "NBD_FORMATS",
+    "SNAPSHOT_TIMEOUT",
+    "ZERO",
+    "BlockWriter",
+    "aggregate",
+    "blocks",
+    "checksum",
+    "raw_source",
+    "volume_gib",
+]
+
 LOG = logging.getLogger("vmtrust.ec2")
 BLOCK = 512 * 1024  #: the EBS direct APIs' block size
 ZERO = bytes(BLOCK)
@@ -249,7 +263,7 @@ def raw_source(
         inspection = getattr(stream, "inspection", None)
         if inspection is None or not inspection.done:
             raise TransferError(f"image {identifier}: not inspected to its end; not stored")
-        with nbd_raw(work, qemu_driver(disk_format), identifier) as (size, raw):
+        with _nbd_raw(work, qemu_driver(disk_format), identifier) as (size, raw):
             tally = Tally()
             yield size, iter_chunks(raw, identifier, tally), tally
     finally:
@@ -288,7 +302,7 @@ def _tool(name: str, identifier: str) -> str:
 
 
 @contextlib.contextmanager
-def nbd_raw(path: Path, driver: str, identifier: str) -> Iterator[tuple[int, IO[bytes]]]:
+def _nbd_raw(path: Path, driver: str, identifier: str) -> Iterator[tuple[int, IO[bytes]]]:
     """The virtual disk of ``path`` as raw bytes on a pipe: ``(virtual size, stream)``.
 
     ``qemu-nbd`` opens only ``path``, read-only, as ``driver`` (never probed),

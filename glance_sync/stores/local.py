@@ -54,6 +54,17 @@ from vmtrust.trust import Code, Stored, check_binding, refuse
 if TYPE_CHECKING:
     from oslo_config import cfg
 
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "LOCK_NAME",
+    "MAX_RECORD_BYTES",
+    "NOT_OURS",
+    "LocalStore",
+    "Planted",
+    "safe_name",
+]
+
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _AREAS = ("images", "retired", ".partial")
 LOCK_NAME = ".vmtrust-sync.lock"

@@ -32,6 +32,8 @@ from vmtrust.context.userdata import unpack
 from vmtrust.context.vo import vo_problems
 from vmtrust.errors import Problems
 
+__all__ = ["CONFIG_PART", "explain"]
+
 CONFIG_PART = "00-vmtrust.cfg"
 _RISKY_TYPES = {
     "text/part-handler": "runs arbitrary Python inside cloud-init",

@@ -19,6 +19,8 @@ from vmtrust.context import scripts
 from vmtrust.context.compose import DEFAULT_LOCAL, GIB, MEASURED, MIB, site_files
 from vmtrust.context.profiles import Flavour, Pilot, PilotFile, SiteProfile, VoFile, VoProfile
 
+__all__ = ["own_paths", "request"]
+
 
 def own_paths(site: SiteProfile) -> set[str]:
     """Files vmtrust writes from the site profile alone (compared, never read as the VO's)."""
