@@ -28,6 +28,17 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from vmtrust.errors import SmimeFormatError
 
+__all__ = [
+    "OPAQUE_TYPES",
+    "SIGNATURE_TYPES",
+    "SignedMessage",
+    "canonical",
+    "is_smime",
+    "sign",
+    "split",
+    "strip_text_headers",
+]
+
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 #: S/MIME with the content inside the signature (``openssl smime -sign -nodetach``)
 OPAQUE_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")

@@ -38,6 +38,8 @@ from vmtrust.errors import (
 from vmtrust.imagelist import Endorser, ImageList, format_date
 from vmtrust.truststore import ChainCertificate, TrustStore
 
+__all__ = ["Policy", "VerifiedList", "key_usage_problem", "verify_signed_list"]
+
 
 @dataclass(frozen=True)
 class Policy:

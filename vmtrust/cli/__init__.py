@@ -1,1 +1,3 @@
 """The vmtrust command line."""
+
+__all__: list[str] = []  # a namespace: its modules are the API

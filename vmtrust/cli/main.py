@@ -24,6 +24,8 @@ from vmtrust.cli.plugins import add_plugin_commands
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
+__all__ = ["INTERNAL_ERROR", "USAGE_ERROR", "build_parser", "main"]
+
 INTERNAL_ERROR = errors.INTERNAL_ERROR
 USAGE_ERROR = errors.USAGE
 
