@@ -33,6 +33,21 @@ from vmtrust.imagelist import Endorser, Image, ImageList, format_date, parse_dat
 from vmtrust.record import TrustRecord, entry_digest
 from vmtrust.trust import expiry
 
+__all__ = [
+    "Action",
+    "Create",
+    "Desired",
+    "Held",
+    "KnownList",
+    "Plan",
+    "Purge",
+    "Refresh",
+    "Replace",
+    "Retire",
+    "last_accepted",
+    "make_plan",
+]
+
 
 @dataclass(frozen=True)
 class Desired:

@@ -37,6 +37,18 @@ from vmtrust.errors import ConfigError, GlanceError, summarise
 if TYPE_CHECKING:
     from glance_sync.stores.glance import GlanceStore
 
+__all__ = [
+    "Waiting",
+    "accept",
+    "accept_command",
+    "acceptance_notes",
+    "accepted_by",
+    "converge",
+    "parse_vo_projects",
+    "share",
+    "waiting_memberships",
+]
+
 LOG = logging.getLogger("vmtrust.glance")
 
 
