@@ -24,6 +24,8 @@ from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
 
+__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status", "status_nagios"]
+
 
 def _images_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON objects, one per image")
