@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vmtrust import enforcement, glanceprops
+from vmtrust import clouds, enforcement, glanceprops
 from vmtrust.errors import AuditError
 from vmtrust.trust import Code
 
@@ -139,18 +139,9 @@ def _when(text: Any) -> str:
 
 
 def _call(conn: Any, service: str, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
-    from keystoneauth1 import exceptions as ks_exc
-
     if service == "compute":
         kw["headers"] = COMPUTE_HEADERS
-    try:
-        reply = getattr(conn, service).request(url, method, raise_exc=False, **kw)
-    except ks_exc.ClientException as exc:
-        raise AuditError(f"{service} {method} {url}: {' '.join(str(exc).split())[:200]}") from None
-    if reply.status_code not in ok:
-        text = " ".join(reply.text.split())[:200]
-        raise AuditError(f"{service} {method} {url}: HTTP {reply.status_code} {text}")
-    return reply
+    return clouds.request(conn, service, method, url, ok, error=AuditError, **kw)
 
 
 def _json(reply: Any, what: str) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, VmtrustError
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-__all__ = ["connect_cloud", "openstacksdk"]
+__all__ = ["connect_cloud", "openstacksdk", "request"]
 
 
 def openstacksdk(needed_by: str) -> Any:
@@ -60,3 +60,32 @@ def connect_cloud(
         where = f" in {clouds_file}" if clouds_file else ""
         raise ConfigError(f"{label} {cloud}{where}: {exc}") from None
     return openstack.connection.Connection(config=region, app_name=app_name)
+
+
+def request(
+    conn: Any,
+    service: str,
+    method: str,
+    url: str,
+    ok: tuple[int, ...],
+    *,
+    error: type[VmtrustError],
+    **kw: Any,
+) -> Any:
+    """One REST call through the connection's ``service`` adapter (``compute``, ``image``).
+
+    ``launch`` and ``audit`` call nova and Glance this way, not through openstacksdk's
+    proxies (some of which ignore HTTP errors), and check every status: a keystoneauth
+    failure or a status outside ``ok`` raises ``error`` as one line naming the call,
+    with at most 200 characters of the answer.
+    """
+    from keystoneauth1 import exceptions as ks_exc
+
+    what = f"{service} {method} {url}"
+    try:
+        reply = getattr(conn, service).request(url, method, raise_exc=False, **kw)
+    except ks_exc.ClientException as exc:
+        raise error(f"{what}: {' '.join(str(exc).split())[:200]}") from None
+    if reply.status_code not in ok:
+        raise error(f"{what}: HTTP {reply.status_code} {' '.join(reply.text.split())[:200]}")
+    return reply

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vmtrust import glanceprops, version
+from vmtrust import clouds, glanceprops, version
 from vmtrust.context.profiles import Flavour
 from vmtrust.errors import LaunchError, NoTrustedImage
 from vmtrust.record import TrustRecord
@@ -84,17 +84,7 @@ class Server:
 
 
 def _call(conn: Any, method: str, service: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
-    from keystoneauth1 import exceptions as ks_exc
-
-    adapter = getattr(conn, service)
-    try:
-        reply = adapter.request(url, method, raise_exc=False, **kw)
-    except ks_exc.ClientException as exc:
-        raise LaunchError(f"{service} {method} {url}: {' '.join(str(exc).split())[:200]}") from None
-    if reply.status_code not in ok:
-        text = " ".join(reply.text.split())[:200]
-        raise LaunchError(f"{service} {method} {url}: HTTP {reply.status_code} {text}")
-    return reply
+    return clouds.request(conn, service, method, url, ok, error=LaunchError, **kw)
 
 
 def find_trusted_image(
