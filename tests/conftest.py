@@ -207,9 +207,9 @@ def local_site(tmp_path: Path, ca_dir: Path, subscriptions: str, *, sync: str = 
         f"{sync}"
         f"[store_local]\npath = {tmp_path}/store\n"
     )
-    keygen = Path(sys.executable).parent / "vmtrust"
+    vmtrust_command = Path(sys.executable).parent / "vmtrust"
     subprocess.run(
-        [keygen, "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
+        [vmtrust_command, "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
     )
     return conf
 
