@@ -96,8 +96,11 @@ test: venv venv-glance venv-nova venv-cip venv-atrope cloud-init lint
 	VMTRUST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
 	VMTRUST_REQUIRE_SERVICES=1 $(NOVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_nova
 
+# ruff for style and mistakes, mypy for types (its files and settings: pyproject.toml)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Regenerate etc/vmtrust/vmtrust.conf.sample after changing options.
 sample: venv

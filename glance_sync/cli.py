@@ -50,6 +50,8 @@ from vmtrust.safetext import shown
 if TYPE_CHECKING:
     from glance_sync.adopt import Adoption
 
+__all__ = ["INTERNAL_ERROR", "Observer", "build_parser", "main"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 

@@ -55,6 +55,8 @@ from vmtrust.safetext import shown
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
 
+__all__ = ["CRL_SOON", "PROBE", "Findings", "main", "run"]
+
 CRL_SOON = timedelta(hours=24)  #: a CRL renewed later than this from now is worth a note
 PROBE = "vmtrust_check_probe"  #: the property the Glance probe asks for
 

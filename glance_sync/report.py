@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from vmtrust.errors import VmtrustError
 from vmtrust.safetext import redact
 
+__all__ = ["Event", "ImageFailure", "Report", "rule_of", "unexpected"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 

@@ -428,9 +428,9 @@ class SyncService:
                     if dry_run or adoption is not None:  # adoption decides before any upload
                         continue
                     local_list = local[verified.subscription.name]
-                    for action in self._early(verified, lists, held, report, now):
-                        started.add(action.desired.identifier)
-                        images.submit(self._image_task, action, local_list, report, now)
+                    for early in self._early(verified, lists, held, report, now):
+                        started.add(early.desired.identifier)
+                        images.submit(self._image_task, early, local_list, report, now)
             ok = {item.subscription.name for item in lists}
             if started:  # the creates changed the store: plan from what it holds now
                 held = self._survey(report, cleanup=False)
@@ -470,9 +470,9 @@ class SyncService:
                 if isinstance(a, Create | Replace) and a.desired.identifier not in started
             ]
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
-                for action in late:
-                    local_list = local.get(action.desired.subscription, False)
-                    images.submit(self._image_task, action, local_list, report, now)
+                for pull in late:
+                    local_list = local.get(pull.desired.subscription, False)
+                    images.submit(self._image_task, pull, local_list, report, now)
             if adoption is not None:  # the other tool's copies go once vmtrust's are active
                 adoption.after_create(report, now)
             for action in plan.actions:
@@ -532,6 +532,10 @@ def tty_progress() -> Callable[[str, int], Callable[[int], None]] | None:
 
     def make(title: str, total: int) -> Callable[[int], None]:
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=clean(title)[:30], leave=True)
-        return bar.update
+
+        def advance(done: int) -> None:
+            bar.update(done)
+
+        return advance
 
     return make

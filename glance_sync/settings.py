@@ -23,6 +23,8 @@ from vmtrust.errors import ConfigError
 from vmtrust.record import load_private_key
 from vmtrust.truststore import TrustStore
 
+__all__ = ["SyncSettings", "from_conf", "http_settings", "make_store"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 

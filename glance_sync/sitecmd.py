@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from vmtrust import record
 from vmtrust.cli.plugins import Command
@@ -22,6 +23,8 @@ from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
+
+__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status", "status_nagios"]
 
 
 def _images_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
     db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
     try:
-        rows = []
+        rows: list[dict[str, Any]] = []  # one JSON object per subscription
         for sub in subscriptions:
             st = db.get(sub.name)
             rows.append(

@@ -16,7 +16,20 @@ from oslo_config import cfg
 from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError
 
-trust_opts = [
+__all__ = [
+    "default_opts",
+    "endorser_opts",
+    "keystoneauth_opts",
+    "list_opts",
+    "make_conf",
+    "store_ec2_opts",
+    "store_glance_opts",
+    "store_local_opts",
+    "sync_opts",
+    "trust_opts",
+]
+
+trust_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "ca_dir",
         default="/etc/grid-security/certificates",
@@ -57,7 +70,7 @@ trust_opts = [
     ),
 ]
 
-endorser_opts = [
+endorser_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "cert",
         default="~/.globus/usercert.pem",
@@ -87,7 +100,7 @@ endorser_opts = [
     ),
 ]
 
-default_opts = [
+default_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "state_dir",
         default="/var/lib/vmtrust",
@@ -105,7 +118,7 @@ trust_opts.append(
     )
 )
 
-sync_opts = [
+sync_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "subscriptions_file",
         default="/etc/vmtrust/subscriptions.yaml",
@@ -259,7 +272,7 @@ sync_opts = [
     ),
 ]
 
-store_local_opts = [
+store_local_opts: list[cfg.Opt] = [
     cfg.StrOpt("path", default="/var/lib/vmtrust/images", help="Directory of the local store."),
     cfg.StrOpt(
         "hook",
@@ -275,7 +288,7 @@ store_local_opts = [
     ),
 ]
 
-store_glance_opts = [
+store_glance_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "cloud",
         default="",
@@ -347,7 +360,7 @@ store_glance_opts = [
 ]
 
 
-store_ec2_opts = [
+store_ec2_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "region",
         default="",

@@ -23,6 +23,25 @@ from typing import Any
 from vmtrust import jsonsafe
 from vmtrust.errors import InvalidListStructure
 
+__all__ = [
+    "DATE_FORMAT",
+    "ENDORSER_REQUIRED",
+    "IMAGE_REQUIRED",
+    "LIST_REQUIRED",
+    "MAY_BE_EMPTY",
+    "Endorser",
+    "Image",
+    "ImageList",
+    "dumps",
+    "endorser_objects",
+    "format_date",
+    "image_objects",
+    "list_fields",
+    "loads",
+    "parse_date",
+    "validate",
+]
+
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # [0-9], not \d: \d and strptime would also take "٢٠٢٤-05-01T08:00:00Z".
 _DATE_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
@@ -77,7 +96,8 @@ def parse_date(text: str) -> datetime:
         raise ValueError("not a date of the form YYYY-MM-DDTHH:MM:SSZ")
     # The constructor checks the ranges (month 13, 30 February) as strptime did, at a
     # tenth of its cost: a 10,000-image list has 10,000 dates.
-    return datetime(*map(int, match.groups()), tzinfo=UTC)
+    year, month, day, hour, minute, second = map(int, match.groups())
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

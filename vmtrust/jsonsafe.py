@@ -21,6 +21,8 @@ from typing import Any
 
 from vmtrust.errors import InvalidJSON, ListTooLarge
 
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_DEPTH", "depth", "loads"]
+
 #: Default ceiling for one image list; a 1,000-image AppDB list is about 1.5 MB.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 #: Deepest nesting accepted anywhere (a HEPiX list needs 5).

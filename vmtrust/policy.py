@@ -46,6 +46,17 @@ from vmtrust.policy_oci import OCI_KEYS, TRUST_MODES, OciSource, oci_source
 from vmtrust.safetext import redact
 from vmtrust.urls import has_credentials, url_problem
 
+__all__ = [
+    "CREDENTIAL_KEYS",
+    "RULE_KEYS",
+    "SUBSCRIPTION_KEYS",
+    "Credentials",
+    "Rule",
+    "Subscription",
+    "load_subscriptions",
+    "parse_subscriptions",
+]
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 RULE_KEYS = (
     "identifier",
@@ -356,7 +367,7 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
     if len(p.items) > before:
         return None
     return Subscription(
-        name=name,
+        name=name or "",
         url=url or "",
         endorsers=endorsers,
         identifier=identifier,

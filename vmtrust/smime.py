@@ -28,6 +28,17 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from vmtrust.errors import SmimeFormatError
 
+__all__ = [
+    "OPAQUE_TYPES",
+    "SIGNATURE_TYPES",
+    "SignedMessage",
+    "canonical",
+    "is_smime",
+    "sign",
+    "split",
+    "strip_text_headers",
+]
+
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 #: S/MIME with the content inside the signature (``openssl smime -sign -nodetach``)
 OPAQUE_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
@@ -185,7 +196,10 @@ def strip_text_headers(content: bytes) -> bytes:
     return content[match.end() :] if match else content
 
 
-_DIGESTS = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
+_DIGESTS: dict[str, type[hashes.SHA256 | hashes.SHA512]] = {
+    "sha256": hashes.SHA256,
+    "sha512": hashes.SHA512,
+}
 
 
 def sign(

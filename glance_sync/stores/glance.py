@@ -30,7 +30,7 @@ import math
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -40,7 +40,7 @@ from glance_sync.stores.base import Finish, Store, StoreContext, held_image
 from glance_sync.stores.glance_api import PATCH_TYPE, reason, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
-from glance_sync.transfer import Tally, iter_chunks
+from glance_sync.transfer import DiskStream, Tally, iter_chunks
 from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError
 from vmtrust.imagelist import format_date
@@ -196,7 +196,8 @@ class GlanceStore(Store):
 
     def pages(self, params: dict[str, Any], conn: Any = None) -> Iterator[dict[str, Any]]:
         """Every image of a listing with ``params``, page by page."""
-        url, query = "/images", {**params, "limit": PAGE}
+        url = "/images"
+        query: dict[str, Any] | None = {**params, "limit": PAGE}  # then "next" carries it
         while url:
             body = self.call("GET", url, (200,), conn, params=query).json()
             yield from body.get("images", [])
@@ -205,9 +206,6 @@ class GlanceStore(Store):
                 url = url.removeprefix("/v2")
 
     # --- reading ----------------------------------------------------------------------
-
-    def location(self, held: Held) -> str:
-        return held.location
 
     def _held(self, image: dict[str, Any]) -> Held:
         verdict = check_binding(
@@ -250,7 +248,7 @@ class GlanceStore(Store):
 
     # --- writing ----------------------------------------------------------------------
 
-    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+    def create(self, want: Desired, stream: DiskStream, disk_format: str, finish: Finish) -> Held:
         identifier = want.identifier
         body: dict[str, Any] = {
             **list_properties(

@@ -11,6 +11,8 @@ import html
 import re
 from typing import Any
 
+__all__ = ["PATCH_TYPE", "reason", "set_ops", "short"]
+
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 
 

@@ -29,6 +29,20 @@ from vmtrust.imagelist import Endorser
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
 
+__all__ = [
+    "MAX_LIFETIME_DAYS",
+    "MIN_LIFETIME_DAYS",
+    "PASSPHRASE_ENV",
+    "cmd_add_image",
+    "cmd_bump",
+    "cmd_new",
+    "cmd_remove_image",
+    "cmd_show",
+    "cmd_sign",
+    "cmd_verify",
+    "register",
+]
+
 PASSPHRASE_ENV = "VMTRUST_KEY_PASSPHRASE"
 #: The range [endorser] lifetime_days accepts; a date past year 9999 cannot be written.
 MIN_LIFETIME_DAYS, MAX_LIFETIME_DAYS = 1, 3650
@@ -289,6 +303,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if fields is None:  # nothing of a list to show
             raise
         problems = exc.problems
+    assert fields is not None  # validate() refuses a document without list fields
     render.show_list(fields, signature=_signature(data, fields), problems=problems)
     if problems:
         raise ListFormatError(

@@ -24,6 +24,8 @@ from vmtrust.cli.plugins import add_plugin_commands
 from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
 
+__all__ = ["INTERNAL_ERROR", "USAGE_ERROR", "build_parser", "main"]
+
 INTERNAL_ERROR = errors.INTERNAL_ERROR
 USAGE_ERROR = errors.USAGE
 
@@ -55,7 +57,7 @@ def _add_global_options(
     parses into a namespace of its own and would replace them) and :func:`_merge`
     joins them.
     """
-    unset = {} if level == 0 else {"default": argparse.SUPPRESS}
+    unset: dict[str, typing.Any] = {} if level == 0 else {"default": argparse.SUPPRESS}
     with contextlib.suppress(argparse.ArgumentError):  # 'list bump --version V' is its own
         parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument(

@@ -21,6 +21,8 @@ from importlib.metadata import entry_points
 
 from vmtrust.cli.render import clean
 
+__all__ = ["GROUP", "Command", "add_plugin_commands"]
+
 GROUP = "vmtrust.commands"
 
 
