@@ -22,7 +22,7 @@ ATROPE_VERSION := 2.0.0
 ORAS_VENV := .venv-oras
 ORAS_VERSION := 0.2.43
 
-.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 bench-oci venv \
+.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 bench-oci bench-audit bench-adopt venv \
 	venv-glance venv-nova venv-cip venv-atrope venv-oras cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
@@ -118,6 +118,12 @@ bench-ec2: venv
 
 bench-oci: venv venv-glance venv-oras
 	$(BIN)/python benchmarks/oci_ingest.py
+
+bench-audit: venv-nova venv-glance
+	PYTHONPATH=. $(NOVA_VENV)/bin/python benchmarks/audit.py
+
+bench-adopt: venv venv-glance
+	$(BIN)/python benchmarks/adopt.py
 
 bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py
