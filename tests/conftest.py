@@ -338,7 +338,7 @@ def sync(tmp_path: Path, ca_dir: Path, site, pki):
             approve_all=True,
         ),
     )
-    service.subs = subs  # type: ignore[attr-defined]
+    service.subs = subs  # type: ignore[attr-defined]  # for the test
     yield service
     service.close()
 
@@ -412,7 +412,7 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
         connect_cloud("sync", str(clouds)), project_id=project, seal_keys=[key.public_key()]
     )
     service = SyncService(settings, store)
-    service.subs = (  # type: ignore[attr-defined]
+    service.subs = (  # type: ignore[attr-defined]  # for the test
         Subscription(
             name="example",
             url=site.url("/site.list"),
@@ -420,8 +420,8 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
             approve_all=True,
         ),
     )
-    service.project = project  # type: ignore[attr-defined]
-    service.clouds = clouds  # type: ignore[attr-defined]
+    service.project = project  # type: ignore[attr-defined]  # for the test
+    service.clouds = clouds  # type: ignore[attr-defined]  # for the test
     yield service
     service.close()
 
@@ -491,7 +491,7 @@ def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
     key = load_private_key(tmp_path / "seal.key")
     settings = sync_settings(tmp_path, ca_dir, key)
     service = SyncService(settings, make_store(ec2_cloud, key, tmp_path))
-    service.subs = (  # type: ignore[attr-defined]
+    service.subs = (  # type: ignore[attr-defined]  # for the test
         Subscription(
             name="example",
             url=site.url("/site.list"),
@@ -499,6 +499,6 @@ def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
             approve_all=True,
         ),
     )
-    service.cloud = ec2_cloud  # type: ignore[attr-defined]
+    service.cloud = ec2_cloud  # type: ignore[attr-defined]  # for the test
     yield service
     service.close()
