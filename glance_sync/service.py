@@ -124,7 +124,7 @@ class SyncService:
         #: what the store held when the last pass ended (its metrics); None: unknown
         self.last_held: list[Held] | None = None
         self.store = store
-        self.state = StateDB(settings.state_dir)
+        self.state = StateDB(settings.state_dir, connection=settings.state_connection)
         self.session = make_session()
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images

@@ -43,6 +43,7 @@ class SyncSettings:
     max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
     max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
     registry_deadline: float = 300.0  #: seconds for listing one OCI registry subscription
+    state_connection: str = ""  #: a shared state database's URL; empty: SQLite in state_dir
 
 
 def _path(value: str, option: str) -> Path:
@@ -99,6 +100,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         max_image_size=conf.sync.max_image_size,
         max_expansion_ratio=conf.sync.max_expansion_ratio,
         registry_deadline=conf.sync.registry_deadline,
+        state_connection=conf.sync.state_connection,
     )
 
 

@@ -139,6 +139,9 @@ class StateDB:
         self.path = Path(state_dir) / "vmtrust.sqlite"
         self.name = str(self.path)
         self._engine: sa.Engine | None = None
+        self.readonly = readonly
+        #: the schema revision a writer found and upgraded (None: it was current)
+        self.upgraded_from: str | None = None
         try:
             if connection:
                 self._engine, self.name = open_engine(connection)
@@ -149,9 +152,12 @@ class StateDB:
             else:
                 self._engine = _sqlite_writer(Path(state_dir), self.path)
             if readonly:
-                schema_check(self._engine)
-            elif upgrade_schema(self._engine) and self._engine.dialect.name == "sqlite":
-                _vacuum(self._engine)  # the tables the upgrade copied leave free pages
+                if not schema_check(self._engine):
+                    self.close()  # nothing written yet: read as empty
+            else:
+                self.upgraded_from = upgrade_schema(self._engine)
+                if self.upgraded_from and self._engine.dialect.name == "sqlite":
+                    _vacuum(self._engine)  # the tables the upgrade copied leave free pages
         except StateError as exc:
             self.close()
             raise StateError(f"state database {self.name}: {exc}") from None
@@ -173,7 +179,7 @@ class StateDB:
 
     def _transaction(self, *steps: tuple[sa.Executable, list[dict[str, Any]] | None]) -> None:
         """Run each statement (for each of its parameter rows), all or nothing."""
-        if self._engine is None:
+        if self._engine is None or self.readonly:
             raise self._error(RuntimeError("opened read-only"))
         try:
             with self._engine.begin() as conn:
@@ -279,7 +285,7 @@ class StateDB:
     ) -> None:
         """``name``'s list was accepted (shared by every target) and ``target`` succeeded."""
         now = now or datetime.now(UTC)
-        if self._engine is None:
+        if self._engine is None or self.readonly:
             raise self._error(RuntimeError("opened read-only"))
         self._transaction(
             self._upsert(
@@ -306,7 +312,7 @@ class StateDB:
         now: datetime | None = None,
     ) -> None:
         """An attempt at ``name`` for ``target``: a success when ``error`` is None."""
-        if self._engine is None:
+        if self._engine is None or self.readonly:
             raise self._error(RuntimeError("opened read-only"))
         now = now or datetime.now(UTC)
         self._transaction(

@@ -125,18 +125,30 @@ def _known(revision: str) -> None:
         ) from None
 
 
-def upgrade_schema(engine: sa.Engine) -> bool:
-    """Bring the database to :func:`head`, in one transaction; True if it changed."""
+#: what upgrade_schema returns for a database that had no tables at all
+EMPTY = "empty"
+
+
+def upgrade_schema(engine: sa.Engine) -> str | None:
+    """Bring the database to :func:`head`, in one transaction.
+
+    Returns the revision it had (``"0001"`` for tables made before revisions,
+    :data:`EMPTY` for none), or None when it was at head already.
+    """
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK})
         revision = current(conn)
         if revision == head():
-            return False
+            return None
         if revision is not None:
             _known(revision)
+        elif sa.inspect(conn).has_table("subscription_state"):
+            revision = "0001"
+        else:
+            revision = EMPTY
         command.upgrade(_config(conn), "head")
-        return True
+        return revision
 
 
 def schema_check(engine: sa.Engine) -> bool:

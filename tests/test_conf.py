@@ -95,7 +95,9 @@ def test_entry_point_and_groups():
             "metrics_address",
             "metrics_textfile",
             "log_format",
+            "state_connection",
         },
+        "coordination": {"backend_url", "member_id", "lease"},
         "store_local": {"path", "hook", "disk_format"},
         "store_ec2": {
             "region",
