@@ -67,6 +67,7 @@ class Tee:
         self._spool_error: str | None = None
         self.spooled = 0  #: bytes written to the spool (benchmarks and tests read it)
         self.sha512 = ""  #: SHA-512 of the whole stream, set by :meth:`end`
+        self.source_sha512 = ""  #: SHA-512 of the download, set by the producer before the end
         self.peak_ring = 0  #: most bytes the ring held at once
 
     # --- the readers ----------------------------------------------------------------

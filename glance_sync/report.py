@@ -37,7 +37,8 @@ class ImageFailure:
     version: str
     title: str
     reason: str
-    target: str = "default"  #: the store it failed in (``[sync] targets``; docs/federation.md)
+    #: the target it failed in (``[sync] targets``; docs/federation.md); "": every target
+    target: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,17 @@ class Report:
     started: float = field(default_factory=time.monotonic, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     #: the target this view of the report is about (:meth:`scoped`)
-    target: str = field(default="default", compare=False)
+    target: str = field(default="", compare=False)
     prefix: str = field(default="", compare=False)  #: put before each line of this view
+    #: target → the last failure line of its views (:meth:`scoped`), shared by all views
+    target_errors: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _scoped: bool = field(default=False, repr=False, compare=False)
 
     def scoped(self, target: str, prefix: str) -> Report:
         """A view of this report for one target: the same lines, events and lock (one
         report per pass), each new line led by ``prefix`` and each failing image
         marked with ``target`` — so ``vmtrust status --target`` finds it."""
-        return dataclasses.replace(self, target=target, prefix=prefix)
+        return dataclasses.replace(self, target=target, prefix=prefix, _scoped=True)
 
     def _event(
         self,
@@ -125,10 +129,14 @@ class Report:
         """Record one failure, and the images it is about (``line`` is their reason)."""
         line = redact(self.prefix + line)
         LOG.debug("failure: %s", line)  # printed once, by the command, after the run
-        images = tuple(dataclasses.replace(image, reason=line, target=self.target) for image in images)
+        images = tuple(
+            dataclasses.replace(image, reason=line, target=self.target) for image in images
+        )
         with self._lock:
             self.failures.append(line)
             self.images.extend(images)
+            if self._scoped:
+                self.target_errors[self.target] = line
         for image in images:
             self._event(
                 kind or "image-failed",
@@ -185,8 +193,11 @@ class Report:
         with self._lock:
             self.transferred.update(other.transferred)
 
-    def failing(self, subscription: str, target: str = "default") -> list[ImageFailure]:
-        return [f for f in self.images if f.subscription == subscription and f.target == target]
+    def failing(self, subscription: str, target: str = "") -> list[ImageFailure]:
+        """The subscription's failing images in ``target`` (with those of every target)."""
+        return [
+            f for f in self.images if f.subscription == subscription and f.target in ("", target)
+        ]
 
     @property
     def exit_code(self) -> int:

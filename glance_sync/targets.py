@@ -96,7 +96,7 @@ class Target:
 
     name: str
     store: Store
-    retire_mode: str
+    retire_mode: str  #: "": the sync's ``[sync] retire``
     groups: frozenset[str] = frozenset()
 
 
@@ -218,7 +218,7 @@ def build_targets(conf: cfg.ConfigOpts, context: StoreContext) -> list[Target]:
     """Every target's store, built and checked; nothing contacted yet."""
     specs = target_specs(conf)
     if not specs:
-        return [Target(DEFAULT, store_from_conf(conf, context), conf.sync.retire)]
+        return [Target(DEFAULT, store_from_conf(conf, context), "")]  # "": [sync] retire
     places: dict[tuple[Any, ...], str] = {}
     targets = []
     for spec in specs:

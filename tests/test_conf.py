@@ -95,7 +95,10 @@ def test_entry_point_and_groups():
             "metrics_address",
             "metrics_textfile",
             "log_format",
+            "targets",
+            "fanout_buffer",
         },
+        "target:name": {"store", "groups", "retire"},
         "store_local": {"path", "hook", "disk_format"},
         "store_ec2": {
             "region",

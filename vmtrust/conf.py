@@ -521,7 +521,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("store_glance", store_glance_opts + keystoneauth_opts()),
         ("store_ec2", store_ec2_opts),
         # documents the section of each [sync] targets name (registered per name when read)
-        ("target:NAME", target_opts),
+        ("target:name", target_opts),
     ]
 
 
