@@ -115,9 +115,9 @@ class Tee:
 
     def _start_spool(self, offset: int) -> None:
         """The spool begins with what the ring holds, then gets every new chunk."""
-        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.spool_dir / f"{uuid.uuid4().hex}.spool"  # list data never names a file
         try:
+            self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             self._spool_error = f"spool file {path}: {exc.strerror or exc}"
