@@ -165,6 +165,6 @@ def test_a_spool_that_cannot_be_made_fails_only_the_laggard(tmp_path: Path):
     tee.end("verified")
     thread.join(10)
     assert fast_out == [hashlib.sha512(b"".join(data)).hexdigest()]
-    with pytest.raises(TransferError, match="target slow fell behind and spool file .*: Not a"):
+    with pytest.raises(TransferError, match=r"target slow fell behind and spool file .*: Not a"):
         slow.read(MIB)
     tee.close()
