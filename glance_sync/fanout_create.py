@@ -165,6 +165,7 @@ def _distribute(
                 tee.fail(exc)  # every branch raises it: every store aborts
     finally:
         tee.close()
+        svc.fanout_stats.append((identifier, len(jobs), tee.peak_ring, tee.spooled))
 
 
 def _store(

@@ -161,6 +161,8 @@ class SyncService:
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
         self.lists = ListPhase(settings, self.state, self.session)
+        #: per fan-out of the last pass: (image, readers, most bytes in memory, bytes spooled)
+        self.fanout_stats: list[tuple[str, int, int, int]] = []
 
     def _mode(self, target: Target) -> str:
         """The target's retire mode; its own, or ``[sync] retire``."""
@@ -514,6 +516,7 @@ class SyncService:
         now = now or datetime.now(UTC)
         report = Report(listener=self.events)
         self.last_held = None
+        self.fanout_stats = []
         routes = route(subscriptions, self.targets)  # an unknown target: ConfigError, first
         if adoption is not None and len(self.targets) > 1:
             raise ConfigError("--adopt works on one store: run it with one target configured")
