@@ -41,6 +41,7 @@ from glance_sync import settings as settings_mod
 from glance_sync.foreign import TOOLS
 from glance_sync.report import Report, unexpected
 from glance_sync.service import SyncService, tty_progress
+from glance_sync.targets import route
 from vmtrust import __version__, errors
 from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
@@ -256,10 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.upgrade_state:
             return _upgrade_state(conf)
         settings = settings_mod.from_conf(conf)
-        load_subscriptions(settings.subscriptions_file)  # validate before touching anything
-        store = settings_mod.make_store(conf, settings)
-        adoption = _adoption(args, store, settings) if args.adopt else None
-        service = SyncService(settings, store, progress=tty_progress(), events=eventlog.log_event)
+        subscriptions = load_subscriptions(settings.subscriptions_file)  # checked before anything
+        targets = settings_mod.make_targets(conf, settings)
+        route(subscriptions, targets)  # a subscription naming an unknown target: one line
+        if args.adopt and len(targets) > 1:
+            parser.error("--adopt works on one store: run it with one target configured")
+        adoption = _adoption(args, targets[0].store, settings) if args.adopt else None
+        service = SyncService(
+            settings, progress=tty_progress(), events=eventlog.log_event, targets=targets
+        )
         interval = args.interval or conf.sync.interval
         observe = None
         if conf.sync.metrics_textfile or (args.daemon and conf.sync.metrics_address):

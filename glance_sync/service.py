@@ -37,9 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glance_sync import lock
+from glance_sync import lock, target_state
 from glance_sync.convert import Conversion, clear_work_folder, work_folder
 from glance_sync.download import Source, SourceReader, check_uri
+from glance_sync.fanout_create import Leg, create_many
 from glance_sync.httpclient import make_session
 from glance_sync.inspection import InspectedStream, inspect_stream
 from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
@@ -49,6 +50,7 @@ from glance_sync.plan import (
     Create,
     Desired,
     Held,
+    Plan,
     Purge,
     Refresh,
     Replace,
@@ -59,8 +61,9 @@ from glance_sync.report import Event, ImageFailure, Report, rule_of, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
 from glance_sync.stores.base import Store
+from glance_sync.targets import DEFAULT, Target, route
 from glance_sync.unpack import Bound, open_disk
-from vmtrust.errors import ExpansionError, StateError, TransferError, VmtrustError
+from vmtrust.errors import ConfigError, ExpansionError, StateError, TransferError, VmtrustError
 from vmtrust.errors import LockError as LockError  # where callers found it before
 from vmtrust.policy import Subscription
 from vmtrust.record import seal
@@ -111,28 +114,63 @@ def _held_failure(held: Held) -> tuple[ImageFailure, ...]:
     )
 
 
+@dataclasses.dataclass
+class _TargetPass:
+    """One target's part of a pass: its view of the report and what its store holds."""
+
+    target: Target
+    report: Report
+    held: list[Held]
+    quarantined: set[str] = dataclasses.field(default_factory=set)
+    started: set[str] = dataclasses.field(default_factory=set)  #: identifiers created early
+    plan: Plan | None = None
+
+
+Part = tuple[_TargetPass, Create | Replace]
+
+
 class SyncService:
+    """The pass over every target: one list phase, one download per image version.
+
+    ``store`` alone is the one target ``default`` (as without ``[sync] targets``);
+    ``targets`` names several (:mod:`glance_sync.targets`), and :attr:`store` is
+    then the first one's.
+    """
+
     def __init__(
         self,
         settings: SyncSettings,
-        store: Store,
+        store: Store | None = None,
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
         events: Callable[[Event], None] | None = None,
+        *,
+        targets: list[Target] | None = None,
     ) -> None:
         self.s = settings
         self.events = events  #: told of each event of a pass as it happens (the event log)
-        #: what the store held when the last pass ended (its metrics); None: unknown
+        #: what the stores held when the last pass ended (its metrics); None: unknown
         self.last_held: list[Held] | None = None
-        self.store = store
+        if targets is None:
+            if store is None:
+                raise TypeError("SyncService needs a store or targets")
+            targets = [Target(DEFAULT, store, "")]  # "": [sync] retire, as the settings say
+        self.targets = targets
+        self.store = targets[0].store
         self.state = StateDB(settings.state_dir, connection=settings.state_connection)
         self.session = make_session()
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
         self.lists = ListPhase(settings, self.state, self.session)
+        #: per fan-out of the last pass: (image, readers, most bytes in memory, bytes spooled)
+        self.fanout_stats: list[tuple[str, int, int, int]] = []
+
+    def _mode(self, target: Target) -> str:
+        """The target's retire mode; its own, or ``[sync] retire``."""
+        return target.retire_mode or self.s.retire_mode
 
     # --- images -------------------------------------------------------------------
 
-    def _create(self, want: Desired, report: Report) -> Held:
+    def _create(self, store: Store, want: Desired, report: Report) -> Held:
         """Download, unpack, inspect (and convert) one image, and store it sealed.
 
         Nothing reaches the store's commit point, and nothing reaches ``qemu-img``,
@@ -144,7 +182,7 @@ class SyncService:
                 f"image {image.identifier}: {image.size} bytes (hv:size), more than "
                 f"[sync] max_image_size ({self.s.max_image_size}); refused"
             )
-        free = self.store.free_bytes()
+        free = store.free_bytes()
         if free is not None and free < image.size:
             raise TransferError(
                 f"image {image.identifier}: store has {free} bytes free, the "
@@ -155,9 +193,9 @@ class SyncService:
             bound = Bound.of(image.size, self.s.max_image_size, self.s.max_expansion_ratio, free)
             unpacked, disk_format = open_disk(reader, image.format, bound)
             stream = inspect_stream(unpacked, disk_format, image.identifier)
-            wanted = self.store.disk_format(disk_format)
+            wanted = store.disk_format(disk_format)
             if wanted == disk_format:
-                return self._store(want, reader, stream, disk_format)
+                return self._store(store, want, reader, stream, disk_format)
             work = work_folder(self.s.state_dir)
             with Conversion(
                 work, image.identifier, disk_format, wanted, self.s.max_image_size
@@ -170,7 +208,7 @@ class SyncService:
                 conversion.run(size)
                 with conversion.open_output() as output:
                     converted = inspect_stream(output, wanted, image.identifier, converted=True)
-                    return self._store(want, reader, converted, wanted)
+                    return self._store(store, want, reader, converted, wanted)
         finally:
             report.count_bytes(want.subscription, reader.received)
             reader.close()
@@ -200,7 +238,12 @@ class SyncService:
             )
 
     def _store(
-        self, want: Desired, reader: SourceReader, stream: InspectedStream, disk_format: str
+        self,
+        store: Store,
+        want: Desired,
+        reader: SourceReader,
+        stream: InspectedStream,
+        disk_format: str,
     ) -> Held:
         def finish(
             store_id: str, size: int, sha512: str, *, stored_format: str | None = None
@@ -216,7 +259,7 @@ class SyncService:
             )  # fmt: skip
             return record, seal(record, self.s.seal_key)
 
-        return self.store.create(want, stream, disk_format, finish)
+        return store.create(want, stream, disk_format, finish)
 
     def _clear_work(self, report: Report) -> None:
         """Leftovers of an interrupted pass go; a folder that resists is one line, not a stop."""
@@ -227,16 +270,22 @@ class SyncService:
         except OSError as exc:
             report.fail(f"work folder {folder}: {exc.strerror or exc}")
 
-    def _apply_create(self, action: Create | Replace, report: Report, now: datetime) -> None:
-        want = action.desired
-        try:
-            held = self._create(want, report)
-        except VmtrustError as exc:
+    @staticmethod
+    def _create_failed(want: Desired, exc: BaseException, report: Report) -> None:
+        """A create's error as its one line."""
+        if isinstance(exc, VmtrustError):
             report.fail(str(exc), rule=exc.rule)
-            return
-        except OSError as exc:
+        elif isinstance(exc, OSError):
             report.fail(f"image {want.identifier}: {exc}", rule=rule_of(exc))
-            return
+        elif isinstance(exc, Exception):
+            report.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
+        else:
+            raise exc
+
+    def _created(
+        self, target: Target, action: Create | Replace, held: Held, report: Report, now: datetime
+    ) -> None:
+        want = action.desired
         report.add(
             f"stored {want.identifier} {want.image.version} ({want.image.title})",
             "stored",
@@ -244,30 +293,67 @@ class SyncService:
             image=want.identifier,
             version=want.image.version,
         )
-        self.store.notify("AvailablePostfix", held, want)
+        target.store.notify("AvailablePostfix", held, want)
         if isinstance(action, Replace):
             for old in action.old:
-                self._retire(old, f"replaced by version {want.image.version}", report, now)
+                self._retire(target, old, f"replaced by version {want.image.version}", report, now)
 
     def _image_task(
-        self, action: Create | Replace, local_list: bool, report: Report, now: datetime
-    ) -> None:
-        """Create (or replace) one image; whatever happens is lines of the report."""
+        self, target: Target, action: Create | Replace, local_list: bool, report: Report,
+        now: datetime,
+    ) -> None:  # fmt: skip
+        """Create (or replace) one image in one target; whatever happens is lines of the report."""
         want = action.desired
         own = Report()
         try:
             check_uri(want.identifier, want.image.uri, local_list=local_list)
-            self._apply_create(action, own, now)
+            try:
+                held = self._create(target.store, want, own)
+            except (VmtrustError, OSError) as exc:
+                self._create_failed(want, exc, own)
+            else:
+                self._created(target, action, held, own, now)
         except VmtrustError as exc:
             own.fail(str(exc), rule=exc.rule)
         except Exception as exc:
             own.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
         report.merge(own, image_failure(want))
 
-    def _retire(self, held: Held, reason: str, report: Report, now: datetime) -> None:
+    def _image_job(self, parts: list[Part], local_list: bool, now: datetime) -> None:
+        """One image version for one or more targets: one download, every target fed.
+
+        One target: the single-store path.  Several: :func:`~glance_sync.fanout_create.
+        create_many`, then each target's outcome is its own lines.
+        """
+        if len(parts) == 1:
+            tp, action = parts[0]
+            self._image_task(tp.target, action, local_list, tp.report, now)
+            return
+        want = parts[0][1].desired
+        legs = [Leg(tp.target, action, tp.report) for tp, action in parts]
+        try:
+            check_uri(want.identifier, want.image.uri, local_list=local_list)
+            create_many(self, want, legs, parts[0][0].report)
+        except Exception as exc:  # create_many keeps its errors to the legs; this is a bug
+            for leg in legs:
+                leg.error = leg.error or exc
+        for leg in legs:
+            own = Report()
+            try:
+                if leg.held is not None:
+                    self._created(leg.target, leg.action, leg.held, own, now)
+                else:
+                    self._create_failed(want, leg.error or RuntimeError("not created"), own)
+            except Exception as exc:
+                own.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
+            leg.report.merge(own, image_failure(want))
+
+    def _retire(
+        self, target: Target, held: Held, reason: str, report: Report, now: datetime
+    ) -> None:
         what = f"retire {held.identifier or held.store_id}"
         try:
-            self.store.retire(held, self.s.retire_mode, now)
+            target.store.retire(held, self._mode(target), now)
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}", *_held_failure(held), rule=rule_of(exc))
             return
@@ -277,9 +363,9 @@ class SyncService:
         report.add(
             f"retired {held.identifier or held.store_id}: {reason}", "retired", **_keys(held)
         )
-        self.store.notify("ExpirePostfix", held)
+        target.store.notify("ExpirePostfix", held)
 
-    def _refresh(self, action: Refresh, report: Report) -> None:
+    def _refresh(self, store: Store, action: Refresh, report: Report) -> None:
         held = action.held
         assert held.record is not None
         record = action.desired.record(
@@ -291,7 +377,7 @@ class SyncService:
         )
         what = f"refresh {record.image_identifier}"
         try:
-            self.store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
+            store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}", image_failure(action.desired), rule=rule_of(exc))
             return
@@ -306,10 +392,10 @@ class SyncService:
             version=record.image_version,
         )
 
-    def _purge(self, held: Held, report: Report) -> None:
+    def _purge(self, store: Store, held: Held, report: Report) -> None:
         what = f"purge {held.store_id}"
         try:
-            self.store.purge(held)
+            store.purge(held)
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}")
             return
@@ -320,7 +406,7 @@ class SyncService:
 
     # --- the pass -----------------------------------------------------------------------
 
-    def _survey(self, report: Report, *, cleanup: bool) -> list[Held] | None:
+    def _survey(self, store: Store, report: Report, *, cleanup: bool) -> list[Held] | None:
         """What the store holds (None, reported, when it cannot tell).
 
         A failed cleanup does not stop the pass; when the listing fails too, its
@@ -329,18 +415,18 @@ class SyncService:
         cleanup_failed = None
         if cleanup:
             try:
-                for line in self.store.cleanup():
+                for line in store.cleanup():
                     LOG.warning("removed %s", line)
             except VmtrustError as exc:
-                cleanup_failed = f"store {self.store.name}: cleanup: {exc}"
+                cleanup_failed = f"store {store.name}: cleanup: {exc}"
             except Exception as exc:
-                cleanup_failed = unexpected(f"store {self.store.name}: cleanup", exc)
+                cleanup_failed = unexpected(f"store {store.name}: cleanup", exc)
         try:
-            held = self.store.held()
+            held = store.held()
         except VmtrustError as exc:
             report.fail(str(exc))  # store errors name the store themselves
         except Exception as exc:
-            report.fail(unexpected(f"store {self.store.name}", exc))
+            report.fail(unexpected(f"store {store.name}", exc))
         else:
             if cleanup_failed:
                 report.fail(cleanup_failed)
@@ -352,8 +438,7 @@ class SyncService:
         self,
         item: Verified,
         lists: list[Verified],
-        held: list[Held],
-        report: Report,
+        tp: _TargetPass,
         now: datetime,
     ) -> list[Create | Replace]:
         """The downloads a just-verified list needs that no other list can change.
@@ -364,13 +449,16 @@ class SyncService:
         this goes wrong, everything waits for the whole plan.
         """
         try:
-            return self._early_actions(item, lists, held, now)
+            return self._early_actions(item, lists, tp.held, self._mode(tp.target), now)
         except Exception as exc:
-            report.fail(unexpected(f"subscription {item.subscription.name}: early downloads", exc))
+            tp.report.fail(
+                unexpected(f"subscription {item.subscription.name}: early downloads", exc)
+            )
             return []
 
+    @staticmethod
     def _early_actions(
-        self, item: Verified, lists: list[Verified], held: list[Held], now: datetime
+        item: Verified, lists: list[Verified], held: list[Held], retire_mode: str, now: datetime
     ) -> list[Create | Replace]:
         name = item.subscription.name
         claimed = {i for other in lists if other is not item for i in other.listed}
@@ -381,8 +469,38 @@ class SyncService:
         }
         mine = {i: d for i, d in item.wanted.items() if i not in claimed}
         relevant = [h for h in held if h.identifier in mine]
-        plan = make_plan(mine, relevant, frozen={}, now=now, retire_mode=self.s.retire_mode)
+        plan = make_plan(mine, relevant, frozen={}, now=now, retire_mode=retire_mode)
         return [a for a in plan.actions if isinstance(a, Create | Replace)]
+
+    def _open_targets(
+        self, stack: contextlib.ExitStack, report: Report, *, dry_run: bool, now: datetime
+    ) -> list[_TargetPass]:
+        """Each target locked and surveyed, altered images quarantined; a target that
+        cannot be locked or read is reported and left out of this pass alone."""
+        several = len(self.targets) > 1
+        live = []
+        for target in self.targets:
+            view = report.scoped(target.name, f"target {target.name}: " if several else "")
+            try:
+                stack.enter_context(target.store.lock(lock.holder(self.s.state_dir)))
+            except VmtrustError as exc:
+                if not several:
+                    raise
+                view.fail(str(exc), rule=exc.rule)
+                continue
+            held = self._survey(target.store, view, cleanup=not dry_run)
+            if held is None:
+                continue
+            tp = _TargetPass(target, view, held)
+            # Quarantine altered images first: a re-created copy may reuse their store id.
+            if not dry_run:
+                for item in held:
+                    if not item.retired and (item.record is None or not item.seal_ok):
+                        reason = item.problem or "trust record or seal invalid"
+                        self._retire(target, item, reason, view, now)
+                        tp.quarantined.add(item.store_id)
+            live.append(tp)
+        return live
 
     def run(
         self,
@@ -398,6 +516,10 @@ class SyncService:
         now = now or datetime.now(UTC)
         report = Report(listener=self.events)
         self.last_held = None
+        self.fanout_stats = []
+        routes = route(subscriptions, self.targets)  # an unknown target: ConfigError, first
+        if adoption is not None and len(self.targets) > 1:
+            raise ConfigError("--adopt works on one store: run it with one target configured")
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         self.lists.registries = {
             sub.name: make_registry(sub, self.session, self.s.http, self.s.max_list_bytes)
@@ -405,119 +527,166 @@ class SyncService:
             if sub.oci is not None
         }
         local = {sub.name: sub.url.startswith("file:") for sub in subscriptions}
-        with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
+        with exclusive_lock(self.s.state_dir), contextlib.ExitStack() as stack:
             if not dry_run:
                 self._clear_work(report)
-            held = self._survey(report, cleanup=not dry_run)
-            if held is None:
+            live = self._open_targets(stack, report, dry_run=dry_run, now=now)
+            if not live:
                 return report
-            # Quarantine altered images first: a re-created copy may reuse their store id.
-            quarantined = set()
-            if not dry_run:
-                for item in held:
-                    if not item.retired and (item.record is None or not item.seal_ok):
-                        reason = item.problem or "trust record or seal invalid"
-                        self._retire(item, reason, report, now)
-                        quarantined.add(item.store_id)
+            everything = [h for tp in live for h in tp.held]  # rollback protection: any target's
             lists: list[Verified] = []
-            started: set[str] = set()
             workers = self.s.parallel_downloads
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
-                for verified in self.lists.verified(subscriptions, held, report, now):
+                for verified in self.lists.verified(subscriptions, everything, report, now):
                     lists.append(verified)
                     if dry_run or adoption is not None:  # adoption decides before any upload
                         continue
-                    local_list = local[verified.subscription.name]
-                    for action in self._early(verified, lists, held, report, now):
-                        started.add(action.desired.identifier)
-                        images.submit(self._image_task, action, local_list, report, now)
+                    name = verified.subscription.name
+                    jobs: dict[str, list[Part]] = {}
+                    for tp in live:
+                        if tp.target.name not in routes[name]:
+                            continue
+                        for action in self._early(verified, lists, tp, now):
+                            tp.started.add(action.desired.identifier)
+                            jobs.setdefault(action.desired.identifier, []).append((tp, action))
+                    for parts in jobs.values():
+                        images.submit(self._image_job, parts, local[name], now)
             ok = {item.subscription.name for item in lists}
-            if started:  # the creates changed the store: plan from what it holds now
-                held = self._survey(report, cleanup=False)
-                if held is None:
-                    self._remember(ok, report, now)
-                    return report
-            frozen = {
-                sub.name: self.lists.known(sub, held, report).expires or now
-                for sub in subscriptions
-                if sub.name not in ok
-            }
             wanted = desired(lists, report)
-            if adoption is not None:
-                adopted = adoption.before_plan(wanted, held, report, dry_run=dry_run, out=out)
-                if adopted is None:  # the other tool's images unknown: nothing is planned
-                    if not dry_run:
-                        self._remember(ok, report, now)
-                    return report
-                held = adopted
-            # Images of subscriptions no longer configured are not approved any more.
-            plan = make_plan(
-                wanted,
-                held,
-                frozen=frozen,
-                now=now,
-                retire_mode=self.s.retire_mode,
-                grace=self.s.retire_grace,
-                hold=frozenset().union(*(item.keep for item in lists)),
-            )
-            if dry_run:
-                for line in plan.describe() or ["nothing to do"]:
-                    out(line)
+            late: dict[str, list[Part]] = {}
+            for tp in list(live):
+                plan = self._plan(tp, subscriptions, routes, lists, ok, wanted, adoption,
+                                  dry_run=dry_run, out=out, now=now)  # fmt: skip
+                if plan is None:
+                    live.remove(tp)
+                    continue
+                tp.plan = plan
+                for action in plan.actions:
+                    fresh = isinstance(action, Create | Replace)
+                    if fresh and action.desired.identifier not in tp.started:
+                        late.setdefault(action.desired.identifier, []).append((tp, action))
+            if dry_run or (adoption is not None and not live):
                 return report
-            late = [
-                a
-                for a in plan.actions
-                if isinstance(a, Create | Replace) and a.desired.identifier not in started
-            ]
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
-                for action in late:
-                    local_list = local.get(action.desired.subscription, False)
-                    images.submit(self._image_task, action, local_list, report, now)
+                for parts in late.values():
+                    sub = parts[0][1].desired.subscription
+                    images.submit(self._image_job, parts, local.get(sub, False), now)
             if adoption is not None:  # the other tool's copies go once vmtrust's are active
                 adoption.after_create(report, now)
-            for action in plan.actions:
-                if isinstance(action, Refresh):
-                    self._refresh(action, report)
-                elif isinstance(action, Retire) and action.held.store_id not in quarantined:
-                    self._retire(action.held, action.reason, report, now)
-                elif isinstance(action, Purge):
-                    self._purge(action.held, report)
-            gone = {a.held.store_id for a in plan.actions if isinstance(a, Retire | Purge)}
-            try:
-                for line in self.store.converge([h for h in held if h.store_id not in gone]):
-                    report.add(line)
-            except VmtrustError as exc:
-                report.fail(f"store {self.store.name}: {exc}")
-            except Exception as exc:
-                report.fail(unexpected(f"store {self.store.name}", exc))
-            self._remember(ok, report, now)
-            self.last_held = self._final(held, report)
+            held_now: list[Held] | None = []
+            for tp in live:
+                self._finish_target(tp, now)
+                self._remember(tp, ok, report, now)
+                final = self._final(tp)
+                held_now = None if final is None or held_now is None else held_now + final
+            self.last_held = held_now
         return report
 
-    def _final(self, held: list[Held], report: Report) -> list[Held] | None:
+    def _plan(
+        self,
+        tp: _TargetPass,
+        subscriptions: tuple[Subscription, ...],
+        routes: dict[str, frozenset[str]],
+        lists: list[Verified],
+        ok: set[str],
+        wanted: dict[str, Desired],
+        adoption: Adoption | None,
+        *,
+        dry_run: bool,
+        out: Callable[[str], None],
+        now: datetime,
+    ) -> Plan | None:
+        """One target's whole plan (None: not planned, the reason reported; the dry run
+        prints it and returns None)."""
+        name = tp.target.name
+        report = tp.report
+        mine = {sub.name for sub in subscriptions if name in routes[sub.name]}
+        if tp.started:  # the creates changed the store: plan from what it holds now
+            held = self._survey(tp.target.store, report, cleanup=False)
+            if held is None:
+                self._remember(tp, ok, report, now)
+                return None
+            tp.held = held
+        frozen = {
+            sub.name: self.lists.known(sub, tp.held, report).expires or now
+            for sub in subscriptions
+            if sub.name not in ok and sub.name in mine
+        }
+        # Images of subscriptions no longer configured (or routed here) are not approved.
+        want = {i: d for i, d in wanted.items() if d.subscription in mine}
+        if adoption is not None:
+            adopted = adoption.before_plan(want, tp.held, report, dry_run=dry_run, out=out)
+            if adopted is None:  # the other tool's images unknown: nothing is planned
+                if not dry_run:
+                    self._remember(tp, ok, report, now)
+                return None
+            tp.held = adopted
+        plan = make_plan(
+            want,
+            tp.held,
+            frozen=frozen,
+            now=now,
+            retire_mode=self._mode(tp.target),
+            grace=self.s.retire_grace,
+            hold=frozenset().union(
+                *(item.keep for item in lists if item.subscription.name in mine)
+            ),
+        )
+        if dry_run:
+            lead = f"target {name}: " if len(self.targets) > 1 else ""
+            for line in plan.describe() or ["nothing to do"]:
+                out(lead + line)
+            return None
+        return plan
+
+    def _finish_target(self, tp: _TargetPass, now: datetime) -> None:
+        """A target's refreshes, retirements, purges and convergence, after its creates."""
+        assert tp.plan is not None
+        store, report = tp.target.store, tp.report
+        for action in tp.plan.actions:
+            if isinstance(action, Refresh):
+                self._refresh(store, action, report)
+            elif isinstance(action, Retire) and action.held.store_id not in tp.quarantined:
+                self._retire(tp.target, action.held, action.reason, report, now)
+            elif isinstance(action, Purge):
+                self._purge(store, action.held, report)
+        gone = {a.held.store_id for a in tp.plan.actions if isinstance(a, Retire | Purge)}
+        try:
+            for line in store.converge([h for h in tp.held if h.store_id not in gone]):
+                report.add(line)
+        except VmtrustError as exc:
+            report.fail(f"store {store.name}: {exc}")
+        except Exception as exc:
+            report.fail(unexpected(f"store {store.name}", exc))
+
+    def _final(self, tp: _TargetPass) -> list[Held] | None:
         """What the store holds now, for the metrics: the plan's survey when the pass
         changed nothing (a no-op pass asks the store nothing more), else a new one."""
-        if not report.done:
-            return held
+        if not tp.report.done:
+            return tp.held
         try:
-            return self.store.held()
+            return tp.target.store.held()
         except Exception as exc:  # the pass is done; only its image counts are missing
-            LOG.warning("store %s: not listed after the pass (%s)", self.store.name, exc)
+            LOG.warning("store %s: not listed after the pass (%s)", tp.target.store.name, exc)
             return None
 
-    def _remember(self, verified: set[str], report: Report, now: datetime) -> None:
-        """Each subscription's failing images of this pass, for ``vmtrust status``.
+    def _remember(self, tp: _TargetPass, verified: set[str], report: Report, now: datetime) -> None:
+        """Each subscription's failing images of this pass in this target, for ``vmtrust
+        status``, and how the target's pass ended.
 
         A subscription whose list failed keeps those of the last pass that reached
         its images, unless an image of it failed in this one.
         """
-        names = verified | {f.subscription for f in report.images}
-        for name in sorted(names):
-            try:
-                self.state.record_images(name, report.failing(name), now)
-            except StateError as exc:
-                state_failed(exc, report)
-                return
+        name = tp.target.name
+        names = verified | {f.subscription for f in report.images if f.target in ("", name)}
+        try:
+            for sub in sorted(names):
+                target_state.record_images(
+                    self.state, sub, report.failing(sub, name), now, target=name
+                )
+            target_state.record_outcome(self.state, name, report.target_errors.get(name), now)
+        except StateError as exc:
+            state_failed(exc, report)
 
     def close(self) -> None:
         self.session.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _newest_bin() -> Path:
     """Debian's newest installed PostgreSQL server (postgresql-15 on bookworm)."""
     found = sorted(

@@ -294,6 +294,48 @@ coordination_opts = [
     ),
 ]
 
+sync_opts += [
+    cfg.ListOpt(
+        "targets",
+        default=[],
+        help="Several stores fed by one sync (docs/federation.md): the names of the targets, "
+        "each configured in a section [target:NAME] with its store and that store's options. "
+        "Each image version is downloaded once per pass for all of them. Empty: the one "
+        "store of [sync] store is the only target, named default.",
+    ),
+    cfg.IntOpt(
+        "fanout_buffer",
+        default=32,
+        min=1,
+        max=1024,
+        help="MiB of an image kept in memory for the targets it is streamed to at once; a "
+        "target further behind reads from a spool file in <state_dir>/work instead, so a "
+        "slow target never stalls the others.",
+    ),
+]
+
+#: The options of a [target:NAME] section besides its store's own (``glance_sync.targets``).
+target_opts = [
+    cfg.StrOpt(
+        "store",
+        help="The store of this target: local, glance, ec2 or a plug-in. The section also "
+        "takes that store's options (those of [store_local], [store_glance] or [store_ec2]); "
+        "an option not given here is the one of that section.",
+    ),
+    cfg.ListOpt(
+        "groups",
+        default=[],
+        help="Names of groups this target belongs to; a subscription's targets key may name "
+        "a group instead of each target.",
+    ),
+    cfg.StrOpt(
+        "retire",
+        choices=["deactivate", "hide", "delete"],
+        help="What happens to an image that leaves the trusted set in this target. Default: "
+        "[sync] retire.",
+    ),
+]
+
 store_local_opts = [
     cfg.StrOpt("path", default="/var/lib/vmtrust/images", help="Directory of the local store."),
     cfg.StrOpt(
@@ -514,6 +556,8 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("store_glance", store_glance_opts + keystoneauth_opts()),
         ("store_ec2", store_ec2_opts),
         ("coordination", coordination_opts),
+        # documents the section of each [sync] targets name (registered per name when read)
+        ("target:name", target_opts),
     ]
 
 
