@@ -82,6 +82,7 @@ def run(
     """
     coordination.start()
     try:
+        stop.wait(coordination.settle)
         while not stop.is_set():
             try:
                 synced, _ = one_round(coordination, targets, sync, stop)
