@@ -266,3 +266,21 @@ def test_a_state_connection_that_is_not_postgresql_is_a_config_error(tmp_path, u
         StateDB(tmp_path, connection=url)
     assert "topsecret" not in str(caught.value)
     assert str(caught.value).startswith("[sync] state_connection")
+
+
+def test_a_connection_the_server_dropped_is_replaced_on_the_next_write(tmp_path, pg_url):
+    db = StateDB(tmp_path, connection=pg_url)
+    _accept(db, "egi", "1")
+    admin = sa.create_engine(pg_url.replace("postgresql:", "postgresql+psycopg:"))
+    with admin.connect() as conn:
+        dropped = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    admin.dispose()
+    assert dropped >= 1  # the state's pooled connection was cut by the server
+    db.record_failure("egi", "after a database restart", T0)
+    assert db.get("egi").last_error == "after a database restart"
+    db.close()
