@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tag atrope marks its images with (its [glance] tag; default: atrope)",
     )
     parser.add_argument(
+        "--upgrade-state",
+        action="store_true",
+        help="upgrade the state database's schema to this version's and exit (a pass does it "
+        "too when it starts; with several sync hosts, run it once before upgrading them)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     return parser
@@ -211,6 +217,21 @@ def _adoption(args: argparse.Namespace, store, settings) -> Adoption:
     )
 
 
+def _upgrade_state(conf) -> int:
+    """``--upgrade-state``: open the state database as a writer (which upgrades it), say so."""
+    from glance_sync.state import StateDB
+    from glance_sync.state_schema import head
+
+    db = StateDB(Path(conf.state_dir).expanduser(), connection=conf.sync.state_connection)
+    try:
+        before = db.upgraded_from
+        done = f"upgraded from {before} to {head()}" if before else f"at {head()} already"
+        print(f"vmtrust-sync: state database {db.name}: schema revision {done}")
+    finally:
+        db.close()
+    return 0
+
+
 def _logging(args: argparse.Namespace, log_format: str) -> None:
     _Output.json = log_format == "json"
     eventlog.configure(args.verbose, log_format)
@@ -233,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from glance_sync import preflight
 
             return preflight.main(conf, _say)
+        if args.upgrade_state:
+            return _upgrade_state(conf)
         settings = settings_mod.from_conf(conf)
         subscriptions = load_subscriptions(settings.subscriptions_file)  # checked before anything
         targets = settings_mod.make_targets(conf, settings)

@@ -175,7 +175,11 @@ def _lists(
     """Fetch and verify every list as a pass would, with the state's rollback floor."""
     http = http_settings(conf)
     try:
-        state = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+        state = StateDB(
+            Path(conf.state_dir).expanduser(),
+            readonly=True,
+            connection=conf.sync.state_connection,
+        )
         try:
             accepted = {sub.name: state.get(sub.name) for sub in subs}
         finally:

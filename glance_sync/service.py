@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glance_sync import lock, target_state
+from glance_sync import lock
 from glance_sync.convert import Conversion, clear_work_folder, work_folder
 from glance_sync.download import Source, SourceReader, check_uri
-from glance_sync.fanout_create import Leg, create_many
+from glance_sync.fanout_create import FanoutStat, Leg, create_many
 from glance_sync.httpclient import make_session
 from glance_sync.inspection import InspectedStream, inspect_stream
 from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
@@ -129,6 +129,11 @@ class _TargetPass:
 Part = tuple[_TargetPass, Create | Replace]
 
 
+def _routed(routes: dict[str, frozenset[str]], target: str) -> frozenset[str]:
+    """The subscriptions whose images go to ``target``."""
+    return frozenset(sub for sub, names in routes.items() if target in names)
+
+
 class SyncService:
     """The pass over every target: one list phase, one download per image version.
 
@@ -156,13 +161,13 @@ class SyncService:
             targets = [Target(DEFAULT, store, "")]  # "": [sync] retire, as the settings say
         self.targets = targets
         self.store = targets[0].store
-        self.state = StateDB(settings.state_dir)
+        self.state = StateDB(settings.state_dir, connection=settings.state_connection)
         self.session = make_session()
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
         self.lists = ListPhase(settings, self.state, self.session)
-        #: per fan-out of the last pass: (image, readers, most bytes in memory, bytes spooled)
-        self.fanout_stats: list[tuple[str, int, int, int]] = []
+        #: each fan-out of the last pass (glance_sync.fanout_create.FanoutStat)
+        self.fanout_stats: list[FanoutStat] = []
 
     def _mode(self, target: Target) -> str:
         """The target's retire mode; its own, or ``[sync] retire``."""
@@ -531,6 +536,12 @@ class SyncService:
             if not dry_run:
                 self._clear_work(report)
             live = self._open_targets(stack, report, dry_run=dry_run, now=now)
+            reached = {tp.target.name for tp in live}
+            if not dry_run:  # a target that cannot be read: its outcome, now and for good
+                for target in self.targets:
+                    if target.name not in reached and len(self.targets) > 1:
+                        mine = _routed(routes, target.name)
+                        self._remember(target, mine, set(), report, now, down=True)
             if not live:
                 return report
             everything = [h for tp in live for h in tp.held]  # rollback protection: any target's
@@ -576,7 +587,7 @@ class SyncService:
             held_now: list[Held] | None = []
             for tp in live:
                 self._finish_target(tp, now)
-                self._remember(tp, ok, report, now)
+                self._remember(tp.target, _routed(routes, tp.target.name), ok, report, now)
                 final = self._final(tp)
                 held_now = None if final is None or held_now is None else held_now + final
             self.last_held = held_now
@@ -600,11 +611,11 @@ class SyncService:
         prints it and returns None)."""
         name = tp.target.name
         report = tp.report
-        mine = {sub.name for sub in subscriptions if name in routes[sub.name]}
+        mine = _routed(routes, name)
         if tp.started:  # the creates changed the store: plan from what it holds now
             held = self._survey(tp.target.store, report, cleanup=False)
             if held is None:
-                self._remember(tp, ok, report, now)
+                self._remember(tp.target, mine, ok, report, now)
                 return None
             tp.held = held
         frozen = {
@@ -618,7 +629,7 @@ class SyncService:
             adopted = adoption.before_plan(want, tp.held, report, dry_run=dry_run, out=out)
             if adopted is None:  # the other tool's images unknown: nothing is planned
                 if not dry_run:
-                    self._remember(tp, ok, report, now)
+                    self._remember(tp.target, mine, ok, report, now)
                 return None
             tp.held = adopted
         plan = make_plan(
@@ -670,21 +681,42 @@ class SyncService:
             LOG.warning("store %s: not listed after the pass (%s)", tp.target.store.name, exc)
             return None
 
-    def _remember(self, tp: _TargetPass, verified: set[str], report: Report, now: datetime) -> None:
-        """Each subscription's failing images of this pass in this target, for ``vmtrust
-        status``, and how the target's pass ended.
+    def _remember(
+        self,
+        target: Target,
+        mine: frozenset[str],
+        verified: set[str],
+        report: Report,
+        now: datetime,
+        *,
+        down: bool = False,
+    ) -> None:
+        """Each subscription's failing images of this pass in ``target``, for ``vmtrust
+        status``; with several targets, each routed subscription's outcome there too.
 
         A subscription whose list failed keeps those of the last pass that reached
-        its images, unless an image of it failed in this one.
+        its images, unless an image of it failed in this one.  A target that could
+        not be read (``down``) keeps its failing images; its outcome is its error.
         """
-        name = tp.target.name
-        names = verified | {f.subscription for f in report.images if f.target in ("", name)}
+        name = target.name
+        names = (verified & mine) | {
+            f.subscription
+            for f in report.images
+            if f.target == name or (f.target == "" and f.subscription in mine)
+        }
+        list_errors = {
+            e.subscription: e.line.removeprefix(f"subscription {e.subscription}: ")
+            for e in report.events
+            if e.kind == "list-failed"
+        }
         try:
-            for sub in sorted(names):
-                target_state.record_images(
-                    self.state, sub, report.failing(sub, name), now, target=name
-                )
-            target_state.record_outcome(self.state, name, report.target_errors.get(name), now)
+            if not down:
+                for sub in sorted(names):
+                    self.state.record_images(sub, report.failing(sub, name), now, target=name)
+            if len(self.targets) > 1:  # the list phase records the one target's outcome
+                for sub in sorted(mine):
+                    error = report.target_errors.get(name) if down else list_errors.get(sub)
+                    self.state.record_outcome(sub, target=name, error=error, now=now)
         except StateError as exc:
             state_failed(exc, report)
 

@@ -46,6 +46,7 @@ class SyncSettings:
     registry_deadline: float = 300.0  #: seconds for listing one OCI registry subscription
     #: bytes of an image kept in memory for several targets (glance_sync.fanout)
     fanout_buffer: int = 32 * 1024 * 1024
+    state_connection: str = ""  #: a shared state database's URL; empty: SQLite in state_dir
 
 
 def _path(value: str, option: str) -> Path:
@@ -103,6 +104,7 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         max_expansion_ratio=conf.sync.max_expansion_ratio,
         registry_deadline=conf.sync.registry_deadline,
         fanout_buffer=conf.sync.fanout_buffer * 1024 * 1024,
+        state_connection=conf.sync.state_connection,
     )
 
 

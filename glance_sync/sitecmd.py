@@ -135,7 +135,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from vmtrust.policy import load_subscriptions
 
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+    db = StateDB(
+        Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection
+    )
     try:
         rows = []
         for sub in subscriptions:
@@ -298,7 +300,9 @@ def _nagios_result(args: argparse.Namespace, now):
     )
     conf = make_conf(args.config_file)
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+    db = StateDB(
+        Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection
+    )
     try:
         subs = []
         for sub in subscriptions:

@@ -97,8 +97,10 @@ def test_entry_point_and_groups():
             "log_format",
             "targets",
             "fanout_buffer",
+            "state_connection",
         },
         "target:name": {"store", "groups", "retire"},
+        "coordination": {"backend_url", "member_id", "lease"},
         "store_local": {"path", "hook", "disk_format"},
         "store_ec2": {
             "region",

@@ -257,6 +257,41 @@ sync_opts = [
         ],
         help="Form of vmtrust-sync's log on standard error (--log-format overrides it).",
     ),
+    cfg.StrOpt(
+        "state_connection",
+        default="",
+        secret=True,
+        help="SQLAlchemy URL of a PostgreSQL database for the sync's state "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE), shared by several sync hosts "
+        "(docs/federation.md). Empty: SQLite in [DEFAULT] state_dir. Its schema is upgraded "
+        "when a sync starts, or by 'vmtrust-sync --upgrade-state'.",
+    ),
+]
+
+coordination_opts = [
+    cfg.StrOpt(
+        "backend_url",
+        default="",
+        secret=True,
+        help="tooz URL of the coordination service that shares the targets out over several "
+        "'vmtrust-sync --worker' hosts, e.g. etcd3+http://etcd1:2379 (etcd 3, through its "
+        "gRPC gateway). Empty: this host is the only worker and locks each target with a "
+        "file in [DEFAULT] state_dir.",
+    ),
+    cfg.StrOpt(
+        "member_id",
+        default="",
+        help="This worker's name among the workers (unique; default: the host name and "
+        "process id).",
+    ),
+    cfg.IntOpt(
+        "lease",
+        default=30,
+        min=5,
+        max=3600,
+        help="Seconds a worker that stopped answering keeps its membership and its target "
+        "locks; after that the other workers take its targets over.",
+    ),
 ]
 
 sync_opts += [
@@ -520,6 +555,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("store_local", store_local_opts),
         ("store_glance", store_glance_opts + keystoneauth_opts()),
         ("store_ec2", store_ec2_opts),
+        ("coordination", coordination_opts),
         # documents the section of each [sync] targets name (registered per name when read)
         ("target:name", target_opts),
     ]

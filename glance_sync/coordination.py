@@ -1,0 +1,190 @@
+"""Several sync hosts: which worker syncs which target, and never two at once.
+
+With ``[coordination] backend_url`` (etcd 3 in production, through tooz's
+``etcd3+http`` driver), every ``vmtrust-sync --worker`` joins one tooz group;
+the targets are shared out over the live members with tooz's partitioner (a
+consistent hash ring, so a member joining or leaving moves only its share), and
+each target is synced under a tooz lock named for it.  Membership and locks
+are etcd leases of ``[coordination] lease`` seconds that tooz's heartbeat
+thread renews: a worker that dies (``kill -9`` included) keeps them at most that
+long, then the others see it leave, the ring gives its targets to them, and
+its locks are free for them to take.
+
+The lock, not the ring, is what keeps a target from being written by two
+hosts: while members join or leave, two workers may each believe a target is
+theirs for a moment; the second finds the lock taken and leaves the target
+for this pass.
+
+Without a backend the host is the only worker (the embedded default, no
+service to run): it owns every target and a target's lock is a file lock in
+the state directory, as the one-sync-per-state-directory lock is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from glance_sync import lock
+from vmtrust.errors import ConfigError, CoordinationError, LockError
+from vmtrust.safetext import redact
+
+LOG = logging.getLogger("vmtrust.sync")
+
+GROUP = b"vmtrust-sync"  #: the tooz group every worker joins
+SCHEMES = ("etcd3+http", "etcd3+https")  #: the backends documented and tested
+
+
+def default_member_id() -> str:
+    """A member id unique on the host and readable in etcd: host name and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _lock_name(target: str) -> bytes:
+    return f"vmtrust-target-{target}".encode()
+
+
+class LocalCoordination:
+    """The only worker: every target is this host's; its lock is a file lock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.member_id = default_member_id()
+
+    def start(self) -> None:
+        (self.state_dir / "locks").mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def stop(self) -> None:
+        pass
+
+    def owned(self, targets: Sequence[str]) -> list[str]:
+        return list(targets)
+
+    @contextlib.contextmanager
+    def locked(self, target: str) -> Iterator[bool]:
+        """Hold ``target``'s lock for the block: True, or False when another holds it."""
+        path = self.state_dir / "locks" / f"target-{target}.lock"
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(lock.hold(path, lock.holder(self.state_dir), lambda who: who))
+        except LockError as exc:
+            LOG.info("target %s: locked by %s; left to it", target, exc)
+            yield False
+            return
+        with held:
+            yield True
+
+
+class ToozCoordination:
+    """A member of the workers' tooz group: its share of the targets, and their locks."""
+
+    def __init__(self, backend_url: str, member_id: str, lease: int) -> None:
+        self.url = _with_lease(backend_url, lease)
+        self.shown = redact(urlunsplit(urlsplit(backend_url)._replace(query="")))
+        self.member_id = member_id or default_member_id()
+        self.lease = lease
+        self._coord: Any = None
+        self._partitioner: Any = None
+
+    def _error(self, exc: BaseException) -> CoordinationError:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return CoordinationError(f"coordination {self.shown}: {redact(text)}")
+
+    def start(self) -> None:
+        """Connect, start the heartbeat, join the group; CoordinationError if it cannot."""
+        try:
+            from tooz import coordination
+        except ImportError:
+            raise ConfigError(
+                "[coordination] backend_url needs tooz and etcd3gw: "
+                "pip install 'vmtrust[federation]'"
+            ) from None
+        try:
+            self._coord = coordination.get_coordinator(self.url, self.member_id.encode())
+            self._coord.start(start_heart=True)
+            self._partitioner = self._coord.join_partitioned_group(GROUP)
+        except Exception as exc:  # tooz's, etcd3gw's and requests' errors alike
+            self.stop()
+            raise self._error(exc) from None
+        LOG.info("coordination %s: joined as %s", self.shown, self.member_id)
+
+    def stop(self) -> None:
+        """Leave the group and release everything (the leases end with it)."""
+        coord, self._coord = self._coord, None
+        if coord is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._partitioner is not None:
+                self._partitioner.stop()
+            coord.leave_group(GROUP).get()
+        with contextlib.suppress(Exception):
+            coord.stop()
+
+    def members(self) -> set[str]:
+        """The live members of the group (after the last heartbeat's view)."""
+        try:
+            return {m.decode() for m in self._coord.get_members(GROUP).get()}
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def owned(self, targets: Sequence[str]) -> list[str]:
+        """The targets the ring gives this worker now, after members joined or left."""
+        try:
+            self._coord.run_watchers()
+            return [t for t in targets if self._partitioner.belongs_to_self(t)]
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    @contextlib.contextmanager
+    def locked(self, target: str) -> Iterator[bool]:
+        """Hold ``target``'s tooz lock for the block: True, or False when another holds it."""
+        try:
+            handle = self._coord.get_lock(_lock_name(target))
+            acquired = handle.acquire(blocking=False)
+        except Exception as exc:
+            raise self._error(exc) from None
+        if not acquired:
+            LOG.info("target %s: locked by another worker; left to it", target)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                handle.release()
+            except Exception as exc:  # its lease ends it anyway
+                LOG.warning("target %s: lock not released (%s)", target, self._error(exc))
+
+
+Coordination = LocalCoordination | ToozCoordination
+
+
+def _with_lease(url: str, lease: int) -> str:
+    """``url`` with tooz's membership and lock timeouts set to ``lease`` unless it sets them."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for key in ("membership_timeout", "lock_timeout"):
+        query.setdefault(key, str(lease))
+    query.setdefault("timeout", str(min(lease, 30)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def from_conf(conf: Any, state_dir: Path) -> Coordination:
+    """The coordination ``[coordination]`` asks for (checked; nothing contacted yet)."""
+    section = conf.coordination
+    url = section.backend_url.strip()
+    if not url:
+        return LocalCoordination(state_dir)
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"[coordination] backend_url {redact(url)}: {scheme or 'no scheme'} is not "
+            f"supported (use {' or '.join(s + '://HOST:PORT' for s in SCHEMES)})"
+        )
+    return ToozCoordination(url, section.member_id.strip(), section.lease)
