@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ LOG = logging.getLogger("vmtrust.sync")
 
 GROUP = b"vmtrust-sync"  #: the tooz group every worker joins
 SCHEMES = ("etcd3+http", "etcd3+https")  #: the backends documented and tested
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  #: as [sync] targets' names
 
 
 def default_member_id() -> str:
@@ -46,7 +48,14 @@ def default_member_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _check_name(target: str) -> None:
+    """A target's name becomes a file or key name: never a path, never empty."""
+    if not _NAME.match(target):
+        raise ConfigError(f"target {target!r}: not a name a lock can be made of")
+
+
 def _lock_name(target: str) -> bytes:
+    _check_name(target)
     return f"vmtrust-target-{target}".encode()
 
 
@@ -69,6 +78,7 @@ class LocalCoordination:
     @contextlib.contextmanager
     def locked(self, target: str) -> Iterator[bool]:
         """Hold ``target``'s lock for the block: True, or False when another holds it."""
+        _check_name(target)
         path = self.state_dir / "locks" / f"target-{target}.lock"
         held = contextlib.ExitStack()
         try:
@@ -97,7 +107,12 @@ class ToozCoordination:
         return CoordinationError(f"coordination {self.shown}: {redact(text)}")
 
     def start(self) -> None:
-        """Connect, start the heartbeat, join the group; CoordinationError if it cannot."""
+        """Connect, start the heartbeat, join the group; CoordinationError if it cannot.
+
+        Starting a started member does nothing.
+        """
+        if self._coord is not None:
+            return
         try:
             from tooz import coordination
         except ImportError:

@@ -44,9 +44,9 @@ class SyncSettings:
     max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
     max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
     registry_deadline: float = 300.0  #: seconds for listing one OCI registry subscription
+    state_connection: str = ""  #: a shared state database's URL; empty: SQLite in state_dir
     #: bytes of an image kept in memory for several targets (glance_sync.fanout)
     fanout_buffer: int = 32 * 1024 * 1024
-    state_connection: str = ""  #: a shared state database's URL; empty: SQLite in state_dir
 
 
 def _path(value: str, option: str) -> Path:
@@ -103,8 +103,8 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         max_image_size=conf.sync.max_image_size,
         max_expansion_ratio=conf.sync.max_expansion_ratio,
         registry_deadline=conf.sync.registry_deadline,
-        fanout_buffer=conf.sync.fanout_buffer * 1024 * 1024,
         state_connection=conf.sync.state_connection,
+        fanout_buffer=conf.sync.fanout_buffer * 1024 * 1024,
     )
 
 

@@ -44,6 +44,7 @@ from glance_sync.state_schema import (
     schema_check,
     subscription_state,
     target_outcome,
+    target_pass,
     upgrade_schema,
 )
 from vmtrust.errors import StateError
@@ -80,6 +81,16 @@ class TargetOutcome:
 
     target: str
     subscription: str
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetPass:
+    """How one target's last pass as a whole ended."""
+
+    name: str
     last_attempt: datetime | None = None
     last_success: datetime | None = None
     last_error: str | None = None
@@ -239,6 +250,14 @@ class StateDB:
         rows = self._rows(sa.select(target_outcome).order_by(t.target, t.subscription))
         return [_outcome(r) for r in rows]
 
+    def target_outcome(self, target: str) -> TargetPass:
+        """How ``target``'s last pass ended (all None: it never ran)."""
+        rows = self._rows(sa.select(target_pass).where(target_pass.c.target == target))
+        if not rows:
+            return TargetPass(target)
+        row = rows[0]
+        return TargetPass(target, _date(row.last_attempt), _date(row.last_success), row.last_error)
+
     def failing_images(self, name: str, *, target: str = DEFAULT_TARGET) -> list[FailedImage]:
         t = image_failure.c
         rows = self._rows(
@@ -318,6 +337,17 @@ class StateDB:
         self._transaction(
             self._outcome_step(name, target, now, None if error is None else redact(error))
         )
+
+    def record_target(self, target: str, error: str | None, now: datetime | None = None) -> None:
+        """``target``'s pass ended: ``error`` is None when all of it succeeded."""
+        now = now or datetime.now(UTC)
+        values: dict[str, Any] = {
+            "last_attempt": _text(now),
+            "last_error": None if error is None else redact(error),
+        }
+        if error is None:
+            values["last_success"] = _text(now)
+        self._transaction(self._upsert(target_pass, {"target": target}, values))
 
     def record_failure(
         self,

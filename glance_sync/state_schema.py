@@ -53,6 +53,16 @@ target_outcome = sa.Table(
     sa.Column("last_error", sa.Text),
 )
 
+#: per target: how its last pass as a whole ended (``vmtrust status --target``)
+target_pass = sa.Table(
+    "target_pass",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("last_attempt", sa.Text),
+    sa.Column("last_success", sa.Text),
+    sa.Column("last_error", sa.Text),
+)
+
 #: per (target, subscription): the images that failed in the last pass that reached them
 image_failure = sa.Table(
     "image_failure",

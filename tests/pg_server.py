@@ -22,7 +22,17 @@ from pathlib import Path
 
 import pytest
 
-BIN = Path(os.environ.get("VMTRUST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_bin() -> Path:
+    """Debian's newest installed PostgreSQL server (postgresql-15 on bookworm)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = Path(os.environ.get("VMTRUST_PG_BIN") or _newest_bin())
 USER = "vmtrust"
 PASSWORD = "pg-s3cret-word"
 

@@ -1,5 +1,7 @@
 """Per target: the outcome and the failing images of each (target, subscription).
 
+And each target's last pass as a whole (``target_pass``).
+
 Revision ID: 0002
 Revises: 0001
 The list state stays per subscription (rollback protection is shared by every
@@ -23,6 +25,11 @@ def upgrade() -> None:
         "target_outcome",
         sa.Column("target", sa.Text, primary_key=True),
         sa.Column("subscription", sa.Text, primary_key=True),
+        *(sa.Column(name, sa.Text) for name in _OUTCOME),
+    )
+    op.create_table(
+        "target_pass",
+        sa.Column("target", sa.Text, primary_key=True),
         *(sa.Column(name, sa.Text) for name in _OUTCOME),
     )
     op.execute(
@@ -55,3 +62,4 @@ def downgrade() -> None:
         )
     )
     op.drop_table("target_outcome")
+    op.drop_table("target_pass")
