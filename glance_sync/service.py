@@ -692,7 +692,8 @@ class SyncService:
         down: bool = False,
     ) -> None:
         """Each subscription's failing images of this pass in ``target``, for ``vmtrust
-        status``; with several targets, each routed subscription's outcome there too.
+        status``, how the target's pass ended (its last failure line, if any) and, with
+        several targets, each routed subscription's outcome there.
 
         A subscription whose list failed keeps those of the last pass that reached
         its images, unless an image of it failed in this one.  A target that could
@@ -717,6 +718,7 @@ class SyncService:
                 for sub in sorted(mine):
                     error = report.target_errors.get(name) if down else list_errors.get(sub)
                     self.state.record_outcome(sub, target=name, error=error, now=now)
+            self.state.record_target(name, report.target_errors.get(name), now)
         except StateError as exc:
             state_failed(exc, report)
 

@@ -53,7 +53,9 @@ __all__ = [
     "TargetConf",
     "TargetSpec",
     "build_targets",
+    "named",
     "route",
+    "store_of",
     "target_specs",
 ]
 
@@ -214,6 +216,28 @@ def _place(conf: cfg.ConfigOpts, spec: TargetSpec) -> tuple[Any, ...] | None:
     return None
 
 
+def named(conf: cfg.ConfigOpts, only: str | None = None) -> list[TargetSpec]:
+    """Every target of the configuration (``default`` alone without [sync] targets), or
+    only the one ``--target`` names; an unknown name is one ConfigError line."""
+    specs = target_specs(conf) or [
+        TargetSpec(DEFAULT, conf.sync.store, frozenset(), conf.sync.retire)
+    ]
+    if only is None:
+        return specs
+    chosen = [spec for spec in specs if spec.name == only]
+    if not chosen:
+        known = ", ".join(spec.name for spec in specs)
+        raise ConfigError(f"--target {only}: no such target (configured: {known})")
+    return chosen
+
+
+def store_of(conf: cfg.ConfigOpts, spec: TargetSpec, context: StoreContext) -> Store:
+    """The store of one target, built as the sync builds it."""
+    if spec.name == DEFAULT and not conf.sync.targets:
+        return store_from_conf(conf, context)
+    return store_from_conf(TargetConf(conf, spec), context)  # type: ignore[arg-type]
+
+
 def build_targets(conf: cfg.ConfigOpts, context: StoreContext) -> list[Target]:
     """Every target's store, built and checked; nothing contacted yet."""
     specs = target_specs(conf)
@@ -231,8 +255,7 @@ def build_targets(conf: cfg.ConfigOpts, context: StoreContext) -> list[Target]:
                     "two targets would retire each other's images"
                 )
             places[place] = spec.name
-        store = store_from_conf(TargetConf(conf, spec), context)  # type: ignore[arg-type]
-        targets.append(Target(spec.name, store, spec.retire, spec.groups))
+        targets.append(Target(spec.name, store_of(conf, spec, context), spec.retire, spec.groups))
     return targets
 
 
