@@ -267,9 +267,9 @@ def _print_passes(passes: list) -> None:
         table(
             ["TARGET", "LAST SUCCESS", "LAST ATTEMPT", "LAST ERROR"],
             [
-                [r["target"], r["last_success"] or "never", r["last_attempt"] or "never"]
-                + [r["last_error"] or "-"]
+                [r["target"], r["last_success"] or "never", r["last_attempt"] or "never", err]
                 for r in rows
+                for err in [r["last_error"] or "-"]
             ],
         )
     )
