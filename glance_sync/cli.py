@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tag atrope marks its images with (its [glance] tag; default: atrope)",
     )
     parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="one of several sync hosts: keep running, each round syncing the targets "
+        "[coordination] gives this host, each under its lock (docs/federation.md)",
+    )
+    parser.add_argument(
         "--upgrade-state",
         action="store_true",
         help="upgrade the state database's schema to this version's and exit (a pass does it "
@@ -242,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.adopt and args.daemon:
         parser.error("--adopt is one pass: run it without --daemon")
+    if args.worker and (args.daemon or args.dry_run or args.adopt or args.check):
+        parser.error("--worker keeps running on its own: not with --daemon, --dry-run, "
+                     "--adopt or --check")  # fmt: skip
     if args.adopt_tag and args.adopt != "atrope":
         parser.error("--adopt-tag goes with --adopt atrope")
     _logging(args, args.log_format or "text")
@@ -260,6 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         subscriptions = load_subscriptions(settings.subscriptions_file)  # checked before anything
         targets = settings_mod.make_targets(conf, settings)
         route(subscriptions, targets)  # a subscription naming an unknown target: one line
+        if args.worker:
+            from glance_sync import worker
+
+            interval = args.interval or conf.sync.interval
+            return worker.serve(
+                conf, settings, targets, interval=interval, say=_say, events=eventlog.log_event
+            )
         if args.adopt and len(targets) > 1:
             parser.error("--adopt works on one store: run it with one target configured")
         adoption = _adoption(args, targets[0].store, settings) if args.adopt else None

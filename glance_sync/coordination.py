@@ -62,6 +62,9 @@ def _lock_name(target: str) -> bytes:
 class LocalCoordination:
     """The only worker: every target is this host's; its lock is a file lock."""
 
+    #: seconds to wait after joining before the first round (no peers to wait for)
+    settle = 0.0
+
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.member_id = default_member_id()
@@ -99,6 +102,9 @@ class ToozCoordination:
         self.shown = redact(urlunsplit(urlsplit(backend_url)._replace(query="")))
         self.member_id = member_id or default_member_id()
         self.lease = lease
+        #: seconds to wait after joining before the first round: hosts started together
+        #: then share the targets from the first round on (half a lease: one heartbeat)
+        self.settle = lease / 2
         self._coord: Any = None
         self._partitioner: Any = None
 

@@ -1,9 +1,10 @@
 """``vmtrust-sync --worker``: one of several sync hosts, passes over its share of the targets.
 
 Each round asks the coordination (:mod:`glance_sync.coordination`) which
-targets are this worker's now, and syncs each of them under its lock; a
-target whose lock another worker holds (it is finishing a pass the ring has
-just moved here) waits for the next round.  Then the worker sleeps
+targets are this worker's now, takes the lock of each, and syncs the targets
+it holds in one pass (one download per image version for all of them, as a
+single host does); a target whose lock another worker holds (it is finishing
+a pass the ring has just moved here) waits for the next round.  Then the worker sleeps
 ``interval`` seconds, or less when the membership changed and a target may
 have become its own (a worker that died: its targets are taken over within
 one lease and one round).
@@ -15,41 +16,59 @@ held lapse with their leases meanwhile, so no target is written by two hosts).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from glance_sync.coordination import Coordination
 from vmtrust.errors import VmtrustError
 
 LOG = logging.getLogger("vmtrust.sync")
 
-#: syncs one target, returns the pass's exit status (it reports its own failures)
-SyncTarget = Callable[[str], int]
+#: syncs these targets in one pass, returns its exit status (it reports its own failures)
+SyncTargets = Callable[[list[str]], int]
 
 
 def one_round(
-    coordination: Coordination, targets: Sequence[str], sync: SyncTarget, stop: threading.Event
+    coordination: Coordination, targets: Sequence[str], sync: SyncTargets, stop: threading.Event
 ) -> tuple[list[str], int]:
-    """Sync every target that is this worker's and free; the targets synced and the worst status."""
-    synced: list[str] = []
-    worst = 0
-    for target in coordination.owned(targets):
-        if stop.is_set():
-            break
-        with coordination.locked(target) as mine:
-            if not mine:
-                continue
-            LOG.info("target %s: pass starts on %s", target, coordination.member_id)
-            worst = max(worst, sync(target))
-            synced.append(target)
-    return synced, worst
+    """Sync the targets that are this worker's and free, under their locks, in one pass.
+
+    Returns the targets synced and the pass's status (0 when there were none).
+    """
+    with contextlib.ExitStack() as held:
+        mine = [
+            t for t in coordination.owned(targets) if held.enter_context(coordination.locked(t))
+        ]
+        if not mine or stop.is_set():
+            return [], 0
+        LOG.info("pass starts on %s: %s", coordination.member_id, ", ".join(mine))
+        return mine, sync(mine)
+
+
+def subscriptions_for(
+    subscriptions: Sequence[Any], routes: dict[str, frozenset[str]], names: Sequence[str]
+) -> tuple[Any, ...]:
+    """The subscriptions whose images go to any of ``names``, each sent to those only.
+
+    ``routes`` is the route over every configured target; a subscription for
+    other workers' targets only is left out (this worker fetches its list never).
+    """
+    chosen = []
+    for sub in subscriptions:
+        here = sorted(routes[sub.name] & set(names))
+        if here:
+            chosen.append(dataclasses.replace(sub, targets=tuple(here)))
+    return tuple(chosen)
 
 
 def run(
     coordination: Coordination,
     targets: Sequence[str],
-    sync: SyncTarget,
+    sync: SyncTargets,
     *,
     interval: float,
     stop: threading.Event,
@@ -63,6 +82,7 @@ def run(
     """
     coordination.start()
     try:
+        stop.wait(coordination.settle)
         while not stop.is_set():
             try:
                 synced, _ = one_round(coordination, targets, sync, stop)
@@ -96,3 +116,63 @@ def _wait(
                 return
         except VmtrustError:
             continue
+
+
+def serve(
+    conf: Any,
+    settings: Any,
+    targets: Sequence[Any],
+    *,
+    interval: float,
+    say: Callable[[str], None],
+    events: Callable[[Any], None] | None = None,
+) -> int:
+    """``vmtrust-sync --worker``: the loop, until SIGTERM or SIGINT, over ``targets``.
+
+    One :class:`~glance_sync.service.SyncService` per set of targets a round
+    holds (the set is usually the same round after round), closed at the end.
+    """
+    import signal
+
+    from glance_sync import coordination as coordination_mod
+    from glance_sync.report import unexpected
+    from glance_sync.service import SyncService
+    from glance_sync.targets import route
+    from vmtrust.policy import load_subscriptions
+    from vmtrust.safetext import shown
+
+    by_name = {t.name: t for t in targets}
+    services: dict[tuple[str, ...], SyncService] = {}
+
+    def sync(names: list[str]) -> int:
+        try:
+            subscriptions = load_subscriptions(settings.subscriptions_file)
+            routes = route(subscriptions, list(targets))
+            key = tuple(sorted(names))
+            if key not in services:
+                chosen = [by_name[n] for n in key]
+                services[key] = SyncService(settings, targets=chosen, events=events)
+            report = services[key].run(
+                subscriptions_for(subscriptions, routes, key), out=lambda line: print(shown(line))
+            )
+        except VmtrustError as exc:
+            say(str(exc))
+            return exc.exit_code
+        except Exception as exc:
+            say(unexpected("pass", exc))
+            return 70
+        for line in report.failures:
+            say(line)
+        return report.exit_code
+
+    coordination = coordination_mod.from_conf(conf, settings.state_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        return run(
+            coordination, [t.name for t in targets], sync, interval=interval, stop=stop, say=say
+        )
+    finally:
+        for service in services.values():
+            service.close()

@@ -147,9 +147,10 @@ def test_the_worker_loop_takes_over_a_dead_workers_targets(workers, etcd):
     stop = threading.Event()
     lines: list[str] = []
 
-    def sync(target: str) -> int:
-        synced.append(target)
-        when.setdefault(target, time.monotonic())
+    def sync(names: list[str]) -> int:
+        for target in names:
+            synced.append(target)
+            when.setdefault(target, time.monotonic())
         if set(synced) == set(targets):
             stop.set()
         return 0

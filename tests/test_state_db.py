@@ -89,6 +89,19 @@ def test_each_target_has_its_own_outcome_and_failing_images(where):
     db.close()
 
 
+def test_each_targets_last_pass_is_remembered(where):
+    db = _open(where)
+    assert db.target_outcome("cloud-a").last_attempt is None
+    db.record_target("cloud-a", None, T0)
+    db.record_target("cloud-a", "https://u:pw@glance-a/v2: 503", T0 + timedelta(hours=1))
+    db.record_target("cloud-b", None, T0)
+    a, b = db.target_outcome("cloud-a"), db.target_outcome("cloud-b")
+    assert (a.last_success, a.last_attempt) == (T0, T0 + timedelta(hours=1))
+    assert a.last_error == "https://***@glance-a/v2: 503"
+    assert (b.last_success, b.last_error) == (T0, None)
+    db.close()
+
+
 def test_the_state_outlives_the_process_and_a_reader_sees_it(where):
     db = _open(where)
     _accept(db, "egi", "7")
