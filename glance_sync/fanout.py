@@ -28,6 +28,7 @@ import copy
 import errno
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class Tee:
         self.sha512 = ""  #: SHA-512 of the whole stream, set by :meth:`end`
         self.source_sha512 = ""  #: SHA-512 of the download, set by the producer before the end
         self.peak_ring = 0  #: most bytes the ring held at once
+        self.ended_at = 0.0  #: time.monotonic() of :meth:`end`
 
     # --- the readers ----------------------------------------------------------------
 
@@ -143,6 +145,7 @@ class Tee:
         """Every byte was fed, and the download and the inspection were verified."""
         with self._cond:
             self.sha512 = sha512
+            self.ended_at = time.monotonic()
             self._ended = True
             self._cond.notify_all()
 

@@ -23,6 +23,7 @@ Every guarantee of the single-store path holds per target:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from glance_sync.service import SyncService
     from glance_sync.targets import Target
 
-__all__ = ["Leg", "create_many"]
+__all__ = ["FanoutStat", "Leg", "create_many"]
 
 
 @dataclass
@@ -55,10 +56,23 @@ class Leg:
     free: int | None = None
     held: Held | None = None  #: what the target stored, once it did
     error: BaseException | None = None  #: why it did not
+    done_at: float = 0.0  #: time.monotonic() when the target committed the image
 
     @property
     def open(self) -> bool:
         return self.held is None and self.error is None
+
+
+@dataclass(frozen=True)
+class FanoutStat:
+    """One fan-out of a pass, for the benchmark and the tests (``SyncService.fanout_stats``)."""
+
+    identifier: str
+    readers: int  #: branches: targets, and one per conversion
+    peak: int  #: most bytes held in memory at once
+    spooled: int  #: bytes written to the spool for laggards
+    ended_at: float  #: time.monotonic() when the download was verified (0: never)
+    done: dict[str, float]  #: target → time.monotonic() when it committed (0: it did not)
 
 
 def create_many(svc: SyncService, want: Desired, legs: list[Leg], report: Report) -> None:
@@ -165,7 +179,9 @@ def _distribute(
                 tee.fail(exc)  # every branch raises it: every store aborts
     finally:
         tee.close()
-        svc.fanout_stats.append((identifier, len(jobs), tee.peak_ring, tee.spooled))
+        done = {leg.target.name: leg.done_at for leg in legs}
+        stat = FanoutStat(identifier, len(jobs), tee.peak_ring, tee.spooled, tee.ended_at, done)
+        svc.fanout_stats.append(stat)
 
 
 def _store(
@@ -185,6 +201,7 @@ def _store(
 
     try:
         leg.held = leg.target.store.create(want, branch, disk_format, finish)  # type: ignore[arg-type]
+        leg.done_at = time.monotonic()
     except BaseException as exc:
         leg.error = exc
     finally:

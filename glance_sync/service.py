@@ -23,6 +23,15 @@ The order of a pass:
    what failed subscriptions keep (:func:`~glance_sync.plan.last_accepted`),
    refreshes, retirements, purges — and the sharing the store converges;
 4. the images that failed, per subscription, into the state (``vmtrust status``).
+
+With several targets (``[sync] targets``, :mod:`glance_sync.targets`) each step
+1, 3 and 4 is per target, step 2 once for all: each target is locked and
+surveyed on its own (one that cannot be is reported and left out of this pass
+alone), lists are fetched and verified once, each target gets its own plan
+(its subscriptions, its retire mode), and an image version several targets
+need is downloaded once and streamed to all of them
+(:mod:`glance_sync.fanout_create`).  The steps themselves are
+:mod:`glance_sync.steps`'.
 """
 
 from __future__ import annotations
@@ -37,14 +46,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glance_sync import lock, target_state
-from glance_sync.convert import Conversion, clear_work_folder, work_folder
-from glance_sync.download import Source, SourceReader, check_uri
-from glance_sync.fanout_create import Leg, create_many
+from glance_sync import lock
+from glance_sync.fanout_create import FanoutStat
 from glance_sync.httpclient import make_session
-from glance_sync.inspection import InspectedStream, inspect_stream
-from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
-from glance_sync.oci.pull import open_layer
+from glance_sync.lists import ListPhase, Verified, desired, state_failed
 from glance_sync.oci.source import make_registry
 from glance_sync.plan import (
     Create,
@@ -57,16 +62,15 @@ from glance_sync.plan import (
     Retire,
     make_plan,
 )
-from glance_sync.report import Event, ImageFailure, Report, rule_of, unexpected
+from glance_sync.report import Event, Report, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
+from glance_sync.steps import Part, TargetPass, TargetSteps
 from glance_sync.stores.base import Store
 from glance_sync.targets import DEFAULT, Target, route
-from glance_sync.unpack import Bound, open_disk
-from vmtrust.errors import ConfigError, ExpansionError, StateError, TransferError, VmtrustError
+from vmtrust.errors import ConfigError, StateError, VmtrustError
 from vmtrust.errors import LockError as LockError  # where callers found it before
 from vmtrust.policy import Subscription
-from vmtrust.record import seal
 from vmtrust.safetext import clean
 
 if TYPE_CHECKING:
@@ -90,46 +94,12 @@ def exclusive_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
-def _keys(held: Held) -> dict[str, str]:
-    """The event fields of a held image: what its record names (nothing without one)."""
-    record = held.record
-    if record is None:
-        return {"image": held.store_id}
-    return {
-        "subscription": record.subscription,
-        "image": record.image_identifier,
-        "version": record.image_version,
-    }
+def _routed(routes: dict[str, frozenset[str]], target: str) -> frozenset[str]:
+    """The subscriptions whose images go to ``target``."""
+    return frozenset(sub for sub, names in routes.items() if target in names)
 
 
-def _held_failure(held: Held) -> tuple[ImageFailure, ...]:
-    """The failure record of a held image, if its record names one."""
-    record = held.record
-    if record is None:
-        return ()
-    return (
-        ImageFailure(
-            record.subscription, record.image_identifier, record.image_version, record.title, ""
-        ),
-    )
-
-
-@dataclasses.dataclass
-class _TargetPass:
-    """One target's part of a pass: its view of the report and what its store holds."""
-
-    target: Target
-    report: Report
-    held: list[Held]
-    quarantined: set[str] = dataclasses.field(default_factory=set)
-    started: set[str] = dataclasses.field(default_factory=set)  #: identifiers created early
-    plan: Plan | None = None
-
-
-Part = tuple[_TargetPass, Create | Replace]
-
-
-class SyncService:
+class SyncService(TargetSteps):
     """The pass over every target: one list phase, one download per image version.
 
     ``store`` alone is the one target ``default`` (as without ``[sync] targets``);
@@ -155,290 +125,36 @@ class SyncService:
                 raise TypeError("SyncService needs a store or targets")
             targets = [Target(DEFAULT, store, "")]  # "": [sync] retire, as the settings say
         self.targets = targets
-        self.store = targets[0].store
         self.state = StateDB(settings.state_dir, connection=settings.state_connection)
         self.session = make_session()
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
         self.lists = ListPhase(settings, self.state, self.session)
-        #: per fan-out of the last pass: (image, readers, most bytes in memory, bytes spooled)
-        self.fanout_stats: list[tuple[str, int, int, int]] = []
+        #: each fan-out of the last pass (glance_sync.fanout_create.FanoutStat)
+        self.fanout_stats: list[FanoutStat] = []
 
-    def _mode(self, target: Target) -> str:
-        """The target's retire mode; its own, or ``[sync] retire``."""
-        return target.retire_mode or self.s.retire_mode
+    @property
+    def store(self) -> Store:
+        """The first target's store (the one store without ``[sync] targets``)."""
+        return self.targets[0].store
 
-    # --- images -------------------------------------------------------------------
+    @store.setter
+    def store(self, store: Store) -> None:
+        self.targets[0] = dataclasses.replace(self.targets[0], store=store)
 
-    def _create(self, store: Store, want: Desired, report: Report) -> Held:
-        """Download, unpack, inspect (and convert) one image, and store it sealed.
-
-        Nothing reaches the store's commit point, and nothing reaches ``qemu-img``,
-        before the download matched the list and the disk passed inspection.
-        """
-        image = want.image
-        if image.size > self.s.max_image_size:
-            raise ExpansionError(
-                f"image {image.identifier}: {image.size} bytes (hv:size), more than "
-                f"[sync] max_image_size ({self.s.max_image_size}); refused"
-            )
-        free = store.free_bytes()
-        if free is not None and free < image.size:
-            raise TransferError(
-                f"image {image.identifier}: store has {free} bytes free, the "
-                f"image needs {image.size} (hv:size)"
-            )
-        reader = self._reader(want)
-        try:
-            bound = Bound.of(image.size, self.s.max_image_size, self.s.max_expansion_ratio, free)
-            unpacked, disk_format = open_disk(reader, image.format, bound)
-            stream = inspect_stream(unpacked, disk_format, image.identifier)
-            wanted = store.disk_format(disk_format)
-            if wanted == disk_format:
-                return self._store(store, want, reader, stream, disk_format)
-            work = work_folder(self.s.state_dir)
-            with Conversion(
-                work, image.identifier, disk_format, wanted, self.s.max_image_size
-            ) as conversion:
-                conversion.write(stream)  # inspected on the way; the verdict comes at its end
-                reader.drain()  # and the download is checked before qemu-img sees a byte
-                size = stream.inspection.virtual_size
-                if wanted == "raw":
-                    self._check_converted_size(image.identifier, size, free)
-                conversion.run(size)
-                with conversion.open_output() as output:
-                    converted = inspect_stream(output, wanted, image.identifier, converted=True)
-                    return self._store(store, want, reader, converted, wanted)
-        finally:
-            report.count_bytes(want.subscription, reader.received)
-            reader.close()
-
-    def _reader(self, want: Desired) -> SourceReader:
-        """The download of ``want``'s bytes: its URI, or its OCI layer through its registry."""
-        image = want.image
-        tick = self.progress(image.title, image.size) if self.progress else None
-        # Images come from the same endorser infrastructure as the list: same TLS anchors.
-        http = dataclasses.replace(self.s.http, verify=self._tls.get(want.subscription, True))
-        if image.uri.startswith("oci://"):
-            registry = self.lists.registries.get(want.subscription)
-            return open_layer(want, registry, self.session, http, tick)
-        source = Source(image.identifier, image.uri, image.size, image.sha512, image.format)
-        return SourceReader(source, self.session, http, tick)
-
-    def _check_converted_size(self, identifier: str, size: int, free: int | None) -> None:
-        if size > self.s.max_image_size:
-            raise ExpansionError(
-                f"image {identifier}: converted to raw it would be {size} bytes, more than "
-                f"[sync] max_image_size ({self.s.max_image_size}); refused"
-            )
-        if free is not None and size > free:
-            raise TransferError(
-                f"image {identifier}: converted to raw it needs {size} bytes, the store "
-                f"has {free} free"
-            )
-
-    def _store(
-        self,
-        store: Store,
-        want: Desired,
-        reader: SourceReader,
-        stream: InspectedStream,
-        disk_format: str,
-    ) -> Held:
-        def finish(
-            store_id: str, size: int, sha512: str, *, stored_format: str | None = None
-        ) -> tuple:
-            reader.drain()  # size and SHA-512 of the download, before committing
-            if not stream.inspection.done:  # the store stopped before the end of the disk
-                raise TransferError(f"image {want.identifier}: not read to its end; not stored")
-            # a store that converts on the way (EC2: qcow2 → raw blocks) says what it stored
-            record = want.record(
-                store_id=store_id, sha512=sha512, size=size,
-                disk_format=stored_format or disk_format,
-                source_sha512=reader.digest.hexdigest(),
-            )  # fmt: skip
-            return record, seal(record, self.s.seal_key)
-
-        return store.create(want, stream, disk_format, finish)
-
-    def _clear_work(self, report: Report) -> None:
-        """Leftovers of an interrupted pass go; a folder that resists is one line, not a stop."""
-        folder = work_folder(self.s.state_dir)
-        try:
-            for line in clear_work_folder(folder):
-                LOG.warning("removed %s", line)
-        except OSError as exc:
-            report.fail(f"work folder {folder}: {exc.strerror or exc}")
-
-    @staticmethod
-    def _create_failed(want: Desired, exc: BaseException, report: Report) -> None:
-        """A create's error as its one line."""
-        if isinstance(exc, VmtrustError):
-            report.fail(str(exc), rule=exc.rule)
-        elif isinstance(exc, OSError):
-            report.fail(f"image {want.identifier}: {exc}", rule=rule_of(exc))
-        elif isinstance(exc, Exception):
-            report.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
-        else:
-            raise exc
-
-    def _created(
-        self, target: Target, action: Create | Replace, held: Held, report: Report, now: datetime
-    ) -> None:
-        want = action.desired
-        report.add(
-            f"stored {want.identifier} {want.image.version} ({want.image.title})",
-            "stored",
-            subscription=want.subscription,
-            image=want.identifier,
-            version=want.image.version,
-        )
-        target.store.notify("AvailablePostfix", held, want)
-        if isinstance(action, Replace):
-            for old in action.old:
-                self._retire(target, old, f"replaced by version {want.image.version}", report, now)
-
-    def _image_task(
-        self, target: Target, action: Create | Replace, local_list: bool, report: Report,
-        now: datetime,
-    ) -> None:  # fmt: skip
-        """Create (or replace) one image in one target; whatever happens is lines of the report."""
-        want = action.desired
-        own = Report()
-        try:
-            check_uri(want.identifier, want.image.uri, local_list=local_list)
-            try:
-                held = self._create(target.store, want, own)
-            except (VmtrustError, OSError) as exc:
-                self._create_failed(want, exc, own)
-            else:
-                self._created(target, action, held, own, now)
-        except VmtrustError as exc:
-            own.fail(str(exc), rule=exc.rule)
-        except Exception as exc:
-            own.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
-        report.merge(own, image_failure(want))
-
-    def _image_job(self, parts: list[Part], local_list: bool, now: datetime) -> None:
-        """One image version for one or more targets: one download, every target fed.
-
-        One target: the single-store path.  Several: :func:`~glance_sync.fanout_create.
-        create_many`, then each target's outcome is its own lines.
-        """
-        if len(parts) == 1:
-            tp, action = parts[0]
-            self._image_task(tp.target, action, local_list, tp.report, now)
-            return
-        want = parts[0][1].desired
-        legs = [Leg(tp.target, action, tp.report) for tp, action in parts]
-        try:
-            check_uri(want.identifier, want.image.uri, local_list=local_list)
-            create_many(self, want, legs, parts[0][0].report)
-        except Exception as exc:  # create_many keeps its errors to the legs; this is a bug
-            for leg in legs:
-                leg.error = leg.error or exc
-        for leg in legs:
-            own = Report()
-            try:
-                if leg.held is not None:
-                    self._created(leg.target, leg.action, leg.held, own, now)
-                else:
-                    self._create_failed(want, leg.error or RuntimeError("not created"), own)
-            except Exception as exc:
-                own.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
-            leg.report.merge(own, image_failure(want))
-
-    def _retire(
-        self, target: Target, held: Held, reason: str, report: Report, now: datetime
-    ) -> None:
-        what = f"retire {held.identifier or held.store_id}"
-        try:
-            target.store.retire(held, self._mode(target), now)
-        except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}", *_held_failure(held), rule=rule_of(exc))
-            return
-        except Exception as exc:
-            report.fail(unexpected(what, exc), *_held_failure(held), rule=rule_of(exc))
-            return
-        report.add(
-            f"retired {held.identifier or held.store_id}: {reason}", "retired", **_keys(held)
-        )
-        target.store.notify("ExpirePostfix", held)
-
-    def _refresh(self, store: Store, action: Refresh, report: Report) -> None:
-        held = action.held
-        assert held.record is not None
-        record = action.desired.record(
-            store_id=held.store_id,
-            sha512=held.record.sha512,
-            size=held.record.size,
-            disk_format=held.record.disk_format,
-            source_sha512=held.record.source_sha512,
-        )
-        what = f"refresh {record.image_identifier}"
-        try:
-            store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
-        except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}", image_failure(action.desired), rule=rule_of(exc))
-            return
-        except Exception as exc:
-            report.fail(unexpected(what, exc), image_failure(action.desired), rule=rule_of(exc))
-            return
-        report.add(
-            f"refreshed {record.image_identifier} metadata",
-            "refreshed",
-            subscription=record.subscription,
-            image=record.image_identifier,
-            version=record.image_version,
-        )
-
-    def _purge(self, store: Store, held: Held, report: Report) -> None:
-        what = f"purge {held.store_id}"
-        try:
-            store.purge(held)
-        except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}")
-            return
-        except Exception as exc:
-            report.fail(unexpected(what, exc))
-            return
-        report.add(f"purged {held.store_id}", "purged", **_keys(held))
+    @property
+    def _named(self) -> bool:
+        """Targets of ``[sync] targets`` (not the one ``default``): lines name their target,
+        and each has per-subscription outcomes of its own."""
+        return len(self.targets) > 1 or self.targets[0].name != DEFAULT
 
     # --- the pass -----------------------------------------------------------------------
-
-    def _survey(self, store: Store, report: Report, *, cleanup: bool) -> list[Held] | None:
-        """What the store holds (None, reported, when it cannot tell).
-
-        A failed cleanup does not stop the pass; when the listing fails too, its
-        line says why (it is usually the same cause) and the pass stops.
-        """
-        cleanup_failed = None
-        if cleanup:
-            try:
-                for line in store.cleanup():
-                    LOG.warning("removed %s", line)
-            except VmtrustError as exc:
-                cleanup_failed = f"store {store.name}: cleanup: {exc}"
-            except Exception as exc:
-                cleanup_failed = unexpected(f"store {store.name}: cleanup", exc)
-        try:
-            held = store.held()
-        except VmtrustError as exc:
-            report.fail(str(exc))  # store errors name the store themselves
-        except Exception as exc:
-            report.fail(unexpected(f"store {store.name}", exc))
-        else:
-            if cleanup_failed:
-                report.fail(cleanup_failed)
-            return held
-        # Without knowing what the store holds nothing can be planned safely.
-        return None
 
     def _early(
         self,
         item: Verified,
         lists: list[Verified],
-        tp: _TargetPass,
+        tp: TargetPass,
         now: datetime,
     ) -> list[Create | Replace]:
         """The downloads a just-verified list needs that no other list can change.
@@ -474,10 +190,10 @@ class SyncService:
 
     def _open_targets(
         self, stack: contextlib.ExitStack, report: Report, *, dry_run: bool, now: datetime
-    ) -> list[_TargetPass]:
+    ) -> list[TargetPass]:
         """Each target locked and surveyed, altered images quarantined; a target that
         cannot be locked or read is reported and left out of this pass alone."""
-        several = len(self.targets) > 1
+        several = self._named
         live = []
         for target in self.targets:
             view = report.scoped(target.name, f"target {target.name}: " if several else "")
@@ -491,7 +207,7 @@ class SyncService:
             held = self._survey(target.store, view, cleanup=not dry_run)
             if held is None:
                 continue
-            tp = _TargetPass(target, view, held)
+            tp = TargetPass(target, view, held)
             # Quarantine altered images first: a re-created copy may reuse their store id.
             if not dry_run:
                 for item in held:
@@ -531,6 +247,12 @@ class SyncService:
             if not dry_run:
                 self._clear_work(report)
             live = self._open_targets(stack, report, dry_run=dry_run, now=now)
+            reached = {tp.target.name for tp in live}
+            if not dry_run:  # a target that cannot be read: its outcome, now and for good
+                for target in self.targets:
+                    if target.name not in reached and self._named:
+                        mine = _routed(routes, target.name)
+                        self._remember(target, mine, set(), report, now, down=True)
             if not live:
                 return report
             everything = [h for tp in live for h in tp.held]  # rollback protection: any target's
@@ -576,7 +298,7 @@ class SyncService:
             held_now: list[Held] | None = []
             for tp in live:
                 self._finish_target(tp, now)
-                self._remember(tp, ok, report, now)
+                self._remember(tp.target, _routed(routes, tp.target.name), ok, report, now)
                 final = self._final(tp)
                 held_now = None if final is None or held_now is None else held_now + final
             self.last_held = held_now
@@ -584,7 +306,7 @@ class SyncService:
 
     def _plan(
         self,
-        tp: _TargetPass,
+        tp: TargetPass,
         subscriptions: tuple[Subscription, ...],
         routes: dict[str, frozenset[str]],
         lists: list[Verified],
@@ -600,11 +322,11 @@ class SyncService:
         prints it and returns None)."""
         name = tp.target.name
         report = tp.report
-        mine = {sub.name for sub in subscriptions if name in routes[sub.name]}
+        mine = _routed(routes, name)
         if tp.started:  # the creates changed the store: plan from what it holds now
             held = self._survey(tp.target.store, report, cleanup=False)
             if held is None:
-                self._remember(tp, ok, report, now)
+                self._remember(tp.target, mine, ok, report, now)
                 return None
             tp.held = held
         frozen = {
@@ -618,7 +340,7 @@ class SyncService:
             adopted = adoption.before_plan(want, tp.held, report, dry_run=dry_run, out=out)
             if adopted is None:  # the other tool's images unknown: nothing is planned
                 if not dry_run:
-                    self._remember(tp, ok, report, now)
+                    self._remember(tp.target, mine, ok, report, now)
                 return None
             tp.held = adopted
         plan = make_plan(
@@ -633,13 +355,13 @@ class SyncService:
             ),
         )
         if dry_run:
-            lead = f"target {name}: " if len(self.targets) > 1 else ""
+            lead = f"target {name}: " if self._named else ""
             for line in plan.describe() or ["nothing to do"]:
                 out(lead + line)
             return None
         return plan
 
-    def _finish_target(self, tp: _TargetPass, now: datetime) -> None:
+    def _finish_target(self, tp: TargetPass, now: datetime) -> None:
         """A target's refreshes, retirements, purges and convergence, after its creates."""
         assert tp.plan is not None
         store, report = tp.target.store, tp.report
@@ -659,7 +381,7 @@ class SyncService:
         except Exception as exc:
             report.fail(unexpected(f"store {store.name}", exc))
 
-    def _final(self, tp: _TargetPass) -> list[Held] | None:
+    def _final(self, tp: TargetPass) -> list[Held] | None:
         """What the store holds now, for the metrics: the plan's survey when the pass
         changed nothing (a no-op pass asks the store nothing more), else a new one."""
         if not tp.report.done:
@@ -670,21 +392,44 @@ class SyncService:
             LOG.warning("store %s: not listed after the pass (%s)", tp.target.store.name, exc)
             return None
 
-    def _remember(self, tp: _TargetPass, verified: set[str], report: Report, now: datetime) -> None:
-        """Each subscription's failing images of this pass in this target, for ``vmtrust
-        status``, and how the target's pass ended.
+    def _remember(
+        self,
+        target: Target,
+        mine: frozenset[str],
+        verified: set[str],
+        report: Report,
+        now: datetime,
+        *,
+        down: bool = False,
+    ) -> None:
+        """Each subscription's failing images of this pass in ``target``, for ``vmtrust
+        status``, how the target's pass ended (its last failure line, if any) and, with
+        several targets, each routed subscription's outcome there.
 
         A subscription whose list failed keeps those of the last pass that reached
-        its images, unless an image of it failed in this one.
+        its images, unless an image of it failed in this one.  A target that could
+        not be read (``down``) keeps its failing images; its outcome is its error.
         """
-        name = tp.target.name
-        names = verified | {f.subscription for f in report.images if f.target in ("", name)}
+        name = target.name
+        names = (verified & mine) | {
+            f.subscription
+            for f in report.images
+            if f.target == name or (f.target == "" and f.subscription in mine)
+        }
+        list_errors = {
+            e.subscription: e.line.removeprefix(f"subscription {e.subscription}: ")
+            for e in report.events
+            if e.kind == "list-failed"
+        }
         try:
-            for sub in sorted(names):
-                target_state.record_images(
-                    self.state, sub, report.failing(sub, name), now, target=name
-                )
-            target_state.record_outcome(self.state, name, report.target_errors.get(name), now)
+            if not down:
+                for sub in sorted(names):
+                    self.state.record_images(sub, report.failing(sub, name), now, target=name)
+            if self._named:  # the list phase records the default target's outcome
+                for sub in sorted(mine):
+                    error = report.target_errors.get(name) if down else list_errors.get(sub)
+                    self.state.record_outcome(sub, target=name, error=error, now=now)
+            self.state.record_target(name, report.target_errors.get(name), now)
         except StateError as exc:
             state_failed(exc, report)
 

@@ -32,8 +32,9 @@ store's usual one (:class:`TargetConf`).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,7 +54,9 @@ __all__ = [
     "TargetConf",
     "TargetSpec",
     "build_targets",
+    "named",
     "route",
+    "store_of",
     "target_specs",
 ]
 
@@ -125,13 +128,15 @@ def target_specs(conf: cfg.ConfigOpts) -> list[TargetSpec]:
         if group not in sections:
             raise ConfigError(f"[sync] targets names {name}, but there is no [{group}] section")
         conf.register_opts(conf_mod.target_opts, group=group)
-        section = conf[group]
-        if not section.store:
+        with _values(group):
+            section = conf[group]
+            store, retire = section.store, section.retire
+            groups = frozenset(g.strip() for g in section.groups if g.strip())
+        if not store:
             raise ConfigError(f"[{group}] store is not set (local, glance, ec2 or a plug-in)")
-        groups = frozenset(g.strip() for g in section.groups if g.strip())
         for label in groups:
             _check_name(label, f"[{group}] groups")
-        specs.append(TargetSpec(name, section.store, groups, section.retire or conf.sync.retire))
+        specs.append(TargetSpec(name, store, groups, retire or conf.sync.retire))
     stray = sorted(s for s in sections if s.startswith("target:") and s[7:] not in seen)
     if stray:
         raise ConfigError(f"[{stray[0]}]: [sync] targets does not name {stray[0][7:]}")
@@ -214,6 +219,42 @@ def _place(conf: cfg.ConfigOpts, spec: TargetSpec) -> tuple[Any, ...] | None:
     return None
 
 
+def named(conf: cfg.ConfigOpts, only: str | None = None) -> list[TargetSpec]:
+    """Every target of the configuration (``default`` alone without [sync] targets), or
+    only the one ``--target`` names; an unknown name is one ConfigError line."""
+    specs = target_specs(conf) or [
+        TargetSpec(DEFAULT, conf.sync.store, frozenset(), conf.sync.retire)
+    ]
+    if only is None:
+        return specs
+    chosen = [spec for spec in specs if spec.name == only]
+    if not chosen:
+        known = ", ".join(spec.name for spec in specs)
+        raise ConfigError(f"--target {only}: no such target (configured: {known})")
+    return chosen
+
+
+def store_of(conf: cfg.ConfigOpts, spec: TargetSpec, context: StoreContext) -> Store:
+    """The store of one target, built as the sync builds it."""
+    if spec.name == DEFAULT and not conf.sync.targets:
+        return store_from_conf(conf, context)
+    with _values(spec.group):
+        return store_from_conf(TargetConf(conf, spec), context)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _values(group: str) -> Iterator[None]:
+    """A bad value in a target's section (read only now) as one line naming it."""
+    try:
+        yield
+    except (cfg.ConfigFileValueError, cfg.ConfigSourceValueError, ValueError) as exc:
+        text = " ".join(str(exc).split())
+        option = re.search(r"Value for option (\S+)", text)
+        reason = text.split(" is not valid: ", 1)[-1]
+        name = f" {option.group(1)}" if option else ""
+        raise ConfigError(f"[{group}]{name}: {reason}") from None
+
+
 def build_targets(conf: cfg.ConfigOpts, context: StoreContext) -> list[Target]:
     """Every target's store, built and checked; nothing contacted yet."""
     specs = target_specs(conf)
@@ -231,8 +272,7 @@ def build_targets(conf: cfg.ConfigOpts, context: StoreContext) -> list[Target]:
                     "two targets would retire each other's images"
                 )
             places[place] = spec.name
-        store = store_from_conf(TargetConf(conf, spec), context)  # type: ignore[arg-type]
-        targets.append(Target(spec.name, store, spec.retire, spec.groups))
+        targets.append(Target(spec.name, store_of(conf, spec, context), spec.retire, spec.groups))
     return targets
 
 
