@@ -135,6 +135,26 @@ class ToozCoordination:
             raise self._error(exc) from None
         LOG.info("coordination %s: joined as %s", self.shown, self.member_id)
 
+    def peek(self) -> set[str]:
+        """The group's live members, asked without joining it (``--check``: a member
+        that joined, even for a moment, would move targets between the workers)."""
+        from tooz import coordination
+
+        coord = None
+        try:
+            coord = coordination.get_coordinator(self.url, self.member_id.encode())
+            coord.start(start_heart=False)
+            try:
+                return {m.decode() for m in coord.get_members(GROUP).get()}
+            except coordination.GroupNotCreated:
+                return set()
+        except Exception as exc:
+            raise self._error(exc) from None
+        finally:
+            if coord is not None:
+                with contextlib.suppress(Exception):
+                    coord.stop()
+
     def stop(self) -> None:
         """Leave the group and release everything (the leases end with it)."""
         coord, self._coord = self._coord, None

@@ -19,7 +19,9 @@ says, one line per problem:
   ordinary member must not (the shipped property protections are in force);
   EC2 listable;
 * the programs the configuration needs (``qemu-img`` for conversions, the NBD
-  tools for EC2), the hook, and where metrics go.
+  tools for EC2), the hook, and where metrics go;
+* the coordination service of several sync hosts, when there is one: reachable,
+  and no live worker already has this host's member id (asked without joining).
 
 **Nothing is written**: no directory is made, the state database is opened
 read-only, no store object that creates its folders is built, and Glance is
@@ -392,7 +394,32 @@ def run(conf: cfg.ConfigOpts, now: datetime | None = None) -> Findings:
     _store(f, conf)
     _tools(f, conf)
     _metrics(f, conf)
+    _coordination(f, conf)
     return f
+
+
+def _coordination(f: Findings, conf: cfg.ConfigOpts) -> None:
+    """``[coordination] backend_url``: reachable, and who works now (nobody joins)."""
+    from glance_sync import coordination
+
+    if not conf.coordination.backend_url.strip():
+        return
+    f.checked.append("coordination")
+    try:
+        backend = coordination.from_conf(conf, Path(conf.state_dir).expanduser())
+        if not isinstance(backend, coordination.ToozCoordination):
+            return
+        members = backend.peek()
+    except VmtrustError as exc:
+        f.problems.append(str(exc))
+        return
+    if backend.member_id in members:
+        f.problems.append(
+            f"[coordination] member_id {backend.member_id}: a live worker has this id already "
+            "(each worker needs its own)"
+        )
+    live = ", ".join(sorted(members)) or "none"
+    f.notes.append(f"coordination {backend.shown}: {len(members)} live worker(s): {live}")
 
 
 def main(conf: cfg.ConfigOpts, say: Callable[[str], None]) -> int:

@@ -252,3 +252,29 @@ def test_the_lease_comes_from_the_configuration(tmp_path, etcd):
         assert (c._coord.membership_timeout, c._coord.lock_timeout) == (7, 7)
     finally:
         c.stop()
+
+
+def test_check_sees_the_live_workers_without_joining(tmp_path, etcd, workers):
+    from glance_sync import preflight
+
+    live = workers(f"check-{uuid.uuid4().hex[:6]}")
+    before = live.members()
+    conf_file = tmp_path / "vmtrust.conf"
+    conf_file.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+        f"[coordination]\nbackend_url = {etcd.tooz_url}\nmember_id = {live.member_id}\n"
+    )
+    findings = preflight.run(make_conf([str(conf_file)]))
+    assert "coordination" in findings.checked
+    (clash,) = [p for p in findings.problems if "member_id" in p]
+    assert clash.startswith(f"[coordination] member_id {live.member_id}: a live worker has")
+    (note,) = [n for n in findings.notes if n.startswith("coordination ")]
+    assert live.member_id in note
+    assert live.members() == before  # nobody joined, nothing moved
+    conf_file.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+        f"[coordination]\nbackend_url = etcd3+http://127.0.0.1:{free_port()}\n"
+    )
+    findings = preflight.run(make_conf([str(conf_file)]))
+    (down,) = [p for p in findings.problems if p.startswith("coordination ")]
+    assert "127.0.0.1" in down and "\n" not in down
