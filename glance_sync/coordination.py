@@ -175,9 +175,19 @@ class ToozCoordination:
             raise self._error(exc) from None
 
     def owned(self, targets: Sequence[str]) -> list[str]:
-        """The targets the ring gives this worker now, after members joined or left."""
+        """The targets the ring gives this worker now, after members joined or left.
+
+        A worker whose membership lapsed while it lived (etcd unreachable for a
+        lease: the others have taken its targets) joins again, and has a share
+        again from the next call on.
+        """
         try:
             self._coord.run_watchers()
+            if self.member_id.encode() not in self._coord.get_members(GROUP).get():
+                LOG.warning("coordination %s: membership lapsed; joining again", self.shown)
+                self._coord.heartbeat()  # a new membership lease for the old one, if it ended
+                self._coord.join_group(GROUP, capabilities={"weight": 1}).get()
+                return []
             return [t for t in targets if self._partitioner.belongs_to_self(t)]
         except Exception as exc:
             raise self._error(exc) from None

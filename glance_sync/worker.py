@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from glance_sync.coordination import Coordination
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import INTERNAL_ERROR, VmtrustError
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -160,7 +160,7 @@ def serve(
             return exc.exit_code
         except Exception as exc:
             say(unexpected("pass", exc))
-            return 70
+            return INTERNAL_ERROR
         for line in report.failures:
             say(line)
         return report.exit_code

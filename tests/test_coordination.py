@@ -80,6 +80,19 @@ def test_targets_are_partitioned_over_the_live_workers(workers):
     assert sorted(a.owned(targets)) == sorted(mine_a) and c.owned(targets) == mine_b
 
 
+def test_a_worker_whose_membership_lapsed_joins_again(workers):
+    targets = _names()
+    a_id, b_id = balanced_members(targets)
+    a, b = workers(a_id), workers(b_id)
+    mine = a.owned(targets)
+    assert len(mine) == 2 and len(b.owned(targets)) == 2
+    a._coord._membership_lease.revoke()  # as when etcd lost a for longer than its lease
+    assert b.owned(targets) == targets and a_id not in b.members()
+    assert a.owned(targets) == []  # it notices, joins again...
+    assert a.owned(targets) == mine  # ...and has its share back
+    assert len(b.owned(targets)) == 2
+
+
 def test_a_target_lock_excludes_every_other_worker(workers):
     (target,) = _names(1)
     a, b = workers(f"lock-a-{uuid.uuid4().hex[:6]}"), workers(f"lock-b-{uuid.uuid4().hex[:6]}")
