@@ -291,3 +291,50 @@ def test_check_sees_the_live_workers_without_joining(tmp_path, etcd, workers):
     findings = preflight.run(make_conf([str(conf_file)]))
     (down,) = [p for p in findings.problems if p.startswith("coordination ")]
     assert "127.0.0.1" in down and "\n" not in down
+
+
+def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, etcd):
+    """The dead worker's membership ends while the survivor's round still runs: its
+    targets are the survivor's when that round ends, and the next round starts at once."""
+    targets = _names()
+    dead_id, live_id = balanced_members(targets)
+    live = workers(live_id)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/coord_child.py"), etcd.tooz_url, dead_id,
+         str(LEASE), *targets],
+        stdout=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    rounds: list[list[str]] = []
+    stop = threading.Event()
+
+    def sync(names: list[str]) -> int:
+        rounds.append(sorted(names))
+        if len(rounds) == 1:  # the other worker dies, and its lease ends, during this round
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            deadline = time.monotonic() + LEASE + 10
+            while dead_id in live.members():
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        else:
+            stop.set()
+        return 0
+
+    try:
+        theirs = json.loads(child.stdout.readline())["locked"]
+        thread = threading.Thread(
+            target=worker.run,
+            args=(live, targets, sync),
+            kwargs={"interval": 3600, "stop": stop, "say": print, "poll": 0.2},
+        )
+        thread.start()
+        thread.join(LEASE + 30)
+        assert not thread.is_alive(), f"no second round: {rounds}"
+        assert rounds[0] == sorted(set(targets) - set(theirs))
+        assert rounds[1] == sorted(targets)
+    finally:
+        stop.set()
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
