@@ -177,6 +177,8 @@ def _distribute(
                 pass  # every target failed on its own; each leg holds its error
             except BaseException as exc:
                 tee.fail(exc)  # every branch raises it: every store aborts
+                if not isinstance(exc, Exception):
+                    raise  # an interrupt stops the pass, once the stores cleaned up
     finally:
         tee.close()
         done = {leg.target.name: leg.done_at for leg in legs}

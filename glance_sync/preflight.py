@@ -389,10 +389,30 @@ def run(conf: cfg.ConfigOpts, now: datetime | None = None) -> Findings:
     _seal_key(f, conf)
     if subs and trust is not None:
         _lists(f, conf, subs, trust, now)
-    _store(f, conf)
-    _tools(f, conf)
+    for label, view in _targets(f, conf, subs):
+        before = (len(f.problems), len(f.notes), len(f.checked))
+        _store(f, view)
+        _tools(f, view)
+        if label:  # several targets: each finding names its target
+            for items, start in zip((f.problems, f.notes, f.checked), before, strict=True):
+                items[start:] = [f"target {label}: {item}" for item in items[start:]]
     _metrics(f, conf)
     return f
+
+
+def _targets(f: Findings, conf: cfg.ConfigOpts, subs: tuple[Subscription, ...]) -> list:
+    """(name, configuration view) per target of ``[sync] targets``; ("", conf) without."""
+    from glance_sync.targets import TargetConf, route, target_specs
+
+    try:
+        specs = target_specs(conf)
+        route(subs, specs)
+    except VmtrustError as exc:
+        f.problems.append(str(exc))
+        return []
+    if not specs:
+        return [("", conf)]
+    return [(spec.name, TargetConf(conf, spec)) for spec in specs]
 
 
 def main(conf: cfg.ConfigOpts, say: Callable[[str], None]) -> int:
