@@ -106,6 +106,7 @@ def create_many(svc: SyncService, want: Desired, legs: list[Leg], report: Report
         _fail_open(live, exc)
         return
     try:
+        # no room bound: each target's room is its own (a store that fills fails alone)
         bound = Bound.of(image.size, svc.s.max_image_size, svc.s.max_expansion_ratio, None)
         unpacked, disk_format = open_disk(reader, image.format, bound)
         stream = inspect_stream(unpacked, disk_format, image.identifier)
