@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from glance_sync import lock
-from vmtrust.errors import ConfigError, CoordinationError, LockError
+from vmtrust.errors import ConfigError, CoordinationError, LockError, VmtrustError
 from vmtrust.safetext import redact
 
 LOG = logging.getLogger("vmtrust.sync")
@@ -239,3 +239,25 @@ def from_conf(conf: Any, state_dir: Path) -> Coordination:
             f"supported (use {' or '.join(s + '://HOST:PORT' for s in SCHEMES)})"
         )
     return ToozCoordination(url, section.member_id.strip(), section.lease)
+
+
+def check(conf: Any, state_dir: Path) -> tuple[list[str], list[str]]:
+    """``--check``: (problems, notes) of ``[coordination]``; nobody joins the group.
+
+    The backend must answer, and no live worker may have this host's member id.
+    """
+    try:
+        backend = from_conf(conf, state_dir)
+        if not isinstance(backend, ToozCoordination):
+            return [], []
+        members = backend.peek()
+    except VmtrustError as exc:
+        return [str(exc)], []
+    problems = []
+    if backend.member_id in members:
+        problems.append(
+            f"[coordination] member_id {backend.member_id}: a live worker has this id already "
+            "(each worker needs its own)"
+        )
+    live = ", ".join(sorted(members)) or "none"
+    return problems, [f"coordination {backend.shown}: {len(members)} live worker(s): {live}"]

@@ -106,6 +106,7 @@ def create_many(svc: SyncService, want: Desired, legs: list[Leg], report: Report
         _fail_open(live, exc)
         return
     try:
+        # no room bound: each target's room is its own (a store that fills fails alone)
         bound = Bound.of(image.size, svc.s.max_image_size, svc.s.max_expansion_ratio, None)
         unpacked, disk_format = open_disk(reader, image.format, bound)
         stream = inspect_stream(unpacked, disk_format, image.identifier)
@@ -177,6 +178,8 @@ def _distribute(
                 pass  # every target failed on its own; each leg holds its error
             except BaseException as exc:
                 tee.fail(exc)  # every branch raises it: every store aborts
+                if not isinstance(exc, Exception):
+                    raise  # an interrupt stops the pass, once the stores cleaned up
     finally:
         tee.close()
         done = {leg.target.name: leg.done_at for leg in legs}

@@ -391,35 +391,42 @@ def run(conf: cfg.ConfigOpts, now: datetime | None = None) -> Findings:
     _seal_key(f, conf)
     if subs and trust is not None:
         _lists(f, conf, subs, trust, now)
-    _store(f, conf)
-    _tools(f, conf)
+    for label, view in _targets(f, conf, subs):
+        before = (len(f.problems), len(f.notes), len(f.checked))
+        _store(f, view)
+        _tools(f, view)
+        if label:  # several targets: each finding names its target
+            for items, start in zip((f.problems, f.notes, f.checked), before, strict=True):
+                items[start:] = [f"target {label}: {item}" for item in items[start:]]
     _metrics(f, conf)
     _coordination(f, conf)
     return f
 
 
 def _coordination(f: Findings, conf: cfg.ConfigOpts) -> None:
-    """``[coordination] backend_url``: reachable, and who works now (nobody joins)."""
+    """``[coordination] backend_url``, when set: :func:`glance_sync.coordination.check`."""
     from glance_sync import coordination
 
-    if not conf.coordination.backend_url.strip():
-        return
-    f.checked.append("coordination")
+    if conf.coordination.backend_url.strip():
+        f.checked.append("coordination")
+        problems, notes = coordination.check(conf, Path(conf.state_dir).expanduser())
+        f.problems += problems
+        f.notes += notes
+
+
+def _targets(f: Findings, conf: cfg.ConfigOpts, subs: tuple[Subscription, ...]) -> list:
+    """(name, configuration view) per target of ``[sync] targets``; ("", conf) without."""
+    from glance_sync.targets import TargetConf, route, target_specs
+
     try:
-        backend = coordination.from_conf(conf, Path(conf.state_dir).expanduser())
-        if not isinstance(backend, coordination.ToozCoordination):
-            return
-        members = backend.peek()
+        specs = target_specs(conf)
+        route(subs, specs)
     except VmtrustError as exc:
         f.problems.append(str(exc))
-        return
-    if backend.member_id in members:
-        f.problems.append(
-            f"[coordination] member_id {backend.member_id}: a live worker has this id already "
-            "(each worker needs its own)"
-        )
-    live = ", ".join(sorted(members)) or "none"
-    f.notes.append(f"coordination {backend.shown}: {len(members)} live worker(s): {live}")
+        return []
+    if not specs:
+        return [("", conf)]
+    return [(spec.name, TargetConf(conf, spec)) for spec in specs]
 
 
 def main(conf: cfg.ConfigOpts, say: Callable[[str], None]) -> int:

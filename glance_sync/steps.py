@@ -261,7 +261,7 @@ class TargetSteps:
         try:
             check_uri(want.identifier, want.image.uri, local_list=local_list)
             create_many(self, want, legs, parts[0][0].report)
-        except Exception as exc:  # create_many keeps its errors to the legs; this is a bug
+        except Exception as exc:  # a refused URI, or a bug: every target reports it
             for leg in legs:
                 leg.error = leg.error or exc
         for leg in legs:

@@ -246,3 +246,36 @@ def test_glance_targets_one_down_one_slow_and_a_local_one(tmp_path, ca_dir, site
         assert again.done == ["target down: stored a 1 (Example worker node)"]
         assert image_requests(site) == ["/img/a-1.img"] * 2  # the retry downloaded once, alone
         svc.close()
+
+
+# --- an EC2 account (moto) beside directories that convert ----------------------------------
+
+
+def test_ec2_and_converting_directories_share_one_download_and_one_conversion(
+    ec2_sync, site, pki, tmp_path
+):
+    from test_ec2_store import trusted as ec2_trusted
+
+    key = ec2_sync.s.seal_key
+    publish(site, pki, [entry("a", IMAGE_A, site)], "1")
+    targets = [
+        Target("aws", ec2_sync.store, ""),
+        Target("raw", LocalStore(tmp_path / "raw", [key.public_key()]), ""),
+        Target("q1", LocalStore(tmp_path / "q1", [key.public_key()], "qcow2"), ""),
+        Target("q2", LocalStore(tmp_path / "q2", [key.public_key()], "qcow2"), ""),
+    ]
+    svc = SyncService(ec2_sync.s, targets=targets)
+    report = svc.run((subscription(site, pki),))
+    assert report.failures == []
+    assert image_requests(site) == ["/img/a-1.img"]
+    assert {k: v for k, (v, _) in ec2_trusted(ec2_sync).items()} == {"a": "1"}
+    got = holdings(svc, skip=("aws",))
+    assert got == {"raw": {"a": "1"}, "q1": {"a": "1"}, "q2": {"a": "1"}}
+    formats = {t.name: [h.record.disk_format for h in t.store.held()] for t in targets[1:]}
+    assert formats == {"raw": ["raw"], "q1": ["qcow2"], "q2": ["qcow2"]}
+    # one download read by three (aws, raw, one conversion), the conversion read by two
+    assert sorted(s.readers for s in svc.fanout_stats) == [2, 3]
+    sources = {h.record.source_sha512 for t in targets[1:] for h in t.store.held()}
+    assert sources == {hashlib.sha512(IMAGE_A).hexdigest()}
+    assert list((ec2_sync.s.state_dir / "work").iterdir()) == []
+    svc.close()

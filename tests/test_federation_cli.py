@@ -227,3 +227,14 @@ def test_a_target_section_takes_its_store_options_and_defaults_to_the_stores_sec
         "hide",
     )
     assert [spec.name for spec in named(conf)] == ["a", "b"]
+
+
+def test_check_looks_at_every_target_and_at_the_subscriptions_routes(fed, tmp_path):
+    conf = fed(TWO.format(tmp=tmp_path))
+    done = run(BIN / "vmtrust-sync", "--config-file", conf, "--check")
+    assert done.returncode == 0, done.stderr
+    assert "target north: store local" in done.stdout and "target south: store local" in done.stdout
+    conf = fed(TWO.format(tmp=tmp_path), "    targets: [east]\n")
+    done = run(BIN / "vmtrust-sync", "--config-file", conf, "--check")
+    assert done.returncode == 1
+    assert "check: subscription example: targets: no target or group named 'east'" in done.stderr
