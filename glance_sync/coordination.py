@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from glance_sync import lock
-from vmtrust.errors import ConfigError, CoordinationError, LockError
+from vmtrust.errors import ConfigError, CoordinationError, LockError, VmtrustError
 from vmtrust.safetext import redact
 
 LOG = logging.getLogger("vmtrust.sync")
@@ -135,6 +135,26 @@ class ToozCoordination:
             raise self._error(exc) from None
         LOG.info("coordination %s: joined as %s", self.shown, self.member_id)
 
+    def peek(self) -> set[str]:
+        """The group's live members, asked without joining it (``--check``: a member
+        that joined, even for a moment, would move targets between the workers)."""
+        from tooz import coordination
+
+        coord = None
+        try:
+            coord = coordination.get_coordinator(self.url, self.member_id.encode())
+            coord.start(start_heart=False)
+            try:
+                return {m.decode() for m in coord.get_members(GROUP).get()}
+            except coordination.GroupNotCreated:
+                return set()
+        except Exception as exc:
+            raise self._error(exc) from None
+        finally:
+            if coord is not None:
+                with contextlib.suppress(Exception):
+                    coord.stop()
+
     def stop(self) -> None:
         """Leave the group and release everything (the leases end with it)."""
         coord, self._coord = self._coord, None
@@ -155,9 +175,19 @@ class ToozCoordination:
             raise self._error(exc) from None
 
     def owned(self, targets: Sequence[str]) -> list[str]:
-        """The targets the ring gives this worker now, after members joined or left."""
+        """The targets the ring gives this worker now, after members joined or left.
+
+        A worker whose membership lapsed while it lived (etcd unreachable for a
+        lease: the others have taken its targets) joins again, and has a share
+        again from the next call on.
+        """
         try:
             self._coord.run_watchers()
+            if self.member_id.encode() not in self._coord.get_members(GROUP).get():
+                LOG.warning("coordination %s: membership lapsed; joining again", self.shown)
+                self._coord.heartbeat()  # a new membership lease for the old one, if it ended
+                self._coord.join_group(GROUP, capabilities={"weight": 1}).get()
+                return []
             return [t for t in targets if self._partitioner.belongs_to_self(t)]
         except Exception as exc:
             raise self._error(exc) from None
@@ -209,3 +239,25 @@ def from_conf(conf: Any, state_dir: Path) -> Coordination:
             f"supported (use {' or '.join(s + '://HOST:PORT' for s in SCHEMES)})"
         )
     return ToozCoordination(url, section.member_id.strip(), section.lease)
+
+
+def check(conf: Any, state_dir: Path) -> tuple[list[str], list[str]]:
+    """``--check``: (problems, notes) of ``[coordination]``; nobody joins the group.
+
+    The backend must answer, and no live worker may have this host's member id.
+    """
+    try:
+        backend = from_conf(conf, state_dir)
+        if not isinstance(backend, ToozCoordination):
+            return [], []
+        members = backend.peek()
+    except VmtrustError as exc:
+        return [str(exc)], []
+    problems = []
+    if backend.member_id in members:
+        problems.append(
+            f"[coordination] member_id {backend.member_id}: a live worker has this id already "
+            "(each worker needs its own)"
+        )
+    live = ", ".join(sorted(members)) or "none"
+    return problems, [f"coordination {backend.shown}: {len(members)} live worker(s): {live}"]

@@ -19,7 +19,9 @@ says, one line per problem:
   ordinary member must not (the shipped property protections are in force);
   EC2 listable;
 * the programs the configuration needs (``qemu-img`` for conversions, the NBD
-  tools for EC2), the hook, and where metrics go.
+  tools for EC2), the hook, and where metrics go;
+* the coordination service of several sync hosts, when there is one: reachable,
+  and no live worker already has this host's member id (asked without joining).
 
 **Nothing is written**: no directory is made, the state database is opened
 read-only, no store object that creates its folders is built, and Glance is
@@ -397,7 +399,19 @@ def run(conf: cfg.ConfigOpts, now: datetime | None = None) -> Findings:
             for items, start in zip((f.problems, f.notes, f.checked), before, strict=True):
                 items[start:] = [f"target {label}: {item}" for item in items[start:]]
     _metrics(f, conf)
+    _coordination(f, conf)
     return f
+
+
+def _coordination(f: Findings, conf: cfg.ConfigOpts) -> None:
+    """``[coordination] backend_url``, when set: :func:`glance_sync.coordination.check`."""
+    from glance_sync import coordination
+
+    if conf.coordination.backend_url.strip():
+        f.checked.append("coordination")
+        problems, notes = coordination.check(conf, Path(conf.state_dir).expanduser())
+        f.problems += problems
+        f.notes += notes
 
 
 def _targets(f: Findings, conf: cfg.ConfigOpts, subs: tuple[Subscription, ...]) -> list:

@@ -11,7 +11,8 @@ the previous state.
 The database is SQLite in the state directory (the embedded default) or, for
 several sync hosts, PostgreSQL (``[sync] state_connection``), both through
 SQLAlchemy; the schema is Alembic's (:mod:`glance_sync.migrations`) and a
-writer upgrades it in place when it opens it (:func:`upgrade`).  Every
+writer upgrades it in place when it opens it
+(:func:`~glance_sync.state_schema.upgrade_schema`).  Every
 database failure — ``database or disk is full``, a server that went away — is
 a :class:`StateError` naming the database (its URL without password): one line
 in the pass, never a crash; the next pass writes again once it can.  The SQLite
@@ -23,10 +24,7 @@ password of a URL).
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sqlite3
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,21 +40,19 @@ from glance_sync.state_schema import (
     image_failure,
     open_engine,
     schema_check,
+    sqlite_reader,
+    sqlite_writer,
     subscription_state,
     target_outcome,
     target_pass,
     upgrade_schema,
+    vacuum,
 )
 from vmtrust.errors import StateError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.safetext import redact
 
-LOG = logging.getLogger("vmtrust.sync")
-
 DEFAULT_TARGET = "default"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-_SIDE = ("-wal", "-shm")  #: SQLite's files beside the database (it gives them its mode)
 
 
 @dataclass(frozen=True)
@@ -115,19 +111,6 @@ def _text(value: datetime | None) -> str | None:
     return format_date(value) if value else None
 
 
-def _private(path: Path, mode: int) -> None:
-    """Tighten ``path`` to ``mode`` when group or others have any access to it."""
-    st = path.stat()
-    current = stat.S_IMODE(st.st_mode)
-    if not current & 0o077:
-        return
-    if st.st_uid != os.geteuid():
-        LOG.warning("%s is mode %o and owned by another user: make it %o", path, current, mode)
-        return
-    os.chmod(path, mode)
-    LOG.warning("%s was mode %o; set to %o", path, current, mode)
-
-
 def _reason(exc: BaseException) -> str:
     """One redacted line of what the driver said (not SQLAlchemy's SQL and links)."""
     inner = getattr(exc, "orig", None) or exc
@@ -159,16 +142,16 @@ class StateDB:
             elif readonly:
                 if not self.path.exists():
                     return
-                self._engine = _sqlite_reader(self.path)
+                self._engine = sqlite_reader(self.path)
             else:
-                self._engine = _sqlite_writer(Path(state_dir), self.path)
+                self._engine = sqlite_writer(Path(state_dir), self.path)
             if readonly:
                 if not schema_check(self._engine):
                     self.close()  # nothing written yet: read as empty
             else:
                 self.upgraded_from = upgrade_schema(self._engine)
                 if self.upgraded_from and self._engine.dialect.name == "sqlite":
-                    _vacuum(self._engine)  # the tables the upgrade copied leave free pages
+                    vacuum(self._engine)  # the tables the upgrade copied leave free pages
         except StateError as exc:
             self.close()
             raise StateError(f"state database {self.name}: {exc}") from None
@@ -397,58 +380,3 @@ def _outcome(row: sa.Row[Any]) -> TargetOutcome:
         last_success=_date(row.last_success),
         last_error=row.last_error,
     )
-
-
-def _sqlite_reader(path: Path) -> sa.Engine:
-    """A read-only engine on an existing database that creates no file beside it."""
-    # SQLite gives a read-only reader of a WAL database a -wal and -shm file when
-    # there are none; a database the sync closed has none, and is read as it is
-    # (immutable), so nothing is created.  While a sync runs, its -wal is there and
-    # shared the ordinary way.
-    wal = path.with_name(path.name + "-wal").exists()
-    query = "mode=ro" if wal else "mode=ro&immutable=1"
-    uri = f"{path.resolve().as_uri()}?{query}"
-
-    def connect() -> sqlite3.Connection:
-        return sqlite3.connect(
-            uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
-        )
-
-    return sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.StaticPool)
-
-
-def _sqlite_writer(state_dir: Path, path: Path) -> sa.Engine:
-    """The sync's own database: private modes, WAL, every write transaction immediate."""
-    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    _private(state_dir, DIR_MODE)
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
-    for each in (path, *(path.with_name(path.name + s) for s in _SIDE)):
-        if each.exists():
-            _private(each, FILE_MODE)
-
-    def connect() -> sqlite3.Connection:
-        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
-
-    # one connection, as SQLite wants of one process (its statements are serialised)
-    engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.StaticPool)
-
-    @sa.event.listens_for(engine, "begin")
-    def _immediate(conn: sa.Connection) -> None:
-        # pysqlite's own transaction handling is off (isolation_level=None): take the
-        # write lock at the start, so two writers wait rather than fail half-way.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _vacuum(engine: sa.Engine) -> None:
-    """Give SQLite's free pages back (outside any transaction, as VACUUM must be)."""
-    raw = engine.raw_connection()
-    try:
-        raw.driver_connection.execute("VACUUM")  # type: ignore[union-attr]
-    finally:
-        raw.close()

@@ -1,5 +1,9 @@
 """The state database's tables, its engines, and the Alembic upgrade that keeps them current.
 
+SQLite's engines keep the file private (0700 directory, 0600 files: looser
+modes found are tightened, with a warning), in WAL mode with full syncs, on one
+connection whose write transactions take the lock at their start.
+
 :mod:`glance_sync.state` reads and writes through these tables; the revisions
 in :mod:`glance_sync.migrations` make them, from nothing or from any earlier
 version (a SQLite file written before the database had revisions is revision
@@ -10,6 +14,10 @@ lock, so several sync hosts starting together upgrade once.
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
+import stat
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,7 +30,12 @@ from alembic.util import CommandError
 from vmtrust.errors import ConfigError, StateError
 from vmtrust.safetext import redact
 
+LOG = logging.getLogger("vmtrust.sync")
+
 VERSION_TABLE = "vmtrust_schema_version"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_SIDE = ("-wal", "-shm")  #: SQLite's files beside the database (it gives them its mode)
 #: pg_advisory_xact_lock key of the upgrade ("vmtrust" in ASCII)
 _UPGRADE_LOCK = 0x766D7472757374
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -178,3 +191,74 @@ def schema_check(engine: sa.Engine) -> bool:
         f"schema revision {revision or 'before 0001'} is older than this vmtrust's "
         f"({head()}): the next sync pass upgrades it, or run 'vmtrust-sync --upgrade-state'"
     )
+
+
+# --- SQLite, the embedded default --------------------------------------------------------
+
+
+def _private(path: Path, mode: int) -> None:
+    """Tighten ``path`` to ``mode`` when group or others have any access to it."""
+    st = path.stat()
+    current = stat.S_IMODE(st.st_mode)
+    if not current & 0o077:
+        return
+    if st.st_uid != os.geteuid():
+        LOG.warning("%s is mode %o and owned by another user: make it %o", path, current, mode)
+        return
+    os.chmod(path, mode)
+    LOG.warning("%s was mode %o; set to %o", path, current, mode)
+
+
+def sqlite_reader(path: Path) -> sa.Engine:
+    """A read-only engine on an existing database that creates no file beside it."""
+    # SQLite gives a read-only reader of a WAL database a -wal and -shm file when
+    # there are none; a database the sync closed has none, and is read as it is
+    # (immutable), so nothing is created.  While a sync runs, its -wal is there and
+    # shared the ordinary way.
+    wal = path.with_name(path.name + "-wal").exists()
+    query = "mode=ro" if wal else "mode=ro&immutable=1"
+    uri = f"{path.resolve().as_uri()}?{query}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
+        )
+
+    return sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.StaticPool)
+
+
+def sqlite_writer(state_dir: Path, path: Path) -> sa.Engine:
+    """The sync's own database: private modes, WAL, every write transaction immediate."""
+    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    _private(state_dir, DIR_MODE)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    for each in (path, *(path.with_name(path.name + s) for s in _SIDE)):
+        if each.exists():
+            _private(each, FILE_MODE)
+
+    def connect() -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    # one connection, as SQLite wants of one process (its statements are serialised)
+    engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.StaticPool)
+
+    @sa.event.listens_for(engine, "begin")
+    def _immediate(conn: sa.Connection) -> None:
+        # pysqlite's own transaction handling is off (isolation_level=None): take the
+        # write lock at the start, so two writers wait rather than fail half-way.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def vacuum(engine: sa.Engine) -> None:
+    """Give SQLite's free pages back (outside any transaction, as VACUUM must be)."""
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("VACUUM")  # type: ignore[union-attr]
+    finally:
+        raw.close()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from glance_sync.coordination import Coordination
-from vmtrust.errors import VmtrustError
+from vmtrust.errors import INTERNAL_ERROR, VmtrustError
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -77,19 +77,21 @@ def run(
 ) -> int:
     """Join, then round after round until ``stop``; leave.  The start's failure is its status.
 
-    Between rounds the worker wakes every ``poll`` seconds to see whether its
-    share grew (a member left) and then starts the next round at once.
+    Between rounds the worker wakes every ``poll`` seconds to see whether it
+    owns a target the last round did not sync (a member left, or a target's
+    lock was busy) and then starts the next round at once.
     """
     coordination.start()
     try:
         stop.wait(coordination.settle)
         while not stop.is_set():
+            synced: list[str] = []
             try:
                 synced, _ = one_round(coordination, targets, sync, stop)
                 LOG.info("round done: %s", ", ".join(synced) or "no target of this worker")
             except VmtrustError as exc:
                 say(str(exc))
-            _wait(coordination, targets, interval, poll, stop)
+            _wait(coordination, targets, set(synced), interval, poll, stop)
         return 0
     finally:
         coordination.stop()
@@ -98,24 +100,27 @@ def run(
 def _wait(
     coordination: Coordination,
     targets: Sequence[str],
+    synced: set[str],
     interval: float,
     poll: float,
     stop: threading.Event,
 ) -> None:
-    """Sleep ``interval`` seconds, less if this worker's share of the targets grows."""
-    try:
-        before = set(coordination.owned(targets))
-    except VmtrustError:
-        before = set()
+    """Sleep ``interval`` seconds, less once this worker owns a target not in ``synced``.
+
+    Compared with what the round synced, not with what was owned when it ended: a
+    member that left during the round (its targets are this worker's by the end)
+    starts the next round too.
+    """
     remaining = interval
     while remaining > 0 and not stop.wait(min(poll, remaining)):
         remaining -= poll
         try:
-            if set(coordination.owned(targets)) - before:
-                LOG.info("more targets are this worker's now: next round starts")
-                return
+            waiting = set(coordination.owned(targets)) - synced
         except VmtrustError:
             continue
+        if waiting:
+            LOG.info("targets of this worker not synced yet: %s", ", ".join(sorted(waiting)))
+            return
 
 
 def serve(
@@ -160,7 +165,7 @@ def serve(
             return exc.exit_code
         except Exception as exc:
             say(unexpected("pass", exc))
-            return 70
+            return INTERNAL_ERROR
         for line in report.failures:
             say(line)
         return report.exit_code

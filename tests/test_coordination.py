@@ -80,6 +80,19 @@ def test_targets_are_partitioned_over_the_live_workers(workers):
     assert sorted(a.owned(targets)) == sorted(mine_a) and c.owned(targets) == mine_b
 
 
+def test_a_worker_whose_membership_lapsed_joins_again(workers):
+    targets = _names()
+    a_id, b_id = balanced_members(targets)
+    a, b = workers(a_id), workers(b_id)
+    mine = a.owned(targets)
+    assert len(mine) == 2 and len(b.owned(targets)) == 2
+    a._coord._membership_lease.revoke()  # as when etcd lost a for longer than its lease
+    assert b.owned(targets) == targets and a_id not in b.members()
+    assert a.owned(targets) == []  # it notices, joins again...
+    assert a.owned(targets) == mine  # ...and has its share back
+    assert len(b.owned(targets)) == 2
+
+
 def test_a_target_lock_excludes_every_other_worker(workers):
     (target,) = _names(1)
     a, b = workers(f"lock-a-{uuid.uuid4().hex[:6]}"), workers(f"lock-b-{uuid.uuid4().hex[:6]}")
@@ -252,3 +265,76 @@ def test_the_lease_comes_from_the_configuration(tmp_path, etcd):
         assert (c._coord.membership_timeout, c._coord.lock_timeout) == (7, 7)
     finally:
         c.stop()
+
+
+def test_check_sees_the_live_workers_without_joining(tmp_path, etcd, workers):
+    from glance_sync import preflight
+
+    live = workers(f"check-{uuid.uuid4().hex[:6]}")
+    before = live.members()
+    conf_file = tmp_path / "vmtrust.conf"
+    conf_file.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+        f"[coordination]\nbackend_url = {etcd.tooz_url}\nmember_id = {live.member_id}\n"
+    )
+    findings = preflight.run(make_conf([str(conf_file)]))
+    assert "coordination" in findings.checked
+    (clash,) = [p for p in findings.problems if "member_id" in p]
+    assert clash.startswith(f"[coordination] member_id {live.member_id}: a live worker has")
+    (note,) = [n for n in findings.notes if n.startswith("coordination ")]
+    assert live.member_id in note
+    assert live.members() == before  # nobody joined, nothing moved
+    conf_file.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+        f"[coordination]\nbackend_url = etcd3+http://127.0.0.1:{free_port()}\n"
+    )
+    findings = preflight.run(make_conf([str(conf_file)]))
+    (down,) = [p for p in findings.problems if p.startswith("coordination ")]
+    assert "127.0.0.1" in down and "\n" not in down
+
+
+def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, etcd):
+    """The dead worker's membership ends while the survivor's round still runs: its
+    targets are the survivor's when that round ends, and the next round starts at once."""
+    targets = _names()
+    dead_id, live_id = balanced_members(targets)
+    live = workers(live_id)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/coord_child.py"), etcd.tooz_url, dead_id,
+         str(LEASE), *targets],
+        stdout=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    rounds: list[list[str]] = []
+    stop = threading.Event()
+
+    def sync(names: list[str]) -> int:
+        rounds.append(sorted(names))
+        if len(rounds) == 1:  # the other worker dies, and its lease ends, during this round
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            deadline = time.monotonic() + LEASE + 10
+            while dead_id in live.members():
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        else:
+            stop.set()
+        return 0
+
+    try:
+        theirs = json.loads(child.stdout.readline())["locked"]
+        thread = threading.Thread(
+            target=worker.run,
+            args=(live, targets, sync),
+            kwargs={"interval": 3600, "stop": stop, "say": print, "poll": 0.2},
+        )
+        thread.start()
+        thread.join(LEASE + 30)
+        assert not thread.is_alive(), f"no second round: {rounds}"
+        assert rounds[0] == sorted(set(targets) - set(theirs))
+        assert rounds[1] == sorted(targets)
+    finally:
+        stop.set()
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()

@@ -266,3 +266,57 @@ def test_a_state_connection_that_is_not_postgresql_is_a_config_error(tmp_path, u
         StateDB(tmp_path, connection=url)
     assert "topsecret" not in str(caught.value)
     assert str(caught.value).startswith("[sync] state_connection")
+
+
+def test_a_connection_the_server_dropped_is_replaced_on_the_next_write(tmp_path, pg_url):
+    db = StateDB(tmp_path, connection=pg_url)
+    _accept(db, "egi", "1")
+    admin = sa.create_engine(pg_url.replace("postgresql:", "postgresql+psycopg:"))
+    with admin.connect() as conn:
+        dropped = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    admin.dispose()
+    assert dropped >= 1  # the state's pooled connection was cut by the server
+    db.record_failure("egi", "after a database restart", T0)
+    assert db.get("egi").last_error == "after a database restart"
+    db.close()
+
+
+def test_names_and_texts_are_data_whatever_they_contain(where):
+    db = _open(where)
+    hostile = "x'); DROP TABLE subscription_state; --"
+    _accept(db, hostile, "1", target="t'--")
+    db.record_failure("ünï\u202ecode", "🙂 " * 3000, T0, target='"; DELETE FROM target_pass')
+    db.close()
+    again = _open(where, readonly=True)
+    assert again.get(hostile, target="t'--").list_version == "1"
+    assert (
+        again.get("ünï\u202ecode", target='"; DELETE FROM target_pass').last_error == "🙂 " * 3000
+    )
+    assert len(again.outcomes()) == 2
+    again.close()
+
+
+def test_revision_0002_goes_down_and_up_again_keeping_the_default_targets_outcome(tmp_path):
+    from alembic import command
+
+    from glance_sync import state_schema
+
+    _legacy(tmp_path / "state")
+    StateDB(tmp_path / "state").close()  # up to head
+    engine = state_schema.sqlite_writer(tmp_path / "state", tmp_path / "state" / "vmtrust.sqlite")
+    with engine.begin() as conn:
+        command.downgrade(state_schema._config(conn), "0001")
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "state" / "vmtrust.sqlite") as conn:
+        row = conn.execute(
+            "SELECT last_attempt, last_error FROM subscription_state WHERE name = 'never-ok'"
+        ).fetchone()
+    assert row == ("2026-12-01T10:00:00Z", "certificate expired")
+    db = StateDB(tmp_path / "state")
+    assert db.upgraded_from == "0001" and db.get("never-ok").last_error == "certificate expired"
+    db.close()
