@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 from glance_sync.convert import Conversion, work_folder
 from glance_sync.fanout import Branch, NoReaders, Tee
@@ -40,7 +40,7 @@ from vmtrust.errors import ExpansionError, TransferError
 from vmtrust.record import seal
 
 if TYPE_CHECKING:
-    from glance_sync.service import SyncService
+    from glance_sync.steps import TargetSteps as SyncService
     from glance_sync.targets import Target
 
 __all__ = ["FanoutStat", "Leg", "create_many"]
@@ -170,7 +170,7 @@ def _distribute(
                 pool.submit(job, *args)
             try:
                 tally = Tally()
-                for chunk in iter_chunks(stream, identifier, tally):
+                for chunk in iter_chunks(cast(IO[bytes], stream), identifier, tally):
                     tee.feed(chunk)
                 tee.source_sha512 = verify()
                 tee.end(tally.sha512)
@@ -227,7 +227,7 @@ def _convert(
         with Conversion(
             work_folder(svc.s.state_dir), identifier, disk_format, fmt, svc.s.max_image_size
         ) as conversion:
-            conversion.write(branch)  # to the branch's end, which comes once verified
+            conversion.write(cast(IO[bytes], branch))  # to its end, which comes once verified
             branch.detach()
             tee.wait()
             source_sha512 = tee.source_sha512

@@ -283,10 +283,11 @@ class SyncService(TargetSteps):
                     live.remove(tp)
                     continue
                 tp.plan = plan
-                for action in plan.actions:
-                    fresh = isinstance(action, Create | Replace)
-                    if fresh and action.desired.identifier not in tp.started:
-                        late.setdefault(action.desired.identifier, []).append((tp, action))
+                for step in plan.actions:
+                    if isinstance(step, Create | Replace):
+                        key = step.desired.identifier
+                        if key not in tp.started:
+                            late.setdefault(key, []).append((tp, step))
             if dry_run or (adoption is not None and not live):
                 return report
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:

@@ -65,7 +65,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _UNSET = (cfg.Locations.opt_default, cfg.Locations.set_default)
 
 
-def _sections() -> dict[str, tuple[str, list[cfg.Opt]]]:
+def _sections() -> dict[str, tuple[str, Sequence[cfg.Opt]]]:
     """Store name → (its usual section, its options), for the built-in stores."""
     return {
         "local": ("store_local", conf_mod.store_local_opts),
@@ -75,8 +75,13 @@ def _sections() -> dict[str, tuple[str, list[cfg.Opt]]]:
 
 
 class Named(Protocol):
-    name: str
-    groups: frozenset[str]
+    """A target or its configuration: what routing needs."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def groups(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,14 @@ def test_check_looks_at_every_target_and_at_the_subscriptions_routes(fed, tmp_pa
     done = run(BIN / "vmtrust-sync", "--config-file", conf, "--check")
     assert done.returncode == 1
     assert "check: subscription example: targets: no target or group named 'east'" in done.stderr
+
+
+def test_the_dry_run_prints_each_targets_plan_and_changes_nothing(fed, tmp_path, site):
+    conf = fed(TWO.format(tmp=tmp_path))
+    done = run(BIN / "vmtrust-sync", "--config-file", conf, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == ["target north", "target south"]
+    assert all("wn" in line for line in lines)
+    assert "/wn.img" not in [p for p, _ in site.requests]
+    assert not list((tmp_path / "north").glob("images/*"))
