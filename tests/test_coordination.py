@@ -252,6 +252,16 @@ def test_a_backend_that_is_not_etcd_is_a_config_error(tmp_path, url, expected):
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize("member", ["a/b", "../x", "x" * 65, "naïve"])
+def test_a_member_id_that_is_not_a_name_is_a_config_error(tmp_path, member):
+    conf_file = tmp_path / "vmtrust.conf"
+    conf_file.write_text(
+        f"[coordination]\nbackend_url = etcd3+http://127.0.0.1:2379\nmember_id = {member}\n"
+    )
+    with pytest.raises(ConfigError, match=r"\[coordination\] member_id .*: not a name"):
+        coord_mod.from_conf(make_conf([str(conf_file)]), tmp_path)
+
+
 def test_the_lease_comes_from_the_configuration(tmp_path, etcd):
     conf_file = tmp_path / "vmtrust.conf"
     conf_file.write_text(
