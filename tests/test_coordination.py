@@ -348,3 +348,13 @@ def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, et
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
+
+
+def test_options_in_the_url_win_over_the_lease():
+    c = ToozCoordination("etcd3+https://u:pw@h:2379?lock_timeout=9&ca_cert=/etc/ca.pem", "m", 30)
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(c.url).query)
+    assert query["lock_timeout"] == ["9"] and query["membership_timeout"] == ["30"]
+    assert query["ca_cert"] == ["/etc/ca.pem"] and query["timeout"] == ["30"]
+    assert c.shown == "etcd3+https://***@h:2379"  # no password, no query in messages
