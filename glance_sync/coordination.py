@@ -238,7 +238,13 @@ def from_conf(conf: Any, state_dir: Path) -> Coordination:
             f"[coordination] backend_url {redact(url)}: {scheme or 'no scheme'} is not "
             f"supported (use {' or '.join(s + '://HOST:PORT' for s in SCHEMES)})"
         )
-    return ToozCoordination(url, section.member_id.strip(), section.lease)
+    member = section.member_id.strip()
+    if member and not _NAME.match(member):
+        raise ConfigError(
+            f"[coordination] member_id {member!r}: not a name (letters, digits, '.', '_' and "
+            "'-', at most 64): it becomes a key in etcd"
+        )
+    return ToozCoordination(url, member, section.lease)
 
 
 def check(conf: Any, state_dir: Path) -> tuple[list[str], list[str]]:

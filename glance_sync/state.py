@@ -24,8 +24,9 @@ password of a URL).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,8 +52,14 @@ from glance_sync.state_schema import (
 from vmtrust.errors import StateError
 from vmtrust.imagelist import format_date, parse_date
 from vmtrust.safetext import redact
+from vmtrust.version import compare as compare_versions
+
+LOG = logging.getLogger("vmtrust.sync")
 
 DEFAULT_TARGET = "default"
+
+#: one step of a transaction: (statement, parameter rows or None), or a function of it
+Step = tuple[sa.Executable, list[dict[str, Any]] | None] | Callable[[sa.Connection], None]
 
 
 @dataclass(frozen=True)
@@ -171,13 +178,18 @@ class StateDB:
         except (sqlite3.Error, sa.exc.SQLAlchemyError) as exc:
             raise self._error(exc) from None
 
-    def _transaction(self, *steps: tuple[sa.Executable, list[dict[str, Any]] | None]) -> None:
-        """Run each statement (for each of its parameter rows), all or nothing."""
+    def _transaction(self, *steps: Step) -> None:
+        """Run each step — a statement for each of its parameter rows, or a function of
+        the connection — all or nothing."""
         if self._engine is None or self.readonly:
             raise self._error(RuntimeError("opened read-only"))
         try:
             with self._engine.begin() as conn:
-                for statement, rows in steps:
+                for step in steps:
+                    if callable(step):
+                        step(conn)
+                        continue
+                    statement, rows = step
                     if rows is None:
                         conn.execute(statement)
                     elif rows:
@@ -252,16 +264,16 @@ class StateDB:
 
     # --- writing --------------------------------------------------------------------
 
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has ``ON CONFLICT``."""
+        assert self._engine is not None
+        postgres = self._engine.dialect.name == "postgresql"
+        return (pg_dialect.insert if postgres else sqlite_dialect.insert)(table)
+
     def _upsert(
         self, table: sa.Table, keys: dict[str, str], values: dict[str, Any]
     ) -> tuple[sa.Executable, None]:
-        assert self._engine is not None
-        insert = (
-            pg_dialect.insert
-            if self._engine.dialect.name == "postgresql"
-            else sqlite_dialect.insert
-        )
-        statement = insert(table).values(**keys, **values)
+        statement = self._insert(table).values(**keys, **values)
         return statement.on_conflict_do_update(index_elements=list(keys), set_=values), None
 
     def _outcome_step(
@@ -285,25 +297,45 @@ class StateDB:
         now: datetime | None = None,
         target: str = DEFAULT_TARGET,
     ) -> None:
-        """``name``'s list was accepted (shared by every target) and ``target`` succeeded."""
+        """``name``'s list was accepted (shared by every target) and ``target`` succeeded.
+
+        The accepted list only moves forward: when another sync host has recorded a
+        newer one meanwhile (version, or creation date), that one stays — else a
+        host that fetched just before a publication would lower the rollback floor
+        of every host.  Compared in the transaction, on the row locked.
+        """
         now = now or datetime.now(UTC)
         if self._engine is None or self.readonly:
             raise self._error(RuntimeError("opened read-only"))
-        self._transaction(
-            self._upsert(
-                subscription_state,
-                {"name": name},
-                {
-                    "list_identifier": identifier,
-                    "list_version": version,
-                    "list_created": _text(created),
-                    "list_expires": _text(expires),
-                    "list_sha512": sha512,
-                    "known_images": json.dumps(sorted(known_images)),
-                },
-            ),
-            self._outcome_step(name, target, now, None),
-        )
+        values = {
+            "list_identifier": identifier,
+            "list_version": version,
+            "list_created": _text(created),
+            "list_expires": _text(expires),
+            "list_sha512": sha512,
+            "known_images": json.dumps(sorted(known_images)),
+        }
+
+        def forward(conn: sa.Connection) -> None:
+            t = subscription_state.c
+            conn.execute(
+                self._insert(subscription_state).values(name=name).on_conflict_do_nothing()
+            )
+            query = sa.select(t.list_version, t.list_created).where(t.name == name)
+            kept = conn.execute(query.with_for_update()).one()  # SQLite: BEGIN IMMEDIATE's lock
+            if kept.list_version is not None and (
+                compare_versions(version, kept.list_version) < 0
+                or (kept.list_created is not None and created < parse_date(kept.list_created))
+            ):
+                LOG.warning(
+                    "subscription %s: list version %s (created %s) accepted, but version %s "
+                    "(created %s) is recorded already (another sync host); the state keeps it",
+                    name, version, _text(created), kept.list_version, kept.list_created,
+                )  # fmt: skip
+                return
+            conn.execute(sa.update(subscription_state).where(t.name == name).values(**values))
+
+        self._transaction(forward, self._outcome_step(name, target, now, None))
 
     def record_outcome(
         self,

@@ -252,6 +252,16 @@ def test_a_backend_that_is_not_etcd_is_a_config_error(tmp_path, url, expected):
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize("member", ["a/b", "../x", "x" * 65, "naïve"])
+def test_a_member_id_that_is_not_a_name_is_a_config_error(tmp_path, member):
+    conf_file = tmp_path / "vmtrust.conf"
+    conf_file.write_text(
+        f"[coordination]\nbackend_url = etcd3+http://127.0.0.1:2379\nmember_id = {member}\n"
+    )
+    with pytest.raises(ConfigError, match=r"\[coordination\] member_id .*: not a name"):
+        coord_mod.from_conf(make_conf([str(conf_file)]), tmp_path)
+
+
 def test_the_lease_comes_from_the_configuration(tmp_path, etcd):
     conf_file = tmp_path / "vmtrust.conf"
     conf_file.write_text(
@@ -338,3 +348,13 @@ def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, et
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
+
+
+def test_options_in_the_url_win_over_the_lease():
+    c = ToozCoordination("etcd3+https://u:pw@h:2379?lock_timeout=9&ca_cert=/etc/ca.pem", "m", 30)
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(c.url).query)
+    assert query["lock_timeout"] == ["9"] and query["membership_timeout"] == ["30"]
+    assert query["ca_cert"] == ["/etc/ca.pem"] and query["timeout"] == ["30"]
+    assert c.shown == "etcd3+https://***@h:2379"  # no password, no query in messages

@@ -320,3 +320,31 @@ def test_revision_0002_goes_down_and_up_again_keeping_the_default_targets_outcom
     db = StateDB(tmp_path / "state")
     assert db.upgraded_from == "0001" and db.get("never-ok").last_error == "certificate expired"
     db.close()
+
+
+def test_the_accepted_list_never_moves_back_when_hosts_race(where, caplog):
+    """Host B fetched version 1 just before version 2 was published and host A
+    accepted it: B's success must not lower every host's rollback floor."""
+    a, b = _open(where), _open(where)
+    _accept(a, "egi", "2", target="cloud-a")
+    _accept(b, "egi", "1", target="cloud-b")  # B's older acceptance, recorded later
+    assert a.get("egi").list_version == "2"
+    assert "version 2 (created 2026-11-30T10:00:00Z) is recorded already" in caplog.text
+    assert b.get("egi", target="cloud-b").last_success == T0  # B's pass still succeeded
+    # the same version is recorded again (known images, expiry may change)...
+    b.record_success("egi", identifier="list-1", version="2", created=T0,
+                     expires=T0 + timedelta(days=60), sha512="cd" * 64,
+                     known_images=frozenset({"img-a", "img-b"}), now=T0)  # fmt: skip
+    st = a.get("egi")
+    assert st.list_expires == T0 + timedelta(days=60) and st.known_images == {"img-a", "img-b"}
+    # ...but not one created before the recorded one, whatever its version says
+    b.record_success("egi", identifier="list-1", version="2", created=T0 - timedelta(days=9),
+                     expires=T0, sha512="ef" * 64, known_images=frozenset(), now=T0)  # fmt: skip
+    assert a.get("egi").list_sha512 == "cd" * 64
+    b.record_success("egi", identifier="list-1", version="10", created=T0 + timedelta(days=1),
+                     expires=T0 + timedelta(days=30), sha512="01" * 64,
+                     known_images=frozenset(), now=T0)  # fmt: skip
+    # a newer one moves it forward (10 > 2: versions compare as versions, not as text)
+    assert a.get("egi").list_version == "10"
+    a.close()
+    b.close()
