@@ -6,10 +6,13 @@ through a :class:`Tee`: the producer (the download, unpacked and inspected)
 feeds chunks in; every target reads its own :class:`Branch` at its own pace.
 
 * **Memory is bounded.**  The newest ``buffer`` bytes stay in memory (a ring of
-  chunks).  A branch that falls further behind than that is served from a
-  spool file in the work folder (``<state_dir>/work``), which the tee starts
-  writing the moment the oldest chunk still needed would leave the ring.  The
-  producer never waits for a reader: a slow target never stalls the others.
+  chunks).  The producer goes at the pace of the *fastest* reader (it waits
+  when that one is ``buffer`` bytes behind), as a single store's download goes
+  at the store's pace; a branch that falls further behind than the ring is
+  served from a spool file in the work folder (``<state_dir>/work``), which the
+  tee starts writing the moment the oldest chunk still needed would leave the
+  ring.  So a slow target never stalls the others, and targets that keep up
+  with each other need no spool at all.
 * **Nothing ends before it is verified.**  A branch's end of stream (the ``b""``
   that lets a store finish its upload and reach its commit point) comes only
   after the producer reached the end of the download and the download's size
@@ -93,8 +96,13 @@ class Tee:
         if not chunk:
             return
         with self._cond:
-            if not self._active():
-                raise NoReaders(self.identifier)
+            while True:  # the pace of the fastest reader: slower ones fall behind
+                active = self._active()
+                if not active:
+                    raise NoReaders(self.identifier)
+                if self.written - max(b.offset for b in active) < self.buffer:
+                    break
+                self._cond.wait()
             if self._spool_fd is not None:
                 self._spool_write(chunk)
             self._ring.append((self.written, chunk))
@@ -194,7 +202,10 @@ class Tee:
                 return b""  # ended: the end was verified
             first = self._ring[0][0] if self._ring else self.written
             if branch.offset >= first:
-                return self._from_ring(branch.offset, size)
+                data = self._from_ring(branch.offset, size)
+                branch.offset += len(data)
+                self._cond.notify_all()  # the producer may be waiting for this reader
+                return data
             if self._spool_error is not None or self._spool_fd is None:
                 raise TransferError(
                     f"image {self.identifier}: target {branch.name} fell behind and "
@@ -206,6 +217,9 @@ class Tee:
         data = os.pread(fd, count, branch.offset - start)
         if len(data) != count:
             raise TransferError(f"image {self.identifier}: spool file {self._spool_path} short")
+        with self._cond:
+            branch.offset += len(data)
+            self._cond.notify_all()
         return data
 
     def _from_ring(self, offset: int, size: int) -> bytes:
@@ -231,8 +245,7 @@ class Branch:
     def read(self, size: int = CHUNK) -> bytes:
         if size is None or size < 0:
             size = CHUNK
-        data = self.tee._read(self, size)
-        self.offset += len(data)
+        data = self.tee._read(self, size)  # which moves the offset on
         if not data:
             self.eof = True
         return data
