@@ -22,7 +22,7 @@ ATROPE_VERSION := 2.0.0
 ORAS_VENV := .venv-oras
 ORAS_VERSION := 0.2.43
 
-.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 bench-oci bench-audit bench-adopt venv \
+.PHONY: demo test lint sample bench bench-glance bench-fanout bench-filter bench-ec2 bench-oci bench-audit bench-adopt venv \
 	venv-glance venv-nova venv-cip venv-atrope venv-oras cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
@@ -112,6 +112,10 @@ bench: venv
 
 bench-glance: venv venv-glance
 	$(BIN)/python benchmarks/glance_ingest.py
+
+# One 1 GiB image to 4 Glance clouds: vmtrust's fan-out, atrope's loop, one target.
+bench-fanout: venv venv-glance venv-atrope
+	$(BIN)/python benchmarks/fanout.py
 
 bench-ec2: venv
 	$(BIN)/python benchmarks/ec2_ingest.py

@@ -74,6 +74,7 @@ STABLE = {
     "AuditError": 61,
     "StateError": 74,
     "LockError": 75,
+    "CoordinationError": 69,
 }
 
 

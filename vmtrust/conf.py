@@ -270,6 +270,83 @@ sync_opts: list[cfg.Opt] = [
         ],
         help="Form of vmtrust-sync's log on standard error (--log-format overrides it).",
     ),
+    cfg.StrOpt(
+        "state_connection",
+        default="",
+        secret=True,
+        help="SQLAlchemy URL of a PostgreSQL database for the sync's state "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE), shared by several sync hosts "
+        "(docs/federation.md). Empty: SQLite in [DEFAULT] state_dir. Its schema is upgraded "
+        "when a sync starts, or by 'vmtrust-sync --upgrade-state'.",
+    ),
+]
+
+coordination_opts = [
+    cfg.StrOpt(
+        "backend_url",
+        default="",
+        secret=True,
+        help="tooz URL of the coordination service that shares the targets out over several "
+        "'vmtrust-sync --worker' hosts, e.g. etcd3+http://etcd1:2379 (etcd 3, through its "
+        "gRPC gateway). Empty: this host is the only worker and locks each target with a "
+        "file in [DEFAULT] state_dir.",
+    ),
+    cfg.StrOpt(
+        "member_id",
+        default="",
+        help="This worker's name among the workers (unique; default: the host name and "
+        "process id).",
+    ),
+    cfg.IntOpt(
+        "lease",
+        default=30,
+        min=5,
+        max=3600,
+        help="Seconds a worker that stopped answering keeps its membership and its target "
+        "locks; after that the other workers take its targets over.",
+    ),
+]
+
+sync_opts += [
+    cfg.ListOpt(
+        "targets",
+        default=[],
+        help="Several stores fed by one sync (docs/federation.md): the names of the targets, "
+        "each configured in a section [target:NAME] with its store and that store's options. "
+        "Each image version is downloaded once per pass for all of them. Empty: the one "
+        "store of [sync] store is the only target, named default.",
+    ),
+    cfg.IntOpt(
+        "fanout_buffer",
+        default=32,
+        min=1,
+        max=1024,
+        help="MiB of an image kept in memory for the targets it is streamed to at once; a "
+        "target further behind reads from a spool file in <state_dir>/work instead, so a "
+        "slow target never stalls the others.",
+    ),
+]
+
+#: The options of a [target:NAME] section besides its store's own (``glance_sync.targets``).
+target_opts = [
+    cfg.StrOpt(
+        "store",
+        help="The store of this target: local, glance, ec2 or a plug-in. The section also "
+        "takes that store's options (those of [store_local], [store_glance] or [store_ec2]); "
+        "an option not given here is the one of that section.",
+    ),
+    cfg.ListOpt(
+        "groups",
+        default=[],
+        help="Names of groups this target belongs to; a subscription's targets key may name "
+        "a group instead of each target.",
+    ),
+    cfg.StrOpt(
+        "retire",
+        choices=["deactivate", "hide", "delete"],
+        help="What happens to an image that leaves the trusted set in this target. Default: "
+        "[sync] retire.",
+    ),
 ]
 
 store_local_opts: list[cfg.Opt] = [
@@ -491,6 +568,9 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("store_local", store_local_opts),
         ("store_glance", store_glance_opts + keystoneauth_opts()),
         ("store_ec2", store_ec2_opts),
+        ("coordination", coordination_opts),
+        # documents the section of each [sync] targets name (registered per name when read)
+        ("target:name", target_opts),
     ]
 
 

@@ -458,6 +458,14 @@ class LockError(VmtrustError):
     rule = "lock"
 
 
+class CoordinationError(VmtrustError):
+    """The coordination service (``[coordination] backend_url``) cannot be used."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    meaning = "the coordination service of several sync workers cannot be reached"
+    rule = "coordination"
+
+
 # --- stores ---------------------------------------------------------------------
 
 
