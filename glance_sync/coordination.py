@@ -36,6 +36,8 @@ from glance_sync import lock
 from vmtrust.errors import ConfigError, CoordinationError, LockError, VmtrustError
 from vmtrust.safetext import redact
 
+__all__ = ["LocalCoordination", "ToozCoordination", "check", "default_member_id", "from_conf"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 GROUP = b"vmtrust-sync"  #: the tooz group every worker joins

@@ -24,7 +24,7 @@ from vmtrust.errors import ConfigError
 from vmtrust.record import load_private_key
 from vmtrust.truststore import TrustStore
 
-__all__ = ["SyncSettings", "from_conf", "http_settings", "make_store"]
+__all__ = ["SyncSettings", "from_conf", "http_settings", "make_store", "make_targets"]
 
 LOG = logging.getLogger("vmtrust.sync")
 

@@ -54,6 +54,8 @@ from vmtrust.imagelist import format_date, parse_date
 from vmtrust.safetext import redact
 from vmtrust.version import compare as compare_versions
 
+__all__ = ["FailedImage", "StateDB", "SubscriptionState", "TargetOutcome", "TargetPass"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 DEFAULT_TARGET = "default"

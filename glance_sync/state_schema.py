@@ -30,6 +30,17 @@ from alembic.util import CommandError
 from vmtrust.errors import ConfigError, StateError
 from vmtrust.safetext import redact
 
+__all__ = [
+    "current",
+    "head",
+    "open_engine",
+    "schema_check",
+    "sqlite_reader",
+    "sqlite_writer",
+    "upgrade_schema",
+    "vacuum",
+]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 VERSION_TABLE = "vmtrust_schema_version"

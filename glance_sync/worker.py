@@ -26,6 +26,8 @@ from typing import Any
 from glance_sync.coordination import Coordination
 from vmtrust.errors import INTERNAL_ERROR, VmtrustError
 
+__all__ = ["one_round", "run", "serve", "subscriptions_for"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 #: syncs these targets in one pass, returns its exit status (it reports its own failures)

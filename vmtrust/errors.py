@@ -38,6 +38,7 @@ __all__ = [
     "CertificateRevoked",
     "ConfigError",
     "ContextRefused",
+    "CoordinationError",
     "CosignError",
     "CrlError",
     "DeadlineExceeded",
