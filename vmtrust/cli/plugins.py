@@ -17,9 +17,8 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
-from vmtrust.cli.render import clean
+from vmtrust.safetext import clean
 
 GROUP = "vmtrust.commands"
 
@@ -36,6 +35,10 @@ class Command:
 
 def add_plugin_commands(commands: argparse._SubParsersAction) -> None:
     """Give every command of the ``vmtrust.commands`` entry points a subparser."""
+    # Imported here: reading the installed distributions' metadata is the slow part of
+    # start-up, and a built-in command (vmtrust list verify) never needs it.
+    from importlib.metadata import entry_points
+
     for plugin in sorted(entry_points(group=GROUP), key=lambda p: p.name):
         if plugin.name in commands.choices:
             _warn(f"command {plugin.name} ({plugin.value}) ignored: vmtrust has that command")
