@@ -1,0 +1,134 @@
+"""Benchmark: how fast the ``vmtrust`` command starts, against ``python -c pass``.
+
+Issue 17's target: ``vmtrust --help`` and ``vmtrust list verify`` (a signed
+list of 1,000 images, the trust directory given in a configuration file) each
+within 250 ms as a new process.  Every command runs ``--repeat`` times,
+interleaved with the others and with ``python -c pass`` (the interpreter's own
+start, the floor no change to vmtrust can go below), and the medians are
+printed with their difference from that floor, the CPU time the processes used
+(rusage, which other load on a shared machine disturbs less) and the load
+average.
+
+It also times, in this process, what start-up is made of: reading the
+``vmtrust.commands`` entry points (importlib.metadata scans every installed
+distribution; only ``--help`` and plug-in commands pay it now) and the import
+of each part ``list verify`` needs.
+
+Usage: ``python benchmarks/startup.py [--repeat 21]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vmtrust import devpki, imagelist, smime
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verify import make_list  # the same 1,000-image list as benchmarks/verify.py
+
+TARGET = 0.250  # seconds, per command
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _vmtrust() -> list[str]:
+    """The installed ``vmtrust`` script next to this interpreter, as a user runs it."""
+    script = Path(sys.executable).parent / "vmtrust"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vmtrust"]
+
+
+def _import_cost(statement: str) -> float:
+    """Seconds a fresh interpreter spends on ``statement`` (its own clock, start excluded)."""
+    code = (
+        f"import time\nstart = time.perf_counter()\n{statement}\nprint(time.perf_counter() - start)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=21, help="runs of each command")
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="vmtrust-startup-") as tmp:
+        pki = devpki.DevPKI(Path(tmp))
+        ca_dir = pki.install()
+        signed = Path(tmp) / "bench.list"
+        content = imagelist.dumps(make_list(pki, 1000))
+        signed.write_bytes(smime.sign(content, pki.endorser.cert, pki.endorser.key))
+        conf = Path(tmp) / "vmtrust.conf"
+        conf.write_text(f"[trust]\nca_dir = {ca_dir}\n")
+        vmtrust = _vmtrust()
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "vmtrust --help": [*vmtrust, "--help"],
+            "vmtrust list verify": [
+                *vmtrust,
+                "list",
+                "verify",
+                str(signed),
+                "--config-file",
+                str(conf),
+            ],
+        }
+        for argv in commands.values():  # warm the page cache; each must succeed
+            subprocess.run(argv, check=True, capture_output=True)
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.repeat):
+            for name, argv in commands.items():
+                before = _children_cpu()
+                start = time.perf_counter()
+                subprocess.run(argv, check=True, capture_output=True)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(_children_cpu() - before)
+
+    floor = statistics.median(wall["python -c pass"])
+    print(f"\n{args.repeat} runs each, interleaved, medians ({' '.join(vmtrust)})")
+    print(f"  {'':<22} {'wall':>9} {'- python':>9} {'cpu':>9}")
+    met = True
+    for name in commands:
+        median = statistics.median(wall[name])
+        print(
+            f"  {name:<22} {median * 1e3:6.1f} ms {(median - floor) * 1e3:6.1f} ms "
+            f"{statistics.median(cpu[name]) * 1e3:6.1f} ms"
+        )
+        if name.startswith("vmtrust"):
+            met = met and median <= TARGET
+    print(f"  target each vmtrust command <= {TARGET * 1e3:.0f} ms: {'met' if met else 'NOT met'}")
+
+    print("\nparts, in a fresh interpreter each (medians of 5, ms):")
+    parts = {
+        "entry points (importlib.metadata + scan)": (
+            "from importlib.metadata import entry_points; entry_points(group='vmtrust.commands')"
+        ),
+        "vmtrust.cli.main": "import vmtrust.cli.main",
+        "vmtrust.verify (cryptography, asn1crypto, pyOpenSSL)": "import vmtrust.verify",
+        "vmtrust.conf (oslo.config)": "import vmtrust.conf",
+        "vmtrust.cli.listcmd (all list verify imports)": "import vmtrust.cli.listcmd",
+    }
+    for label, statement in parts.items():
+        cost = statistics.median(_import_cost(statement) for _ in range(5))
+        print(f"  {label:<55} {cost * 1e3:6.1f}")
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
