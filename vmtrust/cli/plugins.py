@@ -7,7 +7,11 @@ command whose object is a :class:`Command`; this module finds them when the
 parser is built (never at import) and gives each a subparser.  A plug-in that
 cannot be loaded, or that takes a name the command line already has, is one
 warning line on standard error and is left out: ``vmtrust list verify`` keeps
-working whatever else is installed.  See
+working whatever else is installed.  The entry points are read only when the
+command being run is not a built-in one (``vmtrust --help``, a plug-in's
+command, a mistyped name): reading every installed distribution's metadata
+is a noticeable part of start-up, which a built-in command does not pay
+(docs/decisions/0009-cli-start-up-and-verification-speed.md).  See
 docs/decisions/0004-store-and-command-registry.md.
 """
 
