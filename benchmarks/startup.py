@@ -136,16 +136,23 @@ def main() -> int:
     cache = "no bytecode cache" if args.as_environment else "bytecode cached"
     print(f"\n{args.repeat} runs each, interleaved, medians ({' '.join(vmtrust)}; {cache})")
     print(f"  {'':<22} {'wall':>9} {'- python':>9} {'cpu':>9}")
-    met = True
+    met = met_cpu = True
     for name in commands:
         median = statistics.median(wall[name])
+        median_cpu = statistics.median(cpu[name])
         print(
             f"  {name:<22} {median * 1e3:6.1f} ms {(median - floor) * 1e3:6.1f} ms "
-            f"{statistics.median(cpu[name]) * 1e3:6.1f} ms"
+            f"{median_cpu * 1e3:6.1f} ms"
         )
         if name.startswith("vmtrust"):
             met = met and median <= TARGET
-    print(f"  target each vmtrust command <= {TARGET * 1e3:.0f} ms: {'met' if met else 'NOT met'}")
+            met_cpu = met_cpu and median_cpu <= TARGET
+    # Wall time is the target; with the machine's cores busy a process waits for one,
+    # which its CPU time does not count: both are printed, with the load average.
+    print(
+        f"  target each vmtrust command <= {TARGET * 1e3:.0f} ms: "
+        f"wall {'met' if met else 'NOT met'}, cpu {'met' if met_cpu else 'NOT met'}"
+    )
 
     print("\nparts, in a fresh interpreter each (its own clock, medians of 5):")
     for label, cost in costs.items():
