@@ -142,3 +142,23 @@ def test_every_built_in_command_answers_its_own_help(name, capsys):
 )
 def test_the_command_word_is_found_as_argparse_finds_it(argv, word):
     assert cli.command_word(argv) == word
+
+
+def test_make_conf_with_groups_reads_and_checks_only_those_sections(tmp_path):
+    """What list verify asks for: [trust] is read and checked; a section it never uses
+    cannot stop it, and keystoneauth's options are not registered for it."""
+    from vmtrust.conf import make_conf
+    from vmtrust.errors import ConfigError
+
+    path = tmp_path / "vmtrust.conf"
+    path.write_text("[trust]\nclock_skew = 60\n[sync]\nparallel_downloads = 99\n")
+    conf = make_conf([str(path)], groups=("trust",))
+    assert conf.trust.clock_skew == 60
+    assert not hasattr(conf, "sync") and not hasattr(conf, "store_glance")
+    with pytest.raises(ConfigError, match=r"\[sync\] parallel_downloads"):
+        make_conf([str(path)])  # every section, as the sync reads them
+    path.write_text("[trust]\nclock_skew = soon\n")
+    with pytest.raises(ConfigError, match=r"\[trust\] clock_skew"):
+        make_conf([str(path)], groups=("trust",))
+    glance = make_conf([], groups=("store_glance",))
+    assert "auth_type" in glance.store_glance  # keystoneauth's, with the section that uses them
