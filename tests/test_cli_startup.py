@@ -162,3 +162,27 @@ def test_make_conf_with_groups_reads_and_checks_only_those_sections(tmp_path):
         make_conf([str(path)], groups=("trust",))
     glance = make_conf([], groups=("store_glance",))
     assert "auth_type" in glance.store_glance  # keystoneauth's, with the section that uses them
+
+
+def test_only_the_program_freezes_its_objects_before_exiting(capsys):
+    """As the program, main freezes what exists when the command is done (the exit's
+    collections skip it); called with argv, as tests and other programs do, it does not."""
+    import gc
+
+    before = gc.get_freeze_count()
+    with pytest.raises(SystemExit):
+        cli.main(["list", "--help"])
+    assert cli.main(["list", "verify", "/nonexistent", "--ca-dir", "/nonexistent"]) != 0
+    assert gc.get_freeze_count() == before
+    capsys.readouterr()
+    code = (
+        "import gc, sys\n"
+        "from vmtrust.cli.main import main\n"
+        "sys.argv = ['vmtrust', 'list', 'verify', '/nonexistent', '--ca-dir', '/nonexistent']\n"
+        "rc = main()\n"
+        "print(rc, gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.stdout.split() == ["4", "True"], done.stderr

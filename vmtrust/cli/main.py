@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import logging
 import sys
@@ -177,7 +178,24 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run ``vmtrust ARGV`` and return its exit status (``argv`` None: the program's).
+
+    As the program (``vmtrust``, ``python -m vmtrust``), the objects that exist when
+    the command is done are frozen (:func:`gc.freeze`) before the interpreter exits:
+    its final garbage collections would otherwise walk every object the imports made
+    (cryptography, asn1crypto, oslo.config), a tenth of ``list verify``'s CPU time, to
+    free memory the exit frees anyway.  Called with ``argv`` (tests, other programs),
+    nothing changes.
+    """
+    if argv is not None:
+        return _run(argv)
+    try:
+        return _run(sys.argv[1:])
+    finally:  # also after --help and usage errors, which exit through SystemExit
+        gc.freeze()
+
+
+def _run(argv: Sequence[str]) -> int:
     parser = build_parser(argv)
     args = _merge(parser.parse_args(argv))
     logging.basicConfig(
