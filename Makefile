@@ -109,6 +109,7 @@ sample: venv
 
 bench: venv
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/startup.py
 
 bench-glance: venv venv-glance
 	$(BIN)/python benchmarks/glance_ingest.py

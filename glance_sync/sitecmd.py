@@ -4,8 +4,9 @@ They read the site's store (chosen by the store registry, as the sync chooses
 it) and the state database, so they live with the sync service; the
 ``vmtrust`` command finds them through the ``vmtrust.commands`` entry points
 (:mod:`vmtrust.cli.plugins`), which keeps the trust core free of this package.
-The store modules are imported when a command runs, not when ``vmtrust --help``
-lists it.
+The store modules, the configuration (oslo.config) and the seal keys
+(cryptography) are imported when a command runs, not when ``vmtrust --help``
+lists it (start-up, issue 17).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmtrust import record
 from vmtrust.cli.plugins import Command
 from vmtrust.cli.render import clean, table
-from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
 
 __all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status", "status_nagios"]
 
@@ -63,7 +65,16 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
         probe.add_argument(f"--{name}", metavar="N", help=f"{unit} (default {default})")
 
 
+def make_conf(config_files: list[str] | None) -> cfg.ConfigOpts:
+    """:func:`vmtrust.conf.make_conf`, imported when a command runs."""
+    from vmtrust.conf import make_conf as make
+
+    return make(config_files)
+
+
 def _public_keys(conf) -> list:
+    from vmtrust import record
+
     private = Path(conf.trust.seal_key).expanduser()
     public = private.with_name(private.name + ".pub")
     if public.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 
 from oslo_config import cfg
 
@@ -558,19 +559,27 @@ def keystoneauth_opts() -> list[cfg.Opt]:
     return unique
 
 
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """Entry point ``oslo.config.opts`` for oslo-config-generator."""
+def _own_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """vmtrust's groups and options, without keystoneauth's (an import of its own)."""
     return [
         ("DEFAULT", default_opts),
         ("trust", trust_opts),
         ("endorser", endorser_opts),
         ("sync", sync_opts),
         ("store_local", store_local_opts),
-        ("store_glance", store_glance_opts + keystoneauth_opts()),
+        ("store_glance", store_glance_opts),
         ("store_ec2", store_ec2_opts),
         ("coordination", coordination_opts),
         # documents the section of each [sync] targets name (registered per name when read)
         ("target:name", target_opts),
+    ]
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point ``oslo.config.opts`` for oslo-config-generator."""
+    return [
+        (group, opts + keystoneauth_opts() if group == "store_glance" else opts)
+        for group, opts in _own_opts()
     ]
 
 
@@ -591,14 +600,27 @@ def _value_error(exc: Exception, group: str, opt: cfg.Opt, files: list[str]) -> 
     return ConfigError(f"{where}: [{group}] {opt.name}: {reason}")
 
 
-def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
+def make_conf(
+    config_files: list[str] | None = None, *, groups: Collection[str] | None = None
+) -> cfg.ConfigOpts:
     """Load configuration from ``config_files`` (or the standard places if None).
 
     Every oslo.config failure becomes a one-line :class:`ConfigError`; values
     are all read here, so a bad one is reported before any work starts.
+    ``groups`` (e.g. ``("trust",)``) limits that to the sections a command reads,
+    besides ``[DEFAULT]``: ``vmtrust list verify`` then neither imports keystoneauth
+    for ``[store_glance]`` (issue 17, start-up) nor stops on a section it never uses.
     """
+    if groups is None:
+        chosen = list_opts()
+    else:
+        chosen = [
+            (group, opts + keystoneauth_opts() if group == "store_glance" else opts)
+            for group, opts in _own_opts()
+            if group == "DEFAULT" or group in groups
+        ]
     conf = cfg.ConfigOpts()
-    for group, opts in list_opts():
+    for group, opts in chosen:
         conf.register_opts(opts, group=None if group == "DEFAULT" else group)
     files = config_files if config_files is not None else cfg.find_config_files("vmtrust")
     try:
@@ -617,7 +639,7 @@ def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
         ) from None
     except (cfg.Error, ValueError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
-    for group, opts in list_opts():
+    for group, opts in chosen:
         for opt in opts:
             try:
                 getattr(conf if group == "DEFAULT" else getattr(conf, group), opt.dest)

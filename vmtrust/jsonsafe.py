@@ -129,7 +129,8 @@ def loads(data: bytes, *, what: str = "image list", max_bytes: int = DEFAULT_MAX
         raise InvalidJSON(f"{what}: nesting is too deep") from None
     except ValueError as exc:  # NaN/Infinity, 1e400, integers beyond int_max_str_digits
         raise InvalidJSON(f"{what}: not valid JSON: {exc}") from None
-    if _SURROGATE_ESCAPE.search(text):
+    # A one-character search (memchr) first: most lists have no backslash at all.
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
         bad = _lone_surrogate(value)
         if bad is not None:
             raise InvalidJSON(
