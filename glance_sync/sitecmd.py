@@ -65,7 +65,7 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
         probe.add_argument(f"--{name}", metavar="N", help=f"{unit} (default {default})")
 
 
-def make_conf(config_files: list[str] | None) -> cfg.ConfigOpts:
+def _make_conf(config_files: list[str] | None) -> cfg.ConfigOpts:
     """:func:`vmtrust.conf.make_conf`, imported when a command runs."""
     from vmtrust.conf import make_conf as make
 
@@ -102,7 +102,7 @@ def _store(conf):
 def cmd_images(args: argparse.Namespace) -> int:
     from glance_sync.targets import named, store_of
 
-    conf = make_conf(args.config_file)
+    conf = _make_conf(args.config_file)
     specs = named(conf, args.target)
     several = bool(conf.sync.targets)  # rows name their target once there are targets
     rows = []
@@ -175,7 +175,7 @@ def _image_rows(store, target: str | None) -> list[dict]:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.nagios:
         return status_nagios(args)
-    conf = make_conf(args.config_file)
+    conf = _make_conf(args.config_file)
     from glance_sync.state import StateDB
     from glance_sync.targets import DEFAULT, named, route
     from vmtrust.policy import load_subscriptions
@@ -384,7 +384,7 @@ def _nagios_result(args: argparse.Namespace, now):
             for level in ("warning", "critical")
         }
     )
-    conf = make_conf(args.config_file)
+    conf = _make_conf(args.config_file)
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
     db = StateDB(
         Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection

@@ -32,7 +32,7 @@ from vmtrust.cli.plugins import add_plugin_commands
 from vmtrust.errors import VmtrustError
 from vmtrust.safetext import clean
 
-__all__ = ["INTERNAL_ERROR", "USAGE_ERROR", "build_parser", "main"]
+__all__ = ["INTERNAL_ERROR", "USAGE_ERROR", "build_parser", "command_word", "main"]
 
 INTERNAL_ERROR = errors.INTERNAL_ERROR
 USAGE_ERROR = errors.USAGE
