@@ -178,3 +178,42 @@ def test_a_server_that_keeps_cutting_without_progress_is_given_up_after_the_retr
             reader.drain()
         reader.close()
         assert len(site.requests) == 4
+
+
+# --- write-behind: the kernel writes the image while it is still arriving ---------------
+
+
+def test_write_behind_writes_every_byte_and_advises_the_kernel_as_it_goes(tmp_path, monkeypatch):
+    from glance_sync.transfer import write_behind
+
+    advised = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, n, how: advised.append(how) or real(fd, off, n, how)
+    )
+    chunks = [os.urandom(1000) for _ in range(25)]
+    with open(tmp_path / "img", "wb") as out:
+        write = write_behind(out, every=4096)
+        for chunk in chunks:
+            write(chunk)
+        assert os.path.getsize(tmp_path / "img") >= 20 * 1000  # flushed as it went
+    assert (tmp_path / "img").read_bytes() == b"".join(chunks)
+    assert advised == [os.POSIX_FADV_DONTNEED] * 5  # once per 4096 bytes written
+
+
+def test_write_behind_refused_advice_stops_advising_and_loses_nothing(tmp_path, monkeypatch):
+    from glance_sync.transfer import write_behind
+
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    with open(tmp_path / "img", "wb") as out:
+        write = write_behind(out, every=10)
+        for _ in range(10):
+            write(b"x" * 7)
+    assert (tmp_path / "img").read_bytes() == b"x" * 70
+    assert len(calls) == 1

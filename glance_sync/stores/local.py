@@ -44,7 +44,7 @@ from glance_sync import hooks, lock
 from glance_sync.plan import Desired, Held
 from glance_sync.stores.base import Finish, Store, StoreContext, held_image
 from glance_sync.stores.localfs import Dir, Unexpected
-from glance_sync.transfer import DiskStream, copy_stream
+from glance_sync.transfer import DiskStream, copy_stream, write_behind
 from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError, LocalStoreError, VmtrustError
 from vmtrust.imagelist import format_date
@@ -288,7 +288,7 @@ class LocalStore(Store):
             with self._open() as root, root.subdir(".partial") as partial:
                 try:
                     with partial.create(partial_name, FILE_MODE) as out:
-                        size, sha512 = copy_stream(stream, out.write, identifier)
+                        size, sha512 = copy_stream(stream, write_behind(out), identifier)
                         out.flush()
                         os.fsync(out.fileno())
                     stem = f"{safe_name(version)}-{sha512[:16]}"
