@@ -19,18 +19,19 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 
 from vmtrust.errors import ConfigError, StateError
 from vmtrust.safetext import redact
 
+if TYPE_CHECKING:  # Alembic (and Mako) load only when a schema is changed or inspected
+    from alembic.config import Config
+
 __all__ = [
+    "HEAD",
+    "alembic_head",
     "current",
     "head",
     "open_engine",
@@ -129,7 +130,15 @@ def open_engine(connection: str) -> tuple[sa.Engine, str]:
     return engine, shown
 
 
+#: the revision this version of vmtrust writes: the newest file in ``migrations/versions``
+#: (tests/test_state_db.py checks it is Alembic's head), known without loading Alembic,
+#: which a pass that finds the schema current never needs
+HEAD = "0002"
+
+
 def _config(conn: sa.Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = conn
@@ -138,18 +147,36 @@ def _config(conn: sa.Connection | None = None) -> Config:
 
 def head() -> str:
     """The revision this version of vmtrust writes."""
+    return HEAD
+
+
+def alembic_head() -> str:
+    """The head of the revision scripts, as Alembic finds it (what :data:`HEAD` must be)."""
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(_config()).get_current_head()
     assert revision is not None
     return revision
 
 
 def current(conn: sa.Connection) -> str | None:
-    """The database's revision; None: made before revisions, or empty."""
-    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    """The database's revision; None: made before revisions, or empty.
+
+    Read as Alembic's ``MigrationContext.get_current_revision`` reads it (the one row of
+    the version table), without importing Alembic.
+    """
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).fetchall()
+    if len(rows) > 1:
+        raise StateError(f"schema version table {VERSION_TABLE} has {len(rows)} rows, not one")
+    return rows[0][0] if rows else None
 
 
 def _known(revision: str) -> None:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
     try:
         ScriptDirectory.from_config(_config()).get_revision(revision)
     except CommandError:
@@ -181,6 +208,8 @@ def upgrade_schema(engine: sa.Engine) -> str | None:
             revision = "0001"
         else:
             revision = EMPTY
+        from alembic import command
+
         command.upgrade(_config(conn), "head")
         return revision
 

@@ -348,3 +348,33 @@ def test_the_accepted_list_never_moves_back_when_hosts_race(where, caplog):
     assert a.get("egi").list_version == "10"
     a.close()
     b.close()
+
+
+# --- Alembic loads only when the schema changes -----------------------------------------------
+
+
+def test_head_constant_is_alembics_head():
+    from glance_sync.state_schema import HEAD, alembic_head
+
+    assert HEAD == alembic_head() == head()
+
+
+def test_a_current_database_is_opened_without_loading_alembic(tmp_path: Path):
+    """Every pass opens the state; a schema already at head needs no Alembic (nor Mako)."""
+    import subprocess
+    import sys
+
+    StateDB(tmp_path / "state").close()  # created and upgraded: Alembic ran here
+    probe = (
+        "import sys; from pathlib import Path; from glance_sync.state import StateDB; "
+        f"db = StateDB(Path({str(tmp_path / 'state')!r})); db.get('x'); db.close(); "
+        "print(sorted(m for m in ('alembic', 'mako') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    fresh = (
+        "import sys; from pathlib import Path; from glance_sync.state import StateDB; "
+        f"StateDB(Path({str(tmp_path / 'new')!r})).close(); print('alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"  # a new database is made by the revision scripts
