@@ -279,3 +279,40 @@ def test_ec2_and_converting_directories_share_one_download_and_one_conversion(
     assert sources == {hashlib.sha512(IMAGE_A).hexdigest()}
     assert list((ec2_sync.s.state_dir / "work").iterdir()) == []
     svc.close()
+
+
+# --- hostile images through the fan-out -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["backing file", "bomb"])
+def test_hostile_images_reach_no_target_and_no_conversion(tmp_path, ca_dir, site, pki, key, kind):
+    import gzip
+
+    import hostile_images as hostile
+
+    work = tmp_path / "attacker"
+    work.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"the site's secret " * 100)
+    if kind == "backing file":
+        data, fmt, words = hostile.qcow2_with_backing_file(work, secret), "QCOW2", "backing"
+    else:
+        data, fmt, words = gzip.compress(b"\0" * (64 << 20)), "RAW.gz", "unpacks to more than"
+    image = entry("evil", data, site)
+    image["hv:image"]["hv:format"] = fmt
+    publish(site, pki, [image], "1")
+    targets = [
+        Target("plain", LocalStore(tmp_path / "plain", [key.public_key()]), ""),
+        Target("raw1", LocalStore(tmp_path / "raw1", [key.public_key()], "raw"), ""),
+        Target("raw2", LocalStore(tmp_path / "raw2", [key.public_key()], "raw"), ""),
+    ]
+    svc = service(tmp_path, ca_dir, key, targets)
+    report = svc.run((subscription(site, pki),))
+    assert len(report.failures) == 3 and image_requests(site) == ["/img/evil-1.img"]
+    for line, name in zip(sorted(report.failures), ("plain", "raw1", "raw2"), strict=True):
+        assert line.startswith(f"target {name}: image evil: ") and words in line, line
+    for name in ("plain", "raw1", "raw2"):
+        files = [p for p in (tmp_path / name).rglob("*") if p.is_file() and p.suffix != ".lock"]
+        assert files == [], files
+    assert list((tmp_path / "state").glob("work/*")) == []
+    svc.close()
