@@ -316,3 +316,35 @@ def test_hostile_images_reach_no_target_and_no_conversion(tmp_path, ca_dir, site
         assert files == [], files
     assert list((tmp_path / "state").glob("work/*")) == []
     svc.close()
+
+
+def test_the_event_log_names_the_target_when_there_are_several():
+    import json
+    import logging
+
+    from glance_sync.eventlog import JsonFormatter, TextFormatter, log_event
+    from glance_sync.report import Report
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("vmtrust.sync.event")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        report = Report(listener=log_event)
+        report.scoped("ral-a", "target ral-a: ").add("stored a 1", "stored", image="a")
+        report.scoped("default", "").add("stored b 1", "stored", image="b")  # one target
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    several, one = (TextFormatter("%(message)s").format(r) for r in records)
+    assert several == (
+        "event=stored subscription=- image=a version=- rule=- target=ral-a target ral-a: stored a 1"
+    )
+    assert one == "event=stored subscription=- image=b version=- rule=- stored b 1"
+    assert [json.loads(JsonFormatter().format(r))["target"] for r in records] == ["ral-a", None]
