@@ -208,9 +208,18 @@ class ToozCoordination:
             yield True
         finally:
             try:
-                handle.release()
+                released = handle.release()
             except Exception as exc:  # its lease ends it anyway
                 LOG.warning("target %s: lock not released (%s)", target, self._error(exc))
+            else:
+                if not released:  # no fencing (decision 0008): say so, at least
+                    LOG.error(
+                        "target %s: its lock lapsed while this worker held it (etcd did not "
+                        "hear from it for %s s): another worker may have written the target "
+                        "meanwhile; the next pass converges",
+                        target,
+                        self.lease,
+                    )
 
 
 Coordination = LocalCoordination | ToozCoordination

@@ -134,8 +134,9 @@ def serve(
 ) -> int:
     """``vmtrust-sync --worker``: the loop, until SIGTERM or SIGINT, over ``targets``.
 
-    One :class:`~glance_sync.service.SyncService` per set of targets a round
-    holds (the set is usually the same round after round), closed at the end.
+    The :class:`~glance_sync.service.SyncService` of the set of targets the last
+    round held is kept for the next (the set is usually the same round after
+    round); another set closes it (its database connections, its HTTP session).
     """
     import signal
 
@@ -155,6 +156,9 @@ def serve(
             routes = route(subscriptions, list(targets))
             key = tuple(sorted(names))
             if key not in services:
+                for old in services.values():
+                    old.close()
+                services.clear()
                 chosen = [by_name[n] for n in key]
                 services[key] = SyncService(settings, targets=chosen, events=events)
             report = services[key].run(

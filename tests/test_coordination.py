@@ -358,3 +358,16 @@ def test_options_in_the_url_win_over_the_lease():
     assert query["lock_timeout"] == ["9"] and query["membership_timeout"] == ["30"]
     assert query["ca_cert"] == ["/etc/ca.pem"] and query["timeout"] == ["30"]
     assert c.shown == "etcd3+https://***@h:2379"  # no password, no query in messages
+
+
+def test_a_lock_that_lapsed_while_held_is_reported(workers, caplog):
+    (target,) = _names(1)
+    a = workers(f"lapse-{uuid.uuid4().hex[:6]}")
+    with a.locked(target) as held:
+        assert held
+        handle = next(iter(a._coord._acquired_locks))
+        handle._lease.revoke()  # as when the worker was frozen longer than the lease
+    assert f"target {target}: its lock lapsed while this worker held it" in caplog.text
+    with a.locked(target) as again:  # and it is free again
+        assert again
+    assert caplog.text.count("its lock lapsed") == 1  # the second release was a clean one
