@@ -12,14 +12,15 @@ a site can find every line about one image with ``grep image=wn-9`` or a
     image=wn-9 version=9.5.1 rule=- stored wn-9 9.5.1 (CMS worker node)
 
   (one line, folded here).  The five keys are always there, in this order
-  (``-`` when they do not apply); a value with a space, quote, ``=`` or
+  (``-`` when they do not apply), and ``target=`` after them when the sync has
+  several targets (``[sync] targets``); a value with a space, quote, ``=`` or
   backslash is quoted, so a hostile image identifier cannot forge a key.  The
   rest of the line is the sentence, cleaned like every other line
   (:class:`~vmtrust.safetext.SafeFormatter`).
 * **json**: every record of the command — events, warnings, errors — is one JSON
   object per line with the keys ``time``, ``level``, ``logger``, ``event``,
-  ``subscription``, ``image``, ``version``, ``rule`` and ``message`` (``null``
-  when they do not apply), and ``traceback`` with ``-vv``.  Non-ASCII and control
+  ``subscription``, ``image``, ``version``, ``rule``, ``target`` and ``message``
+  (``null`` when they do not apply), and ``traceback`` with ``-vv``.  Non-ASCII and control
   characters are JSON escapes, so a record is always one line.
 
 Nothing secret reaches either: every string is passed through
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 EVENT_LOG = logging.getLogger("vmtrust.sync.event")
-KEYS = ("event", "subscription", "image", "version", "rule")
+KEYS = ("event", "subscription", "image", "version", "rule", "target")
 FORMATS = ("text", "json")
 _PLAIN = re.compile(r'[^\s"=\\]+\Z')
 
@@ -61,6 +62,7 @@ def log_event(event: Event) -> None:
         "image": event.image,
         "version": event.version,
         "rule": event.rule,
+        "target": event.target,
     }
     level = logging.ERROR if event.failed else logging.INFO
     EVENT_LOG.log(level, "%s", event.line, extra={"vmtrust": fields})
@@ -83,7 +85,11 @@ class TextFormatter(SafeFormatter):
         fields = getattr(record, "vmtrust", None)
         if fields is None:
             return super().formatMessage(record)
-        keys = " ".join(f"{key}={_value(fields.get(key, ''))}" for key in KEYS)
+        keys = " ".join(
+            f"{key}={_value(fields.get(key, ''))}"
+            for key in KEYS
+            if key != "target" or fields.get(key)  # only with several targets
+        )
         record.message = f"{keys} {shown(record.message)}"
         return logging.Formatter.formatMessage(self, record)
 

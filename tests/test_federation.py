@@ -279,3 +279,72 @@ def test_ec2_and_converting_directories_share_one_download_and_one_conversion(
     assert sources == {hashlib.sha512(IMAGE_A).hexdigest()}
     assert list((ec2_sync.s.state_dir / "work").iterdir()) == []
     svc.close()
+
+
+# --- hostile images through the fan-out -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["backing file", "bomb"])
+def test_hostile_images_reach_no_target_and_no_conversion(tmp_path, ca_dir, site, pki, key, kind):
+    import gzip
+
+    import hostile_images as hostile
+
+    work = tmp_path / "attacker"
+    work.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"the site's secret " * 100)
+    if kind == "backing file":
+        data, fmt, words = hostile.qcow2_with_backing_file(work, secret), "QCOW2", "backing"
+    else:
+        data, fmt, words = gzip.compress(b"\0" * (64 << 20)), "RAW.gz", "unpacks to more than"
+    image = entry("evil", data, site)
+    image["hv:image"]["hv:format"] = fmt
+    publish(site, pki, [image], "1")
+    targets = [
+        Target("plain", LocalStore(tmp_path / "plain", [key.public_key()]), ""),
+        Target("raw1", LocalStore(tmp_path / "raw1", [key.public_key()], "raw"), ""),
+        Target("raw2", LocalStore(tmp_path / "raw2", [key.public_key()], "raw"), ""),
+    ]
+    svc = service(tmp_path, ca_dir, key, targets)
+    report = svc.run((subscription(site, pki),))
+    assert len(report.failures) == 3 and image_requests(site) == ["/img/evil-1.img"]
+    for line, name in zip(sorted(report.failures), ("plain", "raw1", "raw2"), strict=True):
+        assert line.startswith(f"target {name}: image evil: ") and words in line, line
+    for name in ("plain", "raw1", "raw2"):
+        files = [p for p in (tmp_path / name).rglob("*") if p.is_file() and p.suffix != ".lock"]
+        assert files == [], files
+    assert list((tmp_path / "state").glob("work/*")) == []
+    svc.close()
+
+
+def test_the_event_log_names_the_target_when_there_are_several():
+    import json
+    import logging
+
+    from glance_sync.eventlog import JsonFormatter, TextFormatter, log_event
+    from glance_sync.report import Report
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("vmtrust.sync.event")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        report = Report(listener=log_event)
+        report.scoped("ral-a", "target ral-a: ").add("stored a 1", "stored", image="a")
+        report.scoped("default", "").add("stored b 1", "stored", image="b")  # one target
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    several, one = (TextFormatter("%(message)s").format(r) for r in records)
+    assert several == (
+        "event=stored subscription=- image=a version=- rule=- target=ral-a target ral-a: stored a 1"
+    )
+    assert one == "event=stored subscription=- image=b version=- rule=- stored b 1"
+    assert [json.loads(JsonFormatter().format(r))["target"] for r in records] == ["ral-a", None]
