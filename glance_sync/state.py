@@ -38,6 +38,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from glance_sync.report import ImageFailure
 from glance_sync.state_schema import (
+    EMPTY,
+    HEAD,
     image_failure,
     open_engine,
     schema_check,
@@ -159,6 +161,9 @@ class StateDB:
                     self.close()  # nothing written yet: read as empty
             else:
                 self.upgraded_from = upgrade_schema(self._engine)
+                if self.upgraded_from not in (None, EMPTY):
+                    LOG.info("state database %s: schema upgraded from %s to %s",
+                             self.name, self.upgraded_from, HEAD)  # fmt: skip
                 if self.upgraded_from and self._engine.dialect.name == "sqlite":
                     vacuum(self._engine)  # the tables the upgrade copied leave free pages
         except StateError as exc:

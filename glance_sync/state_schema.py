@@ -210,6 +210,9 @@ def upgrade_schema(engine: sa.Engine) -> str | None:
             revision = EMPTY
         from alembic import command
 
+        chatty = logging.getLogger("alembic")
+        if chatty.level == logging.NOTSET:  # its INFO lines ("Context impl SQLiteImpl.")
+            chatty.setLevel(logging.WARNING)  # are noise in the sync's log; ours says it
         command.upgrade(_config(conn), "head")
         return revision
 
