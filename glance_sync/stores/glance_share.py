@@ -167,7 +167,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
 
 def _converge_one(store: GlanceStore, item: Held, accepted: dict[str, set[str]]) -> list[str]:
     image_id, vo = item.store_id, item.record.vo  # type: ignore[union-attr]
-    image = store.seen.get(image_id, {})
+    image = store.image(image_id)
     projects = store.projects(vo)
     wanted = ",".join(sorted(project for project, _ in projects))
     visibility = image.get("visibility", store.visibility)
