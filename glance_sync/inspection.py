@@ -29,23 +29,34 @@ of the stream — always before anything is committed to a store or converted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
-from typing import IO, NoReturn
-
-from oslo_utils.imageutils import format_inspector as fi
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from glance_sync.transfer import CHUNK
 from vmtrust.errors import UnsafeImageError
+
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector as fi
 
 #: The disk formats vmtrust stores (Glance's names), each with an inspector.
 INSPECTED = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
 #: VMDK subformats whose data are inside the one file (the inspector's lower-case names).
 VMDK_SUBFORMATS = ("monolithicsparse", "streamoptimized")
 
-# The inspector logs every failed check at WARNING with no image name; the
-# sync's own one-line refusal says it all.
-logging.getLogger(fi.__name__).setLevel(logging.CRITICAL)
+
+@functools.cache
+def _inspectors() -> ModuleType:
+    """oslo.utils' format inspector, imported when a disk is first inspected (a pass
+    that stores nothing never needs it, and it is a tenth of the sync's start-up)."""
+    from oslo_utils.imageutils import format_inspector
+
+    # The inspector logs every failed check at WARNING with no image name; the
+    # sync's own one-line refusal says it all.
+    logging.getLogger(format_inspector.__name__).setLevel(logging.CRITICAL)
+    return format_inspector
 
 
 class Inspection:
@@ -67,7 +78,7 @@ class Inspection:
         self.virtual_size = 0  #: the guest disk's size (header, or the bytes for raw), at the end
         #: every specific format's inspector, until the format is known; then the one found
         self._live: list[fi.FileInspector] = [
-            inspector() for name, inspector in fi.ALL_FORMATS.items() if name != "raw"
+            inspector() for name, inspector in _inspectors().ALL_FORMATS.items() if name != "raw"
         ]
         self.detected: fi.FileInspector | None = None  #: None while undecided or raw
         self._decided = False
@@ -158,6 +169,7 @@ class Inspection:
         """The inspector's safety checks and vmtrust's own, once its headers are complete."""
         if inspector in self._checked and not final:
             return
+        fi = _inspectors()
         subformat = getattr(inspector, "vmdktype", None)  # set once the descriptor is read
         if isinstance(inspector, fi.VMDKInspector) and subformat not in (None, *VMDK_SUBFORMATS):
             self._refuse(
