@@ -135,6 +135,9 @@ def atrope_list(pki, www: Path, base: str, size: int, sha: str) -> str:
     """The big image in a list atrope accepts (AppDB's keys); its URL."""
     item = entry("big", f"{base}/big.img", size, sha)
     item["hv:image"].update({
+        "sl:osname": "AlmaLinux",
+        "hv:core_minimum": 1,
+        "hv:ram_minimum": 2048,
         "ad:group": "EGI",
         "ad:mpuri": "https://appdb.example.org/store/vm/image/big:1/",
         "ad:user:fullname": "Jane Endorser",
@@ -152,7 +155,7 @@ def atrope_pass(work: Path, keystone, glance, pki, ca_dir: Path, url: str, n: in
     sources = {"bench": AtropeSource(url, pki.endorser.dn, pki.endorser.ca_dn)}
     done = run_atrope(work / project, keystone.auth_url, project, ca_dir, sources)
     elapsed = time.perf_counter() - start
-    assert done.returncode == 0 and " ERROR " not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 0 and " ERROR " not in done.stderr, done.stderr[-6000:]
     (stored,) = glance_get(glance, project, f"/v2/images?owner={project}")["images"]
     assert stored["os_hash_value"] == sha, stored
     glance_delete(glance, project, stored["id"])
