@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import queue
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import IO, Any
 from vmtrust.errors import TransferError
 
 CHUNK = 1024 * 1024
+AHEAD = 8  #: chunks :func:`read_ahead` may hold (8 MiB)
 
 
 @dataclass
@@ -61,3 +64,54 @@ def copy_stream(
     for chunk in iter_chunks(stream, identifier, tally):
         write(chunk)
     return tally.size, tally.sha512
+
+
+def read_ahead(chunks: Iterator[bytes], depth: int = AHEAD) -> Iterator[bytes]:
+    """``chunks``, produced on a thread of their own up to ``depth`` chunks ahead.
+
+    A store that pulls (an HTTP upload body) would otherwise download, unpack,
+    inspect and hash a chunk, then send it, then download the next: each side
+    idles while the other works, and only socket buffers hide it.  Here the
+    download runs while the upload sends, decoupled by at most ``depth`` chunks of
+    memory.  Whatever the producer raises is raised here, in order, after the
+    chunks before it; closing this generator early (a failed upload) stops the
+    producer at its next chunk and waits for it, so the stream is never read by
+    two threads and the caller may close it at once.
+    """
+    box: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                box.put(("chunk", chunk))
+            box.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put(("error", exc))
+        finally:
+            if stop.is_set():
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+
+    worker = threading.Thread(target=produce, name="vmtrust-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "chunk":
+                yield value  # type: ignore[misc]
+            elif kind == "error":
+                raise value  # type: ignore[misc]
+            else:
+                return
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting for room, then wait for it
+            try:
+                box.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        worker.join()
