@@ -69,9 +69,16 @@ def entry(identifier: str, uri: str, data: bytes) -> dict[str, Any]:
 
 
 def publish_many(
-    pki: devpki.DevPKI, www: Path, base: str, name: str, entries: list[dict[str, Any]]
+    pki: devpki.DevPKI,
+    www: Path,
+    base: str,
+    name: str,
+    entries: list[dict[str, Any]],
+    *,
+    version: str = "1",
 ) -> None:
-    """Sign one list of ``entries`` as ``<base>/<name>.list`` (validated once)."""
+    """Sign one list of ``entries`` as ``<base>/<name>.list`` (validated once); the
+    list's identifier is fixed by ``name``, so a later version replaces it."""
     doc = authoring.new_list(
         title=name,
         description="",
@@ -79,6 +86,8 @@ def publish_many(
         uri=f"{base}/{name}.list",
         endorser_dn=pki.endorser.dn,
         endorser_ca=pki.endorser.ca_dn,
+        identifier=str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmtrust-benchmark:{name}")),
+        first_version=version,
     )
     doc, _ = authoring.add_image(doc, entries[0])
     doc["hv:imagelist"]["hv:images"].extend(entries[1:])

@@ -106,7 +106,7 @@ def run(work: Path, count: int) -> None:
         entries[0]["hv:image"]["hv:version"] = "2"
         assert changed["hv:uri"] != entries[0]["hv:image"]["hv:uri"]
         time.sleep(1)  # a new list version needs a later dc:date:created (whole seconds)
-        fill.publish_many(pki, www, base, "many", entries)
+        fill.publish_many(pki, www, base, "many", entries, version="2")
         seconds, mib, status, stderr = run_sync(conf)
         assert status == 0, stderr[-2000:]
         _, _, plan = dry_run(conf)
