@@ -93,6 +93,8 @@ def site_config(work: Path, name: str, glance: GlanceServer, ca_dir: Path, list_
     conf = site / "vmtrust.conf"
     conf.write_text(
         f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
+        # 10,000 entries sign to about 11 MB (a site with such a list raises the limit too)
+        f"max_list_bytes = {64 * 1024 * 1024}\n"
         f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
         f"store = glance\nparallel_downloads = 1\n[store_glance]\ncloud = sync\n"
         f"clouds_file = {site}/clouds.yaml\nproject_id = {name}\n"

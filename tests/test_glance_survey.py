@@ -360,3 +360,40 @@ def test_survey_file_keeps_only_managed_images_of_its_project(tmp_path: Path):
         assert file.load() is None, bad
     other = SurveyFile(tmp_path, endpoint="http://other/v2", project="p1")
     assert other.path != file.path and other.load() is None
+
+
+def test_membership_removed_behind_its_back_is_repaired_by_the_next_full_reconcile(
+    glance_sync, site, pki, glance, tmp_path
+):
+    """What a VO project accepted is asked on full reconciles (and passes that store):
+    a membership change does not touch the image's updated_at."""
+    from test_glance_share import _remove_member, vo_cloud, vo_subs
+    from test_glance_store import VO, members, visible_to
+
+    b, conn_b, _ = vo_cloud(glance, tmp_path)
+    survey = _surveyed(glance_sync).surveyor.file
+    glance_sync.store = GlanceStore(
+        glance_sync.store.conn, project_id=glance_sync.project,
+        seal_keys=glance_sync.store.seal_keys, vo_projects={VO: [(b, conn_b)]}, survey=survey,
+    )  # fmt: skip
+    subs = vo_subs(glance_sync)
+    publish(site, pki, [entry("img-a", small("a"), site)], "1")
+    assert glance_sync.run(subs).failures == []  # pass 1 (full)
+    (image_id,) = project_images(glance, glance_sync.project)
+    assert members(glance, glance_sync.project, image_id) == {b: "accepted"}
+    _remove_member(glance, glance_sync.project, image_id, b)
+
+    calls = glance_sync.store.calls
+    for _ in range(PASSES - 1):  # passes 2, 3: incremental, no listing as the VO project
+        _no_op(glance_sync)
+        assert members(glance, glance_sync.project, image_id) == {}
+    assert glance_sync.store.calls - calls == 2 * (PASSES - 1)
+
+    report = glance_sync.run(subs)  # pass 4: the full reconcile asks the VO project
+    assert glance_sync.store.full_listing is True
+    assert report.failures == []
+    assert report.done == [
+        f"accepted img-a for project {b} (Glance did not list it as accepted there)"
+    ]
+    assert members(glance, glance_sync.project, image_id) == {b: "accepted"}
+    assert image_id in visible_to(glance, b)
