@@ -17,6 +17,12 @@ image in state ``uploading``, which :meth:`GlanceStore.cleanup` deletes on
 the next run.  Only images owned by the service project that carry
 ``vmtrust_managed`` are ever listed, changed or deleted.
 
+The sync lists them incrementally: only the images Glance updated since the last
+pass, on top of the survey it keeps in the state directory, with a full listing
+every ``reconcile_passes`` passes or ``reconcile_hours`` hours
+(:mod:`glance_sync.stores.glance_survey`, decision 0010).  The download runs
+ahead of the upload on a thread of its own (:func:`~glance_sync.transfer.read_ahead`).
+
 Glance is reached through openstacksdk's image adapter with plain REST calls
 and explicit status checks (some of openstacksdk's image helpers ignore HTTP
 errors or mishandle ``enabled_backends``; see docs/glance.md).  Every Glance
