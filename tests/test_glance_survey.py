@@ -397,3 +397,27 @@ def test_membership_removed_behind_its_back_is_repaired_by_the_next_full_reconci
     ]
     assert members(glance, glance_sync.project, image_id) == {b: "accepted"}
     assert image_id in visible_to(glance, b)
+
+
+def test_a_watermark_from_the_future_is_not_listed_by(tmp_path: Path):
+    """Glance's clock ran ahead once: asking for updates since then would hide the rest."""
+    from glance_sync.stores.glance_survey import Surveyor
+
+    file = SurveyFile(tmp_path, endpoint="http://glance/v2", project="p1")
+    ahead = filter_time(datetime.now(UTC) + timedelta(days=2))
+    image = {"id": "i1", "owner": "p1", gp.MANAGED: "true", "updated_at": ahead}
+    file.save(Survey({"i1": image}, full_at=time.time()))
+    asked: list[datetime | None] = []
+
+    def managed(since):
+        asked.append(since)
+        return [image]
+
+    surveyor = Surveyor(file, managed, lambda: "http://glance/v2")
+    surveyor.list(new_pass=True)
+    assert asked == [None] and surveyor.full_listing is True
+    file.save(Survey({"i1": {**image, "updated_at": filter_time(datetime.now(UTC))}},
+                     full_at=time.time()))  # fmt: skip
+    asked.clear()
+    Surveyor(file, managed, lambda: "http://glance/v2").list(new_pass=True)
+    assert asked and asked[0] is not None  # the control: a present watermark is used

@@ -75,6 +75,8 @@ KEEP = frozenset(
         "name",
     }
 )
+#: how far ahead of this host's clock Glance's newest update may be before it is distrusted
+FUTURE = timedelta(hours=1)
 MAX_BYTES = 1 << 30  #: a survey larger than this is not read (10,000 images take ~20 MB)
 
 
@@ -307,6 +309,11 @@ class Surveyor:
         without the newest image the survey knows (deleted, or the filter not honoured)."""
         mark = prior.watermark()
         if mark is None:
+            return None
+        if mark > datetime.now(UTC) + FUTURE:
+            # A Glance clock that ran ahead once would hide every later update until the
+            # next reconcile: asking by it is not safe.
+            LOG.warning("glance: images updated at %s, in the future; listing every image", mark)
             return None
         try:
             changed = self._managed(mark - margin)
