@@ -22,7 +22,7 @@ ATROPE_VERSION := 2.0.0
 ORAS_VENV := .venv-oras
 ORAS_VERSION := 0.2.43
 
-.PHONY: demo test lint sample bench bench-glance bench-filter bench-ec2 bench-oci bench-scale venv \
+.PHONY: demo test lint sample bench bench-glance bench-fanout bench-filter bench-ec2 bench-oci bench-audit bench-adopt bench-scale venv \
 	venv-glance venv-nova venv-cip venv-atrope venv-oras cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
@@ -96,8 +96,11 @@ test: venv venv-glance venv-nova venv-cip venv-atrope cloud-init lint
 	VMTRUST_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
 	VMTRUST_REQUIRE_SERVICES=1 $(NOVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/with_nova
 
+# ruff for style and mistakes, mypy for types (its files and settings: pyproject.toml)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Regenerate etc/vmtrust/vmtrust.conf.sample after changing options.
 sample: venv
@@ -106,6 +109,7 @@ sample: venv
 
 bench: venv
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/startup.py
 
 bench-glance: venv venv-glance venv-atrope
 	$(BIN)/python benchmarks/glance_ingest.py
@@ -114,11 +118,21 @@ bench-glance: venv venv-glance venv-atrope
 bench-scale: venv
 	$(BIN)/python benchmarks/scale.py
 
+# One 1 GiB image to 4 Glance clouds: vmtrust's fan-out, atrope's loop, one target.
+bench-fanout: venv venv-glance venv-atrope
+	$(BIN)/python benchmarks/fanout.py
+
 bench-ec2: venv
 	$(BIN)/python benchmarks/ec2_ingest.py
 
 bench-oci: venv venv-glance venv-oras
 	$(BIN)/python benchmarks/oci_ingest.py
+
+bench-audit: venv-nova venv-glance
+	PYTHONPATH=. $(NOVA_VENV)/bin/python benchmarks/audit.py
+
+bench-adopt: venv venv-glance
+	$(BIN)/python benchmarks/adopt.py
 
 bench-filter: venv-nova venv-glance
 	$(NOVA_VENV)/bin/python benchmarks/filter.py

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from moto_ec2 import CREDENTIALS, REGION, MotoGaps, MotoServer  # noqa: E402
-from transfer import entry, make_image, publish, web_server  # noqa: E402
+from transfer import entry, make_image, publish, site_files, web_server  # noqa: E402
 
 from vmtrust import devpki  # noqa: E402
 
@@ -68,17 +68,13 @@ def environment(work: Path) -> dict[str, str]:
 def site_config(work: Path, name: str, moto: str, ca_dir: Path, list_url: str, pki) -> Path:
     site = work / name
     site.mkdir()
-    (site / "subs.yaml").write_text(
-        f"subscriptions:\n  - name: bench\n    url: {list_url}\n    endorsers:\n"
-        f"      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n    approve: all\n"
-    )
-    conf = site / "vmtrust.conf"
-    conf.write_text(
-        f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
-        f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
-        f"store = ec2\nparallel_downloads = 1\n[store_ec2]\nregion = {REGION}\n"
-        f"endpoint_url = {moto}\nrecord_bucket = {RECORDS}\n"
-        "vo_account = vo.example.org:111111111111\n"
+    conf = site_files(
+        site,
+        ca_dir,
+        list_url,
+        pki,
+        f"store = ec2\n[store_ec2]\nregion = {REGION}\nendpoint_url = {moto}\n"
+        f"record_bucket = {RECORDS}\nvo_account = vo.example.org:111111111111\n",
     )
     subprocess.run(
         [sys.executable, "-m", "vmtrust", "keygen", "--out", site / "seal.key"],

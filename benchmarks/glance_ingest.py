@@ -61,7 +61,7 @@ from glance_server import (  # noqa: E402
     token,
 )
 from openstack_standin import Cloud, StandIn  # noqa: E402
-from transfer import entry, make_image, publish, web_server  # noqa: E402
+from transfer import entry, make_image, publish, site_files, web_server  # noqa: E402
 
 from vmtrust import devpki  # noqa: E402
 
@@ -86,18 +86,13 @@ def site_config(work: Path, name: str, glance: GlanceServer, ca_dir: Path, list_
         + _cloud("sync", glance, name, SERVICE_ROLES)
         + _cloud("vo", glance, f"{name}-vo", MEMBER_ROLES)
     )
-    (site / "subs.yaml").write_text(
-        f"subscriptions:\n  - name: bench\n    url: {list_url}\n    endorsers:\n"
-        f"      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n    approve: all\n"
-    )
-    conf = site / "vmtrust.conf"
-    conf.write_text(
-        f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
-        # 10,000 entries sign to about 11 MB (a site with such a list raises the limit too)
-        f"max_list_bytes = {64 * 1024 * 1024}\n"
-        f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
-        f"store = glance\nparallel_downloads = 1\n[store_glance]\ncloud = sync\n"
-        f"clouds_file = {site}/clouds.yaml\nproject_id = {name}\n"
+    conf = site_files(
+        site,
+        ca_dir,
+        list_url,
+        pki,
+        f"store = glance\n[store_glance]\ncloud = sync\n"
+        f"clouds_file = {site}/clouds.yaml\nproject_id = {name}\n",
     )
     subprocess.run(
         [BIN / "vmtrust", "keygen", "--out", site / "seal.key"], check=True, capture_output=True

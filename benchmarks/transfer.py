@@ -115,6 +115,25 @@ def publish(pki: devpki.DevPKI, www: Path, base: str, name: str, entries: list[d
     (www / f"{name}.list").write_bytes(body)
 
 
+def site_files(site: Path, ca_dir: Path, list_url: str, pki: devpki.DevPKI, store: str) -> Path:
+    """A site's subscriptions file (the list at ``list_url``, every image approved) and its
+    vmtrust.conf, ending with ``store`` (the ``[sync] store`` line and the store's section);
+    returns the configuration's path."""
+    (site / "subs.yaml").write_text(
+        f"subscriptions:\n  - name: bench\n    url: {list_url}\n    endorsers:\n"
+        f"      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n    approve: all\n"
+    )
+    conf = site / "vmtrust.conf"
+    conf.write_text(
+        f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
+        # 10,000 entries sign to about 11 MB (a site with such a list raises the limit too)
+        f"max_list_bytes = {64 * 1024 * 1024}\n"
+        f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
+        f"parallel_downloads = 1\n{store}"
+    )
+    return conf
+
+
 def make_image(path: Path, size: int) -> str:
     """Write ``size`` pseudo-random bytes (not compressible); return their SHA-512."""
     digest = hashlib.sha512()

@@ -2,4 +2,6 @@
 
 from glance_sync.cli import main
 
+__all__: list[str] = []  # a namespace: its modules are the API
+
 raise SystemExit(main())

@@ -61,6 +61,8 @@ from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError, TransferError, VmtrustError
 from vmtrust.record import seal
 
+__all__ = ["Adoption", "GlanceFile", "find"]
+
 LOG = logging.getLogger("vmtrust.adopt")
 
 
@@ -180,9 +182,10 @@ class Adoption:
             f"adopt    nothing: no {self.tool.name} image of an approved list"
         ]:
             out(line)
-        for item in plan.refused:  # refused only when vmtrust holds no version of it
-            report.fail(f"image {item.want.identifier}: {item.reason}", image_failure(item.want))
-            wanted.pop(item.want.identifier, None)
+        for refused in plan.refused:  # refused only when vmtrust holds no version of it
+            want = refused.want
+            report.fail(f"image {want.identifier}: {refused.reason}", image_failure(want))
+            wanted.pop(want.identifier, None)
         holding = held_identifiers(held)
         held = list(held)
         # reading back is I/O and hashing (which releases the GIL): several at once

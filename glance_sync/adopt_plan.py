@@ -22,6 +22,17 @@ from glance_sync.foreign import Image, Tool
 from glance_sync.plan import Desired, Held
 from glance_sync.unpack import normalise_format
 
+__all__ = [
+    "AdoptionPlan",
+    "InPlace",
+    "LeftAlone",
+    "Refused",
+    "RetireCopy",
+    "current_versions",
+    "held_identifiers",
+    "plan_adoption",
+]
+
 
 @dataclass(frozen=True)
 class InPlace:
@@ -72,21 +83,21 @@ class AdoptionPlan:
                 f"adopt    {d.identifier} {d.image.version} ({d.image.title}): "
                 f"{tool.describe(item.image)} keeps its id{noticed}"
             )
-        for item in self.retire:
-            what = f"{tool.describe(item.image)}: {item.reason}"
-            if item.reupload:
+        for copy in self.retire:
+            what = f"{tool.describe(copy.image)}: {copy.reason}"
+            if copy.reupload:
                 lines.append(
-                    f"re-upload {item.identifier}: {what}; the copy is retired ({retire_mode}) "
+                    f"re-upload {copy.identifier}: {what}; the copy is retired ({retire_mode}) "
                     "once the new one is active"
                 )
             else:
                 lines.append(f"retire   {what} ({retire_mode})")
-        for item in self.refused:
-            lines.append(f"refuse   {item.want.identifier}: {item.reason}")
-        for item in self.left:
+        for refused in self.refused:
+            lines.append(f"refuse   {refused.want.identifier}: {refused.reason}")
+        for alone in self.left:
             lines.append(
-                f"leave    {tool.describe(item.image)}: {item.reason}; left alone (to remove "
-                f"it: openstack image delete {item.image.get('id')})"
+                f"leave    {tool.describe(alone.image)}: {alone.reason}; left alone (to remove "
+                f"it: openstack image delete {alone.image.get('id')})"
             )
         return lines
 
@@ -113,8 +124,8 @@ def plan_adoption(
         why_not = _not_a_copy(image, identifier, want, tool, project)
         if why_not is not None:
             plan.left.append(LeftAlone(image, why_not))
-        else:
-            copies.setdefault(identifier, []).append(image)  # type: ignore[arg-type]
+        elif identifier is not None:  # always: _not_a_copy refuses an image without one
+            copies.setdefault(identifier, []).append(image)
     for identifier, images in sorted(copies.items()):
         want = wanted[identifier]
         own = [i for i in images if i.get("owner") == project]

@@ -41,6 +41,7 @@ from glance_sync import settings as settings_mod
 from glance_sync.foreign import TOOLS
 from glance_sync.report import Report, unexpected
 from glance_sync.service import SyncService, tty_progress
+from glance_sync.targets import route
 from vmtrust import __version__, errors
 from vmtrust.conf import make_conf
 from vmtrust.errors import VmtrustError
@@ -49,6 +50,8 @@ from vmtrust.safetext import shown
 
 if TYPE_CHECKING:
     from glance_sync.adopt import Adoption
+
+__all__ = ["INTERNAL_ERROR", "Observer", "build_parser", "main"]
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -102,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--adopt-tag",
         metavar="TAG",
         help="the tag atrope marks its images with (its [glance] tag; default: atrope)",
+    )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="one of several sync hosts: keep running, each round syncing the targets "
+        "[coordination] gives this host, each under its lock (docs/federation.md)",
+    )
+    parser.add_argument(
+        "--upgrade-state",
+        action="store_true",
+        help="upgrade the state database's schema to this version's and exit (a pass does it "
+        "too when it starts; with several sync hosts, run it once before upgrading them)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
@@ -210,6 +225,21 @@ def _adoption(args: argparse.Namespace, store, settings) -> Adoption:
     )
 
 
+def _upgrade_state(conf) -> int:
+    """``--upgrade-state``: open the state database as a writer (which upgrades it), say so."""
+    from glance_sync.state import StateDB
+    from glance_sync.state_schema import head
+
+    db = StateDB(Path(conf.state_dir).expanduser(), connection=conf.sync.state_connection)
+    try:
+        before = db.upgraded_from
+        done = f"upgraded from {before} to {head()}" if before else f"at {head()} already"
+        print(f"vmtrust-sync: state database {db.name}: schema revision {done}")
+    finally:
+        db.close()
+    return 0
+
+
 def _logging(args: argparse.Namespace, log_format: str) -> None:
     _Output.json = log_format == "json"
     eventlog.configure(args.verbose, log_format)
@@ -220,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.adopt and args.daemon:
         parser.error("--adopt is one pass: run it without --daemon")
+    if args.worker and (args.daemon or args.dry_run or args.adopt or args.check):
+        parser.error("--worker keeps running on its own: not with --daemon, --dry-run, "
+                     "--adopt or --check")  # fmt: skip
     if args.adopt_tag and args.adopt != "atrope":
         parser.error("--adopt-tag goes with --adopt atrope")
     _logging(args, args.log_format or "text")
@@ -232,11 +265,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             from glance_sync import preflight
 
             return preflight.main(conf, _say)
+        if args.upgrade_state:
+            return _upgrade_state(conf)
         settings = settings_mod.from_conf(conf)
-        load_subscriptions(settings.subscriptions_file)  # validate before touching anything
-        store = settings_mod.make_store(conf, settings)
-        adoption = _adoption(args, store, settings) if args.adopt else None
-        service = SyncService(settings, store, progress=tty_progress(), events=eventlog.log_event)
+        subscriptions = load_subscriptions(settings.subscriptions_file)  # checked before anything
+        targets = settings_mod.make_targets(conf, settings)
+        route(subscriptions, targets)  # a subscription naming an unknown target: one line
+        if args.worker:
+            from glance_sync import worker
+
+            interval = args.interval or conf.sync.interval
+            return worker.serve(
+                conf, settings, targets, interval=interval, say=_say, events=eventlog.log_event
+            )
+        if args.adopt and len(targets) > 1:
+            parser.error("--adopt works on one store: run it with one target configured")
+        adoption = _adoption(args, targets[0].store, settings) if args.adopt else None
+        service = SyncService(
+            settings, progress=tty_progress(), events=eventlog.log_event, targets=targets
+        )
         interval = args.interval or conf.sync.interval
         observe = None
         if conf.sync.metrics_textfile or (args.daemon and conf.sync.metrics_address):

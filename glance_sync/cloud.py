@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from openstack.connection import Connection
     from oslo_config import cfg
 
+__all__ = ["NEEDED_BY", "USER_AGENT", "connect", "connect_cloud", "connect_options"]
+
 USER_AGENT = "vmtrust-sync"
 NEEDED_BY = "[sync] store = glance"
 

@@ -24,6 +24,20 @@ import os
 import sys
 from pathlib import Path
 
+__all__ = [
+    "EXECUTE",
+    "MAKE_REG",
+    "READ_DIR",
+    "READ_FILE",
+    "REMOVE_FILE",
+    "SYSTEM_READ",
+    "TRUNCATE",
+    "WRITE_FILE",
+    "abi_version",
+    "command",
+    "main",
+]
+
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same on every architecture
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
@@ -74,7 +88,7 @@ def _handled_fs(abi: int) -> int:
     return _FS_BY_ABI[max(v for v in _FS_BY_ABI if v <= abi)]
 
 
-def restrict(read: list[str], write: list[str]) -> None:
+def _restrict(read: list[str], write: list[str]) -> None:
     """Confine this process: read/execute ``SYSTEM_READ`` and ``read``, write in ``write``.
 
     Raises OSError when the kernel refuses; irreversible when it succeeds.
@@ -134,7 +148,7 @@ def main() -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args()
     try:
-        restrict(options.read, options.write)
+        _restrict(options.read, options.write)
     except OSError as exc:
         print(f"confine: cannot restrict file access: {exc}", file=sys.stderr)
         sys.exit(126)

@@ -36,8 +36,20 @@ from types import TracebackType
 from typing import IO
 
 from glance_sync import confine
-from glance_sync.transfer import read_disk
+from glance_sync.transfer import DiskStream, read_disk
 from vmtrust.errors import TransferError
+
+__all__ = [
+    "ADDRESS_SPACE",
+    "CPU_SECONDS",
+    "CPU_SECONDS_PER_GIB",
+    "QEMU_DRIVERS",
+    "TIMEOUT",
+    "Conversion",
+    "clear_work_folder",
+    "qemu_driver",
+    "work_folder",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -111,7 +123,7 @@ class Conversion:
     ) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def write(self, stream: IO[bytes]) -> int:
+    def write(self, stream: DiskStream) -> int:
         """Copy the disk bytes into the work file; return their number."""
         size = 0
         try:

@@ -177,7 +177,8 @@ class SourceReader(io.RawIOBase):
             except HttpError as exc:  # a refused URL or redirect: asking again changes nothing
                 raise TransferError(f"image {self.source.identifier}: {exc}") from None
             except requests.exceptions.SSLError as exc:
-                if self.deadline.expired:  # the watchdog cut the handshake
+                # the watchdog cut the handshake (file: URIs have no deadline, nor TLS)
+                if self.deadline is not None and self.deadline.expired:
                     raise self._deadline_error() from None
                 raise self._fail(f"TLS verification failed ({short(exc)})") from None
             except (requests.ConnectionError, requests.Timeout) as exc:

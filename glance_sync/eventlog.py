@@ -37,6 +37,16 @@ from datetime import UTC, datetime
 from glance_sync.report import Event
 from vmtrust.safetext import SafeFormatter, redact, shown
 
+__all__ = [
+    "EVENT_LOG",
+    "FORMATS",
+    "KEYS",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure",
+    "log_event",
+]
+
 EVENT_LOG = logging.getLogger("vmtrust.sync.event")
 KEYS = ("event", "subscription", "image", "version", "rule")
 FORMATS = ("text", "json")

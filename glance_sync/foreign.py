@@ -30,6 +30,18 @@ from typing import Any
 
 from glance_sync.plan import Desired
 
+__all__ = [
+    "CK_ID",
+    "CK_LIST",
+    "CK_STATUS",
+    "TOOLS",
+    "Atrope",
+    "CloudkeeperOS",
+    "Image",
+    "Tool",
+    "make_tool",
+]
+
 Image = dict[str, Any]
 
 

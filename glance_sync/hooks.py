@@ -26,6 +26,8 @@ from glance_sync.plan import Held
 from vmtrust.errors import ConfigError
 from vmtrust.imagelist import Image, ImageList
 
+__all__ = ["SESSION", "TIMEOUT", "check", "event_environment", "run"]
+
 LOG = logging.getLogger("vmtrust.hooks")
 SESSION = str(uuid.uuid1())
 TIMEOUT = 600

@@ -42,6 +42,17 @@ from vmtrust.errors import DeadlineExceeded, HttpError
 from vmtrust.safetext import redact
 from vmtrust.urls import url_problem
 
+__all__ = [
+    "USER_AGENT",
+    "Deadline",
+    "HttpSettings",
+    "check_url",
+    "follow",
+    "get",
+    "make_session",
+    "short",
+]
+
 USER_AGENT = f"vmtrust/{__version__}"
 
 
@@ -218,13 +229,13 @@ class _Watched:
             deadline.watch(self, sock)
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
+        sock = super()._new_conn()  # type: ignore[misc]  # a mixin: HTTPConnection's
         self._vmtrust_claim(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         self._vmtrust_claim(self.sock)
-        return super().request(*args, **kwargs)  # type: ignore[misc]
+        return super().request(*args, **kwargs)  # type: ignore[misc]  # HTTPConnection's
 
 
 class _Connection(_Watched, HTTPConnection):

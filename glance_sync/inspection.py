@@ -33,13 +33,15 @@ import functools
 import logging
 from collections.abc import Iterator
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from glance_sync.transfer import CHUNK
+from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import UnsafeImageError
 
 if TYPE_CHECKING:
     from oslo_utils.imageutils import format_inspector as fi
+
+__all__ = ["INSPECTED", "VMDK_SUBFORMATS", "InspectedStream", "Inspection", "inspect_stream"]
 
 #: The disk formats vmtrust stores (Glance's names), each with an inspector.
 INSPECTED = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
@@ -100,8 +102,11 @@ class Inspection:
                 self._decide()
             if self.detected is not None:
                 self._check(self.detected, final=True)  # some need the end (VMDK footer)
-            raw = self.detected is None or str(self.detected) == "gpt"
-            self.virtual_size = self.size if raw else self.detected.virtual_size or self.size
+            detected = self.detected
+            if detected is None or str(detected) == "gpt":  # raw
+                self.virtual_size = self.size
+            else:
+                self.virtual_size = detected.virtual_size or self.size
         self.done = True
         return self.virtual_size
 
@@ -210,7 +215,7 @@ class InspectedStream:
     is refused, so a store never reaches its commit point with such bytes.
     """
 
-    def __init__(self, stream: IO[bytes], inspection: Inspection) -> None:
+    def __init__(self, stream: DiskStream, inspection: Inspection) -> None:
         self.stream = stream
         self.inspection = inspection
         digest = getattr(stream, "source_digest", None)
@@ -230,7 +235,7 @@ class InspectedStream:
 
 
 def inspect_stream(
-    stream: IO[bytes], declared: str, identifier: str, converted: bool = False
+    stream: DiskStream, declared: str, identifier: str, converted: bool = False
 ) -> InspectedStream:
     """``stream`` inspected as it is read; ``converted``: the output of a conversion."""
     return InspectedStream(stream, Inspection(declared, identifier, converted))

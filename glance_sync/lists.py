@@ -36,6 +36,8 @@ from vmtrust.imagelist import Endorser, ImageList
 from vmtrust.policy import Subscription
 from vmtrust.verify import Policy, verify_signed_list
 
+__all__ = ["ListPhase", "Verified", "desired", "image_failure", "state_failed"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 

@@ -22,6 +22,8 @@ from glance_sync.stores.localfs import kind_of
 from vmtrust.cli.render import clean
 from vmtrust.errors import ConfigError, LockError
 
+__all__ = ["hold", "holder"]
+
 
 def holder(state_dir: Path) -> str:
     """How a sync describes itself in a lock it holds."""

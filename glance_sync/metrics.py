@@ -46,9 +46,10 @@ from glance_sync.state import StateDB
 from vmtrust.errors import ConfigError
 from vmtrust.fileio import write_atomic
 
+__all__ = ["PREFIX", "SyncMetrics", "parse_address", "serve", "write_textfile"]
+
 LOG = logging.getLogger("vmtrust.sync")
 PREFIX = "vmtrust_sync_"
-STATES = ("trusted", "retired", "failing")
 
 
 def _ts(value: datetime | None) -> float:

@@ -31,14 +31,24 @@ import contextlib
 import tarfile as tar
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
 import defusedxml.ElementTree as safe_xml
 
-from glance_sync.transfer import CHUNK
+from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import ArchiveError
+
+__all__ = [
+    "DISK_SUFFIXES",
+    "MAX_DESCRIPTOR",
+    "MAX_EXTENDED_HEADER",
+    "MAX_EXTENDED_TOTAL",
+    "MAX_MEMBERS",
+    "ArchiveDisk",
+    "DiskRef",
+]
 
 MAX_MEMBERS = 256
 MAX_EXTENDED_HEADER = 64 * 1024
@@ -86,7 +96,7 @@ class _BoundedInfo(tar.TarInfo):
             tarfile.extended_bytes += self.size
             if tarfile.extended_bytes > MAX_EXTENDED_TOTAL:
                 raise _Refused(f"more than {MAX_EXTENDED_TOTAL} bytes of extended headers")
-        return super()._proc_member(tarfile)
+        return super()._proc_member(tarfile)  # type: ignore[misc]  # private hook, not in typeshed
 
     def _sparse(self, *args: Any) -> None:
         raise _Refused("a sparse member (pax GNU.sparse headers)")
@@ -100,7 +110,7 @@ class _Archive(tar.TarFile):
 
     def next(self) -> tar.TarInfo | None:
         member = super().next()
-        if len(self.members) > MAX_MEMBERS:
+        if len(self.members) > MAX_MEMBERS:  # type: ignore[attr-defined]  # typeshed omits it
             raise _Refused(f"more than {MAX_MEMBERS} members")
         return member
 
@@ -117,13 +127,14 @@ class DiskRef:
 class ArchiveDisk:
     """The disk member's bytes; at their end, the rest of the archive is read and checked."""
 
-    def __init__(self, stream: IO[bytes], kind: str, identifier: str) -> None:
+    def __init__(self, stream: DiskStream, kind: str, identifier: str) -> None:
         self.identifier = identifier
         self.kind = kind
         self.described = False  #: the archive starts with an OVF descriptor
         self._names: set[str] = set()
         with self._guard():
-            self.archive = _Archive.open(fileobj=stream, mode="r|")
+            # stream mode ("r|") only ever calls read(), all a DiskStream has
+            self.archive = _Archive.open(fileobj=cast(IO[bytes], stream), mode="r|")
             self._members = iter(self.archive)
             self.member, self.disk_format = self._find_disk()
             extracted = self.archive.extractfile(self.member)
@@ -163,7 +174,7 @@ class ArchiveDisk:
         with self._guard():
             member = next(self._members, None)
         if member is not None:
-            problem = member_problem(member)
+            problem = _member_problem(member)
             if problem:
                 self._refuse(problem)
             if member.name in self._names:  # tools disagree on which copy counts
@@ -192,7 +203,7 @@ class ArchiveDisk:
             self._refuse(f"the first member is {first.name!r}, not the OVF descriptor")
         member = first
         while member is not None:
-            fmt = suffix_format(member.name)
+            fmt = _suffix_format(member.name)
             if fmt:
                 return member, fmt
             member = self._next()
@@ -207,21 +218,21 @@ class ArchiveDisk:
             handle = self.archive.extractfile(member)
             data = handle.read() if handle is not None else b""
         try:
-            return choose_disk(data)
+            return _choose_disk(data)
         except ValueError as exc:
             self._refuse(f"descriptor {member.name}: {exc}")
 
     def _check_rest(self) -> None:
         """Every member after the disk is checked too; a plain tar holds one disk only."""
         while (member := self._next()) is not None:
-            if not self.described and suffix_format(member.name):
+            if not self.described and _suffix_format(member.name):
                 self._refuse(
                     f"more than one disk ({self.member.name}, {member.name}); which one "
                     "to store is ambiguous"
                 )
 
 
-def member_problem(member: tar.TarInfo) -> str | None:
+def _member_problem(member: tar.TarInfo) -> str | None:
     """Why a member may not be in an image archive, or None."""
     name = member.name
     if member.type not in (tar.REGTYPE, tar.AREGTYPE):
@@ -233,7 +244,7 @@ def member_problem(member: tar.TarInfo) -> str | None:
     return None
 
 
-def suffix_format(name: str) -> str | None:
+def _suffix_format(name: str) -> str | None:
     lowered = name.lower()
     return next((fmt for suffix, fmt in DISK_SUFFIXES.items() if lowered.endswith(suffix)), None)
 
@@ -257,7 +268,7 @@ def _elements(root: Element, name: str) -> list[Element]:
     return [element for element in root.iter() if _local(element.tag) == name]
 
 
-def choose_disk(descriptor: bytes) -> DiskRef:
+def _choose_disk(descriptor: bytes) -> DiskRef:
     """The disk an OVF descriptor names; ValueError says why none can be chosen."""
     try:
         root = safe_xml.fromstring(descriptor, forbid_dtd=True)
@@ -301,7 +312,7 @@ def choose_disk(descriptor: bytes) -> DiskRef:
         raise ValueError(f"disk file {href!r} is not a member name (no URLs or paths)")
     if (_attr(file, "compression") or "identity") != "identity" or _attr(file, "chunkSize"):
         raise ValueError(f"disk file {href!r} is compressed or chunked (not supported)")
-    fmt = _uri_format(_attr(disk, "format") or "") or suffix_format(href)
+    fmt = _uri_format(_attr(disk, "format") or "") or _suffix_format(href)
     if fmt is None:
         raise ValueError(f"the format of disk file {href!r} is unknown")
     size = _attr(file, "size")

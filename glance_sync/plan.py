@@ -33,6 +33,21 @@ from vmtrust.imagelist import Endorser, Image, ImageList, format_date, parse_dat
 from vmtrust.record import TrustRecord, entry_digest
 from vmtrust.trust import expiry
 
+__all__ = [
+    "Action",
+    "Create",
+    "Desired",
+    "Held",
+    "KnownList",
+    "Plan",
+    "Purge",
+    "Refresh",
+    "Replace",
+    "Retire",
+    "last_accepted",
+    "make_plan",
+]
+
 
 @dataclass(frozen=True)
 class Desired:
@@ -201,6 +216,13 @@ def _same_metadata(held: TrustRecord, wanted: TrustRecord) -> bool:
     return all(a[k] == b[k] for k in a if k not in _METADATA_IGNORED)
 
 
+def _sealed(item: Held) -> TrustRecord:
+    """The record of a held image the planner kept: one with a record whose seal verified."""
+    if item.record is None:  # make_plan retires these before it compares anything
+        raise ValueError(f"held image {item.store_id} has no trust record")
+    return item.record
+
+
 def _same_bytes(record: TrustRecord, desired: Desired) -> bool:
     """The held version is the one wanted: same version and, where the source gives
     one, the same SHA-512 (an OCI image's version is its manifest digest, which pins
@@ -239,24 +261,25 @@ def make_plan(
 
     for identifier, want in sorted(desired.items()):
         holding = by_identifier.pop(identifier, [])
-        current = [h for h in holding if _same_bytes(h.record, want)]  # type: ignore[arg-type]
+        current = [h for h in holding if _same_bytes(_sealed(h), want)]
         others = tuple(h for h in holding if h not in current)
         # An old version past its own expiry leaves now: carrying it in a Replace
         # would keep it trusted for as long as the new version fails to arrive.
         for item in others:
-            if (gone := expiry(item.record, now)) is not None:  # type: ignore[arg-type]
+            if (gone := expiry(_sealed(item), now)) is not None:
                 plan.actions.append(Retire(item, gone.reason))
-        others = tuple(h for h in others if expiry(h.record, now) is None)  # type: ignore[arg-type]
+        others = tuple(h for h in others if expiry(_sealed(h), now) is None)
         if current:
             keep, *duplicates = current
+            kept = _sealed(keep)
             probe = want.record(
                 store_id=keep.store_id,
-                sha512=keep.record.sha512,  # type: ignore[union-attr]
-                size=keep.record.size,
-                disk_format=keep.record.disk_format,
-                source_sha512=keep.record.source_sha512,
-            )  # type: ignore[union-attr]
-            if not _same_metadata(keep.record, probe):  # type: ignore[arg-type]
+                sha512=kept.sha512,
+                size=kept.size,
+                disk_format=kept.disk_format,
+                source_sha512=kept.source_sha512,
+            )
+            if not _same_metadata(kept, probe):
                 plan.actions.append(Refresh(keep, want))
             for extra in (*duplicates, *others):
                 plan.actions.append(Retire(extra, f"superseded by version {want.image.version}"))

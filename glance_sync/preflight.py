@@ -19,7 +19,9 @@ says, one line per problem:
   ordinary member must not (the shipped property protections are in force);
   EC2 listable;
 * the programs the configuration needs (``qemu-img`` for conversions, the NBD
-  tools for EC2), the hook, and where metrics go.
+  tools for EC2), the hook, and where metrics go;
+* the coordination service of several sync hosts, when there is one: reachable,
+  and no live worker already has this host's member id (asked without joining).
 
 **Nothing is written**: no directory is made, the state database is opened
 read-only, no store object that creates its folders is built, and Glance is
@@ -54,6 +56,8 @@ from vmtrust.policy import Subscription, load_subscriptions
 from vmtrust.safetext import shown
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
+
+__all__ = ["CRL_SOON", "PROBE", "Findings", "main", "run"]
 
 CRL_SOON = timedelta(hours=24)  #: a CRL renewed later than this from now is worth a note
 PROBE = "vmtrust_check_probe"  #: the property the Glance probe asks for
@@ -175,7 +179,11 @@ def _lists(
     """Fetch and verify every list as a pass would, with the state's rollback floor."""
     http = http_settings(conf)
     try:
-        state = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+        state = StateDB(
+            Path(conf.state_dir).expanduser(),
+            readonly=True,
+            connection=conf.sync.state_connection,
+        )
         try:
             accepted = {sub.name: state.get(sub.name) for sub in subs}
         finally:
@@ -385,10 +393,42 @@ def run(conf: cfg.ConfigOpts, now: datetime | None = None) -> Findings:
     _seal_key(f, conf)
     if subs and trust is not None:
         _lists(f, conf, subs, trust, now)
-    _store(f, conf)
-    _tools(f, conf)
+    for label, view in _targets(f, conf, subs):
+        before = (len(f.problems), len(f.notes), len(f.checked))
+        _store(f, view)
+        _tools(f, view)
+        if label:  # several targets: each finding names its target
+            for items, start in zip((f.problems, f.notes, f.checked), before, strict=True):
+                items[start:] = [f"target {label}: {item}" for item in items[start:]]
     _metrics(f, conf)
+    _coordination(f, conf)
     return f
+
+
+def _coordination(f: Findings, conf: cfg.ConfigOpts) -> None:
+    """``[coordination] backend_url``, when set: :func:`glance_sync.coordination.check`."""
+    from glance_sync import coordination
+
+    if conf.coordination.backend_url.strip():
+        f.checked.append("coordination")
+        problems, notes = coordination.check(conf, Path(conf.state_dir).expanduser())
+        f.problems += problems
+        f.notes += notes
+
+
+def _targets(f: Findings, conf: cfg.ConfigOpts, subs: tuple[Subscription, ...]) -> list:
+    """(name, configuration view) per target of ``[sync] targets``; ("", conf) without."""
+    from glance_sync.targets import TargetConf, route, target_specs
+
+    try:
+        specs = target_specs(conf)
+        route(subs, specs)
+    except VmtrustError as exc:
+        f.problems.append(str(exc))
+        return []
+    if not specs:
+        return [("", conf)]
+    return [(spec.name, TargetConf(conf, spec)) for spec in specs]
 
 
 def main(conf: cfg.ConfigOpts, say: Callable[[str], None]) -> int:

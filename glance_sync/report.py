@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from vmtrust.errors import VmtrustError
 from vmtrust.safetext import redact
 
+__all__ = ["Event", "ImageFailure", "Report", "rule_of", "unexpected"]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 
@@ -37,6 +39,8 @@ class ImageFailure:
     version: str
     title: str
     reason: str
+    #: the target it failed in (``[sync] targets``; docs/federation.md); "": every target
+    target: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Event:
     version: str = ""
     rule: str = ""
     at: float = 0.0
+    target: str = ""  #: the target it happened in, when the sync has several
 
     @property
     def failed(self) -> bool:
@@ -83,6 +88,18 @@ class Report:
     listener: Callable[[Event], None] | None = field(default=None, repr=False, compare=False)
     started: float = field(default_factory=time.monotonic, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: the target this view of the report is about (:meth:`scoped`)
+    target: str = field(default="", compare=False)
+    prefix: str = field(default="", compare=False)  #: put before each line of this view
+    #: target → the last failure line of its views (:meth:`scoped`), shared by all views
+    target_errors: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _scoped: bool = field(default=False, repr=False, compare=False)
+
+    def scoped(self, target: str, prefix: str) -> Report:
+        """A view of this report for one target: the same lines, events and lock (one
+        report per pass), each new line led by ``prefix`` and each failing image
+        marked with ``target`` — so ``vmtrust status --target`` finds it."""
+        return dataclasses.replace(self, target=target, prefix=prefix, _scoped=True)
 
     def _event(
         self,
@@ -95,8 +112,9 @@ class Report:
         rule: str = "",
     ) -> None:
         event = Event(
-            kind, line, subscription, image, version, rule, time.monotonic() - self.started
-        )
+            kind, line, subscription, image, version, rule, time.monotonic() - self.started,
+            target=self.target if self.prefix else "",
+        )  # fmt: skip
         with self._lock:
             self.events.append(event)
         if self.listener is not None:
@@ -111,11 +129,16 @@ class Report:
         subscription: str = "",
     ) -> None:
         """Record one failure, and the images it is about (``line`` is their reason)."""
-        line = redact(line)
+        line = redact(self.prefix + line)
         LOG.debug("failure: %s", line)  # printed once, by the command, after the run
+        images = tuple(
+            dataclasses.replace(image, reason=line, target=self.target) for image in images
+        )
         with self._lock:
             self.failures.append(line)
-            self.images.extend(dataclasses.replace(image, reason=line) for image in images)
+            self.images.extend(images)
+            if self._scoped:
+                self.target_errors[self.target] = line
         for image in images:
             self._event(
                 kind or "image-failed",
@@ -130,7 +153,7 @@ class Report:
 
     def fail_once(self, line: str) -> None:
         """Record ``line`` unless this pass already did (a failure that repeats)."""
-        if redact(line) not in self.failures:
+        if redact(self.prefix + line) not in self.failures:
             self.fail(line)
 
     def add(
@@ -143,7 +166,7 @@ class Report:
         version: str = "",
     ) -> None:
         """Record a change the pass made."""
-        line = redact(line)
+        line = redact(self.prefix + line)
         with self._lock:
             self.done.append(line)
         self._event(kind, line, subscription=subscription, image=image, version=version)
@@ -172,8 +195,11 @@ class Report:
         with self._lock:
             self.transferred.update(other.transferred)
 
-    def failing(self, subscription: str) -> list[ImageFailure]:
-        return [f for f in self.images if f.subscription == subscription]
+    def failing(self, subscription: str, target: str = "") -> list[ImageFailure]:
+        """The subscription's failing images in ``target`` (with those of every target)."""
+        return [
+            f for f in self.images if f.subscription == subscription and f.target in ("", target)
+        ]
 
     @property
     def exit_code(self) -> int:

@@ -23,6 +23,15 @@ The order of a pass:
    what failed subscriptions keep (:func:`~glance_sync.plan.last_accepted`),
    refreshes, retirements, purges — and the sharing the store converges;
 4. the images that failed, per subscription, into the state (``vmtrust status``).
+
+With several targets (``[sync] targets``, :mod:`glance_sync.targets`) each step
+1, 3 and 4 is per target, step 2 once for all: each target is locked and
+surveyed on its own (one that cannot be is reported and left out of this pass
+alone), lists are fetched and verified once, each target gets its own plan
+(its subscriptions, its retire mode), and an image version several targets
+need is downloaded once and streamed to all of them
+(:mod:`glance_sync.fanout_create`).  The steps themselves are
+:mod:`glance_sync.steps`'.
 """
 
 from __future__ import annotations
@@ -38,32 +47,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from glance_sync import lock
-from glance_sync.convert import Conversion, clear_work_folder, work_folder
-from glance_sync.download import Source, SourceReader, check_uri
+from glance_sync.fanout_create import FanoutStat
 from glance_sync.httpclient import make_session
-from glance_sync.inspection import InspectedStream, inspect_stream
-from glance_sync.lists import ListPhase, Verified, desired, image_failure, state_failed
-from glance_sync.oci.pull import open_layer
+from glance_sync.lists import ListPhase, Verified, desired, state_failed
 from glance_sync.oci.source import make_registry
 from glance_sync.plan import (
     Create,
     Desired,
     Held,
+    Plan,
     Purge,
     Refresh,
     Replace,
     Retire,
     make_plan,
 )
-from glance_sync.report import Event, ImageFailure, Report, rule_of, unexpected
+from glance_sync.report import Event, Report, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.state import StateDB
+from glance_sync.steps import Part, TargetPass, TargetSteps
 from glance_sync.stores.base import Store
-from glance_sync.unpack import Bound, open_disk
-from vmtrust.errors import ExpansionError, StateError, TransferError, VmtrustError
+from glance_sync.targets import DEFAULT, Target, route
+from vmtrust.errors import ConfigError, StateError, VmtrustError
 from vmtrust.errors import LockError as LockError  # where callers found it before
 from vmtrust.policy import Subscription
-from vmtrust.record import seal
 from vmtrust.safetext import clean
 
 if TYPE_CHECKING:
@@ -87,273 +94,67 @@ def exclusive_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
-def _keys(held: Held) -> dict[str, str]:
-    """The event fields of a held image: what its record names (nothing without one)."""
-    record = held.record
-    if record is None:
-        return {"image": held.store_id}
-    return {
-        "subscription": record.subscription,
-        "image": record.image_identifier,
-        "version": record.image_version,
-    }
+def _routed(routes: dict[str, frozenset[str]], target: str) -> frozenset[str]:
+    """The subscriptions whose images go to ``target``."""
+    return frozenset(sub for sub, names in routes.items() if target in names)
 
 
-def _held_failure(held: Held) -> tuple[ImageFailure, ...]:
-    """The failure record of a held image, if its record names one."""
-    record = held.record
-    if record is None:
-        return ()
-    return (
-        ImageFailure(
-            record.subscription, record.image_identifier, record.image_version, record.title, ""
-        ),
-    )
+class SyncService(TargetSteps):
+    """The pass over every target: one list phase, one download per image version.
 
+    ``store`` alone is the one target ``default`` (as without ``[sync] targets``);
+    ``targets`` names several (:mod:`glance_sync.targets`), and :attr:`store` is
+    then the first one's.
+    """
 
-class SyncService:
     def __init__(
         self,
         settings: SyncSettings,
-        store: Store,
+        store: Store | None = None,
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
         events: Callable[[Event], None] | None = None,
+        *,
+        targets: list[Target] | None = None,
     ) -> None:
         self.s = settings
         self.events = events  #: told of each event of a pass as it happens (the event log)
-        #: what the store held when the last pass ended (its metrics); None: unknown
+        #: what the stores held when the last pass ended (its metrics); None: unknown
         self.last_held: list[Held] | None = None
-        self.store = store
-        self.state = StateDB(settings.state_dir)
+        if targets is None:
+            if store is None:
+                raise TypeError("SyncService needs a store or targets")
+            targets = [Target(DEFAULT, store, "")]  # "": [sync] retire, as the settings say
+        self.targets = targets
+        self.state = StateDB(settings.state_dir, connection=settings.state_connection)
         self.session = make_session()
         self.progress = progress
         self._tls: dict[str, bool | str] = {}  #: subscription → TLS verification for images
         self.lists = ListPhase(settings, self.state, self.session)
+        #: each fan-out of the last pass (glance_sync.fanout_create.FanoutStat)
+        self.fanout_stats: list[FanoutStat] = []
 
-    # --- images -------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        """The first target's store (the one store without ``[sync] targets``)."""
+        return self.targets[0].store
 
-    def _create(self, want: Desired, report: Report) -> Held:
-        """Download, unpack, inspect (and convert) one image, and store it sealed.
+    @store.setter
+    def store(self, store: Store) -> None:
+        self.targets[0] = dataclasses.replace(self.targets[0], store=store)
 
-        Nothing reaches the store's commit point, and nothing reaches ``qemu-img``,
-        before the download matched the list and the disk passed inspection.
-        """
-        image = want.image
-        if image.size > self.s.max_image_size:
-            raise ExpansionError(
-                f"image {image.identifier}: {image.size} bytes (hv:size), more than "
-                f"[sync] max_image_size ({self.s.max_image_size}); refused"
-            )
-        free = self.store.free_bytes()
-        if free is not None and free < image.size:
-            raise TransferError(
-                f"image {image.identifier}: store has {free} bytes free, the "
-                f"image needs {image.size} (hv:size)"
-            )
-        reader = self._reader(want)
-        try:
-            bound = Bound.of(image.size, self.s.max_image_size, self.s.max_expansion_ratio, free)
-            unpacked, disk_format = open_disk(reader, image.format, bound)
-            stream = inspect_stream(unpacked, disk_format, image.identifier)
-            wanted = self.store.disk_format(disk_format)
-            if wanted == disk_format:
-                return self._store(want, reader, stream, disk_format)
-            work = work_folder(self.s.state_dir)
-            with Conversion(
-                work, image.identifier, disk_format, wanted, self.s.max_image_size
-            ) as conversion:
-                conversion.write(stream)  # inspected on the way; the verdict comes at its end
-                reader.drain()  # and the download is checked before qemu-img sees a byte
-                size = stream.inspection.virtual_size
-                if wanted == "raw":
-                    self._check_converted_size(image.identifier, size, free)
-                conversion.run(size)
-                with conversion.open_output() as output:
-                    converted = inspect_stream(output, wanted, image.identifier, converted=True)
-                    return self._store(want, reader, converted, wanted)
-        finally:
-            report.count_bytes(want.subscription, reader.received)
-            reader.close()
-
-    def _reader(self, want: Desired) -> SourceReader:
-        """The download of ``want``'s bytes: its URI, or its OCI layer through its registry."""
-        image = want.image
-        tick = self.progress(image.title, image.size) if self.progress else None
-        # Images come from the same endorser infrastructure as the list: same TLS anchors.
-        http = dataclasses.replace(self.s.http, verify=self._tls.get(want.subscription, True))
-        if image.uri.startswith("oci://"):
-            registry = self.lists.registries.get(want.subscription)
-            return open_layer(want, registry, self.session, http, tick)
-        source = Source(image.identifier, image.uri, image.size, image.sha512, image.format)
-        return SourceReader(source, self.session, http, tick)
-
-    def _check_converted_size(self, identifier: str, size: int, free: int | None) -> None:
-        if size > self.s.max_image_size:
-            raise ExpansionError(
-                f"image {identifier}: converted to raw it would be {size} bytes, more than "
-                f"[sync] max_image_size ({self.s.max_image_size}); refused"
-            )
-        if free is not None and size > free:
-            raise TransferError(
-                f"image {identifier}: converted to raw it needs {size} bytes, the store "
-                f"has {free} free"
-            )
-
-    def _store(
-        self, want: Desired, reader: SourceReader, stream: InspectedStream, disk_format: str
-    ) -> Held:
-        def finish(
-            store_id: str, size: int, sha512: str, *, stored_format: str | None = None
-        ) -> tuple:
-            reader.drain()  # size and SHA-512 of the download, before committing
-            if not stream.inspection.done:  # the store stopped before the end of the disk
-                raise TransferError(f"image {want.identifier}: not read to its end; not stored")
-            # a store that converts on the way (EC2: qcow2 → raw blocks) says what it stored
-            record = want.record(
-                store_id=store_id, sha512=sha512, size=size,
-                disk_format=stored_format or disk_format,
-                source_sha512=reader.digest.hexdigest(),
-            )  # fmt: skip
-            return record, seal(record, self.s.seal_key)
-
-        return self.store.create(want, stream, disk_format, finish)
-
-    def _clear_work(self, report: Report) -> None:
-        """Leftovers of an interrupted pass go; a folder that resists is one line, not a stop."""
-        folder = work_folder(self.s.state_dir)
-        try:
-            for line in clear_work_folder(folder):
-                LOG.warning("removed %s", line)
-        except OSError as exc:
-            report.fail(f"work folder {folder}: {exc.strerror or exc}")
-
-    def _apply_create(self, action: Create | Replace, report: Report, now: datetime) -> None:
-        want = action.desired
-        try:
-            held = self._create(want, report)
-        except VmtrustError as exc:
-            report.fail(str(exc), rule=exc.rule)
-            return
-        except OSError as exc:
-            report.fail(f"image {want.identifier}: {exc}", rule=rule_of(exc))
-            return
-        report.add(
-            f"stored {want.identifier} {want.image.version} ({want.image.title})",
-            "stored",
-            subscription=want.subscription,
-            image=want.identifier,
-            version=want.image.version,
-        )
-        self.store.notify("AvailablePostfix", held, want)
-        if isinstance(action, Replace):
-            for old in action.old:
-                self._retire(old, f"replaced by version {want.image.version}", report, now)
-
-    def _image_task(
-        self, action: Create | Replace, local_list: bool, report: Report, now: datetime
-    ) -> None:
-        """Create (or replace) one image; whatever happens is lines of the report."""
-        want = action.desired
-        own = Report()
-        try:
-            check_uri(want.identifier, want.image.uri, local_list=local_list)
-            self._apply_create(action, own, now)
-        except VmtrustError as exc:
-            own.fail(str(exc), rule=exc.rule)
-        except Exception as exc:
-            own.fail(unexpected(f"image {want.identifier}", exc), rule=rule_of(exc))
-        report.merge(own, image_failure(want))
-
-    def _retire(self, held: Held, reason: str, report: Report, now: datetime) -> None:
-        what = f"retire {held.identifier or held.store_id}"
-        try:
-            self.store.retire(held, self.s.retire_mode, now)
-        except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}", *_held_failure(held), rule=rule_of(exc))
-            return
-        except Exception as exc:
-            report.fail(unexpected(what, exc), *_held_failure(held), rule=rule_of(exc))
-            return
-        report.add(
-            f"retired {held.identifier or held.store_id}: {reason}", "retired", **_keys(held)
-        )
-        self.store.notify("ExpirePostfix", held)
-
-    def _refresh(self, action: Refresh, report: Report) -> None:
-        held = action.held
-        assert held.record is not None
-        record = action.desired.record(
-            store_id=held.store_id,
-            sha512=held.record.sha512,
-            size=held.record.size,
-            disk_format=held.record.disk_format,
-            source_sha512=held.record.source_sha512,
-        )
-        what = f"refresh {record.image_identifier}"
-        try:
-            self.store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
-        except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}", image_failure(action.desired), rule=rule_of(exc))
-            return
-        except Exception as exc:
-            report.fail(unexpected(what, exc), image_failure(action.desired), rule=rule_of(exc))
-            return
-        report.add(
-            f"refreshed {record.image_identifier} metadata",
-            "refreshed",
-            subscription=record.subscription,
-            image=record.image_identifier,
-            version=record.image_version,
-        )
-
-    def _purge(self, held: Held, report: Report) -> None:
-        what = f"purge {held.store_id}"
-        try:
-            self.store.purge(held)
-        except (VmtrustError, OSError) as exc:
-            report.fail(f"{what}: {exc}")
-            return
-        except Exception as exc:
-            report.fail(unexpected(what, exc))
-            return
-        report.add(f"purged {held.store_id}", "purged", **_keys(held))
+    @property
+    def _named(self) -> bool:
+        """Targets of ``[sync] targets`` (not the one ``default``): lines name their target,
+        and each has per-subscription outcomes of its own."""
+        return len(self.targets) > 1 or self.targets[0].name != DEFAULT
 
     # --- the pass -----------------------------------------------------------------------
-
-    def _survey(self, report: Report, *, cleanup: bool) -> list[Held] | None:
-        """What the store holds (None, reported, when it cannot tell).
-
-        A failed cleanup does not stop the pass; when the listing fails too, its
-        line says why (it is usually the same cause) and the pass stops.
-        """
-        cleanup_failed = None
-        if cleanup:
-            try:
-                for line in self.store.cleanup():
-                    LOG.warning("removed %s", line)
-            except VmtrustError as exc:
-                cleanup_failed = f"store {self.store.name}: cleanup: {exc}"
-            except Exception as exc:
-                cleanup_failed = unexpected(f"store {self.store.name}: cleanup", exc)
-        try:
-            held = self.store.held()
-        except VmtrustError as exc:
-            report.fail(str(exc))  # store errors name the store themselves
-        except Exception as exc:
-            report.fail(unexpected(f"store {self.store.name}", exc))
-        else:
-            if cleanup_failed:
-                report.fail(cleanup_failed)
-            return held
-        # Without knowing what the store holds nothing can be planned safely.
-        return None
 
     def _early(
         self,
         item: Verified,
         lists: list[Verified],
-        held: list[Held],
-        report: Report,
+        tp: TargetPass,
         now: datetime,
     ) -> list[Create | Replace]:
         """The downloads a just-verified list needs that no other list can change.
@@ -364,13 +165,16 @@ class SyncService:
         this goes wrong, everything waits for the whole plan.
         """
         try:
-            return self._early_actions(item, lists, held, now)
+            return self._early_actions(item, lists, tp.held, self._mode(tp.target), now)
         except Exception as exc:
-            report.fail(unexpected(f"subscription {item.subscription.name}: early downloads", exc))
+            tp.report.fail(
+                unexpected(f"subscription {item.subscription.name}: early downloads", exc)
+            )
             return []
 
+    @staticmethod
     def _early_actions(
-        self, item: Verified, lists: list[Verified], held: list[Held], now: datetime
+        item: Verified, lists: list[Verified], held: list[Held], retire_mode: str, now: datetime
     ) -> list[Create | Replace]:
         name = item.subscription.name
         claimed = {i for other in lists if other is not item for i in other.listed}
@@ -381,8 +185,38 @@ class SyncService:
         }
         mine = {i: d for i, d in item.wanted.items() if i not in claimed}
         relevant = [h for h in held if h.identifier in mine]
-        plan = make_plan(mine, relevant, frozen={}, now=now, retire_mode=self.s.retire_mode)
+        plan = make_plan(mine, relevant, frozen={}, now=now, retire_mode=retire_mode)
         return [a for a in plan.actions if isinstance(a, Create | Replace)]
+
+    def _open_targets(
+        self, stack: contextlib.ExitStack, report: Report, *, dry_run: bool, now: datetime
+    ) -> list[TargetPass]:
+        """Each target locked and surveyed, altered images quarantined; a target that
+        cannot be locked or read is reported and left out of this pass alone."""
+        several = self._named
+        live = []
+        for target in self.targets:
+            view = report.scoped(target.name, f"target {target.name}: " if several else "")
+            try:
+                stack.enter_context(target.store.lock(lock.holder(self.s.state_dir)))
+            except VmtrustError as exc:
+                if not several:
+                    raise
+                view.fail(str(exc), rule=exc.rule)
+                continue
+            held = self._survey(target.store, view, cleanup=not dry_run)
+            if held is None:
+                continue
+            tp = TargetPass(target, view, held)
+            # Quarantine altered images first: a re-created copy may reuse their store id.
+            if not dry_run:
+                for item in held:
+                    if not item.retired and (item.record is None or not item.seal_ok):
+                        reason = item.problem or "trust record or seal invalid"
+                        self._retire(target, item, reason, view, now)
+                        tp.quarantined.add(item.store_id)
+            live.append(tp)
+        return live
 
     def run(
         self,
@@ -398,6 +232,10 @@ class SyncService:
         now = now or datetime.now(UTC)
         report = Report(listener=self.events)
         self.last_held = None
+        self.fanout_stats = []
+        routes = route(subscriptions, self.targets)  # an unknown target: ConfigError, first
+        if adoption is not None and len(self.targets) > 1:
+            raise ConfigError("--adopt works on one store: run it with one target configured")
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         self.lists.registries = {
             sub.name: make_registry(sub, self.session, self.s.http, self.s.max_list_bytes)
@@ -405,119 +243,196 @@ class SyncService:
             if sub.oci is not None
         }
         local = {sub.name: sub.url.startswith("file:") for sub in subscriptions}
-        with exclusive_lock(self.s.state_dir), self.store.lock(lock.holder(self.s.state_dir)):
+        with exclusive_lock(self.s.state_dir), contextlib.ExitStack() as stack:
             if not dry_run:
                 self._clear_work(report)
-            held = self._survey(report, cleanup=not dry_run)
-            if held is None:
+            live = self._open_targets(stack, report, dry_run=dry_run, now=now)
+            reached = {tp.target.name for tp in live}
+            if not dry_run:  # a target that cannot be read: its outcome, now and for good
+                for target in self.targets:
+                    if target.name not in reached and self._named:
+                        mine = _routed(routes, target.name)
+                        self._remember(target, mine, set(), report, now, down=True)
+            if not live:
                 return report
-            # Quarantine altered images first: a re-created copy may reuse their store id.
-            quarantined = set()
-            if not dry_run:
-                for item in held:
-                    if not item.retired and (item.record is None or not item.seal_ok):
-                        reason = item.problem or "trust record or seal invalid"
-                        self._retire(item, reason, report, now)
-                        quarantined.add(item.store_id)
+            everything = [h for tp in live for h in tp.held]  # rollback protection: any target's
             lists: list[Verified] = []
-            started: set[str] = set()
             workers = self.s.parallel_downloads
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
-                for verified in self.lists.verified(subscriptions, held, report, now):
+                for verified in self.lists.verified(subscriptions, everything, report, now):
                     lists.append(verified)
                     if dry_run or adoption is not None:  # adoption decides before any upload
                         continue
-                    local_list = local[verified.subscription.name]
-                    for action in self._early(verified, lists, held, report, now):
-                        started.add(action.desired.identifier)
-                        images.submit(self._image_task, action, local_list, report, now)
+                    name = verified.subscription.name
+                    jobs: dict[str, list[Part]] = {}
+                    for tp in live:
+                        if tp.target.name not in routes[name]:
+                            continue
+                        for action in self._early(verified, lists, tp, now):
+                            tp.started.add(action.desired.identifier)
+                            jobs.setdefault(action.desired.identifier, []).append((tp, action))
+                    for parts in jobs.values():
+                        images.submit(self._image_job, parts, local[name], now)
             ok = {item.subscription.name for item in lists}
-            if started:  # the creates changed the store: plan from what it holds now
-                held = self._survey(report, cleanup=False)
-                if held is None:
-                    self._remember(ok, report, now)
-                    return report
-            frozen = {
-                sub.name: self.lists.known(sub, held, report).expires or now
-                for sub in subscriptions
-                if sub.name not in ok
-            }
             wanted = desired(lists, report)
-            if adoption is not None:
-                adopted = adoption.before_plan(wanted, held, report, dry_run=dry_run, out=out)
-                if adopted is None:  # the other tool's images unknown: nothing is planned
-                    if not dry_run:
-                        self._remember(ok, report, now)
-                    return report
-                held = adopted
-            # Images of subscriptions no longer configured are not approved any more.
-            plan = make_plan(
-                wanted,
-                held,
-                frozen=frozen,
-                now=now,
-                retire_mode=self.s.retire_mode,
-                grace=self.s.retire_grace,
-                hold=frozenset().union(*(item.keep for item in lists)),
-            )
-            if dry_run:
-                for line in plan.describe() or ["nothing to do"]:
-                    out(line)
+            late: dict[str, list[Part]] = {}
+            for tp in list(live):
+                plan = self._plan(tp, subscriptions, routes, lists, ok, wanted, adoption,
+                                  dry_run=dry_run, out=out, now=now)  # fmt: skip
+                if plan is None:
+                    live.remove(tp)
+                    continue
+                tp.plan = plan
+                for step in plan.actions:
+                    if isinstance(step, Create | Replace):
+                        key = step.desired.identifier
+                        if key not in tp.started:
+                            late.setdefault(key, []).append((tp, step))
+            if dry_run or (adoption is not None and not live):
                 return report
-            late = [
-                a
-                for a in plan.actions
-                if isinstance(a, Create | Replace) and a.desired.identifier not in started
-            ]
             with ThreadPoolExecutor(workers, thread_name_prefix="vmtrust-image") as images:
-                for action in late:
-                    local_list = local.get(action.desired.subscription, False)
-                    images.submit(self._image_task, action, local_list, report, now)
+                for parts in late.values():
+                    sub = parts[0][1].desired.subscription
+                    images.submit(self._image_job, parts, local.get(sub, False), now)
             if adoption is not None:  # the other tool's copies go once vmtrust's are active
                 adoption.after_create(report, now)
-            for action in plan.actions:
-                if isinstance(action, Refresh):
-                    self._refresh(action, report)
-                elif isinstance(action, Retire) and action.held.store_id not in quarantined:
-                    self._retire(action.held, action.reason, report, now)
-                elif isinstance(action, Purge):
-                    self._purge(action.held, report)
-            gone = {a.held.store_id for a in plan.actions if isinstance(a, Retire | Purge)}
-            try:
-                for line in self.store.converge([h for h in held if h.store_id not in gone]):
-                    report.add(line)
-            except VmtrustError as exc:
-                report.fail(f"store {self.store.name}: {exc}")
-            except Exception as exc:
-                report.fail(unexpected(f"store {self.store.name}", exc))
-            self._remember(ok, report, now)
-            self.last_held = self._final(held, report)
+            held_now: list[Held] | None = []
+            for tp in live:
+                self._finish_target(tp, now)
+                self._remember(tp.target, _routed(routes, tp.target.name), ok, report, now)
+                final = self._final(tp)
+                held_now = None if final is None or held_now is None else held_now + final
+            self.last_held = held_now
         return report
 
-    def _final(self, held: list[Held], report: Report) -> list[Held] | None:
+    def _plan(
+        self,
+        tp: TargetPass,
+        subscriptions: tuple[Subscription, ...],
+        routes: dict[str, frozenset[str]],
+        lists: list[Verified],
+        ok: set[str],
+        wanted: dict[str, Desired],
+        adoption: Adoption | None,
+        *,
+        dry_run: bool,
+        out: Callable[[str], None],
+        now: datetime,
+    ) -> Plan | None:
+        """One target's whole plan (None: not planned, the reason reported; the dry run
+        prints it and returns None)."""
+        name = tp.target.name
+        report = tp.report
+        mine = _routed(routes, name)
+        if tp.started:  # the creates changed the store: plan from what it holds now
+            held = self._survey(tp.target.store, report, cleanup=False)
+            if held is None:
+                self._remember(tp.target, mine, ok, report, now)
+                return None
+            tp.held = held
+        frozen = {
+            sub.name: self.lists.known(sub, tp.held, report).expires or now
+            for sub in subscriptions
+            if sub.name not in ok and sub.name in mine
+        }
+        # Images of subscriptions no longer configured (or routed here) are not approved.
+        want = {i: d for i, d in wanted.items() if d.subscription in mine}
+        if adoption is not None:
+            adopted = adoption.before_plan(want, tp.held, report, dry_run=dry_run, out=out)
+            if adopted is None:  # the other tool's images unknown: nothing is planned
+                if not dry_run:
+                    self._remember(tp.target, mine, ok, report, now)
+                return None
+            tp.held = adopted
+        plan = make_plan(
+            want,
+            tp.held,
+            frozen=frozen,
+            now=now,
+            retire_mode=self._mode(tp.target),
+            grace=self.s.retire_grace,
+            hold=frozenset().union(
+                *(item.keep for item in lists if item.subscription.name in mine)
+            ),
+        )
+        if dry_run:
+            lead = f"target {name}: " if self._named else ""
+            for line in plan.describe() or ["nothing to do"]:
+                out(lead + line)
+            return None
+        return plan
+
+    def _finish_target(self, tp: TargetPass, now: datetime) -> None:
+        """A target's refreshes, retirements, purges and convergence, after its creates."""
+        assert tp.plan is not None
+        store, report = tp.target.store, tp.report
+        for action in tp.plan.actions:
+            if isinstance(action, Refresh):
+                self._refresh(store, action, report)
+            elif isinstance(action, Retire) and action.held.store_id not in tp.quarantined:
+                self._retire(tp.target, action.held, action.reason, report, now)
+            elif isinstance(action, Purge):
+                self._purge(store, action.held, report)
+        gone = {a.held.store_id for a in tp.plan.actions if isinstance(a, Retire | Purge)}
+        try:
+            for line in store.converge([h for h in tp.held if h.store_id not in gone]):
+                report.add(line)
+        except VmtrustError as exc:
+            report.fail(f"store {store.name}: {exc}")
+        except Exception as exc:
+            report.fail(unexpected(f"store {store.name}", exc))
+
+    def _final(self, tp: TargetPass) -> list[Held] | None:
         """What the store holds now, for the metrics: the plan's survey when the pass
         changed nothing (a no-op pass asks the store nothing more), else a new one."""
-        if not report.done:
-            return held
+        if not tp.report.done:
+            return tp.held
         try:
-            return self.store.held()
+            return tp.target.store.held()
         except Exception as exc:  # the pass is done; only its image counts are missing
-            LOG.warning("store %s: not listed after the pass (%s)", self.store.name, exc)
+            LOG.warning("store %s: not listed after the pass (%s)", tp.target.store.name, exc)
             return None
 
-    def _remember(self, verified: set[str], report: Report, now: datetime) -> None:
-        """Each subscription's failing images of this pass, for ``vmtrust status``.
+    def _remember(
+        self,
+        target: Target,
+        mine: frozenset[str],
+        verified: set[str],
+        report: Report,
+        now: datetime,
+        *,
+        down: bool = False,
+    ) -> None:
+        """Each subscription's failing images of this pass in ``target``, for ``vmtrust
+        status``, how the target's pass ended (its last failure line, if any) and, with
+        several targets, each routed subscription's outcome there.
 
         A subscription whose list failed keeps those of the last pass that reached
-        its images, unless an image of it failed in this one.
+        its images, unless an image of it failed in this one.  A target that could
+        not be read (``down``) keeps its failing images; its outcome is its error.
         """
-        names = verified | {f.subscription for f in report.images}
-        for name in sorted(names):
-            try:
-                self.state.record_images(name, report.failing(name), now)
-            except StateError as exc:
-                state_failed(exc, report)
-                return
+        name = target.name
+        names = (verified & mine) | {
+            f.subscription
+            for f in report.images
+            if f.target == name or (f.target == "" and f.subscription in mine)
+        }
+        list_errors = {
+            e.subscription: e.line.removeprefix(f"subscription {e.subscription}: ")
+            for e in report.events
+            if e.kind == "list-failed"
+        }
+        try:
+            if not down:
+                for sub in sorted(names):
+                    self.state.record_images(sub, report.failing(sub, name), now, target=name)
+            if self._named:  # the list phase records the default target's outcome
+                for sub in sorted(mine):
+                    error = report.target_errors.get(name) if down else list_errors.get(sub)
+                    self.state.record_outcome(sub, target=name, error=error, now=now)
+            self.state.record_target(name, report.target_errors.get(name), now)
+        except StateError as exc:
+            state_failed(exc, report)
 
     def close(self) -> None:
         self.session.close()
@@ -532,6 +447,10 @@ def tty_progress() -> Callable[[str, int], Callable[[int], None]] | None:
 
     def make(title: str, total: int) -> Callable[[int], None]:
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=clean(title)[:30], leave=True)
-        return bar.update
+
+        def advance(done: int) -> None:
+            bar.update(done)
+
+        return advance
 
     return make

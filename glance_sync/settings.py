@@ -19,9 +19,12 @@ from oslo_config import cfg
 from glance_sync.download import HttpSettings
 from glance_sync.stores.base import Store, StoreContext
 from glance_sync.stores.registry import store_from_conf
+from glance_sync.targets import DEFAULT, Target, build_targets, target_specs
 from vmtrust.errors import ConfigError
 from vmtrust.record import load_private_key
 from vmtrust.truststore import TrustStore
+
+__all__ = ["SyncSettings", "from_conf", "http_settings", "make_store", "make_targets"]
 
 LOG = logging.getLogger("vmtrust.sync")
 
@@ -43,6 +46,9 @@ class SyncSettings:
     max_image_size: int = 64 * 1024**3  #: bytes of a stored image, after unpacking/conversion
     max_expansion_ratio: int = 20  #: unpacked bytes per downloaded byte of a compressed image
     registry_deadline: float = 300.0  #: seconds for listing one OCI registry subscription
+    state_connection: str = ""  #: a shared state database's URL; empty: SQLite in state_dir
+    #: bytes of an image kept in memory for several targets (glance_sync.fanout)
+    fanout_buffer: int = 32 * 1024 * 1024
 
 
 def _path(value: str, option: str) -> Path:
@@ -99,6 +105,8 @@ def from_conf(conf: cfg.ConfigOpts) -> SyncSettings:
         max_image_size=conf.sync.max_image_size,
         max_expansion_ratio=conf.sync.max_expansion_ratio,
         registry_deadline=conf.sync.registry_deadline,
+        state_connection=conf.sync.state_connection,
+        fanout_buffer=conf.sync.fanout_buffer * 1024 * 1024,
     )
 
 
@@ -113,3 +121,12 @@ def make_store(conf: cfg.ConfigOpts, settings: SyncSettings) -> Store:
         )
     context = StoreContext(seal_keys=[settings.seal_key.public_key()], state_dir=settings.state_dir)
     return store_from_conf(conf, context)
+
+
+def make_targets(conf: cfg.ConfigOpts, settings: SyncSettings) -> list[Target]:
+    """Every target of the sync (:mod:`glance_sync.targets`): without ``[sync] targets``,
+    the one store :func:`make_store` makes, named ``default``."""
+    if not target_specs(conf):
+        return [Target(DEFAULT, make_store(conf, settings), "")]  # "": [sync] retire
+    context = StoreContext(seal_keys=[settings.seal_key.public_key()], state_dir=settings.state_dir)
+    return build_targets(conf, context)

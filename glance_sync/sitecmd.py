@@ -4,8 +4,9 @@ They read the site's store (chosen by the store registry, as the sync chooses
 it) and the state database, so they live with the sync service; the
 ``vmtrust`` command finds them through the ``vmtrust.commands`` entry points
 (:mod:`vmtrust.cli.plugins`), which keeps the trust core free of this package.
-The store modules are imported when a command runs, not when ``vmtrust --help``
-lists it.
+The store modules, the configuration (oslo.config) and the seal keys
+(cryptography) are imported when a command runs, not when ``vmtrust --help``
+lists it (start-up, issue 17).
 """
 
 from __future__ import annotations
@@ -14,22 +15,36 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from vmtrust import record
 from vmtrust.cli.plugins import Command
 from vmtrust.cli.render import clean, table
-from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError, VmtrustError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
 
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
+__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status", "status_nagios"]
+
+
+def _target_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--target",
+        metavar="NAME",
+        help=f"only this target's {what} ([sync] targets; default: every target)",
+    )
+
 
 def _images_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON objects, one per image")
+    _target_argument(parser, "images")
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
+    _target_argument(parser, "pass, subscriptions and failing images")
     probe = parser.add_argument_group(
         "monitoring probe",
         "--nagios prints one line with performance data and exits 0 OK, 1 WARNING, "
@@ -50,7 +65,16 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
         probe.add_argument(f"--{name}", metavar="N", help=f"{unit} (default {default})")
 
 
+def make_conf(config_files: list[str] | None) -> cfg.ConfigOpts:
+    """:func:`vmtrust.conf.make_conf`, imported when a command runs."""
+    from vmtrust.conf import make_conf as make
+
+    return make(config_files)
+
+
 def _public_keys(conf) -> list:
+    from vmtrust import record
+
     private = Path(conf.trust.seal_key).expanduser()
     public = private.with_name(private.name + ".pub")
     if public.exists():
@@ -60,25 +84,71 @@ def _public_keys(conf) -> list:
     raise ConfigError(f"[trust] seal_key {private}: neither it nor {public.name} exists")
 
 
-def _store(conf):
-    """The site's store as the sync configures it, for reading (no hook, no notes)."""
-    from glance_sync.stores.registry import StoreContext, store_from_conf
+def _context(conf):
+    from glance_sync.stores.registry import StoreContext
 
-    context = StoreContext(
+    return StoreContext(
         seal_keys=_public_keys(conf), state_dir=Path(conf.state_dir).expanduser(), syncing=False
     )
-    return store_from_conf(conf, context)
+
+
+def _store(conf):
+    """The site's store as the sync configures it, for reading (no hook, no notes)."""
+    from glance_sync.stores.registry import store_from_conf
+
+    return store_from_conf(conf, _context(conf))
 
 
 def cmd_images(args: argparse.Namespace) -> int:
+    from glance_sync.targets import named, store_of
+
     conf = make_conf(args.config_file)
-    store = _store(conf)
+    specs = named(conf, args.target)
+    several = bool(conf.sync.targets)  # rows name their target once there are targets
+    rows = []
+    for spec in specs:
+        store = store_of(conf, spec, _context(conf))
+        rows += _image_rows(store, spec.name if several else None)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    if not rows:
+        print("The store holds no images." if not several else "The targets hold no images.")
+        return 0
+    columns = ["IDENTIFIER", "VERSION", "STATE", "BASIS", "VO", "EXPIRES", "SHA512", "LOCATION"]
+    lead = ["TARGET"] if several else []
+    print(
+        table(
+            lead + columns,
+            [
+                ([r["target"]] if several else [])
+                + [
+                    r["identifier"] or "?",
+                    r["version"] or "?",
+                    r["state"],
+                    r["basis"] or "-",
+                    r["vo"] or "-",
+                    r["expires"] or "-",
+                    (r["sha512"] or "?")[:16],
+                    r["location"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
+def _image_rows(store, target: str | None) -> list[dict]:
+    """One row per image version ``store`` holds; ``target`` names its target, if any."""
     rows = []
     for held in store.held():
         rec = held.record
         state = "retired" if held.retired else ("trusted" if held.seal_ok else "invalid")
         rows.append(
             {
+                **({"target": target} if target is not None else {}),
                 "identifier": rec.image_identifier if rec else None,
                 "title": rec.title if rec else None,
                 "version": rec.image_version if rec else None,
@@ -99,32 +169,7 @@ def cmd_images(args: argparse.Namespace) -> int:
                 "retired_at": format_date(held.retired_at) if held.retired_at else None,
             }
         )
-    if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
-    if not rows:
-        print("The store holds no images.")
-        return 0
-    print(
-        table(
-            ["IDENTIFIER", "VERSION", "STATE", "BASIS", "VO", "EXPIRES", "SHA512", "LOCATION"],
-            [
-                [
-                    r["identifier"] or "?",
-                    r["version"] or "?",
-                    r["state"],
-                    r["basis"] or "-",
-                    r["vo"] or "-",
-                    r["expires"] or "-",
-                    (r["sha512"] or "?")[:16],
-                    r["location"],
-                ]
-                for r in rows
-            ],
-        )
-    )
-    return 0
+    return rows
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -132,14 +177,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         return status_nagios(args)
     conf = make_conf(args.config_file)
     from glance_sync.state import StateDB
+    from glance_sync.targets import DEFAULT, named, route
     from vmtrust.policy import load_subscriptions
 
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+    chosen = [spec.name for spec in named(conf, args.target)]
+    routes = route(subscriptions, named(conf))  # a subscription naming no target: one line
+    several = bool(conf.sync.targets)
+    db = StateDB(
+        Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection
+    )
     try:
-        rows = []
+        passes = [db.target_outcome(name) for name in chosen]
+        rows: list[dict[str, Any]] = []  # one JSON object per subscription
         for sub in subscriptions:
-            st = db.get(sub.name)
+            mine = [name for name in chosen if name in routes[sub.name]]
+            if args.target and not mine:
+                continue  # its images do not go to this target
+            st = db.get(sub.name, target=args.target or DEFAULT)
             rows.append(
                 {
                     "name": sub.name,
@@ -153,13 +208,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "last_error": st.last_error,
                     "failing_images": [
                         {
+                            **({"target": name} if several else {}),
                             "identifier": f.identifier,
                             "version": f.version,
                             "title": f.title,
                             "reason": f.reason,
                             "failed_at": _date(f.failed_at),
                         }
-                        for f in db.failing_images(sub.name)
+                        for name in mine
+                        for f in db.failing_images(sub.name, target=name)
                     ],
                 }
             )
@@ -169,9 +226,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         r["vo_acceptance"] = [w for w in waiting if w["subscription"] == r["name"]]
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
+        if args.target:  # one target: how its pass ended, then its subscriptions
+            json.dump({**_pass_row(passes[0]), "subscriptions": rows}, sys.stdout, indent=2)
+        else:
+            json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
+    if several or args.target:
+        _print_passes(passes)
     _print_vo_acceptance(waiting)
     print(
         table(
@@ -194,12 +256,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\nImages that failed in the last pass:")
         for name, f in failing:
             image = f"{f['identifier']} {f['version']} ({f['title']})"
-            print(clean(f"  {name}: {image}: {f['reason']}"))
+            where = f"target {f['target']}: " if "target" in f else ""
+            print(clean(f"  {where}{name}: {image}: {f['reason']}"))
     return 0
 
 
 def _date(value) -> str | None:
     return format_date(value) if value else None
+
+
+def _pass_row(outcome) -> dict:
+    return {
+        "target": outcome.name,
+        "last_success": _date(outcome.last_success),
+        "last_attempt": _date(outcome.last_attempt),
+        "last_error": outcome.last_error,
+    }
+
+
+def _print_passes(passes: list) -> None:
+    """How each target's last pass ended (``[sync] targets``)."""
+    rows = [_pass_row(outcome) for outcome in passes]
+    print(
+        table(
+            ["TARGET", "LAST SUCCESS", "LAST ATTEMPT", "LAST ERROR"],
+            [
+                [r["target"], r["last_success"] or "never", r["last_attempt"] or "never", err]
+                for r in rows
+                for err in [r["last_error"] or "-"]
+            ],
+        )
+    )
+    print()
 
 
 # --- VO projects that do not see their images yet (Glance store, issue 19) ---------------
@@ -298,7 +386,9 @@ def _nagios_result(args: argparse.Namespace, now):
     )
     conf = make_conf(args.config_file)
     subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(Path(conf.state_dir).expanduser(), readonly=True)
+    db = StateDB(
+        Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection
+    )
     try:
         subs = []
         for sub in subscriptions:

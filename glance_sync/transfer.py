@@ -16,12 +16,26 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, Protocol
 
 from vmtrust.errors import TransferError
 
+__all__ = ["CHUNK", "DiskStream", "Tally", "copy_stream", "iter_chunks", "read_ahead", "read_disk"]
+
 CHUNK = 1024 * 1024
 AHEAD = 8  #: chunks :func:`read_ahead` may hold (8 MiB)
+
+
+class DiskStream(Protocol):
+    """What each stage of the pull pipeline reads from the one before it.
+
+    The download, a decompressor, the OVA member, the inspection and Glance's own
+    data (adoption) are all just ``read(size)`` and ``close()``: no file methods beyond.
+    """
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -32,7 +46,7 @@ class Tally:
     sha512: str = ""
 
 
-def iter_chunks(stream: IO[bytes], identifier: str, tally: Tally) -> Iterator[bytes]:
+def iter_chunks(stream: DiskStream, identifier: str, tally: Tally) -> Iterator[bytes]:
     """Yield the disk bytes in chunks, for stores that pull (an HTTP upload body).
 
     The SHA-512 comes from the download hasher when nothing was unpacked (the
@@ -48,7 +62,7 @@ def iter_chunks(stream: IO[bytes], identifier: str, tally: Tally) -> Iterator[by
     tally.sha512 = passthrough() if passthrough is not None else digest.hexdigest()
 
 
-def read_disk(stream: IO[bytes], identifier: str, size: int = CHUNK) -> bytes:
+def read_disk(stream: DiskStream, identifier: str, size: int = CHUNK) -> bytes:
     """The next disk bytes; what a broken archive or compressed file raises, as one line."""
     try:
         return stream.read(size)
@@ -57,7 +71,7 @@ def read_disk(stream: IO[bytes], identifier: str, size: int = CHUNK) -> bytes:
 
 
 def copy_stream(
-    stream: IO[bytes], write: Callable[[bytes], Any], identifier: str
+    stream: DiskStream, write: Callable[[bytes], Any], identifier: str
 ) -> tuple[int, str]:
     """Copy disk bytes to ``write`` in chunks; return (size, sha512) of what was written."""
     tally = Tally()

@@ -17,12 +17,13 @@ import gzip
 import io
 import lzma
 from dataclasses import dataclass
-from typing import IO
 
 from glance_sync.download import SourceReader
 from glance_sync.ova import ArchiveDisk
-from glance_sync.transfer import CHUNK
+from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import ExpansionError
+
+__all__ = ["Bound", "normalise_format", "open_disk"]
 
 
 def normalise_format(value: str | None) -> tuple[str | None, str]:
@@ -66,7 +67,7 @@ class Bound:
         return min(bounds, key=lambda bound: bound.limit)
 
 
-def open_disk(reader: SourceReader, fmt: str | None, bound: Bound) -> tuple[IO[bytes], str]:
+def open_disk(reader: SourceReader, fmt: str | None, bound: Bound) -> tuple[DiskStream, str]:
     """Wrap the download in the decompressor or OVA unpacker its format needs.
 
     Returns the stream of disk bytes and the disk format of those bytes.
@@ -75,9 +76,9 @@ def open_disk(reader: SourceReader, fmt: str | None, bound: Bound) -> tuple[IO[b
     """
     compression, disk = normalise_format(fmt)
     if compression is None and disk not in ("ova", "tar"):
-        return _Passthrough(reader), disk  # type: ignore[return-value]
+        return _Passthrough(reader), disk
     buffered = io.BufferedReader(reader, CHUNK)
-    stream: IO[bytes] = buffered
+    stream: DiskStream = buffered
     if compression == "gz":
         stream = gzip.GzipFile(fileobj=buffered, mode="rb")
     elif compression == "bz2":
@@ -85,10 +86,10 @@ def open_disk(reader: SourceReader, fmt: str | None, bound: Bound) -> tuple[IO[b
     elif compression == "xz":
         stream = lzma.LZMAFile(buffered, mode="rb")  # noqa: SIM115 - returned
     if compression is not None:
-        stream = _Bounded(stream, bound, reader.source.identifier)  # type: ignore[assignment]
+        stream = _Bounded(stream, bound, reader.source.identifier)
     if disk in ("ova", "tar"):
         archive = ArchiveDisk(stream, disk, reader.source.identifier)
-        return archive, archive.disk_format  # type: ignore[return-value]
+        return archive, archive.disk_format
     return stream, disk
 
 
@@ -99,7 +100,7 @@ class _Bounded:
     the headers and names what is wrong with them when that is the first problem.
     """
 
-    def __init__(self, stream: IO[bytes], bound: Bound, identifier: str) -> None:
+    def __init__(self, stream: DiskStream, bound: Bound, identifier: str) -> None:
         self.stream = stream
         self.bound = bound
         self.identifier = identifier

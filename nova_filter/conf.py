@@ -13,6 +13,8 @@ from oslo_config import cfg
 
 from vmtrust.conf import keystoneauth_opts
 
+__all__ = ["DEFAULT_TIMEOUT", "GROUP", "filter_opts", "list_opts", "register", "timeout_opt"]
+
 GROUP = "vmtrust"
 
 filter_opts = [

@@ -41,6 +41,8 @@ from vmtrust import glanceprops
 from vmtrust.imagelist import parse_date
 from vmtrust.trust import Code, Verdict, refuse
 
+__all__ = ["FETCH_WORKERS", "REGISTRY_ONLY", "Fetch", "ImageTrust", "LookupFailed", "glance_fetch"]
+
 
 class LookupFailed(Exception):
     """Glance could not answer; the message says why, on one line."""
@@ -144,10 +146,6 @@ class ImageTrust:
         except FutureTimeout:
             future.cancel()  # if it never started, it never will; else it ends on its own
             raise LookupFailed(f"no answer within {self.deadline:g} s") from None
-
-    def forget(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
 
 def glance_fetch(adapter: Any) -> Fetch:

@@ -19,6 +19,8 @@ from nova.api.validation.extra_specs import base
 
 from vmtrust.enforcement import FLAVOR_KEY
 
+__all__ = ["EXTRA_SPEC_VALIDATORS", "register"]
+
 EXTRA_SPEC_VALIDATORS = [
     base.ExtraSpecValidator(
         name=FLAVOR_KEY,

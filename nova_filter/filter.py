@@ -276,4 +276,4 @@ class TrustedImageFilter(filters.BaseHostFilter):
         return bool(self.filter_all([host_state], spec_obj))
 
 
-__all__ = ["TrustedImageFilter", "is_move", "was_worker_server"]
+__all__ = ["TrustedImageFilter", "image_trust", "is_move", "reset", "was_worker_server"]

@@ -16,7 +16,6 @@ atrope requires AppDB's keys in every entry (``ad:group``, ``ad:mpuri``,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import image_entry
+from conftest import served_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("VMTRUST_ATROPE_VENV", ROOT / ".venv-atrope"))
@@ -46,15 +45,13 @@ def appdb_entry(
     identifier: str, data: bytes, site: Any, *, fmt: str = "raw", version: str = "1", **extra: Any
 ) -> dict:
     """A list entry atrope accepts (AppDB keys), its bytes published on ``site``."""
-    path = f"/img/{identifier}-{version}"
-    site.files[path] = data
-    return image_entry(
+    return served_entry(
+        site,
         identifier,
+        data,
+        path=f"/img/{identifier}-{version}",
+        version=version,
         **{
-            "hv:uri": site.url(path),
-            "hv:size": len(data),
-            "sl:checksum:sha512": hashlib.sha512(data).hexdigest(),
-            "hv:version": version,
             "hv:format": fmt,
             "ad:group": "EGI",
             "ad:mpuri": f"https://appdb.example.org/store/vm/image/{identifier}:{version}/",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -168,6 +170,50 @@ def image_entry(
     return {"hv:image": {k: v for k, v in image.items() if v is not None}}
 
 
+def served_entry(
+    site: Any, identifier: str, data: bytes, *, path: str = "", version: str = "1", **fields: Any
+) -> dict[str, Any]:
+    """A RAW image entry whose URI, size and SHA-512 are those of ``data`` served by ``site``.
+
+    ``data`` is published at ``path`` (default ``/img/<identifier>-<version>.img``);
+    ``fields`` add to or override the entry's.
+    """
+    path = path or f"/img/{identifier}-{version}.img"
+    site.files[path] = data
+    served = {
+        "hv:uri": site.url(path),
+        "hv:size": len(data),
+        "sl:checksum:sha512": hashlib.sha512(data).hexdigest(),
+        "hv:version": version,
+        "hv:format": "RAW",
+    }
+    return image_entry(identifier, **{**served, **fields})
+
+
+def local_site(tmp_path: Path, ca_dir: Path, subscriptions: str, *, sync: str = "") -> Path:
+    """A site of the local store in ``tmp_path``, as an admin sets one up; vmtrust.conf's path.
+
+    ``subscriptions`` is the items of the subscriptions file's list; ``sync`` adds lines to
+    ``[sync]`` (the default is no retries, short backoff).  The seal key is made with
+    ``vmtrust keygen``, as the README says.
+    """
+    (tmp_path / "subs.yaml").write_text("subscriptions:\n" + subscriptions)
+    sync = sync or "http_retries = 0\n"
+    conf = tmp_path / "vmtrust.conf"
+    conf.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+        f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
+        f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\nhttp_backoff = 0.01\n"
+        f"{sync}"
+        f"[store_local]\npath = {tmp_path}/store\n"
+    )
+    vmtrust_command = Path(sys.executable).parent / "vmtrust"
+    subprocess.run(
+        [vmtrust_command, "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
+    )
+    return conf
+
+
 def list_document(
     endorser: Credential | None = None,
     *,
@@ -292,7 +338,7 @@ def sync(tmp_path: Path, ca_dir: Path, site, pki):
             approve_all=True,
         ),
     )
-    service.subs = subs  # type: ignore[attr-defined]
+    service.subs = subs  # type: ignore[attr-defined]  # for the test
     yield service
     service.close()
 
@@ -366,7 +412,7 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
         connect_cloud("sync", str(clouds)), project_id=project, seal_keys=[key.public_key()]
     )
     service = SyncService(settings, store)
-    service.subs = (  # type: ignore[attr-defined]
+    service.subs = (  # type: ignore[attr-defined]  # for the test
         Subscription(
             name="example",
             url=site.url("/site.list"),
@@ -374,8 +420,8 @@ def glance_sync(tmp_path: Path, ca_dir: Path, site, pki, glance):
             approve_all=True,
         ),
     )
-    service.project = project  # type: ignore[attr-defined]
-    service.clouds = clouds  # type: ignore[attr-defined]
+    service.project = project  # type: ignore[attr-defined]  # for the test
+    service.clouds = clouds  # type: ignore[attr-defined]  # for the test
     yield service
     service.close()
 
@@ -445,7 +491,7 @@ def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
     key = load_private_key(tmp_path / "seal.key")
     settings = sync_settings(tmp_path, ca_dir, key)
     service = SyncService(settings, make_store(ec2_cloud, key, tmp_path))
-    service.subs = (  # type: ignore[attr-defined]
+    service.subs = (  # type: ignore[attr-defined]  # for the test
         Subscription(
             name="example",
             url=site.url("/site.list"),
@@ -453,6 +499,6 @@ def ec2_sync(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
             approve_all=True,
         ),
     )
-    service.cloud = ec2_cloud  # type: ignore[attr-defined]
+    service.cloud = ec2_cloud  # type: ignore[attr-defined]  # for the test
     yield service
     service.close()

@@ -78,7 +78,7 @@ def make_service(tmp_path: Path, ca_dir: Path, *, store: Any = None) -> Any:
     settings = sync_settings(tmp_path, ca_dir, key)
     settings.registry_deadline = 60
     service = SyncService(settings, store or LocalStore(tmp_path / "store", [key.public_key()]))
-    service.key = key  # type: ignore[attr-defined]
+    service.key = key  # type: ignore[attr-defined]  # for the test
     return service
 
 

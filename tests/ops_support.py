@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import image_entry, list_document
+from conftest import list_document, local_site, served_entry
 from httpserve import Site
 
 from vmtrust import imagelist, smime
@@ -27,17 +27,9 @@ BAD = b"these are not the bytes the list describes\n"
 def image(
     site: Site, identifier: str, data: bytes, *, sha512: str | None = None, path: str = ""
 ) -> dict:
-    path = path or f"/img/{identifier}.img"
-    site.files[path] = data
-    return image_entry(
-        identifier,
-        **{
-            "hv:uri": site.url(path),
-            "hv:size": len(data),
-            "sl:checksum:sha512": sha512 or hashlib.sha512(data).hexdigest(),
-            "hv:format": "RAW",
-            "hv:version": "1.0",
-        },
+    wrong = {"sl:checksum:sha512": sha512} if sha512 else {}
+    return served_entry(
+        site, identifier, data, path=path or f"/img/{identifier}.img", version="1.0", **wrong
     )
 
 
@@ -64,24 +56,14 @@ def make_site(tmp_path: Path, ca_dir: Path, site: Site, pki, *, sync: str = "") 
         [image(site, "wn", WN), image(site, "bad", BAD, sha512=wrong)],
     )
     publish(site, "/revoked.list", pki.revoked, [image(site, "rv", WN)])
-    (tmp_path / "subs.yaml").write_text(
-        "subscriptions:\n"
-        + subscription("example", site.url("/example.list"), pki.endorser)
+    return local_site(
+        tmp_path,
+        ca_dir,
+        subscription("example", site.url("/example.list"), pki.endorser)
         + subscription("broken", site.url("/missing.list"), pki.endorser)
-        + subscription("revoked", site.url("/revoked.list"), pki.revoked)
+        + subscription("revoked", site.url("/revoked.list"), pki.revoked),
+        sync=f"http_retries = 0\nlist_retries = 0\n{sync}",
     )
-    conf = tmp_path / "vmtrust.conf"
-    conf.write_text(
-        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
-        f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
-        f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\nhttp_retries = 0\n"
-        f"http_backoff = 0.01\nlist_retries = 0\n{sync}"
-        f"[store_local]\npath = {tmp_path}/store\n"
-    )
-    subprocess.run(
-        [BIN / "vmtrust", "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
-    )
-    return conf
 
 
 def run(command: str, conf: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

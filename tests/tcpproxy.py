@@ -10,7 +10,9 @@ each connection carries one request).  A rule can:
 * ``cut_after``: forward the request but drop both connections once that many
   bytes of it have passed (an upload broken mid-way);
 * ``flip_at``: forward the request with the byte at that offset changed (bytes
-  damaged on the way, which only a hash comparison notices).
+  damaged on the way, which only a hash comparison notices);
+* ``rate``: forward the request at most that many bytes per second (a slow
+  link to one cloud).
 
 Rules apply ``times`` times (None: always).  Threads only; stopped by
 :meth:`TcpProxy.stop`, which closes every socket it opened.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -32,6 +35,7 @@ class Rule:
     stall: bool = False
     cut_after: int | None = None  #: bytes of the request (headers included) to forward
     flip_at: int | None = None  #: offset in the request (headers included) of a byte to change
+    rate: int | None = None  #: bytes per second the request is forwarded at
     times: int | None = 1
     hits: int = 0
 
@@ -134,9 +138,10 @@ class TcpProxy:
             upstream = self._track(socket.create_connection(("127.0.0.1", self.target)))
             limit = rule.cut_after if rule is not None else None
             flip = rule.flip_at if rule is not None else None
+            rate = rule.rate if rule is not None else None
             back = threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True)
             back.start()
-            self._pump(client, upstream, limit, head, flip)
+            self._pump(client, upstream, limit, head, flip, rate)
         except OSError:
             _close(client)
 
@@ -160,6 +165,7 @@ class TcpProxy:
         limit: int | None,
         first: bytes = b"",
         flip: int | None = None,
+        rate: int | None = None,
     ) -> None:
         sent = 0
         data = first
@@ -176,6 +182,8 @@ class TcpProxy:
                         return
                     dst.sendall(data)
                     sent += len(data)
+                    if rate:
+                        time.sleep(len(data) / rate)
                 data = src.recv(65536)
                 if not data:
                     break

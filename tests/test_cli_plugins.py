@@ -66,14 +66,28 @@ def test_a_broken_or_clashing_plugin_is_one_warning_each_and_the_rest_works(
             "odd": "hellocmd:NOT_A_COMMAND",
         },
     )
+    # A built-in command does not read the entry points (start-up, issue 17): the
+    # broken plug-ins cost it nothing, not even a warning.
     with pytest.raises(SystemExit) as done:
         run(capsys, "list", "--help")
     assert done.value.code == 0
     out, err = capsys.readouterr()
-    assert "verify" in out  # the built-in list command, not the plug-in
+    assert "verify" in out and err == ""  # the built-in list command, not the plug-in
+    # The overview reads them: one warning each, and every other command is listed.
+    with pytest.raises(SystemExit) as done:
+        run(capsys, "--help")
+    assert done.value.code == 0
+    out, err = capsys.readouterr()
+    assert "images" in out and "status" in out and "gone" not in out and "odd" not in out
     assert sorted(err.splitlines()) == [
         "vmtrust: warning: command gone (nosuchmodule:COMMAND) not loaded: "
         "ModuleNotFoundError: No module named 'nosuchmodule'",
         "vmtrust: warning: command list (hellocmd:HELLO) ignored: vmtrust has that command",
         "vmtrust: warning: command odd (hellocmd:NOT_A_COMMAND) ignored: not a vmtrust command",
     ]
+    # A mistyped command reads them too, and is refused in one line naming the choices.
+    with pytest.raises(SystemExit) as done:
+        run(capsys, "lsit", "verify")
+    assert done.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and "invalid choice: 'lsit'" in err[-1] and "'status'" in err[-1]

@@ -95,7 +95,12 @@ def test_entry_point_and_groups():
             "metrics_address",
             "metrics_textfile",
             "log_format",
+            "state_connection",
+            "targets",
+            "fanout_buffer",
         },
+        "coordination": {"backend_url", "member_id", "lease"},
+        "target:name": {"store", "groups", "retire"},
         "store_local": {"path", "hook", "disk_format"},
         "store_ec2": {
             "region",

@@ -54,7 +54,7 @@ def faulty(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
             sync_settings(tmp_path, ca_dir, key),
             make_store(cloud, key, tmp_path, not_found_wait=10.0),
         )
-        service.subs = (  # type: ignore[attr-defined]
+        service.subs = (  # type: ignore[attr-defined]  # for the test
             Subscription(
                 name="example",
                 url=site.url("/site.list"),
@@ -63,7 +63,7 @@ def faulty(tmp_path: Path, ca_dir: Path, site, pki, ec2_cloud):
             ),
         )
         service.cloud = ec2_cloud  # type: ignore[attr-defined]  # direct, for the checks
-        service.proxy = proxy  # type: ignore[attr-defined]
+        service.proxy = proxy  # type: ignore[attr-defined]  # for the test
         yield service
         service.close()
 
@@ -219,7 +219,7 @@ def test_kill_9_at_any_step_and_the_next_run_converges(
         sync_settings(tmp_path, ca_dir, key),
         make_store(ec2_cloud, key, tmp_path),
     )
-    service.subs = (  # type: ignore[attr-defined]
+    service.subs = (  # type: ignore[attr-defined]  # for the test
         Subscription(
             name="example",
             url=site.url("/site.list"),
@@ -227,7 +227,7 @@ def test_kill_9_at_any_step_and_the_next_run_converges(
             approve_all=True,
         ),
     )
-    service.cloud = ec2_cloud  # type: ignore[attr-defined]
+    service.cloud = ec2_cloud  # type: ignore[attr-defined]  # for the test
     try:
         report = service.run(service.subs)
         assert report.failures == [], report.failures

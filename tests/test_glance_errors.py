@@ -128,8 +128,8 @@ def stored(glance_sync, glance, site, pki):
     site.behaviour.clear()
     before = _trusted(glance_sync, glance)
     assert set(before) == {"a"}
-    glance_sync.good_store = glance_sync.store  # type: ignore[attr-defined]
-    glance_sync.trusted_a = before["a"]  # type: ignore[attr-defined]
+    glance_sync.good_store = glance_sync.store  # type: ignore[attr-defined]  # for the test
+    glance_sync.trusted_a = before["a"]  # type: ignore[attr-defined]  # for the test
     return glance_sync
 
 

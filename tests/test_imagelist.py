@@ -414,3 +414,31 @@ def test_parse_date_agrees_with_strptime(moment):
 def test_parse_date_refuses_impossible_dates(text):
     with pytest.raises(ValueError):
         imagelist.parse_date(text)
+
+
+def test_deep_values_under_unknown_keys_are_reported_in_document_order():
+    """The unknown keys are found with a set operation; the problems still come in the
+    order the document has them, whatever the hash seed."""
+    document = list_document()
+    image = fields(document)["hv:images"][0]["hv:image"]
+    for key in ("zz", "ad:deep", "b", "a"):
+        image[key] = nested(33)
+    image["ad:flat"] = [[1]]  # unknown and nested, but within the limit
+    assert problems(document) == [
+        f"hv:images[0].{key}: nesting is too deep" for key in ("zz", "ad:deep", "b", "a")
+    ]
+
+
+def test_parse_date_shares_parsed_dates_but_never_failures():
+    text = "2026-05-01T08:00:00Z"
+    assert imagelist.parse_date(text) is imagelist.parse_date("2026-05-01T08:00:00Z"[:])
+    for _ in range(2):  # a refused date is refused every time, not remembered as valid
+        with pytest.raises(ValueError):
+            imagelist.parse_date("2026-02-30T08:00:00Z")
+
+    class Text(str):
+        pass
+
+    assert imagelist.parse_date(Text(text)) == imagelist.parse_date(text)
+    with pytest.raises(ValueError):
+        imagelist.parse_date(b"2026-05-01T08:00:00Z")  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import image_entry
+from conftest import served_entry
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_sync_local import IMAGE_A, IMAGE_B, event_hook, publish
 
@@ -47,17 +47,7 @@ def intact(folder: Path) -> bool:
 def entry(identifier: str, data: bytes, site, version: str = "1") -> dict:
     """An image entry served at a path of its own, whatever the identifier holds."""
     path = f"/img/{hashlib.sha256(f'{identifier} {version}'.encode()).hexdigest()[:16]}.img"
-    site.files[path] = data
-    return image_entry(
-        identifier,
-        **{
-            "hv:uri": site.url(path),
-            "hv:size": len(data),
-            "sl:checksum:sha512": hashlib.sha512(data).hexdigest(),
-            "hv:version": version,
-            "hv:format": "RAW",
-        },
-    )
+    return served_entry(site, identifier, data, path=path, version=version)
 
 
 def trusted(sync) -> dict[str, str]:

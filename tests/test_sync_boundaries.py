@@ -121,11 +121,17 @@ def test_an_exception_nobody_foresaw_in_one_subscription_is_one_line(sync, site,
     assert "UnicodeError" in sync.state.get("evil").last_error
 
 
+def _pragma(db: StateDB, sql: str) -> int:
+    """Run a PRAGMA on the database's one SQLite connection (a per-connection setting)."""
+    assert db._engine is not None
+    with db._engine.connect() as conn:
+        return conn.exec_driver_sql(sql).scalar_one()
+
+
 def _fill(db: StateDB) -> None:
     """No new page for the database from now on: SQLite's 'database or disk is full'."""
-    conn = db._db
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages}")
+    pages = _pragma(db, "PRAGMA page_count")
+    _pragma(db, f"PRAGMA max_page_count = {pages}")
 
 
 def test_a_full_state_database_is_one_line_and_the_next_pass_recovers(sync, site, pki):
@@ -134,16 +140,16 @@ def test_a_full_state_database_is_one_line_and_the_next_pass_recovers(sync, site
     second_list(site, pki)
     broken = tuple(
         dataclasses.replace(sync.subs[0], name=f"gone-{n:02d}", url=site.url(f"/gone-{n}.list"))
-        for n in range(40)
-    )  # forty 404s to remember: more than the pages the database has left
+        for n in range(80)
+    )  # eighty 404s to remember: more than the pages the database has left
     _fill(sync.state)
     report = sync.run((*sync.subs, *broken))
     full = [line for line in report.failures if "database or disk is full" in line]
     assert len(full) == 1 and full[0].startswith(f"state database {sync.state.path}: ")
-    assert len(report.failures) == 41  # the forty 404s and the state
+    assert len(report.failures) == 81  # the eighty 404s and the state
     assert trusted(sync) == {"a": "1", "c": "1"}  # the verified list was applied all the same
     # Room again: the next pass records everything.
-    sync.state._db.execute("PRAGMA max_page_count = 1073741823")
+    _pragma(sync.state, "PRAGMA max_page_count = 1073741823")
     report = sync.run((*sync.subs, *broken))
     assert not [line for line in report.failures if "state database" in line]
     assert all("404" in sync.state.get(sub.name).last_error for sub in broken)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import image_entry, list_document
+from conftest import image_entry, list_document, local_site
 from httpserve import Behaviour, Server, Site
 
 from vmtrust import imagelist, smime
@@ -43,28 +43,19 @@ def conf(tmp_path: Path, ca_dir: Path, site: Site, pki) -> Path:
     site.files["/site.list"] = smime.sign(
         imagelist.dumps(document), pki.endorser.cert, pki.endorser.key
     )
-    (tmp_path / "subs.yaml").write_text(
-        "subscriptions:\n  - name: example\n"
+    return local_site(
+        tmp_path,
+        ca_dir,
+        "  - name: example\n"
         f"    url: {site.url('/site.list')}\n"
         f"    endorsers:\n      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n"
         "    vo: vo.example.org\n    approve: all\n"
         "  - name: broken\n"
         f"    url: {site.url('/missing.list')}\n"
         f"    endorsers:\n      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n"
-        "    approve: all\n"
+        "    approve: all\n",
+        sync="http_retries = 1\n",
     )
-    path = tmp_path / "vmtrust.conf"
-    path.write_text(
-        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
-        f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
-        f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\nhttp_retries = 1\n"
-        "http_backoff = 0.01\n"
-        f"[store_local]\npath = {tmp_path}/store\n"
-    )
-    subprocess.run(
-        [BIN / "vmtrust", "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
-    )
-    return path
 
 
 def sync(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import image_entry, list_document
+from conftest import list_document, served_entry
 from httpserve import Behaviour, Site
 
 from glance_sync.service import SyncService, exclusive_lock
@@ -30,18 +30,7 @@ IMAGE_B = b"B" * 200_000
 
 
 def entry(identifier: str, data: bytes, site: Site, version: str = "1") -> dict:
-    path = f"/img/{identifier}-{version}.img"
-    site.files[path] = data
-    return image_entry(
-        identifier,
-        **{
-            "hv:uri": site.url(path),
-            "hv:size": len(data),
-            "sl:checksum:sha512": hashlib.sha512(data).hexdigest(),
-            "hv:version": version,
-            "hv:format": "RAW",
-        },
-    )
+    return served_entry(site, identifier, data, version=version)
 
 
 def publish(site: Site, pki, images: list[dict], version: str) -> None:

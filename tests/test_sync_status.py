@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import list_document
+from conftest import list_document, local_site
 from httpserve import Behaviour, Site
 from test_sync_local import IMAGE_A, IMAGE_B, entry
 
@@ -39,24 +39,14 @@ def sign_list(site: Site, pki, images: list[dict], version: str = "1") -> None:
 
 @pytest.fixture
 def conf(tmp_path: Path, ca_dir: Path, site: Site, pki) -> Path:
-    (tmp_path / "subs.yaml").write_text(
-        "subscriptions:\n  - name: example\n"
+    return local_site(
+        tmp_path,
+        ca_dir,
+        "  - name: example\n"
         f"    url: {site.url('/site.list')}\n"
         f"    endorsers:\n      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n"
-        "    approve: all\n"
+        "    approve: all\n",
     )
-    path = tmp_path / "vmtrust.conf"
-    path.write_text(
-        f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
-        f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
-        f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\nhttp_retries = 0\n"
-        "http_backoff = 0.01\n"
-        f"[store_local]\npath = {tmp_path}/store\n"
-    )
-    subprocess.run(
-        [BIN / "vmtrust", "keygen", "--out", tmp_path / "seal.key"], check=True, capture_output=True
-    )
-    return path
 
 
 def sync(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:

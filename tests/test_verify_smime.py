@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from conftest import list_document
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from verify_support import refused, verify
 
@@ -231,6 +231,9 @@ def test_mutations_raise_only_vmtrust_errors(sign, trust):
 
 
 @given(st.binary(max_size=40).map(lambda b: bytes(b"ab\r\n"[x % 4] for x in b)))
+@example(b"a\r\nb\r\n")  # already canonical: returned as it is
+@example(b"a\r\nb\n\r")  # as many CRs and LFs as CRLFs? no: one LF and one CR are alone
+@example(b"\r\r\n\n")
 def test_canonical_fast_paths_equal_the_rule(data):
     """Every run of CRs before a LF, and a bare LF, becomes one CRLF; a lone CR stays."""
     assert smime.canonical(data) == re.sub(rb"\r*\n", b"\r\n", data)

@@ -244,8 +244,8 @@ def test_huge_integers_are_refused_not_computed():
 def test_a_value_that_cannot_be_built_is_a_yaml_error_with_its_line():
     with pytest.raises(yaml.YAMLError) as caught:
         yamlsafe.load("a: 1\nb: 2001-13-45\n", source="x")
-    assert caught.value.problem_mark.line == 1  # type: ignore[attr-defined]
-    assert "month must be in 1..12" in caught.value.problem  # type: ignore[attr-defined]
+    assert caught.value.problem_mark.line == 1  # type: ignore[attr-defined]  # a MarkedYAMLError
+    assert "month must be in 1..12" in caught.value.problem  # type: ignore[attr-defined]  # a MarkedYAMLError
 
 
 def test_unsafe_tags_and_syntax_errors_are_yaml_errors_as_with_safe_load():

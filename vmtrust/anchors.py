@@ -20,6 +20,8 @@ from vmtrust import dn
 from vmtrust.errors import CrlError
 from vmtrust.truststore import ChainCertificate, TrustStore
 
+__all__ = ["CrlState", "crl_states"]
+
 _MAX_CHAIN = 10
 
 

@@ -48,9 +48,28 @@ from urllib.parse import parse_qs, urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vmtrust import enforcement, glanceprops
+from vmtrust import clouds, enforcement, glanceprops
 from vmtrust.errors import AuditError
 from vmtrust.trust import Code
+
+__all__ = [
+    "ACTIONS",
+    "COMPUTE_HEADERS",
+    "DELETED",
+    "EXPIRED",
+    "INACTIVE",
+    "NOT_VMTRUST",
+    "RESCUE",
+    "RETIRED",
+    "SEAL",
+    "VOLUME",
+    "Finding",
+    "Report",
+    "act",
+    "audit",
+    "log_action",
+    "servers",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -120,18 +139,9 @@ def _when(text: Any) -> str:
 
 
 def _call(conn: Any, service: str, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
-    from keystoneauth1 import exceptions as ks_exc
-
     if service == "compute":
         kw["headers"] = COMPUTE_HEADERS
-    try:
-        reply = getattr(conn, service).request(url, method, raise_exc=False, **kw)
-    except ks_exc.ClientException as exc:
-        raise AuditError(f"{service} {method} {url}: {' '.join(str(exc).split())[:200]}") from None
-    if reply.status_code not in ok:
-        text = " ".join(reply.text.split())[:200]
-        raise AuditError(f"{service} {method} {url}: HTTP {reply.status_code} {text}")
-    return reply
+    return clouds.request(conn, service, method, url, ok, error=AuditError, **kw)
 
 
 def _json(reply: Any, what: str) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def servers(conn: Any, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         params = {**params, "marker": marker}
 
 
-def trusted_hosts(conn: Any) -> set[str]:
+def _trusted_hosts(conn: Any) -> set[str]:
     """Hosts of aggregates whose metadata marks them (``vmtrust_trusted_only``)."""
     body = _json(_call(conn, "compute", "GET", "/os-aggregates", (200,)), "nova aggregates")
     return {
@@ -275,7 +285,7 @@ def audit(
     if page_size < 1:
         raise AuditError(f"audit: page size {page_size}: must be at least 1")
     images = _Images(conn, keys, owners, now or datetime.now(UTC))
-    hosts = trusted_hosts(conn)
+    hosts = _trusted_hosts(conn)
     findings: list[Finding] = []
     listed = workers = 0
     for server in servers(conn, page_size):
@@ -328,20 +338,28 @@ def _act_once(conn: Any, finding: Finding, action: str, dry_run: bool) -> str:
     elif dry_run:
         outcome = f"would {action}"
     else:
-        body: dict[str, Any] = {
+        bodies: dict[str, dict[str, Any]] = {
             "stop": {"os-stop": None},
             "shelve": {"shelve": None},
             "lock": {"lock": {"locked_reason": f"vmtrust audit: {finding.reason}"}},
-        }[action]
+        }
+        body = bodies[action]
         try:
             _call(conn, "compute", "POST", f"/servers/{finding.server}/action", (202,), json=body)
             outcome = _VERB[action]
         except AuditError as exc:
             outcome = f"failed: {exc}"
-    changed = not (already or dry_run)  # what was done, or failed, is a warning; the rest news
+    log_action(finding, outcome, changed=not (already or dry_run))
+    return outcome
+
+
+def log_action(
+    finding: Finding, outcome: str, *, changed: bool, what: str = "server %s of project %s on host"
+) -> None:
+    """One log line per action: what was done, or failed, is a warning; the rest news."""
     LOG.log(
         logging.WARNING if changed else logging.INFO,
-        "audit: %s server %s of project %s on host %s: %s (%s)",
+        f"audit: %s {what} %s: %s (%s)",
         outcome,
         finding.server,
         finding.project,
@@ -349,4 +367,3 @@ def _act_once(conn: Any, finding: Finding, action: str, dry_run: bool) -> str:
         finding.reason,
         finding.detail,
     )
-    return outcome

@@ -52,7 +52,6 @@ no EC2 meaning: :func:`act` refuses them (the command, before anything is contac
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,12 +70,28 @@ from vmtrust.audit import (
     VOLUME,
     Finding,
     Report,
+    log_action,
 )
 from vmtrust.ec2client import Accounts, Clients
 from vmtrust.errors import AuditError, EC2Error
 from vmtrust.imagelist import parse_date
 
-LOG = logging.getLogger("vmtrust.audit")
+__all__ = [
+    "DEPRECATED",
+    "DEREGISTERED",
+    "DISABLED",
+    "EC2_ACTIONS",
+    "GONE",
+    "STOPPED",
+    "VOLUME_BATCH",
+    "EC2Report",
+    "Problem",
+    "Site",
+    "act",
+    "audit",
+    "label",
+    "places",
+]
 
 DISABLED = "disabled"
 DEREGISTERED = "deregistered"
@@ -143,7 +158,7 @@ def _pages(
         params = {**params, "NextToken": token}
 
 
-def regions_of(reach: Accounts, account: str, region: str) -> list[str]:
+def _regions_of(reach: Accounts, account: str, region: str) -> list[str]:
     """The regions enabled in ``account`` (DescribeRegions), asked from ``region``."""
     clients = _clients(reach, account, region)
     reply = _call(clients.ec2, "DescribeRegions", what=f"audit: account {account}")
@@ -287,7 +302,7 @@ def places(
     _guard(reach.check, accounts)
     pairs = []
     for account in accounts:
-        for region in regions if regions is not None else regions_of(reach, account, home):
+        for region in regions if regions is not None else _regions_of(reach, account, home):
             pairs.append((account, region))
     return pairs
 
@@ -380,7 +395,7 @@ def audit(
         for page in _pages(
             clients.ec2, "DescribeInstances", "Reservations", what=what, MaxResults=page_size
         ):
-            roots = []
+            roots: list[tuple[dict[str, Any], dict[str, Any], str]] = []
             for instance in (i for r in page for i in r.get("Instances") or ()):
                 report.servers += 1
                 if (instance.get("State") or {}).get("Name") in GONE:
@@ -388,8 +403,8 @@ def audit(
                 report.worker_servers += 1
                 report.located[str(instance.get("InstanceId"))] = (account, region)
                 if not instance.get("ImageId"):
-                    problem = (NOT_VMTRUST, "EC2 names no AMI for it", "")
-                    report.findings.append(_finding(instance, account, problem))
+                    no_ami = (NOT_VMTRUST, "EC2 names no AMI for it", "")
+                    report.findings.append(_finding(instance, account, no_ami))
                     continue
                 image, problem = images.judged(account, region, str(instance["ImageId"]))
                 if problem is not None:
@@ -447,15 +462,7 @@ def _stop(reach: Accounts, report: EC2Report, finding: Finding, dry_run: bool) -
             outcome = "stopped"
         except AuditError as exc:
             outcome = f"failed: {exc}"
-    changed = not (already or dry_run)
-    LOG.log(
-        logging.WARNING if changed else logging.INFO,
-        "audit: %s instance %s of account %s in %s: %s (%s)",
-        outcome,
-        finding.server,
-        finding.project,
-        finding.host or "-",
-        finding.reason,
-        finding.detail,
+    log_action(
+        finding, outcome, changed=not (already or dry_run), what="instance %s of account %s in"
     )
     return outcome

@@ -25,6 +25,20 @@ from vmtrust import dn, egiprofile, fileio, imagelist, smime, verify, version
 from vmtrust.errors import InputError, SigningError
 from vmtrust.imagelist import format_date
 
+__all__ = [
+    "CHUNK",
+    "MAX_CREDENTIAL_BYTES",
+    "add_image",
+    "bump",
+    "check_signable",
+    "describe_image",
+    "hash_stream",
+    "load_credentials",
+    "new_list",
+    "remove_image",
+    "sign_document",
+]
+
 CHUNK = 1024 * 1024
 
 

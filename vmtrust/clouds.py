@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vmtrust.errors import ConfigError
+from vmtrust.errors import ConfigError, VmtrustError
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
+
+__all__ = ["connect_cloud", "openstacksdk", "request"]
 
 
 def openstacksdk(needed_by: str) -> Any:
@@ -52,8 +54,38 @@ def connect_cloud(
     files = [clouds_file] if clouds_file else None
     try:
         config = os_config.OpenStackConfig(config_files=files, load_envvars=False)
-        region = config.get_one(cloud=cloud, **({"api_timeout": timeout} if timeout else {}))
+        options: dict[str, Any] = {"api_timeout": timeout} if timeout else {}
+        region = config.get_one(cloud=cloud, **options)
     except (os_exc.ConfigException, os_exc.SDKException, OSError, ValueError) as exc:
         where = f" in {clouds_file}" if clouds_file else ""
         raise ConfigError(f"{label} {cloud}{where}: {exc}") from None
     return openstack.connection.Connection(config=region, app_name=app_name)
+
+
+def request(
+    conn: Any,
+    service: str,
+    method: str,
+    url: str,
+    ok: tuple[int, ...],
+    *,
+    error: type[VmtrustError],
+    **kw: Any,
+) -> Any:
+    """One REST call through the connection's ``service`` adapter (``compute``, ``image``).
+
+    ``launch`` and ``audit`` call nova and Glance this way, not through openstacksdk's
+    proxies (some of which ignore HTTP errors), and check every status: a keystoneauth
+    failure or a status outside ``ok`` raises ``error`` as one line naming the call,
+    with at most 200 characters of the answer.
+    """
+    from keystoneauth1 import exceptions as ks_exc
+
+    what = f"{service} {method} {url}"
+    try:
+        reply = getattr(conn, service).request(url, method, raise_exc=False, **kw)
+    except ks_exc.ClientException as exc:
+        raise error(f"{what}: {' '.join(str(exc).split())[:200]}") from None
+    if reply.status_code not in ok:
+        raise error(f"{what}: HTTP {reply.status_code} {' '.join(reply.text.split())[:200]}")
+    return reply

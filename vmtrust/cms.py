@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 
 from vmtrust.errors import BadSignature, SignerCountError, SmimeFormatError, WeakAlgorithm
 
+__all__ = ["SignatureInfo", "verify_detached"]
+
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha224": hashes.SHA224,

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 
 from oslo_config import cfg
 
 from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError
 
-trust_opts = [
+__all__ = [
+    "default_opts",
+    "endorser_opts",
+    "keystoneauth_opts",
+    "list_opts",
+    "make_conf",
+    "store_ec2_opts",
+    "store_glance_opts",
+    "store_local_opts",
+    "sync_opts",
+    "trust_opts",
+]
+
+trust_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "ca_dir",
         default="/etc/grid-security/certificates",
@@ -57,7 +71,7 @@ trust_opts = [
     ),
 ]
 
-endorser_opts = [
+endorser_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "cert",
         default="~/.globus/usercert.pem",
@@ -87,7 +101,7 @@ endorser_opts = [
     ),
 ]
 
-default_opts = [
+default_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "state_dir",
         default="/var/lib/vmtrust",
@@ -105,7 +119,7 @@ trust_opts.append(
     )
 )
 
-sync_opts = [
+sync_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "subscriptions_file",
         default="/etc/vmtrust/subscriptions.yaml",
@@ -257,9 +271,86 @@ sync_opts = [
         ],
         help="Form of vmtrust-sync's log on standard error (--log-format overrides it).",
     ),
+    cfg.StrOpt(
+        "state_connection",
+        default="",
+        secret=True,
+        help="SQLAlchemy URL of a PostgreSQL database for the sync's state "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE), shared by several sync hosts "
+        "(docs/federation.md). Empty: SQLite in [DEFAULT] state_dir. Its schema is upgraded "
+        "when a sync starts, or by 'vmtrust-sync --upgrade-state'.",
+    ),
 ]
 
-store_local_opts = [
+coordination_opts = [
+    cfg.StrOpt(
+        "backend_url",
+        default="",
+        secret=True,
+        help="tooz URL of the coordination service that shares the targets out over several "
+        "'vmtrust-sync --worker' hosts, e.g. etcd3+http://etcd1:2379 (etcd 3, through its "
+        "gRPC gateway). Empty: this host is the only worker and locks each target with a "
+        "file in [DEFAULT] state_dir.",
+    ),
+    cfg.StrOpt(
+        "member_id",
+        default="",
+        help="This worker's name among the workers (unique; default: the host name and "
+        "process id).",
+    ),
+    cfg.IntOpt(
+        "lease",
+        default=30,
+        min=5,
+        max=3600,
+        help="Seconds a worker that stopped answering keeps its membership and its target "
+        "locks; after that the other workers take its targets over.",
+    ),
+]
+
+sync_opts += [
+    cfg.ListOpt(
+        "targets",
+        default=[],
+        help="Several stores fed by one sync (docs/federation.md): the names of the targets, "
+        "each configured in a section [target:NAME] with its store and that store's options. "
+        "Each image version is downloaded once per pass for all of them. Empty: the one "
+        "store of [sync] store is the only target, named default.",
+    ),
+    cfg.IntOpt(
+        "fanout_buffer",
+        default=32,
+        min=1,
+        max=1024,
+        help="MiB of an image kept in memory for the targets it is streamed to at once; a "
+        "target further behind reads from a spool file in <state_dir>/work instead, so a "
+        "slow target never stalls the others.",
+    ),
+]
+
+#: The options of a [target:NAME] section besides its store's own (``glance_sync.targets``).
+target_opts = [
+    cfg.StrOpt(
+        "store",
+        help="The store of this target: local, glance, ec2 or a plug-in. The section also "
+        "takes that store's options (those of [store_local], [store_glance] or [store_ec2]); "
+        "an option not given here is the one of that section.",
+    ),
+    cfg.ListOpt(
+        "groups",
+        default=[],
+        help="Names of groups this target belongs to; a subscription's targets key may name "
+        "a group instead of each target.",
+    ),
+    cfg.StrOpt(
+        "retire",
+        choices=["deactivate", "hide", "delete"],
+        help="What happens to an image that leaves the trusted set in this target. Default: "
+        "[sync] retire.",
+    ),
+]
+
+store_local_opts: list[cfg.Opt] = [
     cfg.StrOpt("path", default="/var/lib/vmtrust/images", help="Directory of the local store."),
     cfg.StrOpt(
         "hook",
@@ -275,7 +366,7 @@ store_local_opts = [
     ),
 ]
 
-store_glance_opts = [
+store_glance_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "cloud",
         default="",
@@ -371,7 +462,7 @@ store_glance_opts = [
 ]
 
 
-store_ec2_opts = [
+store_ec2_opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "region",
         default="",
@@ -492,16 +583,27 @@ def keystoneauth_opts() -> list[cfg.Opt]:
     return unique
 
 
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """Entry point ``oslo.config.opts`` for oslo-config-generator."""
+def _own_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """vmtrust's groups and options, without keystoneauth's (an import of its own)."""
     return [
         ("DEFAULT", default_opts),
         ("trust", trust_opts),
         ("endorser", endorser_opts),
         ("sync", sync_opts),
         ("store_local", store_local_opts),
-        ("store_glance", store_glance_opts + keystoneauth_opts()),
+        ("store_glance", store_glance_opts),
         ("store_ec2", store_ec2_opts),
+        ("coordination", coordination_opts),
+        # documents the section of each [sync] targets name (registered per name when read)
+        ("target:name", target_opts),
+    ]
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point ``oslo.config.opts`` for oslo-config-generator."""
+    return [
+        (group, opts + keystoneauth_opts() if group == "store_glance" else opts)
+        for group, opts in _own_opts()
     ]
 
 
@@ -522,14 +624,27 @@ def _value_error(exc: Exception, group: str, opt: cfg.Opt, files: list[str]) -> 
     return ConfigError(f"{where}: [{group}] {opt.name}: {reason}")
 
 
-def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
+def make_conf(
+    config_files: list[str] | None = None, *, groups: Collection[str] | None = None
+) -> cfg.ConfigOpts:
     """Load configuration from ``config_files`` (or the standard places if None).
 
     Every oslo.config failure becomes a one-line :class:`ConfigError`; values
     are all read here, so a bad one is reported before any work starts.
+    ``groups`` (e.g. ``("trust",)``) limits that to the sections a command reads,
+    besides ``[DEFAULT]``: ``vmtrust list verify`` then neither imports keystoneauth
+    for ``[store_glance]`` (issue 17, start-up) nor stops on a section it never uses.
     """
+    if groups is None:
+        chosen = list_opts()
+    else:
+        chosen = [
+            (group, opts + keystoneauth_opts() if group == "store_glance" else opts)
+            for group, opts in _own_opts()
+            if group == "DEFAULT" or group in groups
+        ]
     conf = cfg.ConfigOpts()
-    for group, opts in list_opts():
+    for group, opts in chosen:
         conf.register_opts(opts, group=None if group == "DEFAULT" else group)
     files = config_files if config_files is not None else cfg.find_config_files("vmtrust")
     try:
@@ -548,7 +663,7 @@ def make_conf(config_files: list[str] | None = None) -> cfg.ConfigOpts:
         ) from None
     except (cfg.Error, ValueError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
-    for group, opts in list_opts():
+    for group, opts in chosen:
         for opt in opts:
             try:
                 getattr(conf if group == "DEFAULT" else getattr(conf, group), opt.dest)

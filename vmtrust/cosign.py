@@ -45,6 +45,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from vmtrust import fileio, jsonsafe
 from vmtrust.errors import ConfigError, CosignError, ListFormatError
 
+__all__ = [
+    "MAX_PAYLOAD",
+    "MAX_SIGNATURE_B64",
+    "SIGNATURE_ANNOTATION",
+    "SIGNATURE_TYPE",
+    "SIMPLE_SIGNING",
+    "Claim",
+    "CosignKey",
+    "key_id",
+    "load_key",
+    "verify",
+]
+
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIGNATURE_TYPE = "cosign container image signature"
@@ -102,7 +115,7 @@ def load_key(path: str | Path) -> CosignKey:
     )
 
 
-def verify_signature(payload: bytes, signature_b64: Any, keys: tuple[CosignKey, ...]) -> CosignKey:
+def _verify_signature(payload: bytes, signature_b64: Any, keys: tuple[CosignKey, ...]) -> CosignKey:
     """The key of ``keys`` whose signature ``signature_b64`` is over ``payload``."""
     if not isinstance(signature_b64, str) or not signature_b64:
         raise CosignError(f"no {SIGNATURE_ANNOTATION} annotation")
@@ -145,7 +158,7 @@ class Claim:
     digest: str  #: critical.image.docker-manifest-digest
 
 
-def read_payload(payload: bytes) -> Claim:
+def _read_payload(payload: bytes) -> Claim:
     """Parse a simple-signing payload (bounded, strict JSON); CosignError if malformed."""
     try:
         document = jsonsafe.loads(payload, what="cosign payload", max_bytes=MAX_PAYLOAD)
@@ -176,8 +189,8 @@ def verify(
     payload is believed), then the payload must name exactly ``digest`` and
     ``identity`` (``registry-host[:port]/repository``).
     """
-    key = verify_signature(payload, signature_b64, keys)
-    claim = read_payload(payload)
+    key = _verify_signature(payload, signature_b64, keys)
+    claim = _read_payload(payload)
     if claim.digest != digest:
         raise CosignError(f"signed for manifest {claim.digest[:19]}…, not {digest[:19]}…")
     if claim.reference != identity:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from vmtrust import devpki
 
+__all__ = ["OUT", "main", "run"]
+
 OUT = Path("demo-out")
 
 

@@ -9,6 +9,7 @@ digitalSignature key usage, a rogue CA that copies the real CA's name).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vmtrust import dn
 from vmtrust.truststore import subject_hash
+
+__all__ = [
+    "CA_DN",
+    "ENDORSER_DN",
+    "NAMESPACE",
+    "Credential",
+    "DevPKI",
+    "make_ca",
+    "make_crl",
+    "make_endorser",
+    "name",
+    "new_key",
+    "write_ca",
+]
 
 CA_DN = "/DC=org/DC=example/CN=Example Test CA"
 ENDORSER_DN = "/DC=org/DC=example/O=People/CN=Jane Endorser"
@@ -177,8 +192,8 @@ def make_endorser(
 
 def make_crl(
     ca: Credential,
-    revoked: list[x509.Certificate] = (),
-    *,  # type: ignore[assignment]
+    revoked: Iterable[x509.Certificate] = (),
+    *,
     last_update: datetime | None = None,
     next_update: datetime | None = None,
 ) -> x509.CertificateRevocationList:
@@ -245,7 +260,7 @@ class DevPKI:
     def ca_dir(self) -> Path:
         return self.root / "certificates"
 
-    def install(self, *, revoked: list[x509.Certificate] = ()) -> Path:  # type: ignore[assignment]
+    def install(self, *, revoked: Iterable[x509.Certificate] = ()) -> Path:
         """Write the trust directory with the CA, its CRL and namespaces; return it."""
-        write_ca(self.ca_dir, self.ca, crl=make_crl(self.ca, list(revoked)))
+        write_ca(self.ca_dir, self.ca, crl=make_crl(self.ca, revoked))
         return self.ca_dir

@@ -22,9 +22,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import cast
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+__all__ = [
+    "Attribute",
+    "Components",
+    "attributes",
+    "components",
+    "names",
+    "normalise",
+    "parse",
+    "same",
+    "slash",
+]
 
 # OpenSSL short names (what X509_NAME_oneline prints) for the OIDs grid
 # certificates use.
@@ -167,7 +180,8 @@ def _split(text: str) -> list[tuple[str, str, _Units]]:
     type; the units carry the unescaped value.
     """
     segments: list[tuple[str, str, _Units]] = []
-    separator, start, units = "/", 0, []
+    separator, start = "/", 0
+    units: _Units = []
     i = 0
     while i < len(text):
         ch = text[i]
@@ -196,7 +210,7 @@ def _split(text: str) -> list[tuple[str, str, _Units]]:
 def _decode(units: _Units) -> str:
     """The value of ``units``; bytes written as ``\\xHH`` are decoded as OpenSSL wrote them."""
     if not any(isinstance(u, int) for u in units):
-        return "".join(units)  # type: ignore[arg-type]
+        return "".join(cast("list[str]", units))  # only text: checked above
     raw = b"".join(bytes([u]) if isinstance(u, int) else u.encode() for u in units)
     # A UTF8String (the usual case); the NUL-padded UniversalString and
     # BMPString forms (only when NULs sit where those put them); else single
@@ -254,5 +268,8 @@ def names(subject: str, issuer: str, cert: x509.Certificate) -> bool:
 
 
 def normalise(text: str) -> str:
-    """A canonical rendering of ``text`` (used for display and pinning keys)."""
+    """One rendering for every way of writing the same name (short attribute names,
+    upper-case ``\\xHH``): what a value derived from a DN, such as the EGI profile's
+    ``ad:user:guid``, is computed from, so that it does not depend on the tool that
+    printed the DN.  ValueError for text that is not a DN."""
     return "".join(f"/{_SHORT_BY_DOTTED.get(k, k)}={_render(v)}" for k, v in parse(text))

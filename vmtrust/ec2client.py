@@ -19,6 +19,18 @@ from typing import Any
 
 from vmtrust.errors import ConfigError, EC2Error
 
+__all__ = [
+    "SERVICES",
+    "Accounts",
+    "Clients",
+    "assume_role",
+    "call",
+    "clients",
+    "error_code",
+    "parse_vo_accounts",
+    "session",
+]
+
 #: The services a :class:`Clients` holds, made by :func:`clients`.
 SERVICES = ("ec2", "ebs", "s3")
 
@@ -107,7 +119,7 @@ def _credentials(credentials: dict[str, str] | None) -> dict[str, str]:
     }
 
 
-def caller_account(boto_session: Any, *, endpoint_url: str = "", what: str) -> str:
+def _caller_account(boto_session: Any, *, endpoint_url: str = "", what: str) -> str:
     """The account id of the session's credentials (STS GetCallerIdentity)."""
     sts = _client(boto_session, "sts", boto_session.region_name, endpoint_url, {})
     reply = call(sts, "GetCallerIdentity", what=what) or {}
@@ -154,7 +166,7 @@ class Accounts:
         """The account of the credentials (STS GetCallerIdentity, asked once)."""
         if not self._caller:
             what = f"{self.what}: whose credentials"
-            self._caller = caller_account(self.session, endpoint_url=self.endpoint_url, what=what)
+            self._caller = _caller_account(self.session, endpoint_url=self.endpoint_url, what=what)
         return self._caller
 
     def check(self, accounts: Iterable[str]) -> None:

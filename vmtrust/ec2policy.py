@@ -32,6 +32,24 @@ from typing import Any
 
 from vmtrust.errors import ConfigError
 
+__all__ = [
+    "ALLOWED_AMIS_SETTINGS",
+    "DOCUMENTS",
+    "EBS_WRITING",
+    "IMAGE_CHANGING",
+    "IMAGE_MAKING",
+    "MANAGED",
+    "VERSION",
+    "WHERE",
+    "Site",
+    "allowed_amis",
+    "document",
+    "record_bucket",
+    "site_scp",
+    "sync_role",
+    "vo_scp",
+]
+
 VERSION = "2012-10-17"
 MANAGED = {"StringEquals": {"aws:ResourceTag/vmtrust:managed": "true"}}
 #: Actions that make an image a VO account could launch without the site.

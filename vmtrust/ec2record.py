@@ -36,6 +36,38 @@ from vmtrust import jsonsafe
 from vmtrust.errors import EC2Error, SealError, VmtrustError
 from vmtrust.record import TrustRecord
 
+__all__ = [
+    "BOOKKEEPING",
+    "DOCUMENT_VERSION",
+    "MANAGED",
+    "MAX_DOCUMENT",
+    "MAX_KEY",
+    "MAX_TAGS",
+    "MAX_VALUE",
+    "PREFIX",
+    "PUBLISHED",
+    "RECORD_FIELDS",
+    "RETIRED_AT",
+    "RETIRE_MODE",
+    "SEAL",
+    "SHARED_WITH",
+    "STATE",
+    "UPLOADING",
+    "check_limits",
+    "continuation_keys",
+    "digest",
+    "document",
+    "join",
+    "read_document",
+    "read_record",
+    "record_tags",
+    "root_snapshot",
+    "split",
+    "store_id",
+    "tag_dict",
+    "tag_list",
+]
+
 PREFIX = "vmtrust:"
 MANAGED = "vmtrust:managed"
 SEAL = "vmtrust:seal"

@@ -36,6 +36,18 @@ from urllib.parse import quote
 
 from vmtrust import dn, imagelist
 
+__all__ = [
+    "ATROPE_IMAGE_KEYS",
+    "DEFAULT_GROUP",
+    "FORMATS",
+    "complete",
+    "default_mpuri",
+    "is_egi",
+    "normalise_format",
+    "problems",
+    "user_guid",
+]
+
 #: ``ad:group`` when none is given: the name AppDB gives an appliance's one group.
 DEFAULT_GROUP = "General group"
 

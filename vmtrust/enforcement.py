@@ -18,6 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+__all__ = [
+    "AGGREGATE_KEY",
+    "FALSE_VALUES",
+    "FLAVOR_KEY",
+    "TRUE_VALUES",
+    "aggregate_enforces",
+    "enforces",
+    "flavour_enforces",
+    "unusual",
+]
+
 #: Flavour extra spec (validated by ``nova_filter.extra_specs`` in nova's API).
 FLAVOR_KEY = "vmtrust:trusted_only"
 #: Host aggregate metadata key.

@@ -23,6 +23,75 @@ imports it.
 
 from __future__ import annotations
 
+__all__ = [
+    "AUDIT_FINDINGS",
+    "AUDIT_FINDINGS_ACTION_FAILED",
+    "INTERNAL_ERROR",
+    "INTERRUPTED",
+    "OUTCOMES",
+    "SUCCESS",
+    "USAGE",
+    "ArchiveError",
+    "AuditError",
+    "BadSignature",
+    "CertificateExpired",
+    "CertificateRevoked",
+    "ConfigError",
+    "ContextRefused",
+    "CoordinationError",
+    "CosignError",
+    "CrlError",
+    "DeadlineExceeded",
+    "EC2Error",
+    "EndorserMismatch",
+    "EndorserNotAllowed",
+    "ExpansionError",
+    "FetchError",
+    "FileTooLarge",
+    "GlanceError",
+    "HttpError",
+    "IdentifierMismatch",
+    "InputError",
+    "InvalidConfiguration",
+    "InvalidJSON",
+    "InvalidListStructure",
+    "KeyUsageError",
+    "LaunchError",
+    "ListExpired",
+    "ListFormatError",
+    "ListFromFuture",
+    "ListTooLarge",
+    "LocalStoreError",
+    "LockError",
+    "ManifestError",
+    "NamespaceViolation",
+    "NoTrustedImage",
+    "OciReferenceError",
+    "PolicyError",
+    "Problems",
+    "RegistryError",
+    "RegistryNotFound",
+    "RollbackError",
+    "SealError",
+    "SignatureError",
+    "SignerCountError",
+    "SigningError",
+    "SmimeFormatError",
+    "StateError",
+    "TransferError",
+    "UnsafeImageError",
+    "UntrustedSigner",
+    "UserDataError",
+    "VmtrustError",
+    "WeakAlgorithm",
+    "YamlRefused",
+    "catalogue",
+    "exit_statuses",
+    "help_epilog",
+    "markdown_table",
+    "summarise",
+]
+
 
 def summarise(problems: list[str]) -> str:
     """The first problem, and how many more there are: one line for many problems."""
@@ -388,6 +457,14 @@ class LockError(VmtrustError):
     exit_code = 75  # EX_TEMPFAIL
     meaning = "another vmtrust-sync is running (try again later)"
     rule = "lock"
+
+
+class CoordinationError(VmtrustError):
+    """The coordination service (``[coordination] backend_url``) cannot be used."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    meaning = "the coordination service of several sync workers cannot be reached"
+    rule = "coordination"
 
 
 # --- stores ---------------------------------------------------------------------

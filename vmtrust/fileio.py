@@ -15,6 +15,8 @@ from pathlib import Path
 
 from vmtrust.errors import FileTooLarge, InputError, ListTooLarge
 
+__all__ = ["read_bytes", "write_atomic", "write_output"]
+
 
 def read_bytes(
     path: str | Path,

@@ -33,6 +33,24 @@ from vmtrust.errors import SealError
 from vmtrust.record import TrustRecord
 from vmtrust.trust import Code, Stored, Verdict, refuse
 
+__all__ = [
+    "ALL_PROPERTIES",
+    "MANAGED",
+    "PREFIX",
+    "RECORD_FIELDS",
+    "RETIRED_AT",
+    "RETIRE_MODE",
+    "SEAL",
+    "SHARED_WITH",
+    "STATE",
+    "UPLOADING",
+    "judge",
+    "read_record",
+    "record_properties",
+    "stored",
+    "usable",
+]
+
 PREFIX = "vmtrust_"
 MANAGED = "vmtrust_managed"
 SEAL = "vmtrust_seal"

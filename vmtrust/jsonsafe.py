@@ -21,6 +21,8 @@ from typing import Any
 
 from vmtrust.errors import InvalidJSON, ListTooLarge
 
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_DEPTH", "depth", "loads"]
+
 #: Default ceiling for one image list; a 1,000-image AppDB list is about 1.5 MB.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 #: Deepest nesting accepted anywhere (a HEPiX list needs 5).
@@ -127,7 +129,8 @@ def loads(data: bytes, *, what: str = "image list", max_bytes: int = DEFAULT_MAX
         raise InvalidJSON(f"{what}: nesting is too deep") from None
     except ValueError as exc:  # NaN/Infinity, 1e400, integers beyond int_max_str_digits
         raise InvalidJSON(f"{what}: not valid JSON: {exc}") from None
-    if _SURROGATE_ESCAPE.search(text):
+    # A one-character search (memchr) first: most lists have no backslash at all.
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
         bad = _lone_surrogate(value)
         if bad is not None:
             raise InvalidJSON(

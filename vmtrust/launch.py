@@ -38,11 +38,21 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vmtrust import glanceprops, version
+from vmtrust import clouds, glanceprops, version
 from vmtrust.context.profiles import Flavour
 from vmtrust.errors import LaunchError, NoTrustedImage
 from vmtrust.record import TrustRecord
 from vmtrust.trust import Verdict
+
+__all__ = [
+    "Image",
+    "Server",
+    "TrustedImage",
+    "find_flavour",
+    "find_trusted_image",
+    "launch",
+    "newest",
+]
 
 #: A candidate image as its cloud lists it (a Glance image, an AMI).
 Image = TypeVar("Image")
@@ -74,17 +84,7 @@ class Server:
 
 
 def _call(conn: Any, method: str, service: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
-    from keystoneauth1 import exceptions as ks_exc
-
-    adapter = getattr(conn, service)
-    try:
-        reply = adapter.request(url, method, raise_exc=False, **kw)
-    except ks_exc.ClientException as exc:
-        raise LaunchError(f"{service} {method} {url}: {' '.join(str(exc).split())[:200]}") from None
-    if reply.status_code not in ok:
-        text = " ".join(reply.text.split())[:200]
-        raise LaunchError(f"{service} {method} {url}: HTTP {reply.status_code} {text}")
-    return reply
+    return clouds.request(conn, service, method, url, ok, error=LaunchError, **kw)
 
 
 def find_trusted_image(
@@ -99,9 +99,14 @@ def find_trusted_image(
     """The newest image of ``vo`` (optionally of one image ``identifier``) that is trusted."""
     keys, owners = list(keys), list(owners)
     now = now or datetime.now(UTC)
-    params = {glanceprops.STATE: "trusted", glanceprops.PREFIX + "vo": vo, "limit": 1000}
+    query: dict[str, object] = {
+        glanceprops.STATE: "trusted",
+        glanceprops.PREFIX + "vo": vo,
+        "limit": 1000,
+    }
     if identifier:
-        params[glanceprops.PREFIX + "image_identifier"] = identifier
+        query[glanceprops.PREFIX + "image_identifier"] = identifier
+    params: dict[str, object] | None = query  # the first page's; "next" carries them on
     judged = []
     url: str | None = "/images"
     while url:

@@ -45,6 +45,16 @@ from vmtrust.errors import EC2Error, LaunchError, UserDataError
 from vmtrust.launch import Server, TrustedImage, newest
 from vmtrust.trust import Code, Stored, Verdict, refuse
 
+__all__ = [
+    "FAILED",
+    "GZIP_MAGIC",
+    "find_trusted_image",
+    "instance_type",
+    "judge",
+    "launch",
+    "pack_user_data",
+]
+
 GZIP_MAGIC = b"\x1f\x8b"
 FAILED = ("shutting-down", "terminated", "stopping", "stopped")
 
@@ -52,7 +62,7 @@ FAILED = ("shutting-down", "terminated", "stopping", "stopped")
 def _images(clients: Clients, owner: str) -> Iterator[dict[str, Any]]:
     token, seen = None, set()
     while True:
-        extra = {"NextToken": token} if token else {}
+        extra: dict[str, Any] = {"NextToken": token} if token else {}
         reply = (
             call(
                 clients.ec2,

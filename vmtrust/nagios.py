@@ -22,10 +22,25 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from vmtrust.anchors import CrlState
 from vmtrust.errors import ConfigError
 from vmtrust.safetext import clean
+
+__all__ = [
+    "CRITICAL",
+    "DAY",
+    "HOUR",
+    "NAMES",
+    "OK",
+    "UNKNOWN",
+    "WARNING",
+    "Result",
+    "Subscription",
+    "Thresholds",
+    "evaluate",
+]
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -48,7 +63,7 @@ class Thresholds:
     @classmethod
     def parse(cls, **values: str | None) -> Thresholds:
         """From the command's options (strings); ConfigError naming a bad one."""
-        kwargs: dict[str, float | int] = {}
+        kwargs: dict[str, Any] = {}  # keyed by field names: the caller's keywords are the fields
         for name, text in values.items():
             if text is None:
                 continue
@@ -60,7 +75,7 @@ class Thresholds:
             if not math.isfinite(number) or number < 0:
                 raise ConfigError(f"{option} {text!r}: must be 0 or more")
             kwargs[name] = number
-        limits = cls(**kwargs)  # type: ignore[arg-type]
+        limits = cls(**kwargs)
         for kind, worse in (("stale", "more"), ("failing", "more")):
             warn, crit = getattr(limits, f"{kind}_warning"), getattr(limits, f"{kind}_critical")
             if crit and warn and crit < warn:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from vmtrust import dn
 
+__all__ = ["NamespacePolicy", "load_for_ca", "parse_eacl", "parse_signing_policy"]
+
 
 @dataclass
 class NamespacePolicy:

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from vmtrust.errors import OciReferenceError
 from vmtrust.safetext import redact
 from vmtrust.urls import url_problem
+
+__all__ = [
+    "PinnedReference",
+    "is_accessory_tag",
+    "is_digest",
+    "is_repository",
+    "is_tag",
+    "parse_pinned",
+    "registry_base",
+]
 
 #: The distribution spec's repository name: path components of lower-case letters and
 #: digits joined by separators, at most 255 characters in all.
@@ -27,15 +38,15 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _ACCESSORY_TAG = re.compile(r"sha256-[0-9a-f]{64}(?:\.[a-z]+)?\Z")
 
 
-def is_repository(name: object) -> bool:
+def is_repository(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and len(name) <= 255 and bool(_REPOSITORY.match(name))
 
 
-def is_tag(name: object) -> bool:
+def is_tag(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and bool(_TAG.match(name))
 
 
-def is_digest(value: object) -> bool:
+def is_digest(value: object) -> TypeGuard[str]:
     """``sha256:`` and 64 lower-case hexadecimal digits: the only digests vmtrust accepts."""
     return isinstance(value, str) and bool(_DIGEST.match(value))
 

@@ -16,6 +16,7 @@ approval — ``all``, a list of image identifiers, or rules::
           - 85bfb313-a852-444b-89e7-9cdf8c23dc91        # one image
           - {os: Linux, arch: x86_64, hypervisor: kvm}   # a rule
         new_images: refuse        # images that appear later wait for approval
+        targets: [ral-a, uk]      # where its images go ([sync] targets); default: everywhere
 
 A subscription of ``type: oci`` reads an OCI registry instead (a repository, or
 a Harbor project, and which tags), and says what it trusts — never implicitly:
@@ -46,6 +47,17 @@ from vmtrust.policy_oci import OCI_KEYS, TRUST_MODES, OciSource, oci_source
 from vmtrust.safetext import redact
 from vmtrust.urls import has_credentials, url_problem
 
+__all__ = [
+    "CREDENTIAL_KEYS",
+    "RULE_KEYS",
+    "SUBSCRIPTION_KEYS",
+    "Credentials",
+    "Rule",
+    "Subscription",
+    "load_subscriptions",
+    "parse_subscriptions",
+]
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 RULE_KEYS = (
     "identifier",
@@ -72,6 +84,7 @@ SUBSCRIPTION_KEYS = {
     "description",
     "type",
     "trust",
+    "targets",
 }
 CREDENTIAL_KEYS = {"username", "password_file", "password_env", "token_file", "token_env"}
 
@@ -158,6 +171,8 @@ class Subscription:
     type: str = "list"  #: "list" or "oci"
     trust: str = "hepix"  #: what vouches for the images (:data:`TRUST_MODES`)
     oci: OciSource | None = None  #: the registry of a ``type: oci`` subscription
+    #: the targets (or target groups) of the sync its images go to; None: every target
+    targets: tuple[str, ...] | None = None
 
     @property
     def lists_registry(self) -> bool:
@@ -353,10 +368,11 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
     identifier = _string(p, obj, "identifier", path)
     vo = _string(p, obj, "vo", path)
     oci = oci_source(p, obj, trust, path) if kind == "oci" else None
+    targets = _targets(p, obj.get("targets"), f"{path}.targets") if "targets" in obj else None
     if len(p.items) > before:
         return None
     return Subscription(
-        name=name,
+        name=name or "",
         url=url or "",
         endorsers=endorsers,
         identifier=identifier,
@@ -371,7 +387,24 @@ def _subscription(p: Problems, obj: Any, path: str) -> Subscription | None:
         type=kind,
         trust=trust,
         oci=oci,
+        targets=targets,
     )
+
+
+def _targets(p: Problems, value: Any, path: str) -> tuple[str, ...] | None:
+    """Names of targets or target groups (checked against vmtrust.conf by the sync)."""
+    if not isinstance(value, list) or not value:
+        p.add(path, "must be a non-empty list of target or group names")
+        return None
+    names = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, str) or not _NAME_RE.match(entry):
+            p.add(f"{path}[{index}]", f"not a target or group name: {entry!r}")
+        elif entry in names:
+            p.add(f"{path}[{index}]", f"{entry!r} is named twice")
+        else:
+            names.append(entry)
+    return tuple(names)
 
 
 def parse_subscriptions(text: str, source: str = "subscriptions") -> tuple[Subscription, ...]:

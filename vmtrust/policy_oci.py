@@ -27,6 +27,8 @@ from vmtrust.errors import OciReferenceError, Problems, VmtrustError
 from vmtrust.ociref import is_digest, is_repository, is_tag, registry_base
 from vmtrust.urls import host_problem
 
+__all__ = ["OCI_KEYS", "TRUST_MODES", "OciSource", "oci_source"]
+
 TRUST_MODES = ("hepix", "cosign", "registry")
 #: Keys only a subscription of type oci has.
 OCI_KEYS = {

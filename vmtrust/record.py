@@ -34,6 +34,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from vmtrust import fileio
 from vmtrust.errors import ConfigError, FileTooLarge, SealError
 
+__all__ = [
+    "BASES",
+    "SEAL_CONTEXT",
+    "TrustRecord",
+    "check_seal",
+    "entry_digest",
+    "generate_key_pair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "seal",
+]
+
 SEAL_CONTEXT = b"vmtrust-trust-record-v1\n"
 
 

@@ -19,6 +19,8 @@ import logging
 import re
 import unicodedata
 
+__all__ = ["SafeFormatter", "clean", "redact", "shown"]
+
 #: Unicode categories written as escapes: controls, format characters (bidi
 #: overrides), surrogates, line and paragraph separators.
 _UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})

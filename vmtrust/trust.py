@@ -43,6 +43,19 @@ from vmtrust.errors import SealError
 from vmtrust.imagelist import parse_date
 from vmtrust.record import TrustRecord, check_seal
 
+__all__ = [
+    "RETIRED",
+    "TRUSTED",
+    "Code",
+    "Read",
+    "Stored",
+    "Verdict",
+    "check_binding",
+    "expiry",
+    "judge",
+    "refuse",
+]
+
 #: Trust states a store writes into a record; only the first was ever sealed.
 TRUSTED = "trusted"
 RETIRED = "retired"

@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar, cast
 
 from asn1crypto import core as asn1_core
 from asn1crypto import x509 as asn1_x509
@@ -46,6 +47,8 @@ from vmtrust.errors import (
     UntrustedSigner,
 )
 from vmtrust.namespaces import NamespacePolicy, load_for_ca
+
+__all__ = ["ChainCertificate", "TrustStore", "subject_hash"]
 
 # OpenSSL X509_V_ERR_* codes that mean "outside the validity period".
 _VALIDITY_ERRORS = {9, 10}
@@ -130,7 +133,11 @@ class ChainCertificate:
             raise ValueError(f"not a PEM certificate ({exc})") from None
 
     def public_key(self) -> CertificateIssuerPublicKeyTypes:
-        return serialization.load_der_public_key(self.public_key_der)  # type: ignore[return-value]
+        key = serialization.load_der_public_key(self.public_key_der)
+        return cast(CertificateIssuerPublicKeyTypes, key)  # a certificate's, so an issuer type
+
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -163,7 +170,8 @@ class TrustStore:
 
     # --- cached file loading ------------------------------------------------------
 
-    def _cached(self, path: Path, loader) -> object:
+    def _cached(self, path: Path, loader: Callable[[Path], _T]) -> _T | None:
+        """``loader(path)``, again only when the file changed (see :func:`_stamp`)."""
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -174,7 +182,7 @@ class TrustStore:
         if entry is None or entry.stamp != stamp:
             entry = _Cached(stamp, loader(path))
             self._cache[path] = entry
-        return entry.value
+        return cast(_T, entry.value)  # one path, one loader: the type it stored
 
     @staticmethod
     def _load_crl(path: Path) -> x509.CertificateRevocationList | None:
@@ -306,9 +314,9 @@ class TrustStore:
                 policy = load_for_ca(self.directory, base, ca.subject_key)
             except ValueError as exc:
                 raise NamespaceViolation(f"namespace policy: {exc}") from None
-            entry = _Cached(stamp, policy)  # type: ignore[arg-type]
+            entry = _Cached(stamp, policy)
             self._cache[key] = entry
-        return entry.value  # type: ignore[return-value]
+        return cast(NamespacePolicy | None, entry.value)  # stored by this method only
 
     def _check_namespaces(self, chain: tuple[ChainCertificate, ...]) -> None:
         for cert, issuer in itertools.pairwise(chain):

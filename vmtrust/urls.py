@@ -14,6 +14,8 @@ import contextlib
 import ipaddress
 from urllib.parse import urlsplit
 
+__all__ = ["has_credentials", "host_problem", "url_problem"]
+
 
 def host_problem(host: str) -> str | None:
     """Why ``host`` cannot be connected to as written, or None."""

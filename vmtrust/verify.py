@@ -38,6 +38,8 @@ from vmtrust.errors import (
 from vmtrust.imagelist import Endorser, ImageList, format_date
 from vmtrust.truststore import ChainCertificate, TrustStore
 
+__all__ = ["Policy", "VerifiedList", "key_usage_problem", "verify_signed_list"]
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -143,8 +145,8 @@ def _pinned(endorser: Endorser, allowed: Iterable[Endorser]) -> bool:
     return False
 
 
-def check_freshness(lst: ImageList, policy: Policy, now: datetime) -> None:
-    """Rules 9-12, usable on their own by callers that re-check a stored list."""
+def _check_freshness(lst: ImageList, policy: Policy, now: datetime) -> None:
+    """Rules 9-12: identifier pinning, creation and expiry dates, rollback."""
     if policy.identifier is not None and lst.identifier != policy.identifier:
         raise IdentifierMismatch(
             f"list {lst.identifier}: expected identifier {policy.identifier} "
@@ -191,7 +193,7 @@ def verify_signed_list(data: bytes, policy: Policy, now: datetime | None = None)
             f"list {lst.identifier}: endorser {named.dn} issued by {named.ca} is not among the "
             f"allowed endorsers ({allowed})"
         )
-    check_freshness(lst, policy, now)
+    _check_freshness(lst, policy, now)
     return VerifiedList(
         imagelist=lst,
         signer=signature.signer,

@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import re
 
+__all__ = ["bump", "compare", "version_key"]
+
 _DELIMITED = re.compile(r"([-,./])")
 # ASCII digits only, as vmcatcher's ``[0-9]+`` and Python 2's ``str.isdigit``:
 # Python 3's ``\d`` and ``isdigit()`` also match "٣" or "²" (int() rejects the latter).

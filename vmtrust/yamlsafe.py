@@ -31,7 +31,7 @@ document.  Time is linear in the input: every check is a counter.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.composer import Composer
@@ -41,6 +41,16 @@ from yaml.events import AliasEvent
 from yaml.resolver import Resolver
 
 from vmtrust.errors import YamlRefused
+
+__all__ = [
+    "MAX_ALIASES",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_INT_CHARS",
+    "MAX_NODES",
+    "load",
+    "load_file",
+]
 
 MAX_BYTES = 1024 * 1024  #: a subscriptions file with 500 subscriptions is ~100 KB
 MAX_ALIASES = 1000
@@ -63,6 +73,11 @@ class _CountingComposer(Composer):
     max_aliases = MAX_ALIASES
     max_nodes = MAX_NODES
     max_depth = MAX_DEPTH
+
+    if TYPE_CHECKING:  # the parser the loader mixes in (libyaml's or PyYAML's) supplies these
+
+        def peek_event(self) -> Any: ...
+        def check_event(self, *choices: Any) -> bool: ...
 
     def _start_counting(self) -> None:
         self._aliases = 0
@@ -127,13 +142,15 @@ class _BoundedConstructor(SafeConstructor):
         return super().construct_yaml_int(node)
 
 
-_BoundedConstructor.add_constructor("tag:yaml.org,2002:int", _BoundedConstructor.construct_yaml_int)
+_BoundedConstructor.add_constructor(  # type: ignore[type-var]  # stubs expect a whole loader class
+    "tag:yaml.org,2002:int", _BoundedConstructor.construct_yaml_int
+)
 
 
 if yaml.__with_libyaml__:
     # libyaml scans and parses (three times faster than PyYAML's own scanner);
     # the counting composer and the safe constructor stay in Python.
-    from yaml.cyaml import CParser as _Parser
+    from yaml._yaml import CParser as _Parser  # where yaml.cyaml takes it from
 
     class _Loader(_CountingComposer, _Parser, _BoundedConstructor, Resolver):
         def __init__(self, stream: str | bytes) -> None:
@@ -145,7 +162,9 @@ if yaml.__with_libyaml__:
 
 else:  # pragma: no cover - PyYAML without libyaml
 
-    class _Loader(_CountingComposer, yaml.SafeLoader, _BoundedConstructor):  # type: ignore[no-redef]
+    class _Loader(  # type: ignore[no-redef]  # one _Loader per branch
+        _CountingComposer, yaml.SafeLoader, _BoundedConstructor
+    ):
         def __init__(self, stream: str | bytes) -> None:
             yaml.SafeLoader.__init__(self, stream)
             self._start_counting()

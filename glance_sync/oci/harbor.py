@@ -23,12 +23,14 @@ from glance_sync.oci.registry import Registry
 from vmtrust.errors import RegistryError, RegistryNotFound
 from vmtrust.ociref import is_repository, is_tag
 
+__all__ = ["API", "PAGE_SIZE", "SCOPE", "project_tags"]
+
 API = "/api/v2.0"
 SCOPE = "harbor-api"  #: Harbor's API takes the credentials directly (no token handshake)
 PAGE_SIZE = 100
 
 
-def is_harbor(registry: Registry, deadline: Deadline) -> bool:
+def _is_harbor(registry: Registry, deadline: Deadline) -> bool:
     """Whether the registry serves Harbor's API (``/api/v2.0/systeminfo`` answers)."""
     registry.authorise(SCOPE, registry.credentials.basic_auth())
     try:
@@ -73,7 +75,7 @@ def _tags(registry: Registry, project: str, repository: str, deadline: Deadline)
 
 def project_tags(registry: Registry, project: str, deadline: Deadline) -> dict[str, list[str]]:
     """repository → its tags, for every repository of ``project``."""
-    if is_harbor(registry, deadline):
+    if _is_harbor(registry, deadline):
         return {
             repo: _tags(registry, project, repo, deadline)
             for repo in _repositories(registry, project, deadline)

@@ -17,6 +17,24 @@ from vmtrust import jsonsafe
 from vmtrust.errors import ListFormatError, ManifestError
 from vmtrust.ociref import is_digest
 
+__all__ = [
+    "ACCEPT",
+    "DOCKER_LIST",
+    "DOCKER_MANIFEST",
+    "INDEXES",
+    "MANIFESTS",
+    "MAX_ANNOTATIONS",
+    "MAX_MANIFEST",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Descriptor",
+    "Manifest",
+    "descriptor",
+    "media_type_of",
+    "parse_index",
+    "parse_manifest",
+]
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -23,6 +23,8 @@ from glance_sync.plan import Desired
 from vmtrust.errors import ManifestError, OciReferenceError, RegistryError, TransferError
 from vmtrust.ociref import parse_pinned
 
+__all__ = ["open_layer"]
+
 
 def open_layer(
     want: Desired,

@@ -48,6 +48,8 @@ from vmtrust.errors import (
 from vmtrust.ociref import is_digest, registry_base
 from vmtrust.policy import Credentials
 
+__all__ = ["MAX_PAGES", "MAX_TOKEN_ANSWER", "PAGE", "BearerToken", "Registry", "repository_scope"]
+
 #: Tag lists and API pages asked for at once, and followed at most.
 PAGE = 1000
 MAX_PAGES = 1000
@@ -72,7 +74,7 @@ class BearerToken(requests.auth.AuthBase):
         return request
 
 
-def challenge(header: str) -> tuple[str, dict[str, str]]:
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
     """``WWW-Authenticate: Bearer realm="…",service="…"`` → ("bearer", {realm, service})."""
     scheme, _, rest = header.strip().partition(" ")
     params = {m.group(1).lower(): m.group(2) or m.group(3) or "" for m in _PARAM.finditer(rest)}
@@ -125,7 +127,7 @@ class Registry:
         return self.credentials.basic_auth()
 
     def _authorise(self, header: str, scope: str, deadline: Deadline) -> Any:
-        scheme, params = challenge(header)
+        scheme, params = _challenge(header)
         if scheme == "basic":
             basic = self._basic()
             if basic is None:

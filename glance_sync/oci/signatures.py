@@ -30,13 +30,15 @@ from vmtrust import cosign
 from vmtrust.cosign import CosignKey
 from vmtrust.errors import CosignError, ManifestError, RegistryError, RegistryNotFound
 
+__all__ = ["COSIGN_ARTIFACT", "MAX_SIGNATURES", "SIGSTORE_BUNDLE", "find"]
+
 COSIGN_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle"
 #: Signature layers examined per image at most (each costs a blob request).
 MAX_SIGNATURES = 16
 
 
-def signature_tag(digest: str) -> str:
+def _signature_tag(digest: str) -> str:
     return digest.replace(":", "-") + ".sig"
 
 
@@ -80,7 +82,7 @@ def find(
     problems: list[str] = []
     manifests = []
     with contextlib.suppress(RegistryNotFound):  # no .sig tag: perhaps referrers
-        manifests.append(registry.manifest(repository, signature_tag(digest), deadline))
+        manifests.append(registry.manifest(repository, _signature_tag(digest), deadline))
     for ref in _referrers(registry, repository, digest, deadline, problems)[:MAX_SIGNATURES]:
         try:
             manifests.append(registry.manifest(repository, ref, deadline))
@@ -117,6 +119,6 @@ def find(
             except RegistryError as exc:
                 problems.append(str(exc))
     if not problems:
-        raise CosignError(f"no cosign signature (no tag {signature_tag(digest)}, no referrer)")
+        raise CosignError(f"no cosign signature (no tag {_signature_tag(digest)}, no referrer)")
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     raise CosignError(f"no valid cosign signature: {problems[0]}{more}")

@@ -48,6 +48,17 @@ from vmtrust.imagelist import Endorser, Image, ImageList
 from vmtrust.ociref import is_accessory_tag, is_digest, is_tag
 from vmtrust.policy import Subscription
 
+__all__ = [
+    "CONTAINER_FORMAT",
+    "DISK_FORMAT",
+    "IMAGE_REF",
+    "SYNC_ANNOTATION",
+    "OciListing",
+    "disk_format",
+    "list_registry",
+    "make_registry",
+]
+
 LOG = logging.getLogger("vmtrust.sync")
 
 SYNC_ANNOTATION = "eu.egi.cloud.tag"  #: what makes an artefact a VM image (atrope's rule)

@@ -28,17 +28,20 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from glance_sync.plan import Desired, Held
+from glance_sync.transfer import DiskStream
 from vmtrust.imagelist import parse_date
 from vmtrust.record import TrustRecord
 from vmtrust.trust import Verdict
 
 if TYPE_CHECKING:
     from oslo_config import cfg
+
+__all__ = ["Finish", "Store", "StoreContext", "held_image"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class Store(ABC):
         return source_format
 
     @abstractmethod
-    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+    def create(self, want: Desired, stream: DiskStream, disk_format: str, finish: Finish) -> Held:
         """Write the image from ``stream`` and commit it with the record ``finish`` gives.
 
         ``want`` carries the list's metadata for stores that publish it (Glance
@@ -129,9 +132,6 @@ class Store(ABC):
     def cleanup(self) -> list[str]:
         """Remove leftovers of interrupted runs; return what was removed."""
         return []
-
-    def location(self, held: Held) -> str:
-        return held.location
 
 
 def held_image(

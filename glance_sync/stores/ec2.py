@@ -31,7 +31,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -47,6 +47,7 @@ from glance_sync.stores.ec2_account import (
 )
 from glance_sync.stores.ec2_conf import ImageOptions, build_store
 from glance_sync.stores.ec2_upload import BlockWriter, blocks, raw_source, volume_gib
+from glance_sync.transfer import DiskStream
 from glance_sync.unpack import normalise_format
 from vmtrust import ec2record as tags_
 from vmtrust.ec2client import Clients
@@ -57,6 +58,8 @@ from vmtrust.trust import RETIRED, Stored, check_binding
 
 if TYPE_CHECKING:
     from oslo_config import cfg
+
+__all__ = ["ARCHES", "EC2Store"]
 
 LOG = logging.getLogger("vmtrust.ec2")
 #: sl:arch → EC2's architecture; an empty sl:arch is taken as x86_64.
@@ -148,7 +151,7 @@ class EC2Store(Store):
 
     # --- writing ----------------------------------------------------------------------
 
-    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+    def create(self, want: Desired, stream: DiskStream, disk_format: str, finish: Finish) -> Held:
         what = f"image {want.identifier}"
         self._check_fits(want)
         arch = ARCHES.get(want.image.arch.strip().lower())

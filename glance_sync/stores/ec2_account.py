@@ -17,6 +17,8 @@ from vmtrust import ec2record
 from vmtrust.ec2client import Clients, call
 from vmtrust.imagelist import parse_date
 
+__all__ = ["PAGE", "SiteAccount", "aws_time", "deprecate_at", "next_minute", "parse_time"]
+
 PAGE = 1000  # DescribeImages' and DescribeSnapshots' largest page
 _AMI_GONE = ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable")
 _SNAPSHOT_GONE = ("InvalidSnapshot.NotFound",)
@@ -37,7 +39,7 @@ class SiteAccount:
     def _pages(self, operation: str, key: str, **params: Any) -> Iterator[dict[str, Any]]:
         token = None
         while True:
-            extra = {"NextToken": token} if token else {}
+            extra: dict[str, Any] = {"NextToken": token} if token else {}
             reply = self._call(
                 self.c.ec2, operation, "ec2 store", MaxResults=PAGE, **params, **extra
             )

@@ -13,6 +13,8 @@ from vmtrust.errors import ConfigError
 if TYPE_CHECKING:
     from glance_sync.stores.ec2 import EC2Store
 
+__all__ = ["ImageOptions", "build_store"]
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageOptions:

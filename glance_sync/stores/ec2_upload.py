@@ -38,9 +38,23 @@ from pathlib import Path
 from typing import IO, Any
 
 from glance_sync.convert import qemu_driver
-from glance_sync.transfer import Tally, iter_chunks
+from glance_sync.transfer import DiskStream, Tally, iter_chunks
 from vmtrust.ec2client import call
 from vmtrust.errors import EC2Error, TransferError
+
+__all__ = [
+    "BLOCK",
+    "GIB",
+    "NBD_FORMATS",
+    "SNAPSHOT_TIMEOUT",
+    "ZERO",
+    "BlockWriter",
+    "aggregate",
+    "blocks",
+    "checksum",
+    "raw_source",
+    "volume_gib",
+]
 
 LOG = logging.getLogger("vmtrust.ec2")
 BLOCK = 512 * 1024  #: the EBS direct APIs' block size
@@ -215,7 +229,7 @@ class BlockWriter:
 
 @contextlib.contextmanager
 def raw_source(
-    stream: IO[bytes], disk_format: str, *, direct_size: int | None, workdir: Path, identifier: str
+    stream: DiskStream, disk_format: str, *, direct_size: int | None, workdir: Path, identifier: str
 ) -> Iterator[tuple[int, Iterator[bytes], Tally]]:
     """``(size, chunks, tally)`` of the raw disk; ``tally`` holds size and SHA-512 at the end.
 
@@ -246,21 +260,22 @@ def raw_source(
         # and inspected: the service hands every store an InspectedStream, whose end raises
         # when the disk is not of the declared format, has a backing or data file, or VMDK
         # extents outside it — so qemu-nbd never opens a refused disk.
-        if not getattr(stream, "inspection", None) or not stream.inspection.done:  # type: ignore[attr-defined]
+        inspection = getattr(stream, "inspection", None)
+        if inspection is None or not inspection.done:
             raise TransferError(f"image {identifier}: not inspected to its end; not stored")
-        with nbd_raw(work, qemu_driver(disk_format), identifier) as (size, raw):
+        with _nbd_raw(work, qemu_driver(disk_format), identifier) as (size, raw):
             tally = Tally()
             yield size, iter_chunks(raw, identifier, tally), tally
     finally:
         work.unlink(missing_ok=True)
 
 
-def _read(raw: IO[bytes]) -> Iterator[bytes]:
+def _read(raw: DiskStream) -> Iterator[bytes]:
     while chunk := raw.read(1024 * 1024):
         yield chunk
 
 
-def _write_sparse(stream: IO[bytes], path: Path, identifier: str) -> Tally:
+def _write_sparse(stream: DiskStream, path: Path, identifier: str) -> Tally:
     """Unpacked raw bytes into a sparse file (zero blocks are holes); their size and SHA-512."""
     tally = Tally()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -287,7 +302,7 @@ def _tool(name: str, identifier: str) -> str:
 
 
 @contextlib.contextmanager
-def nbd_raw(path: Path, driver: str, identifier: str) -> Iterator[tuple[int, IO[bytes]]]:
+def _nbd_raw(path: Path, driver: str, identifier: str) -> Iterator[tuple[int, IO[bytes]]]:
     """The virtual disk of ``path`` as raw bytes on a pipe: ``(virtual size, stream)``.
 
     ``qemu-nbd`` opens only ``path``, read-only, as ``driver`` (never probed),

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -45,7 +45,7 @@ from glance_sync.stores.glance_api import PATCH_TYPE, GlanceRest, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
 from glance_sync.stores.glance_survey import SurveyFile, Surveyor, filter_time
-from glance_sync.transfer import Tally, iter_chunks, read_ahead
+from glance_sync.transfer import DiskStream, Tally, iter_chunks, read_ahead
 from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError
 from vmtrust.imagelist import format_date
@@ -165,9 +165,6 @@ class GlanceStore(GlanceRest, Store):
 
     # --- reading ----------------------------------------------------------------------
 
-    def location(self, held: Held) -> str:
-        return held.location
-
     def _held(self, image: dict[str, Any]) -> Held:
         verdict = check_binding(
             lambda: gp.read_record(image), gp.stored(image), keys=self.seal_keys
@@ -255,7 +252,7 @@ class GlanceStore(GlanceRest, Store):
 
     # --- writing ----------------------------------------------------------------------
 
-    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+    def create(self, want: Desired, stream: DiskStream, disk_format: str, finish: Finish) -> Held:
         identifier = want.identifier
         body: dict[str, Any] = {
             **list_properties(

@@ -16,6 +16,8 @@ from typing import Any
 
 from vmtrust.errors import GlanceError
 
+__all__ = ["PAGE", "PATCH_TYPE", "GlanceRest", "reason", "set_ops", "short"]
+
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 PAGE = 1000  # Glance's default api_limit_max
 
@@ -77,7 +79,8 @@ class GlanceRest:
 
     def pages(self, params: dict[str, Any], conn: Any = None) -> Iterator[dict[str, Any]]:
         """Every image of a listing with ``params``, page by page."""
-        url, query = "/images", {**params, "limit": PAGE}
+        url = "/images"
+        query: dict[str, Any] | None = {**params, "limit": PAGE}  # then "next" carries it
         while url:
             body = self.call("GET", url, (200,), conn, params=query).json()
             yield from body.get("images", [])

@@ -27,6 +27,16 @@ import re
 from glance_sync.hooks import event_environment
 from glance_sync.plan import Desired, Held
 
+__all__ = [
+    "GIB",
+    "LIST_PROPERTIES",
+    "MIB",
+    "list_properties",
+    "min_ram_mib",
+    "nova_hypervisor",
+    "stale_properties",
+]
+
 #: hv:hypervisor → nova's hypervisor_type (nova.objects.fields.HVType); others are omitted,
 #: since a wrong value would make ImagePropertiesFilter refuse every host.
 _HYPERVISORS = {"kvm": "kvm", "qemu": "qemu", "xen": "xen", "vmware": "vmware", "hyperv": "hyperv"}

@@ -38,6 +38,18 @@ from vmtrust.errors import ConfigError, GlanceError, summarise
 if TYPE_CHECKING:
     from glance_sync.stores.glance import GlanceStore
 
+__all__ = [
+    "Waiting",
+    "accept",
+    "accept_command",
+    "acceptance_notes",
+    "accepted_by",
+    "converge",
+    "parse_vo_projects",
+    "share",
+    "waiting_memberships",
+]
+
 LOG = logging.getLogger("vmtrust.glance")
 
 
@@ -147,7 +159,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
     listed = {
         project: conn
         for item in items.values()
-        for project, conn in store.projects(item.record.vo)  # type: ignore[union-attr]
+        for project, conn in store.projects(item.record.vo)  # type: ignore[union-attr]  # has one
         if conn is not None
     }
     # What each VO project accepted is a listing of all its images, and a membership
@@ -172,7 +184,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
 
 
 def _converge_one(store: GlanceStore, item: Held, accepted: dict[str, set[str]]) -> list[str]:
-    image_id, vo = item.store_id, item.record.vo  # type: ignore[union-attr]
+    image_id, vo = item.store_id, item.record.vo  # type: ignore[union-attr]  # sealed: has one
     image = store.image(image_id)
     projects = store.projects(vo)
     wanted = ",".join(sorted(project for project, _ in projects))

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -44,7 +44,7 @@ from glance_sync import hooks, lock
 from glance_sync.plan import Desired, Held
 from glance_sync.stores.base import Finish, Store, StoreContext, held_image
 from glance_sync.stores.localfs import Dir, Unexpected
-from glance_sync.transfer import copy_stream
+from glance_sync.transfer import DiskStream, copy_stream
 from vmtrust import jsonsafe
 from vmtrust.errors import ConfigError, LocalStoreError, VmtrustError
 from vmtrust.imagelist import format_date
@@ -53,6 +53,17 @@ from vmtrust.trust import Code, Stored, check_binding, refuse
 
 if TYPE_CHECKING:
     from oslo_config import cfg
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "LOCK_NAME",
+    "MAX_RECORD_BYTES",
+    "NOT_OURS",
+    "LocalStore",
+    "Planted",
+    "safe_name",
+]
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _AREAS = ("images", "retired", ".partial")
@@ -269,7 +280,7 @@ class LocalStore(Store):
 
     # --- writing ------------------------------------------------------------------
 
-    def create(self, want: Desired, stream: IO[bytes], disk_format: str, finish: Finish) -> Held:
+    def create(self, want: Desired, stream: DiskStream, disk_format: str, finish: Finish) -> Held:
         identifier, version = want.identifier, want.image.version
         partial_name = f"{uuid.uuid4().hex}.img"
         folder_name = safe_name(identifier)

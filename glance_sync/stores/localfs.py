@@ -28,6 +28,8 @@ from typing import BinaryIO
 
 from vmtrust.cli.render import clean
 
+__all__ = ["Dir", "Unexpected", "kind_of"]
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -22,6 +22,8 @@ from vmtrust.cli.render import table
 from vmtrust.conf import make_conf
 from vmtrust.errors import AUDIT_FINDINGS, AUDIT_FINDINGS_ACTION_FAILED, ConfigError
 
+__all__ = ["ACTION_FAILED", "FINDINGS", "OWN", "ROLE_NAME", "cmd_audit", "connect", "register"]
+
 FINDINGS = AUDIT_FINDINGS
 ACTION_FAILED = AUDIT_FINDINGS_ACTION_FAILED
 #: Options only one cloud type has (dest → flag); the others are shared.

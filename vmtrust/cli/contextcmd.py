@@ -10,6 +10,8 @@ from vmtrust import context, fileio
 from vmtrust.cli.render import clean
 from vmtrust.errors import InvalidConfiguration
 
+__all__ = ["MAX_USER_DATA", "cmd_build", "cmd_check", "register", "report_all"]
+
 #: user-data larger than this is not read (every cloud's limit is far below)
 MAX_USER_DATA = 1 << 20
 

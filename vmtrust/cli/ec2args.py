@@ -24,6 +24,17 @@ from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError
 from vmtrust.record import load_public_key
 
+__all__ = [
+    "ACCOUNT",
+    "CLOUD_TYPES",
+    "REGION",
+    "Target",
+    "add_cloud_type",
+    "add_options",
+    "check_cloud_type",
+    "resolve",
+]
+
 CLOUD_TYPES = ("openstack", "ec2")
 ACCOUNT = re.compile(r"[0-9]{12}")
 #: What botocore accepts as a region name (checked here, before any client is made).

@@ -20,6 +20,8 @@ from vmtrust import ec2policy
 from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError, EC2Error
 
+__all__ = ["APPLIES", "cmd_policy", "register"]
+
 APPLIES = ("allowed-amis", "sync-role", "record-bucket")
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from vmtrust import authoring, fileio
 
+__all__ = ["cmd_describe", "register"]
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from vmtrust import record
 
+__all__ = ["cmd_keygen", "register"]
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(

@@ -23,6 +23,8 @@ from vmtrust.conf import make_conf
 from vmtrust.errors import ConfigError, InvalidConfiguration
 from vmtrust.record import load_public_key
 
+__all__ = ["OWN", "cmd_launch", "register"]
+
 #: Options only one cloud type has (dest → flag); the others are shared.
 OWN = {
     "openstack": {

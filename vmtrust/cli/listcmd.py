@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from vmtrust import authoring, cms, dn, fileio, imagelist, jsonsafe, smime
+from vmtrust import cms, dn, fileio, imagelist, jsonsafe, smime
 from vmtrust.cli import render
 from vmtrust.conf import make_conf
 from vmtrust.errors import (
@@ -28,6 +28,20 @@ from vmtrust.errors import (
 from vmtrust.imagelist import Endorser
 from vmtrust.truststore import TrustStore
 from vmtrust.verify import Policy, verify_signed_list
+
+__all__ = [
+    "MAX_LIFETIME_DAYS",
+    "MIN_LIFETIME_DAYS",
+    "PASSPHRASE_ENV",
+    "cmd_add_image",
+    "cmd_bump",
+    "cmd_new",
+    "cmd_remove_image",
+    "cmd_show",
+    "cmd_sign",
+    "cmd_verify",
+    "register",
+]
 
 PASSPHRASE_ENV = "VMTRUST_KEY_PASSPHRASE"
 #: The range [endorser] lifetime_days accepts; a date past year 9999 cannot be written.
@@ -224,7 +238,7 @@ def _lifetime(args: argparse.Namespace) -> timedelta:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    conf = make_conf(args.config_file)
+    conf = make_conf(args.config_file, groups=("trust",))
     if len(args.endorser_dn) != len(args.endorser_ca):
         raise ConfigError("give --endorser-dn and --endorser-ca in pairs, one CA per DN")
     endorsers = []
@@ -289,6 +303,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if fields is None:  # nothing of a list to show
             raise
         problems = exc.problems
+    assert fields is not None  # validate() refuses a document without list fields
     render.show_list(fields, signature=_signature(data, fields), problems=problems)
     if problems:
         raise ListFormatError(
@@ -336,6 +351,8 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from vmtrust import authoring  # the endorser's side: not loaded for list verify
+
     conf = make_conf(args.config_file)
     cert_path = Path(args.cert or conf.endorser.cert).expanduser()
     key_path = Path(args.key or conf.endorser.key).expanduser()
@@ -365,6 +382,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
+    from vmtrust import authoring  # the endorser's side: not loaded for list verify
+
     if args.cert:
         pem = fileio.read_bytes(args.cert, what="certificate", limit=1024 * 1024)
         try:
@@ -397,6 +416,8 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_add_image(args: argparse.Namespace) -> int:
+    from vmtrust import authoring  # the endorser's side: not loaded for list verify
+
     document, _ = _read_document(args.list_json)
     entry = jsonsafe.loads(
         fileio.read_bytes(args.image_json, what="image description", limit=1024 * 1024),
@@ -410,6 +431,8 @@ def cmd_add_image(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_image(args: argparse.Namespace) -> int:
+    from vmtrust import authoring  # the endorser's side: not loaded for list verify
+
     document, _ = _read_document(args.list_json)
     _write_document(_edit_target(args), authoring.remove_image(document, args.identifier))
     print(render.clean(f"removed image {args.identifier}"), file=sys.stderr)
@@ -417,6 +440,8 @@ def cmd_remove_image(args: argparse.Namespace) -> int:
 
 
 def cmd_bump(args: argparse.Namespace) -> int:
+    from vmtrust import authoring  # the endorser's side: not loaded for list verify
+
     document, _ = _read_document(args.list_json)
     result = authoring.bump(document, new_version=args.new_version, lifetime=_lifetime(args))
     imagelist.validate(result)

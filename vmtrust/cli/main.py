@@ -7,25 +7,49 @@ failed rule (see :mod:`vmtrust.errors`), always below 124; never a traceback
 status 2.  Messages quote untrusted data (identifiers, DNs, parser output), so
 they are printed through :func:`~vmtrust.cli.render.clean`: a line break in a
 list's identifier cannot turn one line into two.
+
+Start-up is part of the contract too (issue 17: ``vmtrust --help`` and
+``vmtrust list verify`` within 250 ms): only the module of the command being
+run is imported (:data:`COMMANDS`), and the ``vmtrust.commands`` entry points
+are read only when the command is not a built-in one (or for ``--help``), so
+``list verify`` loads neither openstacksdk, nor keystoneauth, nor the sync
+side's commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import importlib
 import logging
 import sys
 import typing
 from collections.abc import Sequence
 
 from vmtrust import __version__, errors
-from vmtrust.cli import auditcmd, contextcmd, ec2cmd, imagecmd, keygencmd, launchcmd, listcmd
 from vmtrust.cli.plugins import add_plugin_commands
-from vmtrust.cli.render import clean
 from vmtrust.errors import VmtrustError
+from vmtrust.safetext import clean
+
+__all__ = ["INTERNAL_ERROR", "USAGE_ERROR", "build_parser", "main"]
 
 INTERNAL_ERROR = errors.INTERNAL_ERROR
 USAGE_ERROR = errors.USAGE
+
+#: The built-in commands in the order ``--help`` lists them: name, the module whose
+#: ``register(commands)`` adds it, and its line in ``vmtrust --help`` (the module
+#: registers the same line; tests/test_cli_startup.py holds them equal).  A module is
+#: imported only when its command runs or asks for its own ``--help``.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("list", "vmtrust.cli.listcmd", "image lists: verify, show, sign, create, edit"),
+    ("image", "vmtrust.cli.imagecmd", "describe image files for a list"),
+    ("keygen", "vmtrust.cli.keygencmd", "make the site's Ed25519 seal key pair"),
+    ("context", "vmtrust.cli.contextcmd", "build or check cloud-init user-data for worker nodes"),
+    ("launch", "vmtrust.cli.launchcmd", "boot worker nodes from the VO's current trusted image"),
+    ("audit", "vmtrust.cli.auditcmd", "worker servers that do not run a trusted image now"),
+    ("ec2", "vmtrust.cli.ec2cmd", "EC2 site tools: the enforcement documents"),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +79,7 @@ def _add_global_options(
     parses into a namespace of its own and would replace them) and :func:`_merge`
     joins them.
     """
-    unset = {} if level == 0 else {"default": argparse.SUPPRESS}
+    unset: dict[str, typing.Any] = {} if level == 0 else {"default": argparse.SUPPRESS}
     with contextlib.suppress(argparse.ArgumentError):  # 'list bump --version V' is its own
         parser.add_argument("--version", action="version", version=f"vmtrust {__version__}")
     parser.add_argument(
@@ -95,7 +119,46 @@ def _merge(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _NoExit(Exception):
+    pass
+
+
+class _Peek(argparse.ArgumentParser):
+    """Reads the global options the way the real parser does (abbreviations, ``--opt=V``)
+    to find the command word, and never exits: a mistake is the real parser's to report."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise _NoExit(message)
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs (``list`` of ``--debug list verify F``), None if none
+    or if the global options before it cannot be read."""
+    peek = _Peek(add_help=False)
+    peek.add_argument("--version", action="store_true")
+    peek.add_argument("--debug", action="store_true")
+    peek.add_argument("--config-file", action="append")
+    try:
+        _, rest = peek.parse_known_args(list(argv))
+    except _NoExit:
+        return None
+    for word in rest:
+        if word == "--":
+            continue
+        return None if word.startswith("-") else word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``; every command, built fully when ``argv`` is None.
+
+    With ``argv``, only the command it runs is built with its options (its module
+    imported); the others are listed by name and help line, and the entry points of
+    other packages' commands are read only when the command is none of the built-in
+    ones (``vmtrust --help``, ``vmtrust images``, a mistyped name).
+    """
+    word = None if argv is None else command_word(argv)
+    builtin = {name for name, _, _ in COMMANDS}
     parser = _Parser(
         prog="vmtrust",
         description="Create, sign, verify and inspect HEPiX endorsed VM image lists.",
@@ -105,20 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_global_options(parser, 0)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    listcmd.register(commands)
-    imagecmd.register(commands)
-    keygencmd.register(commands)
-    contextcmd.register(commands)
-    launchcmd.register(commands)
-    auditcmd.register(commands)
-    ec2cmd.register(commands)
-    add_plugin_commands(commands)  # images, status: the sync side's (import rules)
+    for name, module, help_line in COMMANDS:
+        if argv is None or name == word:
+            importlib.import_module(module).register(commands)
+        else:  # listed, not loaded: 'vmtrust NAME ...' would have built it
+            commands.add_parser(name, help=help_line)
+    if word not in builtin:
+        add_plugin_commands(commands)  # images, status: the sync side's (import rules)
     _after_commands(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run ``vmtrust ARGV`` and return its exit status (``argv`` None: the program's).
+
+    As the program (``vmtrust``, ``python -m vmtrust``), the objects that exist when
+    the command is done are frozen (:func:`gc.freeze`) before the interpreter exits:
+    its final garbage collections would otherwise walk every object the imports made
+    (cryptography, asn1crypto, oslo.config), a tenth of ``list verify``'s CPU time, to
+    free memory the exit frees anyway.  Called with ``argv`` (tests, other programs),
+    nothing changes.
+    """
+    if argv is not None:
+        return _run(argv)
+    try:
+        return _run(sys.argv[1:])
+    finally:  # also after --help and usage errors, which exit through SystemExit
+        gc.freeze()
+
+
+def _run(argv: Sequence[str]) -> int:
+    parser = build_parser(argv)
     args = _merge(parser.parse_args(argv))
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,

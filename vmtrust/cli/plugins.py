@@ -7,7 +7,11 @@ command whose object is a :class:`Command`; this module finds them when the
 parser is built (never at import) and gives each a subparser.  A plug-in that
 cannot be loaded, or that takes a name the command line already has, is one
 warning line on standard error and is left out: ``vmtrust list verify`` keeps
-working whatever else is installed.  See
+working whatever else is installed.  The entry points are read only when the
+command being run is not a built-in one (``vmtrust --help``, a plug-in's
+command, a mistyped name): reading every installed distribution's metadata
+is a noticeable part of start-up, which a built-in command does not pay
+(docs/decisions/0009-cli-start-up-and-verification-speed.md).  See
 docs/decisions/0004-store-and-command-registry.md.
 """
 
@@ -17,9 +21,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
-from vmtrust.cli.render import clean
+from vmtrust.safetext import clean
+
+__all__ = ["GROUP", "Command", "add_plugin_commands"]
 
 GROUP = "vmtrust.commands"
 
@@ -36,6 +41,10 @@ class Command:
 
 def add_plugin_commands(commands: argparse._SubParsersAction) -> None:
     """Give every command of the ``vmtrust.commands`` entry points a subparser."""
+    # Imported here: reading the installed distributions' metadata is the slow part of
+    # start-up, and a built-in command (vmtrust list verify) never needs it.
+    from importlib.metadata import entry_points
+
     for plugin in sorted(entry_points(group=GROUP), key=lambda p: p.name):
         if plugin.name in commands.choices:
             _warn(f"command {plugin.name} ({plugin.value}) ignored: vmtrust has that command")

@@ -20,7 +20,7 @@ __all__ = ["clean", "show_list", "table"]
 _SIZE = re.compile(r"[0-9]{1,20}")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

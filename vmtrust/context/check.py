@@ -32,6 +32,8 @@ from vmtrust.context.userdata import unpack
 from vmtrust.context.vo import vo_problems
 from vmtrust.errors import Problems
 
+__all__ = ["CONFIG_PART", "explain"]
+
 CONFIG_PART = "00-vmtrust.cfg"
 _RISKY_TYPES = {
     "text/part-handler": "runs arbitrary Python inside cloud-init",
@@ -257,9 +259,9 @@ def _judge(parts: list[Part], config: dict, site: SiteProfile) -> list[str]:
     expected = [(CONFIG_PART, "text/cloud-config")]
     expected += [(part.filename, part.content_type) for part in our_parts]
     mine = {part.filename: part.body for part in our_parts}
-    names = {name for name, _ in expected}
+    written = {name for name, _ in expected}
     for part in parts:
-        if part.filename not in names and part.content_type == "text/x-shellscript":
+        if part.filename not in written and part.content_type == "text/x-shellscript":
             problems.append(f"{part.filename}: a shell script vmtrust does not write for site "
                             f"{site.name} (it would run as root)")  # fmt: skip
         elif part.filename in mine and part.body != mine[part.filename]:

@@ -21,6 +21,20 @@ from dataclasses import dataclass
 from vmtrust.context import scripts
 from vmtrust.context.profiles import Flavour, SiteProfile, VoProfile
 
+__all__ = [
+    "DEBIAN_MIRROR",
+    "DEBIAN_MIRROR_KEY",
+    "DEFAULT_LOCAL",
+    "EL_MIRROR",
+    "EL_MIRROR_KEY",
+    "GIB",
+    "MEASURED",
+    "MIB",
+    "Part",
+    "compose",
+    "site_files",
+]
+
 #: what the machine script measures at boot when the flavour does not say
 MEASURED = {
     "TOTAL_CPU": "$(nproc)",

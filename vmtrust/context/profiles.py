@@ -28,6 +28,25 @@ import yaml
 from vmtrust import yamlsafe
 from vmtrust.errors import ConfigError, Problems
 
+__all__ = [
+    "SITE_ONLY",
+    "URL",
+    "CvmfsDomain",
+    "CvmfsSite",
+    "Features",
+    "Fields",
+    "Flavour",
+    "JobOutputs",
+    "PackageSources",
+    "Pilot",
+    "PilotFile",
+    "Scratch",
+    "SiteProfile",
+    "VoFile",
+    "VoProfile",
+    "read_yaml",
+]
+
 #: VO keys that are the site's business by policy, with the reason given to the VO.
 SITE_ONLY = {
     "users": "accounts are injected by the site, never by a VO",

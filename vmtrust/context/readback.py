@@ -19,6 +19,8 @@ from vmtrust.context import scripts
 from vmtrust.context.compose import DEFAULT_LOCAL, GIB, MEASURED, MIB, site_files
 from vmtrust.context.profiles import Flavour, Pilot, PilotFile, SiteProfile, VoFile, VoProfile
 
+__all__ = ["own_paths", "request"]
+
 
 def own_paths(site: SiteProfile) -> set[str]:
     """Files vmtrust writes from the site profile alone (compared, never read as the VO's)."""
@@ -82,12 +84,13 @@ def _launcher(text: Any) -> tuple[str, tuple[str, ...], tuple[tuple[str, str], .
         words = [w for w in shlex.split(text.split(marker, 1)[1]) if w != "\n"]
     except ValueError:
         return None
-    env = []
+    env: list[tuple[str, str]] = []
     while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
-        env.append(tuple(words.pop(0).split("=", 1)))
+        key, value = words.pop(0).split("=", 1)
+        env.append((key, value))
     if not words:
         return None
-    return words[0], tuple(words[1:]), tuple(env)  # type: ignore[return-value]
+    return words[0], tuple(words[1:]), tuple(env)
 
 
 def request(config: dict, bodies: dict[str, str], site: SiteProfile) -> tuple[VoProfile, Flavour]:

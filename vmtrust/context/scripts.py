@@ -26,6 +26,36 @@ from __future__ import annotations
 import re
 import shlex
 
+__all__ = [
+    "CVMFS_RELEASE",
+    "JOBFEATURES",
+    "JOBOUTPUTS",
+    "LAUNCHER",
+    "LAUNCHER_SCRIPT",
+    "LIBEXEC",
+    "MACHINE",
+    "MACHINEFEATURES",
+    "NODE",
+    "NODE_SCRIPT",
+    "PILOT",
+    "PILOT_UNIT",
+    "SOFTWARE",
+    "STATE",
+    "UNITS",
+    "VO_COMMANDS",
+    "WATCHDOG_UNIT",
+    "WATCHDOG_UNIT_TEXT",
+    "assign",
+    "fill",
+    "launcher",
+    "machine",
+    "node",
+    "pilot",
+    "pilot_unit",
+    "software",
+    "vo_commands",
+]
+
 LIBEXEC = "/usr/local/libexec/vmtrust"
 NODE = f"{LIBEXEC}/vmtrust-node"
 LAUNCHER = f"{LIBEXEC}/pilot-start"

@@ -26,6 +26,8 @@ from vmtrust.context.profiles import (
 )
 from vmtrust.errors import Problems
 
+__all__ = ["STANDARD_FEATURES", "load_site"]
+
 _DOMAIN = re.compile(r"[a-z0-9][a-z0-9-]*(\.[a-z0-9-]+)*\.[a-z]{2,}\Z")
 _FEATURE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 #: machine/job features vmtrust publishes itself (HSF-TN-2016-02)

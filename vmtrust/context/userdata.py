@@ -22,6 +22,8 @@ import yaml
 from vmtrust.context.compose import Part
 from vmtrust.errors import UserDataError
 
+__all__ = ["LIMITS", "MAX_UNPACKED", "fit", "measured", "package", "unpack"]
+
 #: cloud → (limit, what is measured)
 LIMITS = {"ec2": (16384, "raw"), "openstack": (65535, "base64")}
 
@@ -38,7 +40,7 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _text)
 
 
-def cloud_config_text(config: dict) -> str:
+def _cloud_config_text(config: dict) -> str:
     body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
     return "#cloud-config\n" + body
 
@@ -57,7 +59,7 @@ def _mime_part(part: Part) -> MIMEText:
 
 def package(config: dict, parts: list[Part]) -> bytes:
     """One cloud-config when there are no scripts, else multipart/mixed (config first)."""
-    text = cloud_config_text(config)
+    text = _cloud_config_text(config)
     if not parts:
         return text.encode("utf-8")
     everything = [Part("00-vmtrust.cfg", "text/cloud-config", text), *parts]
@@ -123,7 +125,9 @@ def unpack(data: bytes) -> list[Part]:
     for index, item in enumerate(message.walk()):
         if item.is_multipart():
             continue
-        payload = item.get_payload(decode=True) or b""
+        payload = item.get_payload(decode=True)  # bytes, or None when there is none
+        if not isinstance(payload, bytes):
+            payload = b""
         kind = item.get_content_type()
         if payload[:2] == b"\x1f\x8b":
             payload = _gunzip(payload, "gzip part")

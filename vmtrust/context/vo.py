@@ -37,6 +37,8 @@ from vmtrust.context.profiles import (
 )
 from vmtrust.errors import ContextRefused, Problems
 
+__all__ = ["MAX_PILOT_FILE", "RESERVED_ENVIRONMENT", "SITE_PATHS", "load_vo", "vo_problems"]
+
 #: locations a VO never writes, whatever the site's file_prefixes say
 SITE_PATHS = ("/etc/cvmfs/", "/etc/ssh/", "/root/", "/etc/rsyslog", "/etc/sudoers",
               "/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow", "/etc/pki/",
@@ -54,7 +56,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_PILOT_FILE = 1 << 16
 
 
-def allowed_path(path: str, site: SiteProfile) -> str | None:
+def _allowed_path(path: str, site: SiteProfile) -> str | None:
     """None if a VO may write ``path``, else why not."""
     if not path.isprintable():
         return "must be a path of printable characters"
@@ -96,7 +98,7 @@ def vo_problems(vo: VoProfile, site: SiteProfile, p: Problems) -> None:
                   f"({site.grace} s)")  # fmt: skip
     for index, item in enumerate(vo.files):
         where = f"write_files[{index}]"
-        why = allowed_path(item.path, site)
+        why = _allowed_path(item.path, site)
         if why:
             p.add(f"{where}.path", f"{_shown(item.path)} {why}")
         if not re.fullmatch(r"[0-7]{4}", item.permissions):
@@ -137,7 +139,7 @@ def _pilot_problems(pilot: Pilot, site: SiteProfile, p: Problems) -> None:
         elif not _text_ok(value):
             p.add(f"pilot.environment.{name}", "must be text (printable, new lines and tabs)")
     for item in pilot.files:
-        why = allowed_path(item.path, site)
+        why = _allowed_path(item.path, site)
         if why:
             p.add(f"pilot.{item.key}.path", f"{_shown(item.path)} {why}")
     if len(pilot.files) > 2:
