@@ -217,7 +217,8 @@ class SurveyFile:
                 tmp.unlink()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(doc, handle, separators=(",", ":"))
+                # dumps, not dump: only the one-shot encoder is json's C one (5x faster)
+                handle.write(json.dumps(doc, separators=(",", ":")))
             os.replace(tmp, path)
         except (OSError, TypeError, ValueError) as exc:
             LOG.warning("glance: survey %s not saved (%s); the next pass lists every image",
