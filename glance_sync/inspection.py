@@ -221,6 +221,9 @@ class InspectedStream:
         digest = getattr(stream, "source_digest", None)
         if digest is not None:  # keep the pass-through shortcut of transfer.iter_chunks
             self.source_digest = digest
+        size = getattr(stream, "expected_size", None)
+        if size is not None:  # and the length a store may announce (Content-Length)
+            self.expected_size = size
 
     def read(self, size: int = CHUNK) -> bytes:
         chunk = self.stream.read(size)

@@ -20,7 +20,16 @@ from typing import Any, Protocol
 
 from vmtrust.errors import TransferError
 
-__all__ = ["CHUNK", "DiskStream", "Tally", "copy_stream", "iter_chunks", "read_ahead", "read_disk"]
+__all__ = [
+    "CHUNK",
+    "DiskStream",
+    "Tally",
+    "copy_stream",
+    "iter_chunks",
+    "read_ahead",
+    "read_disk",
+    "sized",
+]
 
 CHUNK = 1024 * 1024
 AHEAD = 8  #: chunks :func:`read_ahead` may hold (8 MiB)
@@ -129,3 +138,33 @@ def read_ahead(chunks: Iterator[bytes], depth: int = AHEAD) -> Iterator[bytes]:
             except queue.Empty:
                 continue
         worker.join()
+
+
+class _Sized:
+    """Chunks of a known total length, as an HTTP body: sent with ``Content-Length``."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int) -> None:
+        self.chunks = chunks
+        self.length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
+    """``chunks`` as an upload body: of known length when ``stream`` says how many bytes it
+    yields (the download passed through as it is), else as they come (chunked).
+
+    A body with ``Content-Length`` skips HTTP's chunk framing on both sides (a copy of
+    every chunk here, and the server's chunk parser, in Glance's one worker).  The length
+    is the list's ``hv:size``, which the download enforces: one byte more, or fewer at the
+    end, raises before the body is complete, so the server never waits for bytes that do
+    not come.
+    """
+    length = getattr(stream, "expected_size", None)
+    if isinstance(length, int) and length > 0:
+        return _Sized(chunks, length)
+    return chunks

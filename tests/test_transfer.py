@@ -243,3 +243,26 @@ def test_closing_read_ahead_early_stops_the_producer_and_closes_its_source():
     assert closed.is_set()  # closed before close() returned: nobody reads the stream now
     assert len(reads) < 10
     assert not any(t.name == "vmtrust-read-ahead" for t in threading.enumerate())
+
+
+def test_an_upload_of_the_download_as_it_is_announces_its_length(tmp_path):
+    """The passed-through download says how many bytes it yields (hv:size, enforced), so
+    a store's HTTP body carries a Content-Length; unpacked bytes go chunked."""
+    import gzip as gz
+
+    from glance_sync.transfer import sized
+
+    with Server(Site(files={"/d.raw": DISK, "/d.raw.gz": gz.compress(DISK)})) as site:
+        for path, fmt, length in (("/d.raw", "raw", len(DISK)), ("/d.raw.gz", "raw.gz", None)):
+            data = site.files[path]
+            source = Source("img", site.url(path), len(data), hashlib.sha512(data).hexdigest())
+            reader = SourceReader(source, requests.Session(), HttpSettings(timeout=5))
+            try:
+                disk, _ = open_disk(reader, fmt, NO_BOUND)
+                stream = inspect_stream(disk, "raw", "img")
+                body = sized(iter_chunks(stream, "img", Tally()), stream)
+                assert (len(body) if length else None) == length  # type: ignore[arg-type]
+                assert hasattr(body, "__len__") == (length is not None)
+                assert b"".join(body) == DISK
+            finally:
+                reader.close()
