@@ -22,7 +22,7 @@ ATROPE_VERSION := 2.0.0
 ORAS_VENV := .venv-oras
 ORAS_VERSION := 0.2.43
 
-.PHONY: demo test lint sample bench bench-glance bench-fanout bench-filter bench-ec2 bench-oci bench-audit bench-adopt venv \
+.PHONY: demo test lint sample bench bench-glance bench-fanout bench-filter bench-ec2 bench-oci bench-audit bench-adopt bench-scale venv \
 	venv-glance venv-nova venv-cip venv-atrope venv-oras cloud-init clean
 
 $(BIN)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
@@ -111,8 +111,12 @@ bench: venv
 	$(BIN)/python benchmarks/verify.py
 	$(BIN)/python benchmarks/startup.py
 
-bench-glance: venv venv-glance
+bench-glance: venv venv-glance venv-atrope
 	$(BIN)/python benchmarks/glance_ingest.py
+
+# 10,000 images: first-pass planning, a no-op pass, one changed image (time, peak memory).
+bench-scale: venv
+	$(BIN)/python benchmarks/scale.py
 
 # One 1 GiB image to 4 Glance clouds: vmtrust's fan-out, atrope's loop, one target.
 bench-fanout: venv venv-glance venv-atrope

@@ -126,6 +126,8 @@ def site_files(site: Path, ca_dir: Path, list_url: str, pki: devpki.DevPKI, stor
     conf = site / "vmtrust.conf"
     conf.write_text(
         f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
+        # 10,000 entries sign to about 11 MB (a site with such a list raises the limit too)
+        f"max_list_bytes = {64 * 1024 * 1024}\n"
         f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
         f"parallel_downloads = 1\n{store}"
     )
@@ -175,6 +177,7 @@ def make_site(
     conf = site / "vmtrust.conf"
     conf.write_text(
         f"[DEFAULT]\nstate_dir = {site}/state\n[trust]\nca_dir = {ca_dir}\n"
+        f"max_list_bytes = {64 * 1024 * 1024}\n"  # scale.py's 10,000 entries: ~11 MB
         f"seal_key = {site}/seal.key\n[sync]\nsubscriptions_file = {site}/subs.yaml\n"
         f"[store_local]\npath = {site}/store\n"
     )

@@ -29,14 +29,17 @@ of the stream — always before anything is committed to a store or converted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
-from typing import NoReturn
-
-from oslo_utils.imageutils import format_inspector as fi
+from types import ModuleType
+from typing import TYPE_CHECKING, NoReturn
 
 from glance_sync.transfer import CHUNK, DiskStream
 from vmtrust.errors import UnsafeImageError
+
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector as fi
 
 __all__ = ["INSPECTED", "VMDK_SUBFORMATS", "InspectedStream", "Inspection", "inspect_stream"]
 
@@ -45,9 +48,17 @@ INSPECTED = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
 #: VMDK subformats whose data are inside the one file (the inspector's lower-case names).
 VMDK_SUBFORMATS = ("monolithicsparse", "streamoptimized")
 
-# The inspector logs every failed check at WARNING with no image name; the
-# sync's own one-line refusal says it all.
-logging.getLogger(fi.__name__).setLevel(logging.CRITICAL)
+
+@functools.cache
+def _inspectors() -> ModuleType:
+    """oslo.utils' format inspector, imported when a disk is first inspected (a pass
+    that stores nothing never needs it, and it is a tenth of the sync's start-up)."""
+    from oslo_utils.imageutils import format_inspector
+
+    # The inspector logs every failed check at WARNING with no image name; the
+    # sync's own one-line refusal says it all.
+    logging.getLogger(format_inspector.__name__).setLevel(logging.CRITICAL)
+    return format_inspector
 
 
 class Inspection:
@@ -69,7 +80,7 @@ class Inspection:
         self.virtual_size = 0  #: the guest disk's size (header, or the bytes for raw), at the end
         #: every specific format's inspector, until the format is known; then the one found
         self._live: list[fi.FileInspector] = [
-            inspector() for name, inspector in fi.ALL_FORMATS.items() if name != "raw"
+            inspector() for name, inspector in _inspectors().ALL_FORMATS.items() if name != "raw"
         ]
         self.detected: fi.FileInspector | None = None  #: None while undecided or raw
         self._decided = False
@@ -163,6 +174,7 @@ class Inspection:
         """The inspector's safety checks and vmtrust's own, once its headers are complete."""
         if inspector in self._checked and not final:
             return
+        fi = _inspectors()
         subformat = getattr(inspector, "vmdktype", None)  # set once the descriptor is read
         if isinstance(inspector, fi.VMDKInspector) and subformat not in (None, *VMDK_SUBFORMATS):
             self._refuse(
@@ -209,6 +221,9 @@ class InspectedStream:
         digest = getattr(stream, "source_digest", None)
         if digest is not None:  # keep the pass-through shortcut of transfer.iter_chunks
             self.source_digest = digest
+        size = getattr(stream, "expected_size", None)
+        if size is not None:  # and the length a store may announce (Content-Length)
+            self.expected_size = size
 
     def read(self, size: int = CHUNK) -> bytes:
         chunk = self.stream.read(size)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
+import queue
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,11 +27,14 @@ __all__ = [
     "Tally",
     "copy_stream",
     "iter_chunks",
+    "read_ahead",
     "read_disk",
+    "sized",
     "write_behind",
 ]
 
 CHUNK = 1024 * 1024
+AHEAD = 8  #: chunks :func:`read_ahead` may hold (8 MiB)
 
 
 class DiskStream(Protocol):
@@ -119,3 +124,84 @@ def write_behind(out: BinaryIO, every: int = WRITE_BEHIND) -> Callable[[bytes], 
                 advise = None
 
     return write
+
+
+def read_ahead(chunks: Iterator[bytes], depth: int = AHEAD) -> Iterator[bytes]:
+    """``chunks``, produced on a thread of their own up to ``depth`` chunks ahead.
+
+    A store that pulls (an HTTP upload body) would otherwise download, unpack,
+    inspect and hash a chunk, then send it, then download the next: each side
+    idles while the other works, and only socket buffers hide it.  Here the
+    download runs while the upload sends, decoupled by at most ``depth`` chunks of
+    memory.  Whatever the producer raises is raised here, in order, after the
+    chunks before it; closing this generator early (a failed upload) stops the
+    producer at its next chunk and waits for it, so the stream is never read by
+    two threads and the caller may close it at once.
+    """
+    box: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                box.put(("chunk", chunk))
+            box.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put(("error", exc))
+        finally:
+            if stop.is_set():
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+
+    worker = threading.Thread(target=produce, name="vmtrust-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "chunk":
+                yield value  # type: ignore[misc]
+            elif kind == "error":
+                raise value  # type: ignore[misc]
+            else:
+                return
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting for room, then wait for it
+            try:
+                box.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        worker.join()
+
+
+class _Sized:
+    """Chunks of a known total length, as an HTTP body: sent with ``Content-Length``."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int) -> None:
+        self.chunks = chunks
+        self.length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
+    """``chunks`` as an upload body: of known length when ``stream`` says how many bytes it
+    yields (the download passed through as it is), else as they come (chunked).
+
+    A body with ``Content-Length`` skips HTTP's chunk framing on both sides (a copy of
+    every chunk here, and the server's chunk parser, in Glance's one worker).  The length
+    is the list's ``hv:size``, which the download enforces: one byte more, or fewer at the
+    end, raises before the body is complete, so the server never waits for bytes that do
+    not come.
+    """
+    length = getattr(stream, "expected_size", None)
+    if isinstance(length, int) and length > 0:
+        return _Sized(chunks, length)
+    return chunks

@@ -131,6 +131,8 @@ class _Passthrough:
 
     def __init__(self, reader: SourceReader) -> None:
         self.reader = reader
+        #: exactly the bytes it yields: the reader refuses one more and checks the count
+        self.expected_size = reader.source.size
 
     def read(self, size: int = CHUNK) -> bytes:
         return self.reader.read_chunk(size)

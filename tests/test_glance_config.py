@@ -111,6 +111,10 @@ def test_clouds_yaml_cloud_via_the_command_line(tmp_path, ca_dir, glance, site, 
          r"\[store_glance\] vo_project 'justone': expected VO:PROJECT_ID"),
         ("cloud = s\nclouds_file = {clouds}\n", r"\[store_glance\] project_id: not set"),
         ("cloud = s\nclouds_file = {clouds}\nvisibility = everyone\n", r"visibility"),
+        ("cloud = s\nclouds_file = {clouds}\nproject_id = p\nreconcile_passes = 0\n",
+         r"reconcile_passes"),
+        ("cloud = s\nclouds_file = {clouds}\nproject_id = p\nreconcile_hours = -1\n",
+         r"reconcile_hours"),
     ],
 )  # fmt: skip
 def test_bad_settings_are_one_line_naming_the_option(tmp_path, ca_dir, section, message):
@@ -133,3 +137,28 @@ def test_vo_project_entries():
     for bad in ("cms", "cms:", ":p", "a:b:c:d"):
         with pytest.raises(ConfigError, match="vo_project"):
             parse_vo_projects([bad])
+
+
+def test_the_sync_keeps_a_survey_of_its_images_and_readers_list_everything(tmp_path, ca_dir):
+    """The incremental listing's options reach the store; readers never use a survey."""
+    from datetime import timedelta
+
+    from glance_sync.stores.base import StoreContext
+    from glance_sync.stores.registry import store_from_conf
+
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", "http://127.0.0.1:9", {"s": ("p", "r")})
+    conf_path = write_conf(
+        tmp_path,
+        ca_dir,
+        f"cloud = s\nclouds_file = {clouds}\nproject_id = p\nreconcile_passes = 4\n"
+        "reconcile_hours = 2.5\nchanges_margin = 30\n",
+    )
+    conf = make_conf([str(conf_path)])
+    settings = settings_mod.from_conf(conf)
+    survey = settings_mod.make_store(conf, settings).surveyor.file
+    assert survey is not None
+    assert (survey.reconcile_passes, survey.reconcile_hours) == (4, 2.5)
+    assert survey.margin == timedelta(seconds=30) and survey.project == "p"
+    assert survey.state_dir == settings.state_dir
+    reader = StoreContext([settings.seal_key.public_key()], settings.state_dir, syncing=False)
+    assert store_from_conf(conf, reader).surveyor.file is None

@@ -276,7 +276,7 @@ def test_no_op_run_changes_nothing_and_costs_a_constant_number_of_calls(
 
 
 def test_held_pages_through_long_listings(glance_sync, site, pki, glance, monkeypatch):
-    monkeypatch.setattr("glance_sync.stores.glance.PAGE", 2)
+    monkeypatch.setattr("glance_sync.stores.glance_api.PAGE", 2)
     publish(site, pki, [entry(f"img-{i}", small(str(i)), site) for i in range(3)], "1")
     assert glance_sync.run(glance_sync.subs).failures == []
     assert len(glance_sync.store.held()) == 3  # two pages

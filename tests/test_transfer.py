@@ -8,6 +8,8 @@ import hashlib
 import io
 import lzma
 import os
+import threading
+import time
 from pathlib import Path
 
 import hostile_images as hostile
@@ -20,7 +22,7 @@ from glance_sync import hooks
 from glance_sync.download import HttpSettings, Source, SourceReader
 from glance_sync.inspection import inspect_stream
 from glance_sync.plan import Held
-from glance_sync.transfer import copy_stream
+from glance_sync.transfer import Tally, copy_stream, iter_chunks, read_ahead
 from glance_sync.unpack import Bound, normalise_format, open_disk
 from vmtrust.errors import TransferError
 
@@ -217,3 +219,89 @@ def test_write_behind_refused_advice_stops_advising_and_loses_nothing(tmp_path, 
             write(b"x" * 7)
     assert (tmp_path / "img").read_bytes() == b"x" * 70
     assert len(calls) == 1
+
+
+# --- read-ahead: the download runs while the upload sends ------------------------------------
+
+
+def test_read_ahead_yields_every_chunk_in_order_and_hashes_all_of_them():
+    data = os.urandom(5 * 1024 * 1024 + 17)
+    tally = Tally()
+    got = b"".join(read_ahead(iter_chunks(io.BytesIO(data), "img", tally), depth=2))
+    assert got == data
+    assert tally.size == len(data) and tally.sha512 == hashlib.sha512(data).hexdigest()
+
+
+def test_read_ahead_runs_ahead_by_at_most_its_depth():
+    produced = []
+    three = threading.Event()
+
+    def source():
+        for n in range(10):
+            produced.append(n)
+            if len(produced) == 4:  # depth 3 in the queue, the 4th waiting for room
+                three.set()
+            yield bytes([n])
+
+    chunks = read_ahead(source(), depth=3)
+    assert next(chunks) == b"\x00"  # the thread is started by the first read
+    assert three.wait(5)
+    time.sleep(0.2)  # room for a producer that would not stop
+    assert len(produced) <= 5
+    assert b"".join(chunks) == bytes(range(1, 10))
+
+
+def test_read_ahead_raises_the_producers_error_after_the_chunks_before_it():
+    def source():
+        yield b"a"
+        yield b"b"
+        raise TransferError("image img: cannot unpack (broken)")
+
+    got = []
+    with pytest.raises(TransferError, match="cannot unpack"):
+        for chunk in read_ahead(source()):
+            got.append(chunk)
+    assert got == [b"a", b"b"]
+
+
+def test_closing_read_ahead_early_stops_the_producer_and_closes_its_source():
+    closed = threading.Event()
+    reads = []
+
+    def source():
+        try:
+            for n in range(1000):
+                reads.append(n)
+                yield b"x" * 1024
+        finally:
+            closed.set()
+
+    chunks = read_ahead(source(), depth=2)
+    next(chunks)
+    chunks.close()  # what requests does when the upload fails
+    assert closed.is_set()  # closed before close() returned: nobody reads the stream now
+    assert len(reads) < 10
+    assert not any(t.name == "vmtrust-read-ahead" for t in threading.enumerate())
+
+
+def test_an_upload_of_the_download_as_it_is_announces_its_length(tmp_path):
+    """The passed-through download says how many bytes it yields (hv:size, enforced), so
+    a store's HTTP body carries a Content-Length; unpacked bytes go chunked."""
+    import gzip as gz
+
+    from glance_sync.transfer import sized
+
+    with Server(Site(files={"/d.raw": DISK, "/d.raw.gz": gz.compress(DISK)})) as site:
+        for path, fmt, length in (("/d.raw", "raw", len(DISK)), ("/d.raw.gz", "raw.gz", None)):
+            data = site.files[path]
+            source = Source("img", site.url(path), len(data), hashlib.sha512(data).hexdigest())
+            reader = SourceReader(source, requests.Session(), HttpSettings(timeout=5))
+            try:
+                disk, _ = open_disk(reader, fmt, NO_BOUND)
+                stream = inspect_stream(disk, "raw", "img")
+                body = sized(iter_chunks(stream, "img", Tally()), stream)
+                assert (len(body) if length else None) == length  # type: ignore[arg-type]
+                assert hasattr(body, "__len__") == (length is not None)
+                assert b"".join(body) == DISK
+            finally:
+                reader.close()

@@ -435,6 +435,30 @@ store_glance_opts: list[cfg.Opt] = [
         "protections refuse vmtrust_* properties to members. Empty: the clouds of vo_project "
         "entries are used, if any.",
     ),
+    cfg.IntOpt(
+        "reconcile_passes",
+        default=6,
+        min=1,
+        help="Between full reconciles a pass asks Glance only for the managed images updated "
+        "since the last pass (kept in the state directory); a full reconcile, which lists "
+        "every image and so also finds images deleted or unmarked behind vmtrust's back, runs "
+        "at least every this many passes. 1: every pass lists every image.",
+    ),
+    cfg.FloatOpt(
+        "reconcile_hours",
+        default=6.0,
+        min=0.0,
+        help="A full reconcile also runs when the last one is this many hours old (whichever "
+        "comes first with reconcile_passes). 0: by passes only.",
+    ),
+    cfg.IntOpt(
+        "changes_margin",
+        default=120,
+        min=1,
+        help="Seconds further back than the newest update already seen that each incremental "
+        "listing reaches: covers clocks of several Glance API servers that differ and updates "
+        "committed in the same second.",
+    ),
 ]
 
 

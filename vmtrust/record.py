@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,9 @@ class TrustRecord:
 
     def canonical(self) -> bytes:
         """The exact bytes the seal signs."""
-        data = asdict(self)
+        # Every field is a str or an int: a flat copy is what asdict's deep copy gives,
+        # at a fifth of its cost (a no-op pass checks one seal per image it holds).
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
         if data["basis"] == "hepix":
             del data["basis"]
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -124,6 +126,10 @@ class TrustRecord:
                 raise SealError(f"trust record: unknown basis {value!r}")
             values[name] = value
         return cls(**values)
+
+
+#: The record's fields, in declaration order (canonical() sorts them anyway).
+_FIELD_NAMES = tuple(f.name for f in fields(TrustRecord))
 
 
 def key_id(public: Ed25519PublicKey) -> str:

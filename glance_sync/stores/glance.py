@@ -17,6 +17,12 @@ image in state ``uploading``, which :meth:`GlanceStore.cleanup` deletes on
 the next run.  Only images owned by the service project that carry
 ``vmtrust_managed`` are ever listed, changed or deleted.
 
+The sync lists them incrementally: only the images Glance updated since the last
+pass, on top of the survey it keeps in the state directory, with a full listing
+every ``reconcile_passes`` passes or ``reconcile_hours`` hours
+(:mod:`glance_sync.stores.glance_survey`, decision 0010).  The download runs
+ahead of the upload on a thread of its own (:func:`~glance_sync.transfer.read_ahead`).
+
 Glance is reached through openstacksdk's image adapter with plain REST calls
 and explicit status checks (some of openstacksdk's image helpers ignore HTTP
 errors or mishandle ``enabled_backends``; see docs/glance.md).  Every Glance
@@ -27,9 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,10 +41,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from glance_sync.plan import Desired, Held
 from glance_sync.stores import glance_share
 from glance_sync.stores.base import Finish, Store, StoreContext, held_image
-from glance_sync.stores.glance_api import PATCH_TYPE, reason, set_ops, short
+from glance_sync.stores.glance_api import PATCH_TYPE, GlanceRest, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
-from glance_sync.transfer import DiskStream, Tally, iter_chunks
+from glance_sync.stores.glance_survey import SurveyFile, Surveyor, filter_time
+from glance_sync.transfer import DiskStream, Tally, iter_chunks, read_ahead, sized
 from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError
 from vmtrust.imagelist import format_date
@@ -51,11 +56,10 @@ if TYPE_CHECKING:
     from oslo_config import cfg
 
 LOG = logging.getLogger("vmtrust.glance")
-PAGE = 1000  # Glance's default api_limit_max
 __all__ = ["GlanceError", "GlanceStore", "parse_vo_projects"]
 
 
-class GlanceStore(Store):
+class GlanceStore(GlanceRest, Store):
     name = "glance"
 
     def __init__(
@@ -69,6 +73,7 @@ class GlanceStore(Store):
         disk_formats: list[str] | None = None,
         name_prefix: str = "",
         hypervisor_type: bool = True,
+        survey: SurveyFile | None = None,
     ) -> None:
         self.conn = conn
         self.project_id = project_id
@@ -79,13 +84,15 @@ class GlanceStore(Store):
         self.disk_formats = disk_formats or []
         self.name_prefix = name_prefix
         self.hypervisor_type = hypervisor_type
-        self.seen: dict[str, dict[str, Any]] = {}  #: image id → last listing of it
+        #: image id → the whole image as Glance last returned it in this pass
+        self.seen: dict[str, dict[str, Any]] = {}
+        #: lists by changes since the last survey (with no survey file: always in full)
+        self.surveyor = Surveyor(survey, self._managed, self._endpoint)
         #: images created or refreshed this pass, as they are now: converge shares them
         #: by their new record (a new VO is shared with in the same pass)
         self.fresh: dict[str, Held] = {}
         self._listing: list[dict[str, Any]] | None = None  #: cleanup's, for held()
-        self._lock = threading.Lock()
-        self.calls = 0  #: Glance API requests made (the no-op benchmark counts them)
+        GlanceRest.__init__(self, conn)
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts, context: StoreContext) -> GlanceStore:
@@ -130,60 +137,22 @@ class GlanceStore(Store):
             disk_formats=formats,
             name_prefix=section.name_prefix,
             hypervisor_type=section.hypervisor_type,
+            survey=SurveyFile(
+                context.state_dir,
+                reconcile_passes=section.reconcile_passes,
+                reconcile_hours=section.reconcile_hours,
+                margin=timedelta(seconds=section.changes_margin),
+                project=project_id,
+            )
+            if context.syncing
+            else None,
         )
 
-    # --- REST plumbing --------------------------------------------------------------
-
-    def adapter(self, conn: Any = None) -> Any:
-        """The image adapter of ``conn`` (default: the sync's connection).
-
-        openstacksdk makes a connection's service proxy on first use, with endpoint
-        discovery that rewrites the connection's shared configuration, and without a
-        lock: two threads making it at once can send one of them to a wrong URL
-        ("Unable to find a version discovery document at …/v2/").  Once made, the
-        proxy is a keystoneauth adapter, which (like the token renewal behind it,
-        locked in keystoneauth) serves many threads — openstacksdk's own
-        ``project_cleanup`` makes its proxies first and then uses them from a thread
-        pool.  So the look-up happens under this store's lock, once per connection.
-        """
-        with self._lock:
-            self.calls += 1  # counted here too: ``+=`` is not atomic across threads
-            return (conn or self.conn).image
-
-    def call(self, method: str, url: str, ok: tuple[int, ...], conn: Any = None, **kw: Any) -> Any:
-        """One request to Glance; any failure becomes one :class:`GlanceError` line."""
-        from keystoneauth1 import exceptions as ks_exc
-
-        # JSON errors carry Glance's explanation; its HTML pages hide it in markup.
-        headers = {"Accept": "application/json", **kw.pop("headers", {})}
-        try:
-            adapter = self.adapter(conn)  # endpoint discovery happens here, once
-            reply = adapter.request(url, method, raise_exc=False, headers=headers, **kw)
-        except ks_exc.ConnectFailure as exc:
-            text = short(exc)
-            if "aborted" in text or "RemoteDisconnected" in text or "reset" in text:
-                raise GlanceError(f"glance {method} {url}: connection lost ({text})") from None
-            raise GlanceError(f"glance {method} {url}: cannot connect ({text})") from None
-        except ks_exc.ConnectTimeout:
-            raise GlanceError(f"glance {method} {url}: connection timed out") from None
-        except ks_exc.RequestTimeout:
-            raise GlanceError(f"glance {method} {url}: no answer in time") from None
-        except ks_exc.DiscoveryFailure as exc:
-            raise GlanceError(
-                f"glance {method} {url}: cannot connect, or no Glance API there ({short(exc)})"
-            ) from None
-        except ks_exc.ClientException as exc:  # authentication, catalogue
-            raise GlanceError(f"glance {method} {url}: {short(exc)}") from None
-        if reply.status_code not in ok:
-            raise GlanceError(
-                f"glance {method} {url}: HTTP {reply.status_code} {reason(reply)}",
-                reply.status_code,
-            ) from None
-        return reply
+    # --- REST plumbing (the rest is GlanceRest's) ---------------------------------------
 
     def patch(self, image_id: str, ops: list[dict[str, Any]], conn: Any = None) -> dict:
         if not ops:
-            return self.seen.get(image_id, {})
+            return self.image(image_id)
         reply = self.call(
             "PATCH",
             f"/images/{image_id}",
@@ -193,17 +162,6 @@ class GlanceStore(Store):
             headers={"Content-Type": PATCH_TYPE},
         )
         return reply.json()
-
-    def pages(self, params: dict[str, Any], conn: Any = None) -> Iterator[dict[str, Any]]:
-        """Every image of a listing with ``params``, page by page."""
-        url = "/images"
-        query: dict[str, Any] | None = {**params, "limit": PAGE}  # then "next" carries it
-        while url:
-            body = self.call("GET", url, (200,), conn, params=query).json()
-            yield from body.get("images", [])
-            url, query = body.get("next", ""), None
-            if url:
-                url = url.removeprefix("/v2")
 
     # --- reading ----------------------------------------------------------------------
 
@@ -220,23 +178,69 @@ class GlanceStore(Store):
             unusable=gp.usable(image),
         )
 
-    def _managed(self) -> list[dict[str, Any]]:
-        """Every managed image of the project, visible and hidden (two listings + paging)."""
+    def _managed(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Every managed image of the project, visible and hidden (two listings + paging);
+        with ``since``, only those Glance updated at or after it."""
         params = {"owner": self.project_id, gp.MANAGED: "true"}
+        if since is not None:
+            params["updated_at"] = "gte:" + filter_time(since)
         return [
             image
             for hidden in ("false", "true")
             for image in self.pages({**params, "os_hidden": hidden})
         ]
 
+    def _list(self, *, new_pass: bool, full: bool = False) -> list[dict[str, Any]]:
+        """Every managed image as Glance has it now (:class:`Surveyor`); what Glance
+        returned in this listing is ``seen``, whole."""
+        listed, every = self.surveyor.listing(new_pass=new_pass, full=full)
+        self.seen = {image["id"]: image for image in listed}
+        return every
+
+    @property
+    def full_listing(self) -> bool:
+        """Whether the pass listed every image (a full reconcile), not only the changes."""
+        return self.surveyor.full_listing
+
+    def image(self, image_id: str) -> dict[str, Any]:
+        """What this pass knows of an image: the whole of it when listed or written in
+        this pass, else the survey's copy (what judging, retiring and sharing read)."""
+        return self.seen.get(image_id) or self.surveyor.cached(image_id) or {}
+
+    def _endpoint(self) -> str:
+        """Glance's URL for this store (which survey file is its own); "" if unknown yet."""
+        try:
+            with self._lock:
+                proxy = self.conn.image
+            return str(proxy.get_endpoint() or "")
+        except Exception as exc:  # the listing that follows reports the cause as one line
+            LOG.debug("glance endpoint unknown: %s", short(exc))
+            return ""
+
+    def _forget(self, image_id: str) -> None:
+        """An image this store deleted: out of the survey (incremental listings miss deletions)."""
+        with self._lock:
+            self.seen.pop(image_id, None)
+        self.surveyor.forget(image_id)
+
     def held(self) -> list[Held]:
         # cleanup() of the same pass has just listed them: one listing per pass, not two
         images, self._listing = self._listing, None
         if images is None:
-            images = [i for i in self._managed() if i.get(gp.STATE) != gp.UPLOADING]
-        self.seen = {image["id"]: image for image in images}
+            images = [i for i in self._list(new_pass=False) if i.get(gp.STATE) != gp.UPLOADING]
         self.fresh = {}
-        return [self._held(image) for image in images]
+        held = [self._held(image) for image in images]
+        if not self.surveyor.last_full and any(
+            h.store_id not in self.seen and not h.retired and not h.seal_ok for h in held
+        ):
+            # The survey only keeps what Glance listed, and a pass quarantines what it finds
+            # at once: an image known only from the survey that fails the rule means the
+            # survey is not what this store wrote.  Glance decides, not the file.
+            LOG.warning("glance: the survey holds an image that fails its check; listing all")
+            images = [i for i in self._list(new_pass=False, full=True)
+                      if i.get(gp.STATE) != gp.UPLOADING]  # fmt: skip
+            held = [self._held(image) for image in images]
+        return held
 
     def free_bytes(self) -> int | None:
         return None  # Glance has quotas, not free space; a 413 is reported per image
@@ -269,7 +273,7 @@ class GlanceStore(Store):
                 "PUT",
                 f"/images/{image_id}/file",
                 (204,),
-                data=iter_chunks(stream, identifier, tally),
+                data=sized(read_ahead(iter_chunks(stream, identifier, tally)), stream),
                 headers={"Content-Type": "application/octet-stream"},
                 # a stream cannot be sent twice: a retried PUT would store an empty image
                 status_code_retries=0,
@@ -318,15 +322,15 @@ class GlanceStore(Store):
     def _remove_failed(self, image_id: str, identifier: str) -> None:
         try:
             self.call("DELETE", f"/images/{image_id}", (204, 404))
+            self._forget(image_id)
         except GlanceError as exc:
             LOG.error("image %s: could not remove the unfinished Glance image %s: %s "
                       "(the next run removes it)", identifier, image_id, exc)  # fmt: skip
 
     def refresh(self, held: Held, want: Desired, record: TrustRecord, seal: str) -> Held:
-        image = (
-            self.seen.get(held.store_id)
-            or self.call("GET", f"/images/{held.store_id}", (200,)).json()
-        )
+        image = self.seen.get(held.store_id)
+        if image is None:  # the survey keeps only part of an image; a refresh needs it all
+            image = self.call("GET", f"/images/{held.store_id}", (200,)).json()
         wanted = self._wanted(image, want, record, seal)
         ops = set_ops(image, wanted) + _removals(image, stale_properties(image, wanted))
         self.seen[held.store_id] = self.patch(held.store_id, ops)
@@ -351,7 +355,7 @@ class GlanceStore(Store):
         return wanted
 
     def retire(self, held: Held, mode: str, now: datetime) -> None:
-        image = self.seen.get(held.store_id, {})
+        image = self.image(held.store_id)
         wanted: dict[str, Any] = {
             gp.STATE: "retired",
             gp.RETIRED_AT: format_date(now),
@@ -359,28 +363,52 @@ class GlanceStore(Store):
         }
         if mode in ("hide", "delete"):
             wanted["os_hidden"] = True
-        if mode == "deactivate" and image.get("status", "active") == "active":
-            # Before the state: killed in between, the next pass finds a record on an
-            # image that is not active and retires it; a retired image still active
-            # would stay bootable (nothing deactivates retired images later).
-            self.call("POST", f"/images/{held.store_id}/actions/deactivate", (204,))
-        self.patch(held.store_id, set_ops(image, wanted))
+        try:
+            if mode == "deactivate" and image.get("status", "active") == "active":
+                # Before the state: killed in between, the next pass finds a record on an
+                # image that is not active and retires it; a retired image still active
+                # would stay bootable (nothing deactivates retired images later).
+                self.call("POST", f"/images/{held.store_id}/actions/deactivate", (204,))
+            self.patch(held.store_id, set_ops(image, wanted))
+        except GlanceError as exc:
+            if exc.status != 404 or held.store_id in self.seen:
+                raise
+            self._forget(held.store_id)  # deleted since the survey: out of use already
 
     def purge(self, held: Held) -> None:
+        if held.store_id not in self.seen:  # known from the survey only: Glance confirms
+            reply = self.call("GET", f"/images/{held.store_id}", (200, 404))
+            image = reply.json() if reply.status_code == 200 else None
+            if image is not None and (
+                image.get("owner") != self.project_id or image.get(gp.MANAGED) != "true"
+            ):
+                self._forget(held.store_id)
+                self.surveyor.save()  # the survey named it: that entry goes now
+                raise GlanceError(f"image {held.store_id}: not a managed image of the project")
+            if image is None:
+                self._forget(held.store_id)
+                return
         self.call("DELETE", f"/images/{held.store_id}", (204, 404))
+        self._forget(held.store_id)
 
     def cleanup(self) -> list[str]:
         removed, kept = [], []
-        for image in self._managed():
+        for image in self._list(new_pass=True):
+            # only what Glance listed in this pass: never an id the survey alone names
             if image.get(gp.STATE) != gp.UPLOADING:
                 kept.append(image)
                 continue
+            if image["id"] not in self.seen:
+                continue  # only what Glance listed in this pass, never an id the survey names
             try:
                 self.call("DELETE", f"/images/{image['id']}", (204, 404))
             except GlanceError as exc:
                 LOG.error("could not remove unfinished image %s: %s", image["id"], exc)
                 continue
+            self._forget(image["id"])
             removed.append(f"unfinished Glance image {image['id']} ({image.get('status')})")
+        if removed:
+            self.surveyor.save()
         self._listing = kept
         return removed
 

@@ -12,12 +12,13 @@ PROJECT with which the sync accepts; an entry without CLOUD leaves the
 acceptance to the VO, and the sync says so (:func:`acceptance_notes`, at start
 and in ``vmtrust status``) with the command to run.
 
-What the sync compares on every pass is what Glance reports, not only what
-vmtrust wrote: for each VO project it can act as, one listing of the images
-that project has accepted (``visibility=shared&member_status=accepted``, one
-request per project and page, whatever the number of images).  A membership
-that is pending, rejected or gone — an acceptance that failed, or a change
-made behind vmtrust's back — is repaired on the next pass.  Projects without
+What the sync compares is what Glance reports, not only what vmtrust wrote:
+for each VO project it can act as, one listing of the images that project has
+accepted (``visibility=shared&member_status=accepted``, one request per project
+and page, whatever the number of images), on every full reconcile and in every
+pass that stored an image (docs/glance.md: incremental listings).  A
+membership that is pending, rejected or gone — an acceptance that failed, or a
+change made behind vmtrust's back — is repaired then.  Projects without
 a cloud cannot be listed as; their memberships are checked per image, on
 demand, by ``vmtrust status`` (:func:`waiting_memberships`).
 """
@@ -161,6 +162,11 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
         for project, conn in store.projects(item.record.vo)  # type: ignore[union-attr]  # has one
         if conn is not None
     }
+    # What each VO project accepted is a listing of all its images, and a membership
+    # change does not touch the image's updated_at: asked on full reconciles and in
+    # passes that stored images, like the deletions an incremental listing misses.
+    if not (store.full_listing or store.fresh):
+        listed = {}
     accepted, problems = accepted_by(store, listed.items())
     changed: list[str] = []
     for item in items.values():
@@ -179,7 +185,7 @@ def converge(store: GlanceStore, held: list[Held]) -> list[str]:
 
 def _converge_one(store: GlanceStore, item: Held, accepted: dict[str, set[str]]) -> list[str]:
     image_id, vo = item.store_id, item.record.vo  # type: ignore[union-attr]  # sealed: has one
-    image = store.seen.get(image_id, {})
+    image = store.image(image_id)
     projects = store.projects(vo)
     wanted = ",".join(sorted(project for project, _ in projects))
     visibility = image.get("visibility", store.visibility)
