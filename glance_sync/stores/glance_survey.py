@@ -57,6 +57,8 @@ from typing import Any
 from vmtrust import glanceprops as gp
 from vmtrust.errors import GlanceError
 
+__all__ = ["Survey", "SurveyFile", "Surveyor", "filter_time", "glance_time", "trim"]
+
 LOG = logging.getLogger("vmtrust.glance")
 FORMAT = 1
 #: Glance attributes the store reads of an image it holds (besides ``vmtrust_*``).
