@@ -163,6 +163,8 @@ def serve(
                 services.clear()
                 chosen = [by_name[n] for n in key]
                 services[key] = SyncService(settings, targets=chosen, events=events)
+                # no seal is committed once a target's lock lapsed (decision 0011)
+                services[key].fence = coordination.fence
             report = services[key].run(
                 subscriptions_for(subscriptions, routes, key), out=lambda line: print(shown(line))
             )

@@ -8,6 +8,7 @@ have left it when they stop).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from glance_sync import coordination as coord_mod
 from glance_sync import worker
 from glance_sync.coordination import LocalCoordination, ToozCoordination
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError, CoordinationError
+from vmtrust.errors import ConfigError, CoordinationError, LockError
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 5
@@ -371,3 +372,68 @@ def test_a_lock_that_lapsed_while_held_is_reported(workers, caplog):
     with a.locked(target) as again:  # and it is free again
         assert again
     assert caplog.text.count("its lock lapsed") == 1  # the second release was a clean one
+
+
+def test_a_worker_frozen_past_its_lease_commits_no_seal_after_another_took_the_target(
+    workers, etcd
+):
+    """The attack: SIGSTOP a worker that holds a target past its lease; another takes the
+    target; the frozen one resumes at its commit point.  The fence must refuse it."""
+    (target,) = _names(1)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/fence_child.py"), etcd.tooz_url,
+         f"frozen-{uuid.uuid4().hex[:6]}", str(LEASE), target],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    other = workers(f"taker-{uuid.uuid4().hex[:6]}")
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        child.stdin.write("commit\n")
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline()) == {"fenced": False}  # it holds it: commits
+        with other.locked(target) as held:
+            assert not held
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + LEASE + 15
+        with contextlib.ExitStack() as stack:
+            while not stack.enter_context(other.locked(target)):
+                assert time.monotonic() < deadline, "the frozen worker's lock never lapsed"
+                time.sleep(0.3)
+            # the other worker holds the target now; the frozen one wakes at its commit
+            os.kill(child.pid, signal.SIGCONT)
+            child.stdin.write("commit\n")
+            child.stdin.flush()
+            answer = json.loads(child.stdout.readline())
+            assert answer["fenced"] is True
+            assert f"target {target}'s lock lapsed before the commit" in answer["error"]
+            assert "no seal" in answer["error"]
+            assert other.holds(target)  # and its release did not free the new holder's lock
+            child.stdin.close()
+            assert child.wait(timeout=30) == 0
+            assert other.holds(target)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGCONT)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def test_the_fence_fails_closed_when_etcd_cannot_be_asked(workers):
+    (target,) = _names(1)
+    a = workers(f"closed-{uuid.uuid4().hex[:6]}")
+    with a.locked(target) as held:
+        assert held
+        a.fence(target, "img-1")  # held: nothing raised
+        a._coord.client = None  # etcd cannot be asked (any failure of the question)
+        with pytest.raises(LockError, match="lock lapsed before the commit"):
+            a.fence(target, "img-1")
+    assert not a.holds(target)  # a target not held is never "held"
+
+
+def test_a_file_lock_fence_never_refuses(tmp_path):
+    local = LocalCoordination(tmp_path)
+    local.start()
+    with local.locked("cloud-a") as held:
+        assert held
+        local.fence("cloud-a", "img-1")
