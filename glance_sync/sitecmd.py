@@ -207,19 +207,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "last_attempt": _date(st.last_attempt),
                     "last_error": st.last_error,
                     "failing_images": [
-                        {
-                            **({"target": name} if several else {}),
-                            "identifier": f.identifier,
-                            "version": f.version,
-                            "title": f.title,
-                            "reason": f.reason,
-                            "failed_at": _date(f.failed_at),
-                        }
+                        {**({"target": name} if several else {}), **_failure(f)}
                         for name in mine
                         for f in db.failing_images(sub.name, target=name)
                     ],
                 }
             )
+            if several and not args.target:  # each target's own outcome, not the list's
+                rows[-1]["targets"] = [_target_row(db, sub.name, name) for name in mine]
     finally:
         db.close()
     waiting = _vo_acceptance(conf)
@@ -235,6 +230,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     if several or args.target:
         _print_passes(passes)
     _print_vo_acceptance(waiting)
+    if several and not args.target:
+        _print_per_target(rows)
+    else:
+        _print_subscriptions(rows)
+    failing = [(r["name"], f) for r in rows for f in r["failing_images"]]
+    if failing:
+        print("\nImages that failed in the last pass:")
+        for name, f in failing:
+            image = f"{f['identifier']} {f['version']} ({f['title']})"
+            where = f"target {f['target']}: " if "target" in f else ""
+            print(clean(f"  {where}{name}: {image}: {f['reason']}"))
+    return 0
+
+
+def _failure(f) -> dict:
+    return {
+        "identifier": f.identifier,
+        "version": f.version,
+        "title": f.title,
+        "reason": f.reason,
+        "failed_at": _date(f.failed_at),
+    }
+
+
+def _target_row(db, subscription: str, target: str) -> dict:
+    """One subscription in one target: its last attempt there and its failing images."""
+    outcome = db.outcome(subscription, target=target)
+    return {
+        "target": target,
+        "last_success": _date(outcome.last_success),
+        "last_attempt": _date(outcome.last_attempt),
+        "last_error": outcome.last_error,
+        "failing_images": [_failure(f) for f in db.failing_images(subscription, target=target)],
+    }
+
+
+def _print_per_target(rows: list[dict]) -> None:
+    """Several targets: one row per (subscription, target), each with its own outcome."""
+    print(
+        table(
+            ["SUBSCRIPTION", "TARGET", "VERSION", "EXPIRES", "LAST SUCCESS", "FAILING",
+             "LAST ERROR"],
+            [
+                [
+                    r["name"], t["target"], r["list_version"] or "-", r["expires"] or "-",
+                    t["last_success"] or "never",
+                    str(len(t["failing_images"])) if t["failing_images"] else "-",
+                    t["last_error"] or "-",
+                ]
+                for r in rows
+                for t in r["targets"]
+            ],
+        )
+    )  # fmt: skip
+
+
+def _print_subscriptions(rows: list[dict]) -> None:
     print(
         table(
             ["SUBSCRIPTION", "VERSION", "EXPIRES", "LAST SUCCESS", "FAILING", "LAST ERROR"],
@@ -251,14 +303,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             ],
         )
     )
-    failing = [(r["name"], f) for r in rows for f in r["failing_images"]]
-    if failing:
-        print("\nImages that failed in the last pass:")
-        for name, f in failing:
-            image = f"{f['identifier']} {f['version']} ({f['title']})"
-            where = f"target {f['target']}: " if "target" in f else ""
-            print(clean(f"  {where}{name}: {image}: {f['reason']}"))
-    return 0
 
 
 def _date(value) -> str | None:
@@ -372,6 +416,7 @@ def status_nagios(args: argparse.Namespace) -> int:
 
 def _nagios_result(args: argparse.Namespace, now):
     from glance_sync.state import StateDB
+    from glance_sync.targets import DEFAULT, named, route
     from vmtrust import anchors, nagios
     from vmtrust.policy import load_subscriptions
     from vmtrust.truststore import TrustStore
@@ -391,14 +436,20 @@ def _nagios_result(args: argparse.Namespace, now):
     )
     try:
         subs = []
+        # several targets: each (target, subscription) is judged on its own outcome, so
+        # any target's failure (its store down, its images failing) raises the verdict
+        routes = route(subscriptions, named(conf)) if conf.sync.targets else None
         for sub in subscriptions:
-            st = db.get(sub.name)
-            failing = len(db.failing_images(sub.name))
-            subs.append(
-                nagios.Subscription(
-                    sub.name, st.last_success, st.list_expires, failing, st.last_error
+            places = sorted(routes[sub.name]) if routes is not None else [DEFAULT]
+            for target in places:
+                st = db.get(sub.name, target=target)
+                failing = len(db.failing_images(sub.name, target=target))
+                name = sub.name if routes is None else f"{target}/{sub.name}"
+                subs.append(
+                    nagios.Subscription(
+                        name, st.last_success, st.list_expires, failing, st.last_error
+                    )
                 )
-            )
     finally:
         db.close()
     trust = TrustStore(

@@ -324,3 +324,55 @@ def test_one_local_folder_under_two_paths_is_refused(tmp_path, ca_dir):
     context = StoreContext(seal_keys=[], state_dir=tmp_path / "state", syncing=False)
     with pytest.raises(ConfigError, match=r"\[target:b\]: writes where target a writes"):
         build_targets(conf, context)
+
+
+def _south_down(fed, tmp_path) -> Path:
+    from conftest import write_clouds_yaml
+    from glance_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", dead, {"dead": ("svc", "member")})
+    extra = TWO.format(tmp=tmp_path).replace(
+        f"[target:south]\nstore = local\npath = {tmp_path}/south\n",
+        f"[target:south]\nstore = glance\ncloud = dead\nclouds_file = {clouds}\n"
+        "project_id = svc\napi_timeout = 5\n",
+    )
+    return fed(extra)
+
+
+def test_status_without_target_shows_each_targets_own_outcome(fed, tmp_path):
+    """Before: one row per subscription, the list phase's outcome (a success) next to
+    every target's failures; south's outage showed nowhere in the default view."""
+    conf = _south_down(fed, tmp_path)
+    assert run(BIN / "vmtrust-sync", "--config-file", conf).returncode == 1
+    text = run(BIN / "vmtrust", "--config-file", conf, "status").stdout
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("SUBSCRIPTION"))
+    assert lines[header].split()[:2] == ["SUBSCRIPTION", "TARGET"]
+    north, south = (lines[header + 1].split(), lines[header + 2].split())
+    assert north[:2] == ["example", "north"] and north[-1] == "-"  # no error
+    assert south[:2] == ["example", "south"] and "never" in south
+    assert "target south: glance GET" in lines[header + 2]
+    (row,) = json.loads(run(BIN / "vmtrust", "--config-file", conf, "status", "--json").stdout)
+    by_target = {t["target"]: t for t in row["targets"]}
+    assert sorted(by_target) == ["north", "south"]
+    assert by_target["north"]["last_error"] is None and by_target["north"]["last_success"]
+    assert by_target["south"]["last_error"].startswith("target south: glance GET")
+    assert by_target["south"]["last_success"] is None
+
+
+def test_nagios_goes_critical_on_any_targets_failure(fed, tmp_path):
+    conf = _south_down(fed, tmp_path)
+    assert run(BIN / "vmtrust-sync", "--config-file", conf).returncode == 1
+    done = run(BIN / "vmtrust", "--config-file", conf, "status", "--nagios")
+    assert done.returncode == 2, done.stdout
+    assert done.stdout.startswith("VMTRUST CRITICAL - south/example: never synced")
+    assert "north/example" not in done.stdout.split("|")[0]  # north is fine: not a problem
+
+
+def test_nagios_is_ok_when_every_target_is(fed, tmp_path):
+    conf = fed(TWO.format(tmp=tmp_path))
+    assert run(BIN / "vmtrust-sync", "--config-file", conf).returncode == 0
+    done = run(BIN / "vmtrust", "--config-file", conf, "status", "--nagios")
+    assert done.returncode == 0, done.stdout
+    assert "north/example_age" in done.stdout and "south/example_age" in done.stdout
