@@ -103,3 +103,73 @@ def test_a_cloud_that_stores_other_bytes_than_were_sent_gets_no_seal_in_a_fan_ou
         assert lying == []  # nothing sealed, nothing half-made left
         assert [s for s in liar.seen if s.startswith("PUT ")], "the upload went through the liar"
         svc.close()
+
+
+def test_kill_9_mid_fan_out_then_the_next_pass_cleans_the_spool_and_every_partial_upload(
+    tmp_path, ca_dir, site, pki, glance
+):
+    """``kill -9`` of a one-shot sync while a slow Glance target reads the spool: the
+    spool file and Glance's half-made image are left behind; the next pass removes
+    both and every target ends with its one trusted image."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import write_clouds_yaml
+    from glance_server import SERVICE_ROLES
+    from tcpproxy import Rule, TcpProxy
+
+    from vmtrust.glanceprops import STATE
+    from vmtrust.record import generate_key_pair
+
+    root = Path(__file__).resolve().parent.parent
+    image = os.urandom(6 * 1024 * 1024)
+    publish(site, pki, [entry("a", image, site)], "1")
+    generate_key_pair(tmp_path / "seal.key")
+    project = "svc" + uuid.uuid4().hex[:10]
+    with TcpProxy(glance.port, [Rule("PUT", "/file", rate=400_000, times=None)]) as slow:
+        clouds = write_clouds_yaml(tmp_path / "clouds.yaml", slow.url,
+                                   {"slow": (project, SERVICE_ROLES)})  # fmt: skip
+        (tmp_path / "subs.yaml").write_text(
+            f"subscriptions:\n  - name: example\n    url: {site.url('/site.list')}\n"
+            f"    endorsers:\n      - dn: {pki.endorser.dn}\n        ca: {pki.endorser.ca_dn}\n"
+            "    approve: all\n"
+        )
+        conf = tmp_path / "vmtrust.conf"
+        conf.write_text(
+            f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+            f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
+            f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\nhttp_retries = 0\n"
+            "fanout_buffer = 1\ntargets = dir, slow\n"
+            f"[target:dir]\nstore = local\npath = {tmp_path}/dir\n"
+            f"[target:slow]\nstore = glance\ncloud = slow\nclouds_file = {clouds}\n"
+            f"project_id = {project}\n"
+        )
+        env = dict(os.environ, PYTHONPATH=str(root))
+        argv = [sys.executable, "-m", "glance_sync", "--config-file", str(conf)]
+        doomed = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        work = tmp_path / "state" / "work"
+        deadline = time.monotonic() + 60
+        while not (work.is_dir() and [p for p in work.iterdir() if p.suffix == ".spool"]):
+            assert doomed.poll() is None, doomed.stderr.read()
+            assert time.monotonic() < deadline, "no spool was ever written"
+            time.sleep(0.02)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+        doomed.stderr.close()
+        assert [p.suffix for p in work.iterdir()] == [".spool"]  # left behind by the kill
+        half = glance.api(project).get(f"{glance.url}/v2/images").json()["images"]
+        assert len(half) == 1 and half[0][STATE] != "trusted"  # Glance's half-made image
+        slow.rules.clear()
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr
+    assert list(work.iterdir()) == []
+    (final,) = glance.api(project).get(f"{glance.url}/v2/images").json()["images"]
+    assert final["id"] != half[0]["id"] and final[STATE] == "trusted"
+    assert final["status"] == "active"
+    assert not (glance.base / "images" / half[0]["id"]).exists()
+    stored = [p for p in (tmp_path / "dir").rglob("*") if p.is_file()]
+    assert [p.read_bytes() == image for p in stored if p.stat().st_size == len(image)] == [True]
