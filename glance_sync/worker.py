@@ -154,6 +154,7 @@ def serve(
     from glance_sync.metrics import serve as serve_metrics
     from glance_sync.report import Report, unexpected
     from glance_sync.service import SyncService
+    from glance_sync.state import StateDB
     from glance_sync.targets import route
     from vmtrust.policy import load_subscriptions
     from vmtrust.safetext import shown
@@ -200,6 +201,9 @@ def serve(
         return report.exit_code, report, [sub.name for sub in chosen]
 
     coordination = coordination_mod.from_conf(conf, settings.state_dir)
+    # the state database is opened (and upgraded) before joining: a worker that could
+    # not use it would take its share of the targets by the ring and sync none of them
+    StateDB(settings.state_dir, connection=settings.state_connection).close()
     server = None
     if metrics is not None and conf.sync.metrics_address:
         server = serve_metrics(metrics, conf.sync.metrics_address)

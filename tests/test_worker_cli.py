@@ -136,3 +136,21 @@ def test_a_connection_url_that_splits_its_password_shows_none_of_it_anywhere(
         assert done.returncode != 0, done.args
         assert "secret" not in done.stdout + done.stderr, done.args
         assert "Traceback" not in done.stderr and "'@'" in done.stdout + done.stderr, done.args
+
+
+def test_a_worker_whose_state_database_cannot_be_used_stops_at_start(tmp_path, ca_dir, site, pki):
+    """Before: the worker started, took its share of the targets by the ring and then
+    failed every round — its targets were never synced, and no other worker took them."""
+    bad = {
+        f"postgresql://vmtrust:{PASSWORD}@127.0.0.1:{free_port()}/vmtrust": 74,  # unreachable
+        f"postgresql://vmtrust:top@{PASSWORD}@127.0.0.1:1/vmtrust": 4,  # not a usable URL
+    }
+    for n, (url, status) in enumerate(bad.items()):
+        (tmp_path / str(n)).mkdir()
+        conf = _conf(tmp_path / str(n), ca_dir, site, pki)
+        conf.write_text(conf.read_text().replace("http_retries = 0\n", f"http_retries = 0\n"
+                                                 f"state_connection = {url}\n"))  # fmt: skip
+        done = _sync("--worker", "--config-file", conf, timeout=60)
+        assert done.returncode == status, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("vmtrust-sync: ") and PASSWORD not in line
