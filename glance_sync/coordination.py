@@ -96,15 +96,14 @@ class LocalCoordination:
         with held:
             yield True
 
-    def fence(self, target: str, identifier: str) -> None:
+    def fence(self, target: str, what: str) -> None:
         """A file lock cannot lapse while its process lives: always still held."""
 
 
-def _lost(target: str, identifier: str) -> LockError:
+def _lost(target: str, what: str) -> LockError:
     return LockError(
-        f"image {identifier}: target {target}'s lock lapsed before the commit (this worker "
-        "was not heard from for a lease; another may hold the target): upload removed, "
-        "no seal"
+        f"{what}: target {target}'s lock lapsed before the commit (this worker was not "
+        "heard from for a lease; another may hold the target): not committed"
     )
 
 
@@ -259,8 +258,9 @@ class ToozCoordination:
             return False
         return any(_as_bytes(v) == mine for v in values)
 
-    def fence(self, target: str, identifier: str) -> None:
-        """Raise LockError unless this worker still holds ``target``'s lock.
+    def fence(self, target: str, what: str) -> None:
+        """Raise LockError unless this worker still holds ``target``'s lock; ``what``
+        (``image ID``, ``retire ID`` …) names the change in its message.
 
         Asked right before a seal is committed (decision 0011): a worker that
         was frozen past its lease (SIGSTOP, a VM paused, a long GC) finds its key
@@ -268,7 +268,7 @@ class ToozCoordination:
         question and Glance's answer to the commit, not a whole lease.
         """
         if not self.holds(target):
-            raise _lost(target, identifier)
+            raise _lost(target, what)
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -371,11 +371,11 @@ class SyncService(TargetSteps):
         store, report = tp.target.store, tp.report
         for action in tp.plan.actions:
             if isinstance(action, Refresh):
-                self._refresh(store, action, report)
+                self._refresh(store, action, report, tp.target.name)
             elif isinstance(action, Retire) and action.held.store_id not in tp.quarantined:
                 self._retire(tp.target, action.held, action.reason, report, now)
             elif isinstance(action, Purge):
-                self._purge(store, action.held, report)
+                self._purge(store, action.held, report, tp.target.name)
         gone = {a.held.store_id for a in tp.plan.actions if isinstance(a, Retire | Purge)}
         try:
             for line in store.converge([h for h in tp.held if h.store_id not in gone]):

@@ -99,15 +99,18 @@ class TargetSteps:
 
     # --- images -------------------------------------------------------------------
 
-    def _fenced(self, target: str, want: Desired) -> None:
-        """Just before a seal is committed: is ``target`` still this worker's?
+    def _fenced(self, target: str, what: str) -> None:
+        """Just before a change is committed: is ``target`` still this worker's?
 
         ``fence`` (set by ``vmtrust-sync --worker``) raises LockError when the
         target's lock lapsed meanwhile (a worker frozen past its lease: another
-        may have taken the target); the store then removes the upload.
+        may have taken the target).  Every seal (a create's, a refresh's) and
+        every retirement and purge asks it: a resumed worker must not re-seal
+        what the new owner retired, nor retire or delete what it stored.  A
+        create's store then removes the upload.
         """
         if self.fence is not None:
-            self.fence(target, want.identifier)
+            self.fence(target, what)
 
     def _create(self, store: Store, want: Desired, report: Report, target: str = DEFAULT) -> Held:
         """Download, unpack, inspect (and convert) one image, and store it sealed.
@@ -197,7 +200,7 @@ class TargetSteps:
                 disk_format=stored_format or disk_format,
                 source_sha512=reader.digest.hexdigest(),
             )  # fmt: skip
-            self._fenced(target, want)
+            self._fenced(target, f"image {want.identifier}")
             return record, seal(record, self.s.seal_key)
 
         return store.create(want, stream, disk_format, finish)
@@ -294,6 +297,7 @@ class TargetSteps:
     ) -> None:
         what = f"retire {held.identifier or held.store_id}"
         try:
+            self._fenced(target.name, what)
             target.store.retire(held, self._mode(target), now)
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}", *_held_failure(held), rule=rule_of(exc))
@@ -306,7 +310,9 @@ class TargetSteps:
         )
         target.store.notify("ExpirePostfix", held)
 
-    def _refresh(self, store: Store, action: Refresh, report: Report) -> None:
+    def _refresh(
+        self, store: Store, action: Refresh, report: Report, target: str = DEFAULT
+    ) -> None:
         held = action.held
         assert held.record is not None
         record = action.desired.record(
@@ -318,6 +324,7 @@ class TargetSteps:
         )
         what = f"refresh {record.image_identifier}"
         try:
+            self._fenced(target, what)
             store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}", image_failure(action.desired), rule=rule_of(exc))
@@ -333,9 +340,10 @@ class TargetSteps:
             version=record.image_version,
         )
 
-    def _purge(self, store: Store, held: Held, report: Report) -> None:
+    def _purge(self, store: Store, held: Held, report: Report, target: str = DEFAULT) -> None:
         what = f"purge {held.store_id}"
         try:
+            self._fenced(target, what)
             store.purge(held)
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}")

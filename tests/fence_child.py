@@ -26,7 +26,7 @@ def main() -> None:
             if line.strip() != "commit":
                 break
             try:
-                coord.fence(target, "img-1")
+                coord.fence(target, "image img-1")
                 print(json.dumps({"fenced": False}), flush=True)
             except LockError as exc:
                 print(json.dumps({"fenced": True, "error": str(exc)}), flush=True)

@@ -48,7 +48,7 @@ def test_a_target_whose_lock_lapsed_gets_no_seal_and_the_others_do(
     publish(site, pki, [entry("a", IMAGE_A, site)], "1")
     tag = uuid.uuid4().hex[:6]
     svc = service(tmp_path, ca_dir, key, local_targets(tmp_path, key, names))
-    svc.fence = lambda target, identifier: member.fence(f"{tag}-{target}", identifier)
+    svc.fence = lambda target, what: member.fence(f"{tag}-{target}", what)
     with member.locked(f"{tag}-b"):
         locks = [member.locked(f"{tag}-{n}") for n in names if n != "b"]
         for held in locks:
@@ -66,6 +66,36 @@ def test_a_target_whose_lock_lapsed_gets_no_seal_and_the_others_do(
     before = _stored_files(tmp_path, "b")
     assert not [f for f in before if f.endswith((".img", ".raw", ".qcow2", ".part"))], before
     assert image_requests(site) == ["/img/a-1.img"]
+    svc.close()
+
+
+def test_a_target_whose_lock_lapsed_is_neither_resealed_nor_retired(
+    tmp_path, ca_dir, site, pki, key, member
+):
+    """A resumed worker must not re-seal (refresh) what the new owner may have retired,
+    nor retire what it stored: every commit of the target asks the fence."""
+    publish(site, pki, [entry("a", IMAGE_A, site), entry("b", b"B" * 5000, site)], "1")
+    tag = uuid.uuid4().hex[:6]
+    svc = service(tmp_path, ca_dir, key, local_targets(tmp_path, key, ("b",)))
+    svc.fence = lambda target, what: member.fence(f"{tag}-{target}", what)
+    with member.locked(f"{tag}-b"):
+        assert svc.run((make_subscription(site, pki),)).failures == []
+    before = {h.store_id: (h.record, h.retired) for h in svc.targets[0].store.held()}
+    assert len(before) == 2
+    publish(site, pki, [entry("a", IMAGE_A, site)], "2")  # a's record is refreshed, b retired
+    with member.locked(f"{tag}-b"):
+        _lapse(member, f"{tag}-b")
+        report = svc.run((make_subscription(site, pki),))
+    assert sorted(line.split(":")[1].strip() for line in report.failures) == [
+        "refresh a",
+        "retire b",
+    ], report.failures
+    assert all(line.endswith(": not committed") for line in report.failures)
+    after = {h.store_id: (h.record, h.retired) for h in svc.targets[0].store.held()}
+    assert after == before  # nothing re-sealed, nothing retired
+    with member.locked(f"{tag}-b"):  # the lock held again: the pass goes through
+        assert svc.run((make_subscription(site, pki),)).failures == []
+    assert sorted(h.retired for h in svc.targets[0].store.held()) == [False, True]
     svc.close()
 
 
