@@ -121,7 +121,10 @@ def test_a_connection_url_that_splits_its_password_shows_none_of_it_anywhere(
     conf = _conf(tmp_path, ca_dir, site, pki)
     conf.write_text(conf.read_text().replace("http_retries = 0\n", f"http_retries = 0\n"
                                              f"state_connection = {url}\n"))  # fmt: skip
-    runs = [_sync("--config-file", conf, *args) for args in ((), ("--check",))]
+    runs = [
+        _sync("--config-file", conf, *args)
+        for args in ((), ("--check",), ("--log-format", "json", "-v"))
+    ]
     for args in ((), ("--json",), ("--nagios",)):
         runs.append(
             subprocess.run(
@@ -150,7 +153,8 @@ def test_a_worker_whose_state_database_cannot_be_used_stops_at_start(tmp_path, c
         conf = _conf(tmp_path / str(n), ca_dir, site, pki)
         conf.write_text(conf.read_text().replace("http_retries = 0\n", f"http_retries = 0\n"
                                                  f"state_connection = {url}\n"))  # fmt: skip
-        done = _sync("--worker", "--config-file", conf, timeout=60)
-        assert done.returncode == status, done.stderr
-        (line,) = done.stderr.strip().splitlines()
-        assert line.startswith("vmtrust-sync: ") and PASSWORD not in line
+        for log in ((), ("--log-format", "json", "-v")):  # the event log's lines too
+            done = _sync("--worker", "--config-file", conf, *log, timeout=60)
+            assert done.returncode == status, done.stderr
+            assert PASSWORD not in done.stdout + done.stderr
+            assert "Traceback" not in done.stderr and done.stderr.strip()
