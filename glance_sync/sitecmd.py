@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from vmtrust.cli.plugins import Command
 from vmtrust.cli.render import clean, table
-from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.errors import ConfigError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
 
 if TYPE_CHECKING:
     from oslo_config import cfg
 
-__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status", "status_nagios"]
+__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status"]
 
 
 def _target_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -174,6 +174,8 @@ def _image_rows(store, target: str | None) -> list[dict]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.nagios:
+        from glance_sync.status_probe import status_nagios
+
         return status_nagios(args)
     conf = _make_conf(args.config_file)
     from glance_sync.state import StateDB
@@ -389,73 +391,3 @@ STATUS = Command(
     arguments=_status_arguments,
     run=cmd_status,
 )
-
-
-# --- the monitoring probe (issue 18) --------------------------------------------------------
-
-
-def status_nagios(args: argparse.Namespace) -> int:
-    """``status --nagios``: one line, performance data, exit 0-3; never anything else.
-
-    Whatever goes wrong — the configuration, the state database, a bug — is
-    UNKNOWN (3) with the reason on the line, as the plugin convention asks.
-    """
-    from datetime import UTC, datetime
-
-    from vmtrust import nagios
-
-    try:
-        result = _nagios_result(args, datetime.now(UTC))
-    except VmtrustError as exc:
-        result = nagios.Result.unknown(str(exc))
-    except Exception as exc:
-        result = nagios.Result.unknown(f"internal error: {type(exc).__name__}: {exc}")
-    print(result.line)
-    return result.code
-
-
-def _nagios_result(args: argparse.Namespace, now):
-    from glance_sync.state import StateDB
-    from glance_sync.targets import DEFAULT, named, route
-    from vmtrust import anchors, nagios
-    from vmtrust.policy import load_subscriptions
-    from vmtrust.truststore import TrustStore
-
-    names = ("stale", "failing", "expiry", "crl")
-    limits = nagios.Thresholds.parse(
-        **{
-            f"{name}_{level}": getattr(args, f"{name}_{level}")
-            for name in names
-            for level in ("warning", "critical")
-        }
-    )
-    conf = _make_conf(args.config_file)
-    subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(
-        Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection
-    )
-    try:
-        subs = []
-        # several targets: each (target, subscription) is judged on its own outcome, so
-        # any target's failure (its store down, its images failing) raises the verdict
-        routes = route(subscriptions, named(conf)) if conf.sync.targets else None
-        for sub in subscriptions:
-            places = sorted(routes[sub.name]) if routes is not None else [DEFAULT]
-            for target in places:
-                st = db.get(sub.name, target=target)
-                failing = len(db.failing_images(sub.name, target=target))
-                name = sub.name if routes is None else f"{target}/{sub.name}"
-                subs.append(
-                    nagios.Subscription(
-                        name, st.last_success, st.list_expires, failing, st.last_error
-                    )
-                )
-    finally:
-        db.close()
-    trust = TrustStore(
-        Path(conf.trust.ca_dir).expanduser(),
-        require_crls=conf.trust.require_crls,
-        require_namespaces=conf.trust.require_namespaces,
-    )
-    cas = [endorser.ca for sub in subscriptions for endorser in sub.endorsers]
-    return nagios.evaluate(subs, anchors.crl_states(trust, cas, now), now, limits)
