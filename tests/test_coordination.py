@@ -438,3 +438,60 @@ def test_a_file_lock_fence_never_refuses(tmp_path):
     with local.locked("cloud-a") as held:
         assert held
         local.fence("cloud-a", "img-1")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [b"evil\x1b]0;owned\x07\nnote: all fine", b"../../etc/passwd", b"\xff\xfe not utf-8"],
+    ids=["escapes", "path", "bytes"],
+)
+def test_a_hostile_member_in_etcd_is_shown_as_data_and_locks_stay_names(
+    tmp_path, etcd, hostile, capsys
+):
+    """Anyone who can write to etcd can join the group under any bytes: ``--check`` shows
+    them as one cleaned line (or one line saying the group cannot be read), and the
+    lock keys stay the targets' names whatever the members are called.  A member id
+    that is not UTF-8 makes tooz unable to read the group at all: every worker then
+    stops at start with one line (decision 0011: etcd must be access-controlled)."""
+    from tooz import coordination
+
+    from glance_sync import preflight
+
+    intruder = coordination.get_coordinator(etcd.tooz_url, hostile)
+    intruder.start(start_heart=True)
+    try:
+        with contextlib.suppress(coordination.MemberAlreadyExist):
+            with contextlib.suppress(coordination.GroupAlreadyExist):
+                intruder.create_group(coord_mod.GROUP).get()
+            intruder.join_group(coord_mod.GROUP).get()
+        conf_file = tmp_path / "vmtrust.conf"
+        conf_file.write_text(
+            f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+            f"[coordination]\nbackend_url = {etcd.tooz_url}\nmember_id = honest-1\n"
+        )
+        said: list[str] = []
+        preflight.main(make_conf([str(conf_file)]), said.append)
+        out = capsys.readouterr().out + "\n".join(said)
+        assert "\x1b" not in out and "\x07" not in out
+        assert not [line for line in out.splitlines() if line.startswith("note: all fine")]
+        member = ToozCoordination(etcd.tooz_url, "honest-2", LEASE)
+        if b"\xff" in hostile:  # tooz cannot read the group: the worker fails closed, one line
+            with pytest.raises(CoordinationError) as caught:
+                member.start()
+            assert "can't decode" in str(caught.value) and "\n" not in str(caught.value)
+            assert [line for line in said if "can't decode" in line]
+            return
+        member.start()
+        try:
+            (target,) = _names(1)
+            with member.locked(target) as held:
+                assert held
+                (key,) = [h._key for h in member._held.values()]
+                assert key == f"/tooz/locksvmtrust-target-{target}".encode()
+        finally:
+            member.stop()
+    finally:  # its membership lease revoked: the shared etcd's group is clean again at once
+        with contextlib.suppress(Exception):
+            intruder._membership_lease.revoke()
+        with contextlib.suppress(Exception):
+            intruder.stop()
