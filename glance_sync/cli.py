@@ -202,6 +202,8 @@ def _observer(service: SyncService, metrics, textfile: str) -> Observer:
             state=service.state,
             subscriptions=names,
             held=service.last_held if names else None,
+            held_by_target=service.held_by_target,
+            targets=[t.name for t in service.targets],
         )
         if not textfile:
             return 0
@@ -275,9 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from glance_sync import worker
 
             interval = args.interval or conf.sync.interval
+            registry = None
+            if conf.sync.metrics_textfile or conf.sync.metrics_address:
+                from glance_sync import metrics
+
+                registry = metrics.for_targets(conf.sync.store, targets)
             return worker.serve(
-                conf, settings, targets, interval=interval, say=_say, events=eventlog.log_event
-            )
+                conf, settings, targets, interval=interval, say=_say, events=eventlog.log_event,
+                metrics=registry,
+            )  # fmt: skip
         if args.adopt and len(targets) > 1:
             parser.error("--adopt works on one store: run it with one target configured")
         adoption = _adoption(args, targets[0].store, settings) if args.adopt else None
@@ -289,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if conf.sync.metrics_textfile or (args.daemon and conf.sync.metrics_address):
             from glance_sync import metrics
 
-            registry = metrics.SyncMetrics(conf.sync.store)
+            registry = metrics.for_targets(conf.sync.store, targets)
             observe = _observer(service, registry, conf.sync.metrics_textfile)
             if args.daemon and conf.sync.metrics_address:
                 server = metrics.serve(registry, conf.sync.metrics_address)

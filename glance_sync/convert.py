@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,36 @@ def work_folder(state_dir: Path) -> Path:
     return state_dir / "work"
 
 
+def open_private_folder(folder: Path) -> int:
+    """Make ``folder`` if needed and open it: a descriptor of the sync's own private folder.
+
+    Scratch bytes (spools, conversions) live here between their verification and
+    their upload, so nobody else may reach them: a symbolic link planted in the
+    folder's place is refused (never followed), so is a folder of another user;
+    a folder of this user open to others is made private (0700) first.  Raises
+    OSError whose ``strerror`` says which.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and folder.is_symlink():
+            raise OSError(
+                exc.errno, "a symbolic link, not the sync's own folder: refused"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by this user: refused")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def clear_work_folder(folder: Path) -> list[str]:
     """Empty the work folder (leftovers of an interrupted pass); return what was removed.
 
@@ -107,10 +138,15 @@ class Conversion:
         self.source = self.folder / "source"
         self.target = self.folder / "target"
         try:
-            work.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.folder.mkdir(mode=0o700)
+            fd = open_private_folder(work)
+        except OSError as exc:
+            raise self._os_error(exc, work) from None
+        try:
+            os.mkdir(self.folder.name, 0o700, dir_fd=fd)
         except OSError as exc:
             raise self._os_error(exc, self.folder) from None
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> Conversion:
         return self

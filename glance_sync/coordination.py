@@ -22,6 +22,7 @@ the state directory, as the one-sync-per-state-directory lock is.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -95,6 +96,16 @@ class LocalCoordination:
         with held:
             yield True
 
+    def fence(self, target: str, what: str) -> None:
+        """A file lock cannot lapse while its process lives: always still held."""
+
+
+def _lost(target: str, what: str) -> LockError:
+    return LockError(
+        f"{what}: target {target}'s lock lapsed before the commit (this worker was not "
+        "heard from for a lease; another may hold the target): not committed"
+    )
+
 
 class ToozCoordination:
     """A member of the workers' tooz group: its share of the targets, and their locks."""
@@ -109,6 +120,7 @@ class ToozCoordination:
         self.settle = lease / 2
         self._coord: Any = None
         self._partitioner: Any = None
+        self._held: dict[str, Any] = {}  #: target → its tooz lock, while held
 
     def _error(self, exc: BaseException) -> CoordinationError:
         text = " ".join(str(exc).split()) or type(exc).__name__
@@ -206,15 +218,17 @@ class ToozCoordination:
             LOG.info("target %s: locked by another worker; left to it", target)
             yield False
             return
+        self._held[target] = handle
         try:
             yield True
         finally:
+            self._held.pop(target, None)
             try:
                 released = handle.release()
             except Exception as exc:  # its lease ends it anyway
                 LOG.warning("target %s: lock not released (%s)", target, self._error(exc))
             else:
-                if not released:  # no fencing (decision 0008): say so, at least
+                if not released:  # the fence kept its seals out; say so
                     LOG.error(
                         "target %s: its lock lapsed while this worker held it (etcd did not "
                         "hear from it for %s s): another worker may have written the target "
@@ -222,6 +236,43 @@ class ToozCoordination:
                         target,
                         self.lease,
                     )
+
+    def holds(self, target: str) -> bool:
+        """Does etcd still hold ``target``'s lock *for this worker* (asked now)?
+
+        The lock is an etcd key with a value unique to this holder, bound to a
+        lease; a worker frozen past the lease lost the key, and the key another
+        worker created has another value.  Anything that cannot be asked
+        (etcd unreachable, tooz changed) answers no: the commit is refused
+        rather than risked.
+        """
+        handle = self._held.get(target)
+        if handle is None or self._coord is None:
+            return False
+        try:
+            key = handle._key.decode()  # tooz's Etcd3Lock: /tooz/locks/<name>
+            mine = base64.b64decode(handle._uuid)
+            values = self._coord.client.get(key)
+        except Exception as exc:
+            LOG.warning("target %s: lock not confirmed (%s)", target, self._error(exc))
+            return False
+        return any(_as_bytes(v) == mine for v in values)
+
+    def fence(self, target: str, what: str) -> None:
+        """Raise LockError unless this worker still holds ``target``'s lock; ``what``
+        (``image ID``, ``retire ID`` …) names the change in its message.
+
+        Asked right before a seal is committed (decision 0011): a worker that
+        was frozen past its lease (SIGSTOP, a VM paused, a long GC) finds its key
+        gone and commits nothing.  What remains is the moment between this
+        question and Glance's answer to the commit, not a whole lease.
+        """
+        if not self.holds(target):
+            raise _lost(target, what)
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 Coordination = LocalCoordination | ToozCoordination

@@ -35,6 +35,7 @@ import time
 import uuid
 from pathlib import Path
 
+from glance_sync.convert import open_private_folder
 from glance_sync.transfer import CHUNK
 from vmtrust.errors import TransferError, VmtrustError
 
@@ -126,12 +127,19 @@ class Tee:
     def _start_spool(self, offset: int) -> None:
         """The spool begins with what the ring holds, then gets every new chunk."""
         path = self.spool_dir / f"{uuid.uuid4().hex}.spool"  # list data never names a file
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            folder = open_private_folder(self.spool_dir)  # never a planted link or another's
+        except OSError as exc:
+            self._spool_error = f"work folder {self.spool_dir}: {exc.strerror or exc}"
+            return
+        try:
+            fd = os.open(path.name, flags, 0o600, dir_fd=folder)
         except OSError as exc:
             self._spool_error = f"spool file {path}: {exc.strerror or exc}"
             return
+        finally:
+            os.close(folder)
         self._spool_fd, self._spool_path, self._spool_start = fd, path, offset
         for _, chunk in self._ring:
             self._spool_write(chunk)

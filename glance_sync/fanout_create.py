@@ -200,6 +200,7 @@ def _store(
             store_id=store_id, sha512=sha512, size=size,
             disk_format=stored_format or disk_format, source_sha512=tee.source_sha512,
         )  # fmt: skip
+        svc._fenced(leg.target.name, f"image {want.identifier}")
         return record, seal(record, svc.s.seal_key)
 
     try:

@@ -19,7 +19,21 @@ that failed) and what the store holds, and sets:
   ``vmtrust_sync_pass_failures``: the last pass as a whole.
 
 Every metric has the labels ``subscription`` (except the per-pass ones) and
-``store`` (the target: ``local``, ``glance``, ``ec2``).  The daemon serves the
+``store`` (the store: ``local``, ``glance``, ``ec2``).  With several targets
+(``[sync] targets``) the metrics of what a target holds and remembers — last
+success, list expiry, last pass duration and images, per subscription — have a
+``target`` label too (the label sets of a single target stay as they were, so
+alerts written for them keep working), and three more say how each target's
+own last pass went:
+
+* ``vmtrust_sync_target_last_pass_timestamp_seconds{target}``: when it ended;
+* ``vmtrust_sync_target_last_success_timestamp_seconds{target}``: when one last
+  ended without a failure in that target;
+* ``vmtrust_sync_target_pass_failed{target}``: 1 when its last pass failed.
+
+Downloads and refusals happen once for every target: their counters have no
+``target`` label.  A worker (``--worker``) shows the targets it held in its last
+round only: another worker shows the others.  The daemon serves the
 registry over HTTP (:func:`serve`); a one-shot pass writes it for
 node_exporter's textfile collector (:func:`write_textfile`) — there the
 counters are those of that pass, a new process each time.
@@ -32,7 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,10 +57,11 @@ from prometheus_client.exposition import start_http_server
 from glance_sync.plan import Held
 from glance_sync.report import Report
 from glance_sync.state import StateDB
+from glance_sync.targets import DEFAULT
 from vmtrust.errors import ConfigError
 from vmtrust.fileio import write_atomic
 
-__all__ = ["PREFIX", "SyncMetrics", "parse_address", "serve", "write_textfile"]
+__all__ = ["PREFIX", "SyncMetrics", "for_targets", "parse_address", "serve", "write_textfile"]
 
 LOG = logging.getLogger("vmtrust.sync")
 PREFIX = "vmtrust_sync_"
@@ -59,11 +74,16 @@ def _ts(value: datetime | None) -> float:
 class SyncMetrics:
     """The sync's metrics in a registry of their own."""
 
-    def __init__(self, store: str) -> None:
+    def __init__(self, store: str, targets: Sequence[tuple[str, str]] = ()) -> None:
+        """``targets``: (name, store) of every target when there are several; none: the
+        one target of a configuration without ``[sync] targets`` (no ``target`` label)."""
         self.store = store
+        self.targets = dict(targets)
         self.registry = CollectorRegistry(auto_describe=True)
-        sub = ["subscription", "store"]
+        sub = ["subscription", "store", *(["target"] if self.targets else [])]
         r = self.registry
+        #: gauge → the label values it was set for (per-target series a worker may drop)
+        self._set: dict[Gauge, set[tuple[str, ...]]] = {}
 
         def gauge(name: str, text: str, labels: list[str]) -> Gauge:
             return Gauge(PREFIX + name, text, labels, registry=r)
@@ -91,13 +111,13 @@ class SyncMetrics:
         self.transferred = Counter(
             PREFIX + "transferred_bytes",
             "Bytes of images downloaded, failed and resumed downloads included.",
-            sub,
+            ["subscription", "store"],
             registry=r,
         )
         self.refused = Counter(
             PREFIX + "verification_failures",
             "Lists and images refused, by the rule that refused them.",
-            [*sub, "rule"],
+            ["subscription", "store", "rule"],
             registry=r,
         )
         self.pass_duration = gauge(
@@ -107,6 +127,37 @@ class SyncMetrics:
         self.pass_failures = gauge(
             "pass_failures", "Failures of the last pass (0: everything succeeded).", ["store"]
         )
+        if self.targets:
+            per = ["target", "store"]
+            self.target_end = gauge(
+                "target_last_pass_timestamp_seconds",
+                "When the target's last pass ended (0: never).",
+                per,
+            )
+            self.target_success = gauge(
+                "target_last_success_timestamp_seconds",
+                "When a pass last ended without a failure in the target (0: never).",
+                per,
+            )
+            self.target_failed = gauge(
+                "target_pass_failed", "1 when the target's last pass failed, else 0.", per
+            )
+
+    def _labels(self, gauge: Gauge, *values: str) -> Any:
+        """``gauge``'s child for ``values``, remembered (see :meth:`_forget`)."""
+        self._set.setdefault(gauge, set()).add(values)
+        return gauge.labels(*values)
+
+    def _forget(self, keep: set[str]) -> None:
+        """Drop the per-target series of targets not in ``keep`` (a worker's last round)."""
+        per_target = (self.target_end, self.target_success, self.target_failed)
+        for gauge, seen in self._set.items():
+            at = (
+                0 if gauge in per_target else 2
+            )  # (target, store) or (subscription, store, target…)
+            for values in [v for v in seen if v[at] not in keep]:
+                gauge.remove(*values)
+                seen.discard(values)
 
     def observe(
         self,
@@ -117,9 +168,16 @@ class SyncMetrics:
         state: StateDB,
         subscriptions: Iterable[str],
         held: list[Held] | None,
+        held_by_target: dict[str, list[Held] | None] | None = None,
+        targets: Iterable[str] | None = None,
     ) -> None:
         """Set every metric from one pass.  A state database that cannot be read
-        leaves those metrics as they were (the pass has reported it already)."""
+        leaves those metrics as they were (the pass has reported it already).
+
+        With several targets, ``held_by_target`` is what each target holds and
+        ``targets`` the targets of this pass (every one; a worker's: those it held):
+        the series of other targets are dropped.
+        """
         names = sorted(set(subscriptions))
         store = self.store
         for event in report.events:
@@ -127,40 +185,77 @@ class SyncMetrics:
                 self.refused.labels(event.subscription, store, event.rule or "unknown").inc()
         for name, count in report.transferred.items():
             self.transferred.labels(name, store).inc(count)
-        ends: dict[str, float] = {}
+        for name in names:
+            self.transferred.labels(name, store)  # present (0) from the first pass on
+        ends: dict[tuple[str, str], float] = {}
         for event in report.events:
             if event.subscription:
-                ends[event.subscription] = max(ends.get(event.subscription, 0.0), event.at)
-        counts = _held_counts(held) if held is not None else None
-        for name in names:
-            self._subscription(name, state, ends.get(name), counts)
+                key = (event.subscription, event.target if self.targets else "")
+                ends[key] = max(ends.get(key, 0.0), event.at)
+        if not self.targets:
+            counts = _held_counts(held) if held is not None else None
+            for name in names:
+                self._subscription(name, None, state, ends.get((name, "")), counts)
+        else:
+            chosen = sorted(set(targets if targets is not None else self.targets))
+            self._forget(set(chosen))
+            by_target = held_by_target or {}
+            for target in chosen:
+                mine = by_target.get(target)
+                counts = _held_counts(mine) if mine is not None and names else None
+                for name in names:
+                    self._subscription(name, target, state, ends.get((name, target)), counts)
+                self._target(target, state)
         self.pass_duration.labels(store).set(duration)
         self.pass_end.labels(store).set(ended.timestamp())
         self.pass_failures.labels(store).set(len(report.failures))
 
+    def _target(self, target: str, state: StateDB) -> None:
+        labels = (target, self.targets.get(target, self.store))
+        try:
+            last = state.target_outcome(target)
+        except Exception as exc:  # the pass already reported the database's problem
+            LOG.debug("metrics of target %s: state database not read (%s)", target, exc)
+            return
+        self._labels(self.target_end, *labels).set(_ts(last.last_attempt))
+        self._labels(self.target_success, *labels).set(_ts(last.last_success))
+        failed = last.last_attempt is not None and last.last_error is not None
+        self._labels(self.target_failed, *labels).set(1 if failed else 0)
+
     def _subscription(
-        self, name: str, state: StateDB, end: float | None, counts: dict | None
+        self, name: str, target: str | None, state: StateDB, end: float | None, counts: dict | None
     ) -> None:
-        store = self.store
-        self.transferred.labels(name, store)  # present (0) from the first pass on
+        if target is None:
+            labels: tuple[str, ...] = (name, self.store)
+            where = DEFAULT
+        else:
+            labels, where = (name, self.targets.get(target, self.store), target), target
         if end is not None:
-            self.duration.labels(name, store).set(end)
+            self._labels(self.duration, *labels).set(end)
         if counts is not None:
             for key in ("trusted", "retired"):
-                self.images.labels(name, store, key).set(counts.get((name, key), 0))
+                self._labels(self.images, *labels, key).set(counts.get((name, key), 0))
         try:
-            st = state.get(name)
-            failing = len(state.failing_images(name))
+            st = state.get(name, target=where)
+            failing = len(state.failing_images(name, target=where))
         except Exception as exc:  # the pass already reported the database's problem
             LOG.debug("metrics of %s: state database not read (%s)", name, exc)
             return
-        self.last_success.labels(name, store).set(_ts(st.last_success))
-        self.list_expiry.labels(name, store).set(_ts(st.list_expires))
-        self.images.labels(name, store, "failing").set(failing)
+        self._labels(self.last_success, *labels).set(_ts(st.last_success))
+        self._labels(self.list_expiry, *labels).set(_ts(st.list_expires))
+        self._labels(self.images, *labels, "failing").set(failing)
 
     def text(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+def for_targets(store: str, targets: Sequence[Any]) -> SyncMetrics:
+    """The metrics of a sync over ``targets`` (:class:`~glance_sync.targets.Target`):
+    ``target`` labels when there are several."""
+    if len(targets) == 1 and targets[0].name == DEFAULT:
+        return SyncMetrics(store)
+    return SyncMetrics(store, [(t.name, t.store.name) for t in targets])
 
 
 def _held_counts(held: list[Held]) -> dict[tuple[str, str], int]:

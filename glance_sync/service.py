@@ -120,6 +120,8 @@ class SyncService(TargetSteps):
         self.events = events  #: told of each event of a pass as it happens (the event log)
         #: what the stores held when the last pass ended (its metrics); None: unknown
         self.last_held: list[Held] | None = None
+        #: the same, target by target (per-target metrics)
+        self.held_by_target: dict[str, list[Held] | None] = {}
         if targets is None:
             if store is None:
                 raise TypeError("SyncService needs a store or targets")
@@ -232,6 +234,7 @@ class SyncService(TargetSteps):
         now = now or datetime.now(UTC)
         report = Report(listener=self.events)
         self.last_held = None
+        self.held_by_target = {}
         self.fanout_stats = []
         routes = route(subscriptions, self.targets)  # an unknown target: ConfigError, first
         if adoption is not None and len(self.targets) > 1:
@@ -300,7 +303,7 @@ class SyncService(TargetSteps):
             for tp in live:
                 self._finish_target(tp, now)
                 self._remember(tp.target, _routed(routes, tp.target.name), ok, report, now)
-                final = self._final(tp)
+                final = self.held_by_target[tp.target.name] = self._final(tp)
                 held_now = None if final is None or held_now is None else held_now + final
             self.last_held = held_now
         return report
@@ -368,11 +371,11 @@ class SyncService(TargetSteps):
         store, report = tp.target.store, tp.report
         for action in tp.plan.actions:
             if isinstance(action, Refresh):
-                self._refresh(store, action, report)
+                self._refresh(store, action, report, tp.target.name)
             elif isinstance(action, Retire) and action.held.store_id not in tp.quarantined:
                 self._retire(tp.target, action.held, action.reason, report, now)
             elif isinstance(action, Purge):
-                self._purge(store, action.held, report)
+                self._purge(store, action.held, report, tp.target.name)
         gone = {a.held.store_id for a in tp.plan.actions if isinstance(a, Retire | Purge)}
         try:
             for line in store.converge([h for h in tp.held if h.store_id not in gone]):

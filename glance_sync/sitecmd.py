@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from vmtrust.cli.plugins import Command
 from vmtrust.cli.render import clean, table
-from vmtrust.errors import ConfigError, VmtrustError
+from vmtrust.errors import ConfigError
 from vmtrust.imagelist import format_date
 from vmtrust.safetext import redact
 
 if TYPE_CHECKING:
     from oslo_config import cfg
 
-__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status", "status_nagios"]
+__all__ = ["IMAGES", "STATUS", "cmd_images", "cmd_status"]
 
 
 def _target_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -174,6 +174,8 @@ def _image_rows(store, target: str | None) -> list[dict]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.nagios:
+        from glance_sync.status_probe import status_nagios
+
         return status_nagios(args)
     conf = _make_conf(args.config_file)
     from glance_sync.state import StateDB
@@ -207,19 +209,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "last_attempt": _date(st.last_attempt),
                     "last_error": st.last_error,
                     "failing_images": [
-                        {
-                            **({"target": name} if several else {}),
-                            "identifier": f.identifier,
-                            "version": f.version,
-                            "title": f.title,
-                            "reason": f.reason,
-                            "failed_at": _date(f.failed_at),
-                        }
+                        {**({"target": name} if several else {}), **_failure(f)}
                         for name in mine
                         for f in db.failing_images(sub.name, target=name)
                     ],
                 }
             )
+            if several and not args.target:  # each target's own outcome, not the list's
+                rows[-1]["targets"] = [_target_row(db, sub.name, name) for name in mine]
     finally:
         db.close()
     waiting = _vo_acceptance(conf)
@@ -235,6 +232,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     if several or args.target:
         _print_passes(passes)
     _print_vo_acceptance(waiting)
+    if several and not args.target:
+        _print_per_target(rows)
+    else:
+        _print_subscriptions(rows)
+    failing = [(r["name"], f) for r in rows for f in r["failing_images"]]
+    if failing:
+        print("\nImages that failed in the last pass:")
+        for name, f in failing:
+            image = f"{f['identifier']} {f['version']} ({f['title']})"
+            where = f"target {f['target']}: " if "target" in f else ""
+            print(clean(f"  {where}{name}: {image}: {f['reason']}"))
+    return 0
+
+
+def _failure(f) -> dict:
+    return {
+        "identifier": f.identifier,
+        "version": f.version,
+        "title": f.title,
+        "reason": f.reason,
+        "failed_at": _date(f.failed_at),
+    }
+
+
+def _target_row(db, subscription: str, target: str) -> dict:
+    """One subscription in one target: its last attempt there and its failing images."""
+    outcome = db.outcome(subscription, target=target)
+    return {
+        "target": target,
+        "last_success": _date(outcome.last_success),
+        "last_attempt": _date(outcome.last_attempt),
+        "last_error": outcome.last_error,
+        "failing_images": [_failure(f) for f in db.failing_images(subscription, target=target)],
+    }
+
+
+def _print_per_target(rows: list[dict]) -> None:
+    """Several targets: one row per (subscription, target), each with its own outcome."""
+    print(
+        table(
+            ["SUBSCRIPTION", "TARGET", "VERSION", "EXPIRES", "LAST SUCCESS", "FAILING",
+             "LAST ERROR"],
+            [
+                [
+                    r["name"], t["target"], r["list_version"] or "-", r["expires"] or "-",
+                    t["last_success"] or "never",
+                    str(len(t["failing_images"])) if t["failing_images"] else "-",
+                    t["last_error"] or "-",
+                ]
+                for r in rows
+                for t in r["targets"]
+            ],
+        )
+    )  # fmt: skip
+
+
+def _print_subscriptions(rows: list[dict]) -> None:
     print(
         table(
             ["SUBSCRIPTION", "VERSION", "EXPIRES", "LAST SUCCESS", "FAILING", "LAST ERROR"],
@@ -251,14 +305,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             ],
         )
     )
-    failing = [(r["name"], f) for r in rows for f in r["failing_images"]]
-    if failing:
-        print("\nImages that failed in the last pass:")
-        for name, f in failing:
-            image = f"{f['identifier']} {f['version']} ({f['title']})"
-            where = f"target {f['target']}: " if "target" in f else ""
-            print(clean(f"  {where}{name}: {image}: {f['reason']}"))
-    return 0
 
 
 def _date(value) -> str | None:
@@ -345,66 +391,3 @@ STATUS = Command(
     arguments=_status_arguments,
     run=cmd_status,
 )
-
-
-# --- the monitoring probe (issue 18) --------------------------------------------------------
-
-
-def status_nagios(args: argparse.Namespace) -> int:
-    """``status --nagios``: one line, performance data, exit 0-3; never anything else.
-
-    Whatever goes wrong — the configuration, the state database, a bug — is
-    UNKNOWN (3) with the reason on the line, as the plugin convention asks.
-    """
-    from datetime import UTC, datetime
-
-    from vmtrust import nagios
-
-    try:
-        result = _nagios_result(args, datetime.now(UTC))
-    except VmtrustError as exc:
-        result = nagios.Result.unknown(str(exc))
-    except Exception as exc:
-        result = nagios.Result.unknown(f"internal error: {type(exc).__name__}: {exc}")
-    print(result.line)
-    return result.code
-
-
-def _nagios_result(args: argparse.Namespace, now):
-    from glance_sync.state import StateDB
-    from vmtrust import anchors, nagios
-    from vmtrust.policy import load_subscriptions
-    from vmtrust.truststore import TrustStore
-
-    names = ("stale", "failing", "expiry", "crl")
-    limits = nagios.Thresholds.parse(
-        **{
-            f"{name}_{level}": getattr(args, f"{name}_{level}")
-            for name in names
-            for level in ("warning", "critical")
-        }
-    )
-    conf = _make_conf(args.config_file)
-    subscriptions = load_subscriptions(conf.sync.subscriptions_file)
-    db = StateDB(
-        Path(conf.state_dir).expanduser(), readonly=True, connection=conf.sync.state_connection
-    )
-    try:
-        subs = []
-        for sub in subscriptions:
-            st = db.get(sub.name)
-            failing = len(db.failing_images(sub.name))
-            subs.append(
-                nagios.Subscription(
-                    sub.name, st.last_success, st.list_expires, failing, st.last_error
-                )
-            )
-    finally:
-        db.close()
-    trust = TrustStore(
-        Path(conf.trust.ca_dir).expanduser(),
-        require_crls=conf.trust.require_crls,
-        require_namespaces=conf.trust.require_namespaces,
-    )
-    cas = [endorser.ca for sub in subscriptions for endorser in sub.endorsers]
-    return nagios.evaluate(subs, anchors.crl_states(trust, cas, now), now, limits)

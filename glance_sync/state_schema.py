@@ -115,6 +115,10 @@ def open_engine(connection: str) -> tuple[sa.Engine, str]:
         raise ConfigError(
             f"{what}: not a database URL (postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE)"
         ) from None
+    if url.host and "@" in url.host:  # user:p@ss@host: the rest of the password became the host
+        raise ConfigError(
+            f"{what}: more than one '@' before the host; write an '@' of the password as %40"
+        )
     shown = url.set(query={}).render_as_string(hide_password=True)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")

@@ -29,7 +29,7 @@ from glance_sync.plan import Create, Desired, Held, Plan, Refresh, Replace
 from glance_sync.report import ImageFailure, Report, rule_of, unexpected
 from glance_sync.settings import SyncSettings
 from glance_sync.stores.base import Store
-from glance_sync.targets import Target
+from glance_sync.targets import DEFAULT, Target
 from glance_sync.unpack import Bound, open_disk
 from vmtrust.errors import ExpansionError, TransferError, VmtrustError
 from vmtrust.record import seal
@@ -90,6 +90,8 @@ class TargetSteps:
     lists: ListPhase
     _tls: dict[str, bool | str]
     fanout_stats: list[FanoutStat]
+    #: (target, image identifier) → raises when the target is no longer this worker's
+    fence: Callable[[str, str], None] | None = None
 
     def _mode(self, target: Target) -> str:
         """The target's retire mode; its own, or ``[sync] retire``."""
@@ -97,7 +99,20 @@ class TargetSteps:
 
     # --- images -------------------------------------------------------------------
 
-    def _create(self, store: Store, want: Desired, report: Report) -> Held:
+    def _fenced(self, target: str, what: str) -> None:
+        """Just before a change is committed: is ``target`` still this worker's?
+
+        ``fence`` (set by ``vmtrust-sync --worker``) raises LockError when the
+        target's lock lapsed meanwhile (a worker frozen past its lease: another
+        may have taken the target).  Every seal (a create's, a refresh's) and
+        every retirement and purge asks it: a resumed worker must not re-seal
+        what the new owner retired, nor retire or delete what it stored.  A
+        create's store then removes the upload.
+        """
+        if self.fence is not None:
+            self.fence(target, what)
+
+    def _create(self, store: Store, want: Desired, report: Report, target: str = DEFAULT) -> Held:
         """Download, unpack, inspect (and convert) one image, and store it sealed.
 
         Nothing reaches the store's commit point, and nothing reaches ``qemu-img``,
@@ -122,7 +137,7 @@ class TargetSteps:
             stream = inspect_stream(unpacked, disk_format, image.identifier)
             wanted = store.disk_format(disk_format)
             if wanted == disk_format:
-                return self._store(store, want, reader, stream, disk_format)
+                return self._store(store, want, reader, stream, disk_format, target)
             work = work_folder(self.s.state_dir)
             with Conversion(
                 work, image.identifier, disk_format, wanted, self.s.max_image_size
@@ -135,7 +150,7 @@ class TargetSteps:
                 conversion.run(size)
                 with conversion.open_output() as output:
                     converted = inspect_stream(output, wanted, image.identifier, converted=True)
-                    return self._store(store, want, reader, converted, wanted)
+                    return self._store(store, want, reader, converted, wanted, target)
         finally:
             report.count_bytes(want.subscription, reader.received)
             reader.close()
@@ -171,6 +186,7 @@ class TargetSteps:
         reader: SourceReader,
         stream: InspectedStream,
         disk_format: str,
+        target: str = DEFAULT,
     ) -> Held:
         def finish(
             store_id: str, size: int, sha512: str, *, stored_format: str | None = None
@@ -184,6 +200,7 @@ class TargetSteps:
                 disk_format=stored_format or disk_format,
                 source_sha512=reader.digest.hexdigest(),
             )  # fmt: skip
+            self._fenced(target, f"image {want.identifier}")
             return record, seal(record, self.s.seal_key)
 
         return store.create(want, stream, disk_format, finish)
@@ -235,7 +252,7 @@ class TargetSteps:
         try:
             check_uri(want.identifier, want.image.uri, local_list=local_list)
             try:
-                held = self._create(target.store, want, own)
+                held = self._create(target.store, want, own, target.name)
             except (VmtrustError, OSError) as exc:
                 self._create_failed(want, exc, own)
             else:
@@ -280,6 +297,7 @@ class TargetSteps:
     ) -> None:
         what = f"retire {held.identifier or held.store_id}"
         try:
+            self._fenced(target.name, what)
             target.store.retire(held, self._mode(target), now)
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}", *_held_failure(held), rule=rule_of(exc))
@@ -292,7 +310,9 @@ class TargetSteps:
         )
         target.store.notify("ExpirePostfix", held)
 
-    def _refresh(self, store: Store, action: Refresh, report: Report) -> None:
+    def _refresh(
+        self, store: Store, action: Refresh, report: Report, target: str = DEFAULT
+    ) -> None:
         held = action.held
         assert held.record is not None
         record = action.desired.record(
@@ -304,6 +324,7 @@ class TargetSteps:
         )
         what = f"refresh {record.image_identifier}"
         try:
+            self._fenced(target, what)
             store.refresh(held, action.desired, record, seal(record, self.s.seal_key))
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}", image_failure(action.desired), rule=rule_of(exc))
@@ -319,9 +340,10 @@ class TargetSteps:
             version=record.image_version,
         )
 
-    def _purge(self, store: Store, held: Held, report: Report) -> None:
+    def _purge(self, store: Store, held: Held, report: Report, target: str = DEFAULT) -> None:
         what = f"purge {held.store_id}"
         try:
+            self._fenced(target, what)
             store.purge(held)
         except (VmtrustError, OSError) as exc:
             report.fail(f"{what}: {exc}")

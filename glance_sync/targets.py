@@ -33,6 +33,8 @@ store's usual one (:class:`TargetConf`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -211,18 +213,54 @@ class TargetConf:
         return self.__getattr__(name)
 
 
-def _place(conf: cfg.ConfigOpts, spec: TargetSpec) -> tuple[Any, ...] | None:
-    """Where a built-in store writes, to refuse two targets writing to one place."""
+def _place(conf: cfg.ConfigOpts, spec: TargetSpec) -> tuple[tuple[Any, ...], str] | None:
+    """Where a built-in store writes, and how to name it, to refuse two targets writing
+    to one place: under different names too (a path through a link, ``..``; two
+    clouds.yaml entries for one endpoint and project)."""
     view = TargetConf(conf, spec)
     if spec.store == "local":
-        return ("local", str(view.store_local.path).rstrip("/"))
+        path = os.path.realpath(os.path.expanduser(str(view.store_local.path)))
+        return ("local", path), f"local {path}"
     if spec.store == "glance":
-        s = view.store_glance
-        return ("glance", s.cloud, s.clouds_file, s.project_id)
+        return _glance_place(view.store_glance)
     if spec.store == "ec2":
         s = view.store_ec2
-        return ("ec2", s.profile, s.region, s.endpoint_url, s.account_id)
+        place = ("ec2", s.profile, s.region, s.endpoint_url, s.account_id)
+        return place, "ec2 " + " ".join(str(p) for p in place[1:] if p)
     return None
+
+
+def _glance_place(s: Any) -> tuple[tuple[Any, ...], str]:
+    """A Glance target's (image endpoint, region, project), read from its clouds.yaml
+    entry without contacting the cloud; its names alone when the entry cannot be
+    read (the store's own build then reports why) or has no project to compare."""
+    names = ("glance", s.cloud, s.clouds_file, s.project_id)
+    shown = "glance " + " ".join(str(p) for p in names[1:] if p)
+    if not s.cloud:
+        return names, shown
+    try:
+        from openstack import config as os_config
+
+        files = [s.clouds_file] if s.clouds_file else None
+        config = os_config.OpenStackConfig(config_files=files, load_envvars=False)
+        cloud = config.get_one(cloud=s.cloud).config
+    except Exception:  # reported where the store is built
+        return names, shown
+    auth = cloud.get("auth") or {}
+    endpoint = str(
+        cloud.get("image_endpoint_override") or auth.get("auth_url") or auth.get("endpoint") or ""
+    ).rstrip("/")
+    project = s.project_id or auth.get("project_id") or ""
+    if not project and auth.get("project_name"):
+        domain = auth.get("project_domain_id") or auth.get("project_domain_name") or ""
+        project = f"{domain}/{auth['project_name']}"
+    if not project and auth.get("token"):  # a token is one principal in one project
+        digest = hashlib.sha256(str(auth["token"]).encode()).hexdigest()[:16]
+        project = f"token:{digest}"
+    if not endpoint or not project:
+        return names, shown
+    place = ("glance", endpoint, cloud.get("region_name") or "", project)
+    return place, f"glance project {project} at {endpoint}"
 
 
 def named(conf: cfg.ConfigOpts, only: str | None = None) -> list[TargetSpec]:
@@ -267,19 +305,19 @@ def build_targets(conf: cfg.ConfigOpts, context: StoreContext) -> list[Target]:
     if not specs:
         return [Target(DEFAULT, store_from_conf(conf, context), "")]  # "": [sync] retire
     places: dict[tuple[Any, ...], str] = {}
-    targets = []
-    for spec in specs:
-        place = _place(conf, spec)
-        if place is not None:
+    for spec in specs:  # every place compared before any store is built (or asks its cloud)
+        where = _place(conf, spec)
+        if where is not None:
+            place, shown = where
             if place in places:
                 raise ConfigError(
                     f"[{spec.group}]: writes where target {places[place]} writes "
-                    f"({spec.store} {' '.join(str(p) for p in place[1:] if p)}); "
-                    "two targets would retire each other's images"
+                    f"({shown}); two targets would retire each other's images"
                 )
             places[place] = spec.name
-        targets.append(Target(spec.name, store_of(conf, spec, context), spec.retire, spec.groups))
-    return targets
+    return [
+        Target(spec.name, store_of(conf, spec, context), spec.retire, spec.groups) for spec in specs
+    ]
 
 
 def route(

@@ -133,18 +133,28 @@ def serve(
     interval: float,
     say: Callable[[str], None],
     events: Callable[[Any], None] | None = None,
+    metrics: Any = None,
 ) -> int:
     """``vmtrust-sync --worker``: the loop, until SIGTERM or SIGINT, over ``targets``.
 
     The :class:`~glance_sync.service.SyncService` of the set of targets the last
     round held is kept for the next (the set is usually the same round after
     round); another set closes it (its database connections, its HTTP session).
+
+    ``metrics`` (:class:`~glance_sync.metrics.SyncMetrics`) are those of the
+    targets each round held, served on ``[sync] metrics_address`` (bound before
+    the worker joins: a port in use is a ConfigError, no worker without its
+    monitoring) and written to ``[sync] metrics_textfile`` after each round.
     """
     import signal
+    import time
 
     from glance_sync import coordination as coordination_mod
-    from glance_sync.report import unexpected
+    from glance_sync.cli import _observer
+    from glance_sync.metrics import serve as serve_metrics
+    from glance_sync.report import Report, unexpected
     from glance_sync.service import SyncService
+    from glance_sync.state import StateDB
     from glance_sync.targets import route
     from vmtrust.policy import load_subscriptions
     from vmtrust.safetext import shown
@@ -153,6 +163,18 @@ def serve(
     services: dict[tuple[str, ...], SyncService] = {}
 
     def sync(names: list[str]) -> int:
+        started = time.monotonic()
+        status, report, chosen = _pass(names)
+        if metrics is not None and names:
+            service = services.get(tuple(sorted(names)))
+            if service is not None:
+                observe = _observer(service, metrics, conf.sync.metrics_textfile)
+                observe(report, chosen, time.monotonic() - started)
+        return status
+
+    def _pass(names: list[str]) -> tuple[int, Report, list[str]]:
+        """The pass over ``names``: its status, its report and the subscriptions it had
+        (none when it failed as a whole: then its report is that one line)."""
         try:
             subscriptions = load_subscriptions(settings.subscriptions_file)
             routes = route(subscriptions, list(targets))
@@ -161,22 +183,30 @@ def serve(
                 for old in services.values():
                     old.close()
                 services.clear()
-                chosen = [by_name[n] for n in key]
-                services[key] = SyncService(settings, targets=chosen, events=events)
-            report = services[key].run(
-                subscriptions_for(subscriptions, routes, key), out=lambda line: print(shown(line))
-            )
+                held = [by_name[n] for n in key]
+                services[key] = SyncService(settings, targets=held, events=events)
+                # no seal is committed once a target's lock lapsed (decision 0011)
+                services[key].fence = coordination.fence
+            chosen = subscriptions_for(subscriptions, routes, key)
+            report = services[key].run(chosen, out=lambda line: print(shown(line)))
         except VmtrustError as exc:
             say(str(exc))
-            return exc.exit_code
+            return exc.exit_code, Report(failures=[str(exc)]), []
         except Exception as exc:
-            say(unexpected("pass", exc))
-            return INTERNAL_ERROR
+            line = unexpected("pass", exc)
+            say(line)
+            return INTERNAL_ERROR, Report(failures=[line]), []
         for line in report.failures:
             say(line)
-        return report.exit_code
+        return report.exit_code, report, [sub.name for sub in chosen]
 
     coordination = coordination_mod.from_conf(conf, settings.state_dir)
+    # the state database is opened (and upgraded) before joining: a worker that could
+    # not use it would take its share of the targets by the ring and sync none of them
+    StateDB(settings.state_dir, connection=settings.state_connection).close()
+    server = None
+    if metrics is not None and conf.sync.metrics_address:
+        server = serve_metrics(metrics, conf.sync.metrics_address)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -185,5 +215,7 @@ def serve(
             coordination, [t.name for t in targets], sync, interval=interval, stop=stop, say=say
         )
     finally:
+        if server is not None:
+            server.shutdown()
         for service in services.values():
             service.close()

@@ -201,3 +201,28 @@ def test_a_really_full_file_system_then_room_again(sync, site, pki):
         assert list(work.iterdir()) == []
     finally:
         subprocess.run(["umount", str(work)], check=False, timeout=30)
+
+
+def test_a_link_planted_between_the_clean_up_and_a_conversion_is_refused(tmp_path):
+    """The pass start removes a planted link; one planted after it must not be followed
+    either: whoever owns the folder it points to could swap the verified work file
+    before qemu-img reads it."""
+    attacker = tmp_path / "attacker"
+    attacker.mkdir(mode=0o777)
+    work = tmp_path / "work"
+    work.symlink_to(attacker)
+    with pytest.raises(TransferError) as caught:
+        Conversion(work, "img", "raw", "qcow2", 1 << 30)
+    assert str(caught.value) == (
+        f"image img: work file {work}: a symbolic link, not the sync's own folder: refused"
+    )
+    assert list(attacker.iterdir()) == []
+
+
+def test_a_conversion_makes_an_open_work_folder_private(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    with Conversion(work, "img", "raw", "qcow2", 1 << 30) as conversion:
+        assert conversion.folder.parent == work and conversion.folder.is_dir()
+        assert work.stat().st_mode & 0o777 == 0o700

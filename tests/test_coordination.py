@@ -8,6 +8,7 @@ have left it when they stop).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from glance_sync import coordination as coord_mod
 from glance_sync import worker
 from glance_sync.coordination import LocalCoordination, ToozCoordination
 from vmtrust.conf import make_conf
-from vmtrust.errors import ConfigError, CoordinationError
+from vmtrust.errors import ConfigError, CoordinationError, LockError
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 5
@@ -371,3 +372,126 @@ def test_a_lock_that_lapsed_while_held_is_reported(workers, caplog):
     with a.locked(target) as again:  # and it is free again
         assert again
     assert caplog.text.count("its lock lapsed") == 1  # the second release was a clean one
+
+
+def test_a_worker_frozen_past_its_lease_commits_no_seal_after_another_took_the_target(
+    workers, etcd
+):
+    """The attack: SIGSTOP a worker that holds a target past its lease; another takes the
+    target; the frozen one resumes at its commit point.  The fence must refuse it."""
+    (target,) = _names(1)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/fence_child.py"), etcd.tooz_url,
+         f"frozen-{uuid.uuid4().hex[:6]}", str(LEASE), target],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    other = workers(f"taker-{uuid.uuid4().hex[:6]}")
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        child.stdin.write("commit\n")
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline()) == {"fenced": False}  # it holds it: commits
+        with other.locked(target) as held:
+            assert not held
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + LEASE + 15
+        with contextlib.ExitStack() as stack:
+            while not stack.enter_context(other.locked(target)):
+                assert time.monotonic() < deadline, "the frozen worker's lock never lapsed"
+                time.sleep(0.3)
+            # the other worker holds the target now; the frozen one wakes at its commit
+            os.kill(child.pid, signal.SIGCONT)
+            child.stdin.write("commit\n")
+            child.stdin.flush()
+            answer = json.loads(child.stdout.readline())
+            assert answer["fenced"] is True
+            assert f"target {target}'s lock lapsed before the commit" in answer["error"]
+            assert answer["error"].startswith("image img-1: ")
+            assert answer["error"].endswith(": not committed")
+            assert other.holds(target)  # and its release did not free the new holder's lock
+            child.stdin.close()
+            assert child.wait(timeout=30) == 0
+            assert other.holds(target)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGCONT)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def test_the_fence_fails_closed_when_etcd_cannot_be_asked(workers):
+    (target,) = _names(1)
+    a = workers(f"closed-{uuid.uuid4().hex[:6]}")
+    with a.locked(target) as held:
+        assert held
+        a.fence(target, "img-1")  # held: nothing raised
+        a._coord.client = None  # etcd cannot be asked (any failure of the question)
+        with pytest.raises(LockError, match="lock lapsed before the commit"):
+            a.fence(target, "img-1")
+    assert not a.holds(target)  # a target not held is never "held"
+
+
+def test_a_file_lock_fence_never_refuses(tmp_path):
+    local = LocalCoordination(tmp_path)
+    local.start()
+    with local.locked("cloud-a") as held:
+        assert held
+        local.fence("cloud-a", "img-1")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [b"evil\x1b]0;owned\x07\nnote: all fine", b"../../etc/passwd", b"\xff\xfe not utf-8"],
+    ids=["escapes", "path", "bytes"],
+)
+def test_a_hostile_member_in_etcd_is_shown_as_data_and_locks_stay_names(
+    tmp_path, etcd, hostile, capsys
+):
+    """Anyone who can write to etcd can join the group under any bytes: ``--check`` shows
+    them as one cleaned line (or one line saying the group cannot be read), and the
+    lock keys stay the targets' names whatever the members are called.  A member id
+    that is not UTF-8 makes tooz unable to read the group at all: every worker then
+    stops at start with one line (decision 0011: etcd must be access-controlled)."""
+    from tooz import coordination
+
+    from glance_sync import preflight
+
+    intruder = coordination.get_coordinator(etcd.tooz_url, hostile)
+    intruder.start(start_heart=True)
+    try:
+        with contextlib.suppress(coordination.MemberAlreadyExist):
+            with contextlib.suppress(coordination.GroupAlreadyExist):
+                intruder.create_group(coord_mod.GROUP).get()
+            intruder.join_group(coord_mod.GROUP).get()
+        conf_file = tmp_path / "vmtrust.conf"
+        conf_file.write_text(
+            f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
+            f"[coordination]\nbackend_url = {etcd.tooz_url}\nmember_id = honest-1\n"
+        )
+        said: list[str] = []
+        preflight.main(make_conf([str(conf_file)]), said.append)
+        out = capsys.readouterr().out + "\n".join(said)
+        assert "\x1b" not in out and "\x07" not in out
+        assert not [line for line in out.splitlines() if line.startswith("note: all fine")]
+        member = ToozCoordination(etcd.tooz_url, "honest-2", LEASE)
+        if b"\xff" in hostile:  # tooz cannot read the group: the worker fails closed, one line
+            with pytest.raises(CoordinationError) as caught:
+                member.start()
+            assert "can't decode" in str(caught.value) and "\n" not in str(caught.value)
+            assert [line for line in said if "can't decode" in line]
+            return
+        member.start()
+        try:
+            (target,) = _names(1)
+            with member.locked(target) as held:
+                assert held
+                (key,) = [h._key for h in member._held.values()]
+                assert key == f"/tooz/locksvmtrust-target-{target}".encode()
+        finally:
+            member.stop()
+    finally:  # its membership lease revoked: the shared etcd's group is clean again at once
+        with contextlib.suppress(Exception):
+            intruder._membership_lease.revoke()
+        with contextlib.suppress(Exception):
+            intruder.stop()

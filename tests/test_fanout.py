@@ -165,6 +165,98 @@ def test_a_spool_that_cannot_be_made_fails_only_the_laggard(tmp_path: Path):
     tee.end("verified")
     thread.join(10)
     assert fast_out == [hashlib.sha512(b"".join(data)).hexdigest()]
-    with pytest.raises(TransferError, match=r"target slow fell behind and spool file .*: Not a"):
+    with pytest.raises(TransferError, match=r"target slow fell behind and work folder .*: Not a"):
         slow.read(MIB)
     tee.close()
+
+
+# --- attacks on the spool's folder (<state_dir>/work) ---------------------------------------
+
+
+def _laggard_run(tee: Tee, count: int = 6) -> tuple[list, object, str]:
+    """A fast reader that keeps up and a slow one that reads nothing until the end:
+    the slow one needs the spool.  Returns (fast's outcome, slow's read error, digest)."""
+    fast, slow = tee.branch("fast"), tee.branch("slow")
+    fast_out: list = []
+    thread = reader(fast, fast_out)
+    data = chunks(count)
+    for chunk in data:
+        tee.feed(chunk)
+        while fast.offset < tee.written and thread.is_alive():
+            time.sleep(0.001)
+    whole = hashlib.sha512(b"".join(data)).hexdigest()
+    tee.end(whole)
+    thread.join(10)
+    try:
+        got = hashlib.sha512()
+        while chunk := slow.read(MIB):
+            got.update(chunk)
+        outcome: object = got.hexdigest()
+    except TransferError as exc:
+        outcome = exc
+    return fast_out, outcome, whole
+
+
+def test_a_planted_link_in_the_work_folders_place_is_never_followed(tmp_path: Path):
+    attacker = tmp_path / "attacker"
+    attacker.mkdir(mode=0o777)
+    work = tmp_path / "work"
+    work.symlink_to(attacker)  # planted after the pass start's clean-up
+    tee = Tee(work, "img", buffer=MIB)
+    fast_out, slow, whole = _laggard_run(tee)
+    tee.close()
+    assert fast_out == [whole]  # the other target is unharmed
+    assert isinstance(slow, TransferError)
+    assert str(slow) == (
+        f"image img: target slow fell behind and work folder {work}: a symbolic link, "
+        "not the sync's own folder: refused"
+    )
+    assert list(attacker.iterdir()) == []  # not one byte went where the link points
+
+
+def test_a_work_folder_open_to_others_is_made_private_before_a_spool(tmp_path: Path):
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)  # pre-created by someone, or a umask of 0
+    tee = Tee(work, "img", buffer=MIB)
+    fast_out, slow, whole = _laggard_run(tee)
+    assert fast_out == [whole] and slow == whole and tee.spooled
+    assert work.stat().st_mode & 0o777 == 0o700
+    tee.close()
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_work_folder_of_another_user_is_refused(tmp_path: Path):
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    os.chown(work, 65534, 65534)  # nobody's: it could swap the spool under the sync
+    tee = Tee(work, "img", buffer=MIB)
+    fast_out, slow, whole = _laggard_run(tee)
+    tee.close()
+    assert fast_out == [whole]
+    assert isinstance(slow, TransferError)
+    assert str(slow).endswith(f"work folder {work}: owned by uid 65534, not by this user: refused")
+    assert list(work.iterdir()) == []
+
+
+def test_a_spool_that_fills_the_disk_fails_the_laggard_alone_and_leaves_nothing(tmp_path: Path):
+    """A real size-limited file system (tmpfs, needs root) as the work folder."""
+    import subprocess
+
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(work)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True, check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        tee = Tee(work, "img", buffer=MIB)
+        fast_out, slow, whole = _laggard_run(tee, count=8)
+        assert fast_out == [whole]
+        assert isinstance(slow, TransferError)
+        assert str(slow).startswith("image img: target slow fell behind and spool file ")
+        assert str(slow).endswith(": no space left on device") and "\n" not in str(slow)
+        tee.close()
+        assert list(work.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(work)], check=True, timeout=30)

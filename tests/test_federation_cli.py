@@ -249,3 +249,130 @@ def test_the_dry_run_prints_each_targets_plan_and_changes_nothing(fed, tmp_path,
     assert all("wn" in line for line in lines)
     assert "/wn.img" not in [p for p, _ in site.requests]
     assert not list((tmp_path / "north").glob("images/*"))
+
+
+def _two_clouds(tmp_path: Path, first: str, second: str) -> Path:
+    path = tmp_path / "clouds.yaml"
+    path.write_text(f"clouds:\n  one:\n{first}  two:\n{second}")
+    return path
+
+
+PASSWORD_CLOUD = (
+    "    auth:\n      auth_url: https://keystone.example:5000/v3{slash}\n"
+    "      username: {user}\n      password: pw\n      project_name: images\n"
+    "      project_domain_name: Default\n      user_domain_name: Default\n"
+    "    region_name: RegionOne\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shown"),
+    [
+        (  # two users, one project: two clouds.yaml names for one place
+            PASSWORD_CLOUD.format(slash="", user="sync-a"),
+            PASSWORD_CLOUD.format(slash="/", user="sync-b"),
+            "glance project Default/images at https://keystone.example:5000/v3",
+        ),
+        (  # one token (one principal in one project) under two names
+            "    auth_type: admin_token\n    auth:\n      endpoint: http://g.example:9292\n"
+            "      token: t0k3n\n",
+            "    auth_type: admin_token\n    auth:\n      endpoint: http://g.example:9292/\n"
+            "      token: t0k3n\n",
+            "glance project token:",
+        ),
+    ],
+    ids=["password", "token"],
+)
+def test_two_clouds_yaml_names_for_one_glance_project_are_refused(
+    tmp_path, ca_dir, first, second, shown
+):
+    clouds = _two_clouds(tmp_path, first, second)
+    extra = (
+        f"targets = a, b\n[target:a]\nstore = glance\ncloud = one\nclouds_file = {clouds}\n"
+        f"[target:b]\nstore = glance\ncloud = two\nclouds_file = {clouds}\n"
+    )
+    conf = make_conf([str(write_conf(tmp_path, ca_dir, extra))])
+    context = StoreContext(seal_keys=[], state_dir=tmp_path / "state", syncing=False)
+    with pytest.raises(ConfigError) as caught:
+        build_targets(conf, context)
+    line = str(caught.value)
+    assert line.startswith(f"[target:b]: writes where target a writes ({shown}")
+    assert "t0k3n" not in line and "pw" not in line.replace("two", "") and "\n" not in line
+
+
+def test_two_glance_projects_of_one_cloud_are_two_places(tmp_path, ca_dir):
+    cloud = PASSWORD_CLOUD.format(slash="", user="sync-a")
+    clouds = _two_clouds(tmp_path, cloud, cloud)
+    extra = (
+        f"targets = a, b\n[target:a]\nstore = glance\ncloud = one\nclouds_file = {clouds}\n"
+        "project_id = p1\n"
+        f"[target:b]\nstore = glance\ncloud = two\nclouds_file = {clouds}\nproject_id = p2\n"
+    )
+    conf = make_conf([str(write_conf(tmp_path, ca_dir, extra))])
+    context = StoreContext(seal_keys=[], state_dir=tmp_path / "state", syncing=False)
+    assert [t.name for t in build_targets(conf, context)] == ["a", "b"]
+
+
+def test_one_local_folder_under_two_paths_is_refused(tmp_path, ca_dir):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    extra = (
+        f"targets = a, b\n[target:a]\nstore = local\npath = {tmp_path}/real\n"
+        f"[target:b]\nstore = local\npath = {tmp_path}/alias/../alias/\n"
+    )
+    conf = make_conf([str(write_conf(tmp_path, ca_dir, extra))])
+    context = StoreContext(seal_keys=[], state_dir=tmp_path / "state", syncing=False)
+    with pytest.raises(ConfigError, match=r"\[target:b\]: writes where target a writes"):
+        build_targets(conf, context)
+
+
+def _south_down(fed, tmp_path) -> Path:
+    from conftest import write_clouds_yaml
+    from glance_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", dead, {"dead": ("svc", "member")})
+    extra = TWO.format(tmp=tmp_path).replace(
+        f"[target:south]\nstore = local\npath = {tmp_path}/south\n",
+        f"[target:south]\nstore = glance\ncloud = dead\nclouds_file = {clouds}\n"
+        "project_id = svc\napi_timeout = 5\n",
+    )
+    return fed(extra)
+
+
+def test_status_without_target_shows_each_targets_own_outcome(fed, tmp_path):
+    """Before: one row per subscription, the list phase's outcome (a success) next to
+    every target's failures; south's outage showed nowhere in the default view."""
+    conf = _south_down(fed, tmp_path)
+    assert run(BIN / "vmtrust-sync", "--config-file", conf).returncode == 1
+    text = run(BIN / "vmtrust", "--config-file", conf, "status").stdout
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("SUBSCRIPTION"))
+    assert lines[header].split()[:2] == ["SUBSCRIPTION", "TARGET"]
+    north, south = (lines[header + 1].split(), lines[header + 2].split())
+    assert north[:2] == ["example", "north"] and north[-1] == "-"  # no error
+    assert south[:2] == ["example", "south"] and "never" in south
+    assert "target south: glance GET" in lines[header + 2]
+    (row,) = json.loads(run(BIN / "vmtrust", "--config-file", conf, "status", "--json").stdout)
+    by_target = {t["target"]: t for t in row["targets"]}
+    assert sorted(by_target) == ["north", "south"]
+    assert by_target["north"]["last_error"] is None and by_target["north"]["last_success"]
+    assert by_target["south"]["last_error"].startswith("target south: glance GET")
+    assert by_target["south"]["last_success"] is None
+
+
+def test_nagios_goes_critical_on_any_targets_failure(fed, tmp_path):
+    conf = _south_down(fed, tmp_path)
+    assert run(BIN / "vmtrust-sync", "--config-file", conf).returncode == 1
+    done = run(BIN / "vmtrust", "--config-file", conf, "status", "--nagios")
+    assert done.returncode == 2, done.stdout
+    assert done.stdout.startswith("VMTRUST CRITICAL - south/example: never synced")
+    assert "north/example" not in done.stdout.split("|")[0]  # north is fine: not a problem
+
+
+def test_nagios_is_ok_when_every_target_is(fed, tmp_path):
+    conf = fed(TWO.format(tmp=tmp_path))
+    assert run(BIN / "vmtrust-sync", "--config-file", conf).returncode == 0
+    done = run(BIN / "vmtrust", "--config-file", conf, "status", "--nagios")
+    assert done.returncode == 0, done.stdout
+    assert "north/example_age" in done.stdout and "south/example_age" in done.stdout

@@ -378,3 +378,25 @@ def test_a_current_database_is_opened_without_loading_alembic(tmp_path: Path):
     )
     out = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"  # a new database is made by the revision scripts
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:top@secret@127.0.0.1:1/db",  # an '@' of the password not encoded
+        "postgresql://u:top@sec@ret@127.0.0.1:1/db",
+        "postgresql://u@127.0.0.1:1/db?password=topsecret",  # libpq's own parameter
+        "postgresql://u:topsecret@127.0.0.1:1/db?sslmode=bogus",
+        "postgresql://u:top%40secret@127.0.0.1:1/db",
+        "postgresql://u:topsecret@127.0.0.1:1/db?host=/nonexistent",
+    ],
+)
+def test_no_shape_of_a_connection_url_puts_its_password_in_a_message(tmp_path, url):
+    """The attack: a URL the parser reads otherwise than its author meant.  Before the
+    fix, ``u:top@secret@host`` showed ``secret`` twice: in the URL and as the host
+    psycopg could not resolve."""
+    with pytest.raises((StateError, ConfigError)) as caught:
+        StateDB(tmp_path, connection=url)
+    line = str(caught.value)
+    assert "secret" not in line and "sec" not in line.replace("second", "") and "\n" not in line
+    assert line.startswith(("state database postgresql://u", "[sync] state_connection: "))

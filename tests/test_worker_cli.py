@@ -110,3 +110,51 @@ def test_an_unreachable_state_database_stops_a_pass_with_one_line(tmp_path, ca_d
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("vmtrust-sync: state database postgresql://***@127.0.0.1:")
         assert PASSWORD not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_connection_url_that_splits_its_password_shows_none_of_it_anywhere(
+    tmp_path, ca_dir, site, pki
+):
+    """``vmtrust:top@secret@host``: before the fix, '…@secret@…' and the host
+    'secret@127.0.0.1' psycopg could not resolve named part of the password."""
+    url = f"postgresql://vmtrust:top@secret@127.0.0.1:{free_port()}/vmtrust"
+    conf = _conf(tmp_path, ca_dir, site, pki)
+    conf.write_text(conf.read_text().replace("http_retries = 0\n", f"http_retries = 0\n"
+                                             f"state_connection = {url}\n"))  # fmt: skip
+    runs = [
+        _sync("--config-file", conf, *args)
+        for args in ((), ("--check",), ("--log-format", "json", "-v"))
+    ]
+    for args in ((), ("--json",), ("--nagios",)):
+        runs.append(
+            subprocess.run(
+                [sys.executable, "-m", "vmtrust", "--config-file", str(conf), "status", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=ENV,
+            )
+        )
+    for done in runs:
+        assert done.returncode != 0, done.args
+        assert "secret" not in done.stdout + done.stderr, done.args
+        assert "Traceback" not in done.stderr and "'@'" in done.stdout + done.stderr, done.args
+
+
+def test_a_worker_whose_state_database_cannot_be_used_stops_at_start(tmp_path, ca_dir, site, pki):
+    """Before: the worker started, took its share of the targets by the ring and then
+    failed every round — its targets were never synced, and no other worker took them."""
+    bad = {
+        f"postgresql://vmtrust:{PASSWORD}@127.0.0.1:{free_port()}/vmtrust": 74,  # unreachable
+        f"postgresql://vmtrust:top@{PASSWORD}@127.0.0.1:1/vmtrust": 4,  # not a usable URL
+    }
+    for n, (url, status) in enumerate(bad.items()):
+        (tmp_path / str(n)).mkdir()
+        conf = _conf(tmp_path / str(n), ca_dir, site, pki)
+        conf.write_text(conf.read_text().replace("http_retries = 0\n", f"http_retries = 0\n"
+                                                 f"state_connection = {url}\n"))  # fmt: skip
+        for log in ((), ("--log-format", "json", "-v")):  # the event log's lines too
+            done = _sync("--worker", "--config-file", conf, *log, timeout=60)
+            assert done.returncode == status, done.stderr
+            assert PASSWORD not in done.stdout + done.stderr
+            assert "Traceback" not in done.stderr and done.stderr.strip()
