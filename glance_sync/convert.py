@@ -48,6 +48,7 @@ __all__ = [
     "TIMEOUT",
     "Conversion",
     "clear_work_folder",
+    "open_private_folder",
     "qemu_driver",
     "work_folder",
 ]
