@@ -306,7 +306,10 @@ def test_check_sees_the_live_workers_without_joining(tmp_path, etcd, workers):
 
 def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, etcd):
     """The dead worker's membership ends while the survivor's round still runs: its
-    targets are the survivor's when that round ends, and the next round starts at once."""
+    targets are the survivor's when that round ends, and the next rounds start at once
+    (without waiting the hour's interval) until every target is synced.  A lock of the
+    dead worker may outlive its membership by a moment (each has its own lease): a target
+    still locked then is left for the round after, which also starts at once."""
     targets = _names()
     dead_id, live_id = balanced_members(targets)
     live = workers(live_id)
@@ -328,7 +331,7 @@ def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, et
             while dead_id in live.members():
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        else:
+        elif set().union(*rounds[1:]) == set(targets):
             stop.set()
         return 0
 
@@ -343,7 +346,9 @@ def test_a_worker_that_dies_during_a_round_is_taken_over_by_the_next(workers, et
         thread.join(LEASE + 30)
         assert not thread.is_alive(), f"no second round: {rounds}"
         assert rounds[0] == sorted(set(targets) - set(theirs))
-        assert rounds[1] == sorted(targets)
+        assert set(rounds[1]) >= set(rounds[0])  # its own, again, at once
+        assert set().union(*rounds[1:]) == set(targets)  # and the dead worker's
+        assert len(rounds) <= 4, rounds  # each early round took what was free
     finally:
         stop.set()
         if child.poll() is None:
