@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from vmtrust import glanceprops as gp
-from vmtrust.errors import GlanceError
+from vmtrust.errors import GlanceError, InputError
+from vmtrust.fileio import write_atomic
 
 __all__ = ["Survey", "SurveyFile", "Surveyor", "filter_time", "glance_time", "trim"]
 
@@ -213,20 +214,13 @@ class SurveyFile:
             "images": survey.images,
         }
         path = self.path
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                # dumps, not dump: only the one-shot encoder is json's C one (5x faster)
-                handle.write(json.dumps(doc, separators=(",", ":")))
-            os.replace(tmp, path)
-        except (OSError, TypeError, ValueError) as exc:
+            # dumps, not dump: only the one-shot encoder is json's C one (5x faster)
+            data = json.dumps(doc, separators=(",", ":")).encode()
+            write_atomic(path, data, mode=0o600)  # removes its temporary file on failure
+        except (InputError, TypeError, ValueError) as exc:
             LOG.warning("glance: survey %s not saved (%s); the next pass lists every image",
                         path, exc)  # fmt: skip
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self.forget()
 
     def stamp(self) -> tuple[int, int, int] | None:
