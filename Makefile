@@ -36,7 +36,7 @@ venv: $(BIN)/.installed
 $(GLANCE_VENV)/bin/.installed: $(CONSTRAINTS)
 	$(PYTHON) -m venv $(GLANCE_VENV)
 	$(GLANCE_VENV)/bin/pip install --quiet --upgrade pip
-	$(GLANCE_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) glance gunicorn
+	$(GLANCE_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) glance gunicorn uwsgi
 	touch $@
 
 venv-glance: $(GLANCE_VENV)/bin/.installed

@@ -1,4 +1,4 @@
-"""A real Glance 33 for the tests and benchmarks: gunicorn, sqlite, file store, loopback.
+"""A real Glance 33 for the tests and benchmarks: uWSGI, sqlite, file store, loopback.
 
 Started from ``.venv-glance`` (``make venv-glance``), configured as in
 ``docs/testing.md``: the header-trusting test pipeline with
@@ -40,7 +40,7 @@ def token(project: str, roles: str = SERVICE_ROLES, user: str | None = None) -> 
 
 def available() -> str | None:
     """None when a test Glance can start here, else why not."""
-    if not (VENV / "bin" / "gunicorn").exists():
+    if not (VENV / "bin" / os.environ.get("VMTRUST_GLANCE_SERVER", "uwsgi")).exists():
         return f"no Glance environment at {VENV} (run 'make venv-glance')"
     return None
 
@@ -66,12 +66,16 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 
 class GlanceServer:
-    def __init__(self, base: Path, *, protections: bool = True) -> None:
+    def __init__(
+        self, base: Path, *, protections: bool = True, server: str | None = None
+    ) -> None:
         self.base = base
         self.etc = base / "etc"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.protections = protections
+        #: the WSGI server: uwsgi (as Glance is deployed), or gunicorn
+        self.server = server or os.environ.get("VMTRUST_GLANCE_SERVER", "uwsgi")
         self.process: subprocess.Popen | None = None
         self.log = base / "glance-api.log"
         self.access_log = base / "access.log"  #: one line per API request (benchmarks count them)
@@ -129,24 +133,9 @@ class GlanceServer:
             if done.returncode != 0:
                 raise RuntimeError(f"glance-manage {args[0]} failed: {done.stderr[-2000:]}")
         self.process = subprocess.Popen(
-            [
-                str(VENV / "bin/gunicorn"),
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "-w",
-                "1",
-                # One request at a time: sqlite under concurrent writers fails with
-                # "database is locked" (a site's Glance runs on MySQL).
-                "--threads",
-                "1",
-                "--timeout",
-                "600",
-                "--access-logfile",
-                str(self.access_log),
-                "glance.wsgi.api:application",
-            ],
+            self._command(),
             env=self._env(),
-            stdout=open(self.base / "gunicorn.out", "wb"),  # noqa: SIM115
+            stdout=open(self.base / "server.out", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
@@ -167,9 +156,64 @@ class GlanceServer:
         self.stop()
         raise RuntimeError(f"Glance did not answer within 120 s: {self.tail()}")
 
+    def _command(self) -> list[str]:
+        """The WSGI server's command line: one process serving one request at a time.
+
+        One at a time because sqlite under concurrent writers fails with "database is
+        locked" (a site's Glance runs on MySQL).  uWSGI is how Glance is deployed
+        (devstack, the distributions' packages); it reads the request body in C, where
+        gunicorn's sync worker reassembles it in Python 8 KiB at a time, which costs
+        Glance about as much CPU again as its own hashing of the image.
+        """
+        if self.server == "gunicorn":
+            return [
+                str(VENV / "bin/gunicorn"),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                "1",
+                "--threads",
+                "1",
+                "--timeout",
+                "600",
+                "--access-logfile",
+                str(self.access_log),
+                "glance.wsgi.api:application",
+            ]
+        return [
+            str(VENV / "bin/uwsgi"),
+            "--http-socket",
+            f"127.0.0.1:{self.port}",
+            "--master",
+            "--processes",
+            "1",
+            "--die-on-term",
+            "--need-app",
+            "--lazy-apps",
+            "--enable-threads",
+            "--buffer-size",
+            "65535",
+            # Glance takes chunked uploads (a body of unknown length) and reads it raw.
+            "--http-chunked-input",
+            "--http-raw-body",
+            # One request a connection, as gunicorn's sync worker does (tests/tcpproxy.py).
+            "--add-header",
+            "Connection: close",
+            "--http-timeout",
+            "600",
+            "--harakiri",
+            "600",
+            "--module",
+            "glance.wsgi.api:application",
+            "--req-logger",
+            f"file:{self.access_log}",
+            "--logger",
+            f"file:{self.base / 'uwsgi.log'}",
+        ]
+
     def tail(self) -> str:
         text = ""
-        for name in ("gunicorn.out", "glance-api.log"):
+        for name in ("server.out", "uwsgi.log", "glance-api.log"):
             path = self.base / name
             if path.exists():
                 text += path.read_text(errors="replace")[-3000:]

@@ -1,8 +1,8 @@
 """A small TCP proxy on loopback that misbehaves on demand, for Glance failure tests.
 
 It forwards every connection to ``127.0.0.1:target`` unless a :class:`Rule`
-matches the request line the client sends first (the test Glance runs
-gunicorn's sync worker, which closes the connection after every response, so
+matches the request line the client sends first (the test Glance
+closes the connection after every response, as uWSGI and gunicorn's sync worker do, so
 each connection carries one request).  A rule can:
 
 * answer with an HTTP status of its own (``status=503``) and close;

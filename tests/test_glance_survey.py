@@ -73,7 +73,7 @@ def _requests(glance, mark: int) -> list[str]:
 
 
 def _mark(glance) -> int:
-    """Where the access log ends now: gunicorn writes a line after its answer, so wait
+    """Where the access log ends now: the server writes a line after its answer, so wait
     until the lines of the requests already answered are in."""
     count = -1
     while (now := len(glance.access_log.read_text().splitlines())) != count:
