@@ -35,6 +35,10 @@ __all__ = [
 
 CHUNK = 1024 * 1024
 AHEAD = 8  #: chunks :func:`read_ahead` may hold (8 MiB)
+#: the largest piece of a body sent in HTTP chunks: uWSGI, which serves Glance in most
+#: deployments (devstack's too), answers 500 to a chunk of 1 MiB or more by default
+#: (its ``chunked-input-limit``), and Glance reads a chunked body through it
+CHUNKED_PIECE = 256 * 1024
 
 
 class DiskStream(Protocol):
@@ -193,7 +197,8 @@ class _Sized:
 
 def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
     """``chunks`` as an upload body: of known length when ``stream`` says how many bytes it
-    yields (the download passed through as it is), else as they come (chunked).
+    yields (the download passed through as it is), else in HTTP chunks of at most
+    :data:`CHUNKED_PIECE` bytes.
 
     A body with ``Content-Length`` skips HTTP's chunk framing on both sides (a copy of
     every chunk here, and the server's chunk parser, in Glance's one worker).  The length
@@ -204,4 +209,20 @@ def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
     length = getattr(stream, "expected_size", None)
     if isinstance(length, int) and length > 0:
         return _Sized(chunks, length)
-    return chunks
+    return _pieces(chunks)
+
+
+def _pieces(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` cut to at most :data:`CHUNKED_PIECE` bytes each (views, not copies)."""
+    try:
+        for chunk in chunks:
+            if len(chunk) <= CHUNKED_PIECE:
+                yield chunk
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(view), CHUNKED_PIECE):
+                yield view[start : start + CHUNKED_PIECE]  # type: ignore[misc]
+    finally:  # an upload that failed: stop the producer now, not when collected
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()

@@ -66,9 +66,7 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 
 class GlanceServer:
-    def __init__(
-        self, base: Path, *, protections: bool = True, server: str | None = None
-    ) -> None:
+    def __init__(self, base: Path, *, protections: bool = True, server: str | None = None) -> None:
         self.base = base
         self.etc = base / "etc"
         self.port = free_port()

@@ -305,3 +305,25 @@ def test_an_upload_of_the_download_as_it_is_announces_its_length(tmp_path):
                 assert b"".join(body) == DISK
             finally:
                 reader.close()
+
+
+def test_a_chunked_body_is_sent_in_pieces_a_uwsgi_glance_takes():
+    """uWSGI (Glance's usual server) answers 500 to an HTTP chunk of 1 MiB or more by
+    default: a body of unknown length goes in pieces of at most CHUNKED_PIECE bytes, the
+    same bytes in the same order; closing it (a failed upload) closes what feeds it."""
+    from glance_sync.transfer import CHUNK, CHUNKED_PIECE, read_ahead, sized
+
+    parts = [bytes([n]) * size for n, size in enumerate((CHUNK, 10, CHUNKED_PIECE + 1, 0, 3))]
+    body = sized(iter(parts), object())
+    pieces = [bytes(piece) for piece in body]
+    assert max(len(piece) for piece in pieces) <= CHUNKED_PIECE < CHUNK
+    assert b"".join(pieces) == b"".join(parts)
+
+    def endless():
+        while True:
+            yield b"x" * CHUNK
+
+    body = sized(read_ahead(endless()), object())
+    next(iter(body))
+    body.close()  # type: ignore[union-attr]
+    assert not any(t.name == "vmtrust-read-ahead" for t in threading.enumerate())
