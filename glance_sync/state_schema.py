@@ -100,6 +100,15 @@ image_failure = sa.Table(
     sa.Column("failed_at", sa.Text, nullable=False),
     sa.Column("target", sa.Text, nullable=False, server_default="default"),
 )
+sa.Index("image_failure_by_target", image_failure.c.target, image_failure.c.subscription)
+
+#: the revision a database is at: one row, the table Alembic's ``MigrationContext`` keeps
+_version = sa.Table(
+    VERSION_TABLE,
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+)
 
 
 def open_engine(connection: str) -> tuple[sa.Engine, str]:
@@ -211,7 +220,8 @@ def upgrade_schema(engine: sa.Engine) -> str | None:
         elif sa.inspect(conn).has_table("subscription_state"):
             revision = "0001"
         else:
-            revision = EMPTY
+            _create(conn)
+            return EMPTY
         from alembic import command
 
         chatty = logging.getLogger("alembic")
@@ -219,6 +229,18 @@ def upgrade_schema(engine: sa.Engine) -> str | None:
             chatty.setLevel(logging.WARNING)  # are noise in the sync's log; ours says it
         command.upgrade(_config(conn), "head")
         return revision
+
+
+def _create(conn: sa.Connection) -> None:
+    """A new database: head's tables made at once from :data:`metadata`, and its revision.
+
+    What running every revision from nothing makes (tests/test_state_db.py compares the
+    two, on SQLite and PostgreSQL), without loading Alembic and Mako and replaying each
+    step: a site's first pass, and each new worker's database, start that much sooner.
+    """
+    metadata.create_all(conn)
+    _version.create(conn)
+    conn.execute(_version.insert().values(version_num=HEAD))
 
 
 def schema_check(engine: sa.Engine) -> bool:

@@ -377,7 +377,53 @@ def test_a_current_database_is_opened_without_loading_alembic(tmp_path: Path):
         f"StateDB(Path({str(tmp_path / 'new')!r})).close(); print('alembic' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"  # a new database is made by the revision scripts
+    assert out.stdout.strip() == "False"  # a new database is made from the tables at once
+
+
+def _schema(engine: sa.Engine) -> dict:
+    """Everything of a database's schema that the revisions decide, comparable."""
+    inspector = sa.inspect(engine)
+    found = {}
+    for table in sorted(inspector.get_table_names()):
+        found[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in inspector.get_columns(table)
+            ],
+            "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in inspector.get_indexes(table)
+            ),
+        }
+    with engine.connect() as conn:
+        found["revision"] = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    return found
+
+
+def test_a_new_database_has_exactly_the_schema_the_revisions_make(where):
+    """A new database skips the revision scripts: it must come out as they would make it."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from glance_sync import state_schema
+
+    db = _open(where)
+    assert db.upgraded_from == EMPTY
+    engine = db._engine
+    made = _schema(engine)
+    with engine.begin() as conn:
+        state_schema.metadata.drop_all(conn)
+        state_schema._version.drop(conn)
+    assert set(sa.inspect(engine).get_table_names()) == set()
+    with engine.begin() as conn:
+        command.upgrade(state_schema._config(conn), "head")
+    assert _schema(engine) == made
+    with engine.connect() as conn:  # and the tables the code declares are those, to the column
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, state_schema.metadata) == []
+    db.close()
 
 
 @pytest.mark.parametrize(
