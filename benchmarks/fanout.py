@@ -38,7 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from glance_server import SERVICE_ROLES, GlanceServer, available, token  # noqa: E402
+from glance_server import (  # noqa: E402
+    GLANCECLIENT_CHUNKS,
+    SERVICE_ROLES,
+    GlanceServer,
+    available,
+    token,
+)
 from openstack_standin import Cloud, StandIn  # noqa: E402
 from transfer import entry, make_image, web_server  # noqa: E402
 
@@ -176,7 +182,10 @@ def main() -> int:
         www.mkdir()
         size = args.mib * 1024 * 1024
         sha = make_image(www / "big.img", size)
-        glances = [GlanceServer(work / f"glance{n}").start() for n in range(args.clouds)]
+        glances = [
+            GlanceServer(work / f"glance{n}", chunked_input_limit=GLANCECLIENT_CHUNKS).start()
+            for n in range(args.clouds)
+        ]
         try:
             with web_server(www) as base:
                 url = publish(pki, www, base, size, sha)

@@ -25,6 +25,9 @@ VENV = Path(os.environ.get("VMTRUST_GLANCE_VENV", ROOT / ".venv-glance"))
 SERVICE_ROLES = "member,reader,vmtrust_service"
 MEMBER_ROLES = "member,reader"
 ADMIN_ROLES = "admin,member,reader"
+#: a ``chunked_input_limit`` that takes python-glanceclient's uploads (atrope's): 1 MiB HTTP
+#: chunks, which uWSGI's default refuses (a site running both raises it the same way)
+GLANCECLIENT_CHUNKS = 4 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -66,7 +69,14 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 
 class GlanceServer:
-    def __init__(self, base: Path, *, protections: bool = True, server: str | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        protections: bool = True,
+        server: str | None = None,
+        chunked_input_limit: int | None = None,
+    ) -> None:
         self.base = base
         self.etc = base / "etc"
         self.port = free_port()
@@ -74,6 +84,9 @@ class GlanceServer:
         self.protections = protections
         #: the WSGI server: uwsgi (as Glance is deployed), or gunicorn
         self.server = server or os.environ.get("VMTRUST_GLANCE_SERVER", "uwsgi")
+        #: uWSGI's largest HTTP chunk of an upload; None: its default, which refuses a
+        #: chunk of 1 MiB, which python-glanceclient (so atrope) sends; vmtrust sends smaller
+        self.chunked_input_limit = chunked_input_limit
         self.process: subprocess.Popen | None = None
         self.log = base / "glance-api.log"
         self.access_log = base / "access.log"  #: one line per API request (benchmarks count them)
@@ -201,6 +214,11 @@ class GlanceServer:
             "600",
             "--harakiri",
             "600",
+            *(
+                ["--chunked-input-limit", str(self.chunked_input_limit)]
+                if self.chunked_input_limit
+                else []
+            ),
             "--module",
             "glance.wsgi.api:application",
             "--req-logger",
