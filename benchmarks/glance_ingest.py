@@ -209,7 +209,7 @@ def ingest(work, glance, pki, ca_dir, www, base, gib: float, rounds: int, atrope
     clouds = site_config(work, "plain", glance, ca_dir, "", pki).parent / "clouds.yaml"
     region = openstack.config.OpenStackConfig(config_files=[str(clouds)]).get_one(cloud="sync")
     conn = openstack.connection.Connection(config=region)
-    plain, ours, theirs, command, puts = [], [], [], [], []
+    plain, ours, theirs, command, puts, our_puts = [], [], [], [], [], []
     with StandIn(Cloud(glance.url, {"atrope": "secret"})) as keystone:
         for n in range(rounds):
             start = time.perf_counter()
@@ -233,6 +233,7 @@ def ingest(work, glance, pki, ca_dir, www, base, gib: float, rounds: int, atrope
             reply = glance_get(glance, f"ingest{n}", "/v2/images?vmtrust_state=trusted")
             stored = reply["images"]
             assert len(stored) == 1 and stored[0]["os_hash_value"] == sha, stored
+            our_puts.append(put_seconds(glance, stored[0]["id"]))
             glance_delete(glance, f"ingest{n}", stored[0]["id"])
             os.sync()
             if atrope:
@@ -251,7 +252,8 @@ def ingest(work, glance, pki, ca_dir, www, base, gib: float, rounds: int, atrope
         f"{b:6.2f} s (medians of {rounds}), ratio {b / a:.2f} (target <= 1.0)\n"
         f"   the same upload as a process of its own {c:6.2f} s: vmtrust-sync/that {b / c:.2f}; "
         f"Glance's PUT alone {g:6.2f} s (no client goes below it: vmtrust-sync {b - g:.2f} s "
-        f"above it, openstacksdk in-process {a - g:.2f} s, as a process {c - g:.2f} s)"
+        f"above it, openstacksdk in-process {a - g:.2f} s, as a process {c - g:.2f} s); "
+        f"vmtrust-sync's own PUT {statistics.median(our_puts):6.2f} s"
     )
     if theirs:
         t = statistics.median(theirs)
