@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from glance_sync.report import ImageFailure
@@ -274,8 +273,13 @@ class StateDB:
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which has ``ON CONFLICT``."""
         assert self._engine is not None
-        postgres = self._engine.dialect.name == "postgresql"
-        return (pg_dialect.insert if postgres else sqlite_dialect.insert)(table)
+        if self._engine.dialect.name == "postgresql":
+            # imported here: with its async drivers it costs a SQLite site's every
+            # pass 40 ms of start-up (issue 17)
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        return sqlite_dialect.insert(table)
 
     def _upsert(
         self, table: sa.Table, keys: dict[str, str], values: dict[str, Any]

@@ -360,18 +360,21 @@ def test_head_constant_is_alembics_head():
 
 
 def test_a_current_database_is_opened_without_loading_alembic(tmp_path: Path):
-    """Every pass opens the state; a schema already at head needs no Alembic (nor Mako)."""
+    """Every pass opens the state; a schema already at head needs no Alembic (nor Mako),
+    and a SQLite site no PostgreSQL dialect, even to write."""
     import subprocess
     import sys
 
     StateDB(tmp_path / "state").close()  # created and upgraded: Alembic ran here
     probe = (
         "import sys; from pathlib import Path; from glance_sync.state import StateDB; "
-        f"db = StateDB(Path({str(tmp_path / 'state')!r})); db.get('x'); db.close(); "
-        "print(sorted(m for m in ('alembic', 'mako') if m in sys.modules))"
+        f"db = StateDB(Path({str(tmp_path / 'state')!r})); db.get('x'); "
+        "db.record_target('default', None); db.close(); "
+        "print(sorted(m for m in ('alembic', 'mako', 'sqlalchemy.dialects.postgresql') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[]"  # nor PostgreSQL's dialect (and its async drivers)
     fresh = (
         "import sys; from pathlib import Path; from glance_sync.state import StateDB; "
         f"StateDB(Path({str(tmp_path / 'new')!r})).close(); print('alembic' in sys.modules)"
