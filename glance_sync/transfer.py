@@ -191,7 +191,7 @@ class _Sized:
         return self.length
 
 
-def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
+def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes | memoryview] | _Sized:
     """``chunks`` as an upload body: of known length when ``stream`` says how many bytes it
     yields (the download passed through as it is), else as they come (chunked).
 
@@ -199,9 +199,27 @@ def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
     every chunk here, and the server's chunk parser, in Glance's one worker).  The length
     is the list's ``hv:size``, which the download enforces: one byte more, or fewer at the
     end, raises before the body is complete, so the server never waits for bytes that do
-    not come.
+    not come.  A chunked body is sent in pieces uWSGI accepts (:data:`CHUNKED_PIECE`).
     """
     length = getattr(stream, "expected_size", None)
     if isinstance(length, int) and length > 0:
         return _Sized(chunks, length)
-    return chunks
+    return _pieces(chunks)
+
+
+#: the largest chunk of a chunked upload body.  Glance is deployed under uWSGI, whose
+#: chunked input buffer is 1 MiB by default (``--chunked-input-limit``): a 1 MiB chunk
+#: with its framing does not fit, and Glance answers HTTP 500 ("unable to receive
+#: chunked part").  Half of it leaves room, at no cost (framing copies each piece anyway).
+CHUNKED_PIECE = CHUNK // 2
+
+
+def _pieces(chunks: Iterator[bytes]) -> Iterator[bytes | memoryview]:
+    """``chunks`` cut to at most :data:`CHUNKED_PIECE` bytes each (views, not copies)."""
+    for chunk in chunks:
+        if len(chunk) <= CHUNKED_PIECE:
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(view), CHUNKED_PIECE):
+            yield view[start : start + CHUNKED_PIECE]

@@ -67,7 +67,12 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 class GlanceServer:
     def __init__(
-        self, base: Path, *, protections: bool = True, server: str | None = None
+        self,
+        base: Path,
+        *,
+        protections: bool = True,
+        server: str | None = None,
+        processes: int = 1,
     ) -> None:
         self.base = base
         self.etc = base / "etc"
@@ -76,6 +81,11 @@ class GlanceServer:
         self.protections = protections
         #: the WSGI server: uwsgi (as Glance is deployed), or gunicorn
         self.server = server or os.environ.get("VMTRUST_GLANCE_SERVER", "uwsgi")
+        #: uWSGI worker processes.  1 (the default): one request at a time, as sqlite
+        #: needs under writes.  More only for a test that must hold one request open (a
+        #: frozen client's upload) while others go on: Glance keeps no database
+        #: transaction open while it streams an upload, so its writes stay short.
+        self.processes = processes
         self.process: subprocess.Popen | None = None
         self.log = base / "glance-api.log"
         self.access_log = base / "access.log"  #: one line per API request (benchmarks count them)
@@ -157,7 +167,8 @@ class GlanceServer:
         raise RuntimeError(f"Glance did not answer within 120 s: {self.tail()}")
 
     def _command(self) -> list[str]:
-        """The WSGI server's command line: one process serving one request at a time.
+        """The WSGI server's command line: one process serving one request at a time
+        (unless :attr:`processes` says otherwise).
 
         One at a time because sqlite under concurrent writers fails with "database is
         locked" (a site's Glance runs on MySQL).  uWSGI is how Glance is deployed
@@ -171,7 +182,7 @@ class GlanceServer:
                 "-b",
                 f"127.0.0.1:{self.port}",
                 "-w",
-                "1",
+                str(self.processes),
                 "--threads",
                 "1",
                 "--timeout",
@@ -186,7 +197,7 @@ class GlanceServer:
             f"127.0.0.1:{self.port}",
             "--master",
             "--processes",
-            "1",
+            str(self.processes),
             "--die-on-term",
             "--need-app",
             "--lazy-apps",

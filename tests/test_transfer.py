@@ -22,7 +22,15 @@ from glance_sync import hooks
 from glance_sync.download import HttpSettings, Source, SourceReader
 from glance_sync.inspection import inspect_stream
 from glance_sync.plan import Held
-from glance_sync.transfer import Tally, copy_stream, iter_chunks, read_ahead
+from glance_sync.transfer import (
+    CHUNK,
+    CHUNKED_PIECE,
+    Tally,
+    copy_stream,
+    iter_chunks,
+    read_ahead,
+    sized,
+)
 from glance_sync.unpack import Bound, normalise_format, open_disk
 from vmtrust.errors import TransferError
 
@@ -305,3 +313,19 @@ def test_an_upload_of_the_download_as_it_is_announces_its_length(tmp_path):
                 assert b"".join(body) == DISK
             finally:
                 reader.close()
+
+
+def test_a_chunked_upload_body_comes_in_pieces_uwsgi_accepts():
+    """Glance under uWSGI refuses a chunk that does not fit its 1 MiB chunked-input buffer
+    with its framing (HTTP 500): a body of unknown length is cut into smaller pieces, the
+    same bytes in the same order; one of known length goes whole (Content-Length)."""
+    data = [os.urandom(CHUNK), b"", os.urandom(100), os.urandom(CHUNK + 7)]
+    pieces = list(sized(iter(data), object()))
+    assert max(len(p) for p in pieces) <= CHUNKED_PIECE < CHUNK
+    assert b"".join(bytes(p) for p in pieces) == b"".join(data)
+
+    class Known:
+        expected_size = 2 * CHUNK + 107
+
+    body = sized(iter(data), Known())
+    assert len(body) == 2 * CHUNK + 107 and list(body) == data
