@@ -417,8 +417,15 @@ class SyncService(TargetSteps):
         A subscription whose list failed keeps those of the last pass that reached
         its images, unless an image of it failed in this one.  A target that could
         not be read (``down``) keeps its failing images; its outcome is its error.
+        A worker whose lock of the target lapsed (frozen past its lease: another
+        worker holds the target now) records nothing: the outcome is the new owner's.
         """
         name = target.name
+        try:
+            self._fenced(name, f"outcome of target {name}")
+        except VmtrustError as exc:
+            LOG.error("%s", exc)
+            return
         names = (verified & mine) | {
             f.subscription
             for f in report.images
