@@ -1,6 +1,7 @@
 """Benchmark: one image to 4 Glance clouds — vmtrust's fan-out against EGI's loop of atrope runs.
 
-Starts ``--clouds`` real Glance 33 processes (``tests/glance_server.py``: gunicorn,
+Starts ``--clouds`` real Glance 33 processes (``tests/glance_server.py``: uWSGI, one
+process each, as Glance is deployed — ``VMTRUST_GLANCE_SERVER=gunicorn`` for gunicorn —
 sqlite, file store, loopback; ``make venv-glance``) and serves one image of
 ``--mib`` MiB of random bytes and its signed EGI list from a separate
 ``python -m http.server`` process.  Then, in the same run, each in fresh projects:
@@ -184,7 +185,7 @@ def main() -> int:
                     f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
                     f"{platform.python_version()}; load average before "
                     f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.clouds} Glance 33 "
-                    f"processes (gunicorn, one worker each, sqlite, file store); "
+                    f"processes ({glances[0].server}, one worker each, sqlite, file store); "
                     f"{args.mib} MiB image"
                 )
                 os.sync()
