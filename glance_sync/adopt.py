@@ -157,9 +157,9 @@ class Adoption:
         self.plan = AdoptionPlan()
         self.current: set[str] = set()
 
-    def of(self, target: str) -> Adoption:
-        """The adoption of ``target``: a single store's serves its one target."""
-        return self
+    def of(self, target: Target) -> Adoption | None:
+        """The adoption of ``target``: this one for its store's target, None for another."""
+        return self if target.store is self.store else None
 
     def before_plan(
         self,
@@ -352,6 +352,6 @@ class Adoptions:
             if t.name in projects
         }
 
-    def of(self, target: str) -> Adoption | None:
+    def of(self, target: Target) -> Adoption | None:
         """The adoption of ``target``; None for a target that is not a Glance store."""
-        return self.by_target.get(target)
+        return self.by_target.get(target.name)

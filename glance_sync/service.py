@@ -297,7 +297,7 @@ class SyncService(TargetSteps):
                     images.submit(self._image_job, parts, local.get(sub, False), now)
             if adoption is not None:  # the other tool's copies go once vmtrust's are active
                 for tp in live:
-                    adopter = adoption.of(tp.target.name)
+                    adopter = adoption.of(tp.target)
                     if adopter is not None:
                         adopter.after_create(tp.report, now)
             held_now: list[Held] | None = []
@@ -342,7 +342,7 @@ class SyncService(TargetSteps):
         # Images of subscriptions no longer configured (or routed here) are not approved.
         want = {i: d for i, d in wanted.items() if d.subscription in mine}
         lead = f"target {name}: " if self._named else ""
-        adopter = adoption.of(name) if adoption is not None else None
+        adopter = adoption.of(tp.target) if adoption is not None else None
         if adopter is not None:
             adopted = adopter.before_plan(
                 want, tp.held, report, dry_run=dry_run, out=lambda line: out(lead + line)

@@ -207,6 +207,11 @@ class GlanceServer:
             # Glance takes chunked uploads (a body of unknown length) and reads it raw.
             "--http-chunked-input",
             "--http-raw-body",
+            # As deployments raise it: uWSGI's default 1 MiB chunk buffer refuses the 1 MiB
+            # chunks glanceclient sends (atrope's uploads): HTTP 500, "unable to receive
+            # chunked part".  vmtrust's own chunks are smaller (glance_sync.transfer).
+            "--chunked-input-limit",
+            str(16 * 1024 * 1024),
             # One request a connection, as gunicorn's sync worker does (tests/tcpproxy.py).
             "--add-header",
             "Connection: close",
