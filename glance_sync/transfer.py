@@ -23,6 +23,7 @@ from vmtrust.errors import TransferError
 
 __all__ = [
     "CHUNK",
+    "CHUNKED_PIECE",
     "DiskStream",
     "Tally",
     "copy_stream",
@@ -30,6 +31,7 @@ __all__ = [
     "read_ahead",
     "read_disk",
     "sized",
+    "upload_chunks",
     "write_behind",
 ]
 
@@ -175,6 +177,15 @@ def read_ahead(chunks: Iterator[bytes], depth: int = AHEAD) -> Iterator[bytes]:
             except queue.Empty:
                 continue
         worker.join()
+
+
+def upload_chunks(stream: DiskStream, identifier: str, tally: Tally) -> Iterator[bytes]:
+    """The chunks of an upload body: read ahead on a thread of their own (:func:`read_ahead`),
+    unless ``stream`` is a buffer already (``buffered``: a fan-out branch, which reads the
+    tee's memory ring; a read-ahead there would hold 8 MiB more per target and a thread
+    for nothing, the download running on the tee's producer anyway)."""
+    chunks = iter_chunks(stream, identifier, tally)
+    return chunks if getattr(stream, "buffered", False) else read_ahead(chunks)
 
 
 class _Sized:
