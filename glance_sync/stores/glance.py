@@ -21,7 +21,8 @@ The sync lists them incrementally: only the images Glance updated since the last
 pass, on top of the survey it keeps in the state directory, with a full listing
 every ``reconcile_passes`` passes or ``reconcile_hours`` hours
 (:mod:`glance_sync.stores.glance_survey`, decision 0010).  The download runs
-ahead of the upload on a thread of its own (:func:`~glance_sync.transfer.read_ahead`).
+ahead of the upload on a thread of its own (:func:`~glance_sync.transfer.upload_chunks`;
+a fan-out branch reads the tee's memory ring instead).
 
 Glance is reached through openstacksdk's image adapter with plain REST calls
 and explicit status checks (some of openstacksdk's image helpers ignore HTTP
