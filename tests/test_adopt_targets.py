@@ -212,7 +212,16 @@ def test_a_target_whose_listing_fails_plans_nothing_and_the_other_is_adopted(
         assert in_south["img-old"][1] == "2"
 
         proxy.rules.clear()
-        again = sync(conf, "--adopt", "atrope")
+        again = sync(conf, "--adopt", "atrope", "--log-format", "json")
         assert again.returncode == 0, again.stderr
+        # the adoption is an event of its target, with the image it is about
+        records = [json.loads(line) for line in again.stderr.splitlines()]
+        (adopted,) = [r for r in records if "adopted img-raw" in r["message"]]
+        assert (adopted["target"], adopted["subscription"], adopted["image"]) == (
+            "north", "example", "img-raw",
+        )  # fmt: skip
+        assert adopted["message"] == (
+            f"target north: adopted img-raw 1: atrope image {ids[north]['img-raw']} kept its id"
+        )
         assert trusted(glance, north, key)["img-raw"] == (ids[north]["img-raw"], "1")
         assert trusted(glance, south, key) == in_south, "south: nothing more to do"
