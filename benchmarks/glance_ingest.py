@@ -59,7 +59,6 @@ import fill  # noqa: E402
 from atrope_run import Source as AtropeSource  # noqa: E402
 from atrope_run import run_atrope  # noqa: E402
 from glance_server import (  # noqa: E402
-    GLANCECLIENT_CHUNKS,
     MEMBER_ROLES,
     SERVICE_ROLES,
     GlanceServer,
@@ -440,7 +439,7 @@ def main() -> int:
         ca_dir = pki.install()
         www = work / "www"
         www.mkdir()
-        glance = GlanceServer(work / "glance", chunked_input_limit=GLANCECLIENT_CHUNKS).start()
+        glance = GlanceServer(work / "glance").start()
         try:
             with web_server(www) as base:
                 print(

@@ -35,10 +35,10 @@ and a re-run converges.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -61,7 +61,10 @@ from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError, TransferError, VmtrustError
 from vmtrust.record import seal
 
-__all__ = ["Adoption", "GlanceFile", "find"]
+if TYPE_CHECKING:
+    from glance_sync.targets import Target
+
+__all__ = ["Adoption", "Adoptions", "GlanceFile", "find"]
 
 LOG = logging.getLogger("vmtrust.adopt")
 
@@ -138,6 +141,7 @@ class Adoption:
         seal_key: Ed25519PrivateKey,
         retire_mode: str,
         workers: int = 1,
+        elsewhere: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(store, GlanceStore):
             raise ConfigError(
@@ -148,8 +152,14 @@ class Adoption:
         self.seal_key = seal_key
         self.retire_mode = retire_mode
         self.workers = max(1, workers)  #: adoptions read back at once ([sync] parallel_downloads)
+        #: project → name of the sync's other Glance targets (their copies are theirs)
+        self.elsewhere = dict(elsewhere or {})
         self.plan = AdoptionPlan()
         self.current: set[str] = set()
+
+    def of(self, target: Target) -> Adoption | None:
+        """The adoption of ``target``: this one for its store's target, None for another."""
+        return self if target.store is self.store else None
 
     def before_plan(
         self,
@@ -175,7 +185,7 @@ class Adoption:
             return None
         plan = plan_adoption(
             wanted, held, found, tool=self.tool, project=self.store.project_id,
-            stored_format=self.store.disk_format,
+            stored_format=self.store.disk_format, elsewhere=self.elsewhere,
         )  # fmt: skip
         self.plan, self.current = plan, current_versions(wanted, held)
         for line in plan.describe(self.tool, self.retire_mode, self._changes) or [
@@ -242,8 +252,9 @@ class Adoption:
             return None
         report.add(
             f"adopted {want.identifier} {want.image.version}: {self.tool.name} image "
-            f"{image_id} kept its id"
-        )
+            f"{image_id} kept its id",
+            subscription=want.subscription, image=want.identifier, version=want.image.version,
+        )  # fmt: skip
         return held
 
     def _read_back(self, image_id: str, want: Desired, disk_format: str) -> Tally:
@@ -302,3 +313,45 @@ class Adoption:
         self.store.seen[image_id] = self.store.patch(image_id, set_ops(image, wanted))
         self.store.retire(Held(image_id, None, False, location=f"glance:{image_id}"),
                           self.retire_mode, now)  # fmt: skip
+
+
+class Adoptions:
+    """``--adopt`` with several targets (``[sync] targets``): one :class:`Adoption` per
+    Glance target, each surveying its own Glance and project, with its own plan.
+
+    Targets of other stores (a local archive, EC2) hold nothing the tool made: they
+    get the pass's normal plan.  Each Glance target knows the others' projects, so
+    a copy atrope shared from one target's project into another's is adopted where
+    it is owned and left alone where it is only seen.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        tool: Tool,
+        seal_key: Ed25519PrivateKey,
+        retire_mode: str,
+        workers: int = 1,
+    ) -> None:
+        projects = {t.name: t.store.project_id for t in targets if isinstance(t.store, GlanceStore)}
+        if not projects:
+            raise ConfigError(
+                f"--adopt {tool.name}: needs a target with store = glance ({tool.name} wrote "
+                "to Glance)"
+            )
+        self.by_target = {
+            t.name: Adoption(
+                t.store,
+                tool,
+                seal_key,
+                t.retire_mode or retire_mode,
+                workers,
+                elsewhere={p: n for n, p in projects.items() if n != t.name},
+            )
+            for t in targets
+            if t.name in projects
+        }
+
+    def of(self, target: Target) -> Adoption | None:
+        """The adoption of ``target``; None for a target that is not a Glance store."""
+        return self.by_target.get(target.name)

@@ -15,7 +15,7 @@ tool's images as Glance lists them, and says for each image (the rules are in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from glance_sync.foreign import Image, Tool
@@ -110,8 +110,16 @@ def plan_adoption(
     tool: Tool,
     project: str,
     stored_format: Callable[[str], str],
+    elsewhere: Mapping[str, str] | None = None,
 ) -> AdoptionPlan:
-    """Decide, for every image of the tool, what adoption does with it (no I/O)."""
+    """Decide, for every image of the tool, what adoption does with it (no I/O).
+
+    ``elsewhere`` maps the projects of the sync's other targets (``[sync] targets``)
+    to their names: a copy such a project owns is that target's to adopt, not a copy
+    this one must refuse (atrope shares its images with VO projects, and one of
+    them may be another target's project in the same Glance).
+    """
+    elsewhere = elsewhere or {}
     plan = AdoptionPlan()
     current = current_versions(wanted, held)
     # vmtrust's own copy of an image, at whatever version, is updated as usual: a copy in
@@ -121,7 +129,7 @@ def plan_adoption(
     for image in sorted(found, key=lambda i: (str(i.get("created_at")), str(i.get("id")))):
         identifier = tool.identifier(image)
         want = wanted.get(identifier) if identifier else None
-        why_not = _not_a_copy(image, identifier, want, tool, project)
+        why_not = _not_a_copy(image, identifier, want, tool, project, elsewhere)
         if why_not is not None:
             plan.left.append(LeftAlone(image, why_not))
         elif identifier is not None:  # always: _not_a_copy refuses an image without one
@@ -158,9 +166,17 @@ def plan_adoption(
 
 
 def _not_a_copy(
-    image: Image, identifier: str | None, want: Desired | None, tool: Tool, project: str
+    image: Image,
+    identifier: str | None,
+    want: Desired | None,
+    tool: Tool,
+    project: str,
+    elsewhere: Mapping[str, str],
 ) -> str | None:
     """Why the image is none of adoption's business, or None when it is a copy of ``want``."""
+    owner = image.get("owner")
+    if isinstance(owner, str) and owner != project and owner in elsewhere:
+        return f"owned by project {owner}, target {elsewhere[owner]}'s: adopted there, not here"
     if image.get("owner") != project and image.get("visibility") == "community":
         # any project may publish a community image with the tool's marks: such an
         # image must not stop the sync from adopting or uploading the real one

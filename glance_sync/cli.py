@@ -49,7 +49,7 @@ from vmtrust.policy import load_subscriptions
 from vmtrust.safetext import shown
 
 if TYPE_CHECKING:
-    from glance_sync.adopt import Adoption
+    from glance_sync.adopt import Adoption, Adoptions
 
 __all__ = ["INTERNAL_ERROR", "Observer", "build_parser", "main"]
 
@@ -148,7 +148,7 @@ def _one_pass(
     subscriptions_file,
     dry_run: bool,
     observe: Observer | None = None,
-    adoption: Adoption | None = None,
+    adoption: Adoption | Adoptions | None = None,
 ) -> int:
     subscriptions = load_subscriptions(subscriptions_file)
     started = time.monotonic()
@@ -173,7 +173,7 @@ def _guarded_pass(
     subscriptions_file,
     dry_run: bool,
     observe: Observer | None = None,
-    adoption: Adoption | None = None,
+    adoption: Adoption | Adoptions | None = None,
 ) -> int:
     """One pass whatever happens: a failure of the pass as a whole is one line too."""
     started = time.monotonic()
@@ -217,13 +217,19 @@ def _observer(service: SyncService, metrics, textfile: str) -> Observer:
     return observe
 
 
-def _adoption(args: argparse.Namespace, store, settings) -> Adoption:
-    from glance_sync.adopt import Adoption
+def _adoption(args: argparse.Namespace, targets, settings) -> Adoption | Adoptions:
+    """One store's adoption, or one per Glance target of ``[sync] targets``."""
+    from glance_sync.adopt import Adoption, Adoptions
     from glance_sync.foreign import make_tool
 
     tool = make_tool(args.adopt, args.adopt_tag)
-    return Adoption(
-        store, tool, settings.seal_key, settings.retire_mode, settings.parallel_downloads
+    if len(targets) == 1:
+        return Adoption(
+            targets[0].store, tool, settings.seal_key,
+            targets[0].retire_mode or settings.retire_mode, settings.parallel_downloads,
+        )  # fmt: skip
+    return Adoptions(
+        targets, tool, settings.seal_key, settings.retire_mode, settings.parallel_downloads
     )
 
 
@@ -286,9 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 conf, settings, targets, interval=interval, say=_say, events=eventlog.log_event,
                 metrics=registry,
             )  # fmt: skip
-        if args.adopt and len(targets) > 1:
-            parser.error("--adopt works on one store: run it with one target configured")
-        adoption = _adoption(args, targets[0].store, settings) if args.adopt else None
+        adoption = _adoption(args, targets, settings) if args.adopt else None
         service = SyncService(
             settings, progress=tty_progress(), events=eventlog.log_event, targets=targets
         )

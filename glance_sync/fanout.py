@@ -243,6 +243,10 @@ class Tee:
 class Branch:
     """One target's reader of a :class:`Tee` (file-like: ``read``)."""
 
+    #: reads come from the tee's ring (or spool): no read-ahead thread needed
+    #: (:func:`glance_sync.transfer.upload_chunks`)
+    buffered = True
+
     def __init__(self, tee: Tee, name: str) -> None:
         self.tee = tee
         self.name = name

@@ -160,6 +160,9 @@ def _distribute(
     for leg in direct:
         branch = tee.branch(leg.target.name)
         branch.inspection = stream.inspection  # type: ignore[attr-defined]
+        size = getattr(stream, "expected_size", None)
+        if size is not None:  # the download as it is: its upload announces its length
+            branch.expected_size = size  # type: ignore[attr-defined]
         jobs.append((_store, (svc, want, leg, branch, disk_format, tee)))
     for fmt, members in groups.items():
         branch = tee.branch(f"conversion to {fmt}")

@@ -68,13 +68,13 @@ from glance_sync.state import StateDB
 from glance_sync.steps import Part, TargetPass, TargetSteps
 from glance_sync.stores.base import Store
 from glance_sync.targets import DEFAULT, Target, route
-from vmtrust.errors import ConfigError, StateError, VmtrustError
 from vmtrust.errors import LockError as LockError  # where callers found it before
+from vmtrust.errors import StateError, VmtrustError
 from vmtrust.policy import Subscription
 from vmtrust.safetext import clean
 
 if TYPE_CHECKING:
-    from glance_sync.adopt import Adoption
+    from glance_sync.adopt import Adoption, Adoptions
 
 __all__ = ["LockError", "Report", "SyncService", "exclusive_lock", "tty_progress"]
 
@@ -227,7 +227,7 @@ class SyncService(TargetSteps):
         dry_run: bool = False,
         now: datetime | None = None,
         out: Callable[[str], None] = print,
-        adoption: Adoption | None = None,
+        adoption: Adoption | Adoptions | None = None,
     ) -> Report:
         """One pass; with ``adoption`` (``--adopt``), another tool's images are adopted
         before the plan is made (:mod:`glance_sync.adopt`)."""
@@ -237,8 +237,6 @@ class SyncService(TargetSteps):
         self.held_by_target = {}
         self.fanout_stats = []
         routes = route(subscriptions, self.targets)  # an unknown target: ConfigError, first
-        if adoption is not None and len(self.targets) > 1:
-            raise ConfigError("--adopt works on one store: run it with one target configured")
         self._tls = {sub.name: sub.tls_ca or self.s.http.verify for sub in subscriptions}
         self.lists.registries = {
             sub.name: make_registry(sub, self.session, self.s.http, self.s.max_list_bytes)
@@ -298,7 +296,10 @@ class SyncService(TargetSteps):
                     sub = parts[0][1].desired.subscription
                     images.submit(self._image_job, parts, local.get(sub, False), now)
             if adoption is not None:  # the other tool's copies go once vmtrust's are active
-                adoption.after_create(report, now)
+                for tp in live:
+                    adopter = adoption.of(tp.target)
+                    if adopter is not None:
+                        adopter.after_create(tp.report, now)
             held_now: list[Held] | None = []
             for tp in live:
                 self._finish_target(tp, now)
@@ -316,7 +317,7 @@ class SyncService(TargetSteps):
         lists: list[Verified],
         ok: set[str],
         wanted: dict[str, Desired],
-        adoption: Adoption | None,
+        adoption: Adoption | Adoptions | None,
         *,
         dry_run: bool,
         out: Callable[[str], None],
@@ -340,8 +341,12 @@ class SyncService(TargetSteps):
         }
         # Images of subscriptions no longer configured (or routed here) are not approved.
         want = {i: d for i, d in wanted.items() if d.subscription in mine}
-        if adoption is not None:
-            adopted = adoption.before_plan(want, tp.held, report, dry_run=dry_run, out=out)
+        lead = f"target {name}: " if self._named else ""
+        adopter = adoption.of(tp.target) if adoption is not None else None
+        if adopter is not None:
+            adopted = adopter.before_plan(
+                want, tp.held, report, dry_run=dry_run, out=lambda line: out(lead + line)
+            )
             if adopted is None:  # the other tool's images unknown: nothing is planned
                 if not dry_run:
                     self._remember(tp.target, mine, ok, report, now)
@@ -359,7 +364,6 @@ class SyncService(TargetSteps):
             ),
         )
         if dry_run:
-            lead = f"target {name}: " if self._named else ""
             for line in plan.describe() or ["nothing to do"]:
                 out(lead + line)
             return None
@@ -413,8 +417,15 @@ class SyncService(TargetSteps):
         A subscription whose list failed keeps those of the last pass that reached
         its images, unless an image of it failed in this one.  A target that could
         not be read (``down``) keeps its failing images; its outcome is its error.
+        A worker whose lock of the target lapsed (frozen past its lease: another
+        worker holds the target now) records nothing: the outcome is the new owner's.
         """
         name = target.name
+        try:
+            self._fenced(name, f"outcome of target {name}")
+        except VmtrustError as exc:
+            LOG.error("%s", exc)
+            return
         names = (verified & mine) | {
             f.subscription
             for f in report.images

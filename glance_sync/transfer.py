@@ -23,6 +23,7 @@ from vmtrust.errors import TransferError
 
 __all__ = [
     "CHUNK",
+    "CHUNKED_PIECE",
     "DiskStream",
     "Tally",
     "copy_stream",
@@ -30,6 +31,7 @@ __all__ = [
     "read_ahead",
     "read_disk",
     "sized",
+    "upload_chunks",
     "write_behind",
 ]
 
@@ -181,6 +183,15 @@ def read_ahead(chunks: Iterator[bytes], depth: int = AHEAD) -> Iterator[bytes]:
         worker.join()
 
 
+def upload_chunks(stream: DiskStream, identifier: str, tally: Tally) -> Iterator[bytes]:
+    """The chunks of an upload body: read ahead on a thread of their own (:func:`read_ahead`),
+    unless ``stream`` is a buffer already (``buffered``: a fan-out branch, which reads the
+    tee's memory ring; a read-ahead there would hold 8 MiB more per target and a thread
+    for nothing, the download running on the tee's producer anyway)."""
+    chunks = iter_chunks(stream, identifier, tally)
+    return chunks if getattr(stream, "buffered", False) else read_ahead(chunks)
+
+
 class _Sized:
     """Chunks of a known total length, as an HTTP body: sent with ``Content-Length``."""
 
@@ -195,7 +206,7 @@ class _Sized:
         return self.length
 
 
-def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
+def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes | memoryview] | _Sized:
     """``chunks`` as an upload body: of known length when ``stream`` says how many bytes it
     yields (the download passed through as it is), else in HTTP chunks of at most
     :data:`CHUNKED_PIECE` bytes.
@@ -204,7 +215,7 @@ def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
     every chunk here, and the server's chunk parser, in Glance's one worker).  The length
     is the list's ``hv:size``, which the download enforces: one byte more, or fewer at the
     end, raises before the body is complete, so the server never waits for bytes that do
-    not come.
+    not come.  A chunked body is sent in pieces uWSGI accepts (:data:`CHUNKED_PIECE`).
     """
     length = getattr(stream, "expected_size", None)
     if isinstance(length, int) and length > 0:
@@ -212,7 +223,7 @@ def sized(chunks: Iterator[bytes], stream: object) -> Iterator[bytes] | _Sized:
     return _pieces(chunks)
 
 
-def _pieces(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _pieces(chunks: Iterator[bytes]) -> Iterator[bytes | memoryview]:
     """``chunks`` cut to at most :data:`CHUNKED_PIECE` bytes each (views, not copies)."""
     try:
         for chunk in chunks:
@@ -221,7 +232,7 @@ def _pieces(chunks: Iterator[bytes]) -> Iterator[bytes]:
                 continue
             view = memoryview(chunk)
             for start in range(0, len(view), CHUNKED_PIECE):
-                yield view[start : start + CHUNKED_PIECE]  # type: ignore[misc]
+                yield view[start : start + CHUNKED_PIECE]
     finally:  # an upload that failed: stop the producer now, not when collected
         close = getattr(chunks, "close", None)
         if close is not None:

@@ -25,9 +25,6 @@ VENV = Path(os.environ.get("VMTRUST_GLANCE_VENV", ROOT / ".venv-glance"))
 SERVICE_ROLES = "member,reader,vmtrust_service"
 MEMBER_ROLES = "member,reader"
 ADMIN_ROLES = "admin,member,reader"
-#: a ``chunked_input_limit`` that takes python-glanceclient's uploads (atrope's): 1 MiB HTTP
-#: chunks, which uWSGI's default refuses (a site running both raises it the same way)
-GLANCECLIENT_CHUNKS = 4 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -75,7 +72,7 @@ class GlanceServer:
         *,
         protections: bool = True,
         server: str | None = None,
-        chunked_input_limit: int | None = None,
+        processes: int = 1,
     ) -> None:
         self.base = base
         self.etc = base / "etc"
@@ -84,9 +81,11 @@ class GlanceServer:
         self.protections = protections
         #: the WSGI server: uwsgi (as Glance is deployed), or gunicorn
         self.server = server or os.environ.get("VMTRUST_GLANCE_SERVER", "uwsgi")
-        #: uWSGI's largest HTTP chunk of an upload; None: its default, which refuses a
-        #: chunk of 1 MiB, which python-glanceclient (so atrope) sends; vmtrust sends smaller
-        self.chunked_input_limit = chunked_input_limit
+        #: uWSGI worker processes.  1 (the default): one request at a time, as sqlite
+        #: needs under writes.  More only for a test that must hold one request open (a
+        #: frozen client's upload) while others go on: Glance keeps no database
+        #: transaction open while it streams an upload, so its writes stay short.
+        self.processes = processes
         self.process: subprocess.Popen | None = None
         self.log = base / "glance-api.log"
         self.access_log = base / "access.log"  #: one line per API request (benchmarks count them)
@@ -168,7 +167,8 @@ class GlanceServer:
         raise RuntimeError(f"Glance did not answer within 120 s: {self.tail()}")
 
     def _command(self) -> list[str]:
-        """The WSGI server's command line: one process serving one request at a time.
+        """The WSGI server's command line: one process serving one request at a time
+        (unless :attr:`processes` says otherwise).
 
         One at a time because sqlite under concurrent writers fails with "database is
         locked" (a site's Glance runs on MySQL).  uWSGI is how Glance is deployed
@@ -182,7 +182,7 @@ class GlanceServer:
                 "-b",
                 f"127.0.0.1:{self.port}",
                 "-w",
-                "1",
+                str(self.processes),
                 "--threads",
                 "1",
                 "--timeout",
@@ -197,7 +197,7 @@ class GlanceServer:
             f"127.0.0.1:{self.port}",
             "--master",
             "--processes",
-            "1",
+            str(self.processes),
             "--die-on-term",
             "--need-app",
             "--lazy-apps",
@@ -207,6 +207,11 @@ class GlanceServer:
             # Glance takes chunked uploads (a body of unknown length) and reads it raw.
             "--http-chunked-input",
             "--http-raw-body",
+            # As deployments raise it: uWSGI's default 1 MiB chunk buffer refuses the 1 MiB
+            # chunks glanceclient sends (atrope's uploads): HTTP 500, "unable to receive
+            # chunked part".  vmtrust's own chunks are smaller (glance_sync.transfer).
+            "--chunked-input-limit",
+            str(16 * 1024 * 1024),
             # One request a connection, as gunicorn's sync worker does (tests/tcpproxy.py).
             "--add-header",
             "Connection: close",
@@ -214,11 +219,6 @@ class GlanceServer:
             "600",
             "--harakiri",
             "600",
-            *(
-                ["--chunked-input-limit", str(self.chunked_input_limit)]
-                if self.chunked_input_limit
-                else []
-            ),
             "--module",
             "glance.wsgi.api:application",
             "--req-logger",

@@ -149,6 +149,26 @@ def test_a_copy_in_another_project_is_refused_with_the_fix_and_not_copied():
     assert left.image["id"] == "g-2" and "owned by project atrope-project" in left.reason
 
 
+def test_a_copy_owned_by_another_target_s_project_is_that_target_s_not_refused_here():
+    """[sync] targets with two projects of one Glance: atrope shared its image from the
+    north target's project with the south target's (a VO project).  South must neither
+    refuse it (that would stop south's own upload) nor touch it: north adopts it."""
+    image = atrope_image(owner="north-project")
+    result = plan_adoption(
+        dict(WANTED), [], [image], tool=Atrope(), project=PROJECT,
+        stored_format=lambda fmt: fmt, elsewhere={"north-project": "north"},
+    )  # fmt: skip
+    assert (result.in_place, result.retire, result.refused) == ([], [], [])
+    (left,) = result.left
+    assert left.reason == "owned by project north-project, target north's: adopted there, not here"
+    # a project no target has is still refused with the fix
+    result = plan_adoption(
+        dict(WANTED), [], [image], tool=Atrope(), project=PROJECT,
+        stored_format=lambda fmt: fmt, elsewhere={"other-project": "north"},
+    )  # fmt: skip
+    assert len(result.refused) == 1
+
+
 def test_images_the_site_does_not_approve_or_cannot_place_are_left_alone():
     found = [
         atrope_image("g-1", identifier="not-in-any-list"),

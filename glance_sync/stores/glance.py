@@ -21,7 +21,8 @@ The sync lists them incrementally: only the images Glance updated since the last
 pass, on top of the survey it keeps in the state directory, with a full listing
 every ``reconcile_passes`` passes or ``reconcile_hours`` hours
 (:mod:`glance_sync.stores.glance_survey`, decision 0010).  The download runs
-ahead of the upload on a thread of its own (:func:`~glance_sync.transfer.read_ahead`).
+ahead of the upload on a thread of its own (:func:`~glance_sync.transfer.upload_chunks`;
+a fan-out branch reads the tee's memory ring instead).
 
 Glance is reached through openstacksdk's image adapter with plain REST calls
 and explicit status checks (some of openstacksdk's image helpers ignore HTTP
@@ -45,7 +46,7 @@ from glance_sync.stores.glance_api import PATCH_TYPE, GlanceRest, set_ops, short
 from glance_sync.stores.glance_meta import GIB, list_properties, stale_properties
 from glance_sync.stores.glance_share import parse_vo_projects
 from glance_sync.stores.glance_survey import SurveyFile, Surveyor, filter_time
-from glance_sync.transfer import DiskStream, Tally, iter_chunks, read_ahead, sized
+from glance_sync.transfer import DiskStream, Tally, sized, upload_chunks
 from vmtrust import glanceprops as gp
 from vmtrust.errors import ConfigError, GlanceError
 from vmtrust.imagelist import format_date
@@ -273,7 +274,7 @@ class GlanceStore(GlanceRest, Store):
                 "PUT",
                 f"/images/{image_id}/file",
                 (204,),
-                data=sized(read_ahead(iter_chunks(stream, identifier, tally)), stream),
+                data=sized(upload_chunks(stream, identifier, tally), stream),
                 headers={"Content-Type": "application/octet-stream"},
                 # a stream cannot be sent twice: a retried PUT would store an empty image
                 status_code_retries=0,
