@@ -182,6 +182,9 @@ def report(
     """Print the figures: samples, phases, the bound, then the result line."""
     a, b = median(theirs, "seconds"), median(ours, "seconds")
     ingest, fixed = statistics.median(uploads), median(idle, "seconds")
+    rest = statistics.median(
+        r.seconds - p - u for r, p, u in zip(theirs, pulls, uploads, strict=True)
+    )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, Glance 33 under {server}; load average before "
@@ -192,8 +195,8 @@ def report(
           f"vmtrust-sync {', '.join(f'{r.seconds:.2f}' for r in ours)}")  # fmt: skip
     print(
         f"  baseline phases (medians): oras pull {statistics.median(pulls):.2f} s, openstacksdk "
-        f"create_image of the pulled file {ingest:.2f} s, interpreter and imports "
-        f"{a - statistics.median(pulls) - ingest:.2f} s"
+        f"create_image of the pulled file {ingest:.2f} s, the rest (interpreter, imports) "
+        f"{rest:.2f} s"
     )
     print(
         f"  CPU (medians): Glance per upload {median(theirs, 'glance_cpu'):.2f} s from "
