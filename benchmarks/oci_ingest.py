@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -124,6 +126,10 @@ class Run:
     rss: float  #: peak resident MiB
     glance_cpu: float  #: CPU seconds Glance's WSGI processes spent meanwhile
     output: str
+    #: seconds Glance took to answer the upload (PUT …/file), and the run's other requests
+    #: but DELETE (from uWSGI's request log; NaN under gunicorn, whose log has no times)
+    glance_put: float = math.nan
+    glance_other: float = math.nan
 
 
 def glance_cpu(glance: GlanceServer) -> float:
@@ -138,9 +144,28 @@ def glance_cpu(glance: GlanceServer) -> float:
     return total
 
 
+#: a uWSGI request-log line: method, path, and how long the answer took
+_REQUEST = re.compile(r"\] (\w+) (\S+) => generated .* in (\d+) msecs")
+
+
+def glance_requests(glance: GlanceServer, offset: int) -> tuple[float, float]:
+    """Seconds Glance spent answering uploads, and other requests but DELETE, since ``offset``
+    of its request log; NaN when the log does not give times (gunicorn's)."""
+    with open(glance.access_log, "rb") as log:
+        log.seek(offset)
+        found = [_REQUEST.search(line.decode(errors="replace")) for line in log]
+    times = [(m[1], m[2], int(m[3]) / 1000) for m in found if m]
+    if not times:
+        return math.nan, math.nan
+    put = sum(t for method, path, t in times if method == "PUT" and path.endswith("/file"))
+    other = sum(t for method, path, t in times if method not in ("PUT", "DELETE"))
+    return put, other
+
+
 def measured(command: list, glance: GlanceServer) -> Run:
     """Run ``command`` to its end, measured; SystemExit if it fails."""
     before = glance_cpu(glance)
+    offset = glance.access_log.stat().st_size if glance.access_log.exists() else 0
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read() if process.stdout else ""
@@ -155,6 +180,7 @@ def measured(command: list, glance: GlanceServer) -> Run:
         usage.ru_maxrss / 1024,
         glance_cpu(glance) - before,
         output,
+        *glance_requests(glance, offset),
     )
 
 
@@ -203,6 +229,13 @@ def report(
         f"openstacksdk, {median(ours, 'glance_cpu'):.2f} s from vmtrust-sync; the "
         f"vmtrust-sync process {median(ours, 'cpu'):.2f} s (a pass with nothing to do: "
         f"{median(idle, 'cpu'):.2f} s), the baseline process {median(theirs, 'cpu'):.2f} s"
+    )
+    print(
+        f"  Glance's answers (medians): the upload {median(theirs, 'glance_put'):.2f} s from "
+        f"openstacksdk, {median(ours, 'glance_put'):.2f} s from vmtrust-sync; the other "
+        f"requests but DELETE {median(theirs, 'glance_other'):.2f} s and "
+        f"{median(ours, 'glance_other'):.2f} s (a pass with nothing to do: "
+        f"{median(idle, 'glance_other'):.2f} s)"
     )
     print(
         f"  bound: Glance's ingest of the local file alone {ingest:.2f} s, so at best "
