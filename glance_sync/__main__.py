@@ -1,6 +1,6 @@
 """``python -m glance_sync`` is the ``vmtrust-sync`` command."""
 
-from glance_sync.cli import main
+from glance_sync.entrypoint import main
 
 __all__: list[str] = []  # a namespace: its modules are the API
 
