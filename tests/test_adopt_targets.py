@@ -212,7 +212,7 @@ def test_a_target_whose_listing_fails_plans_nothing_and_the_other_is_adopted(
         assert in_south["img-old"][1] == "2"
 
         proxy.rules.clear()
-        again = sync(conf, "--adopt", "atrope", "--log-format", "json")
+        again = sync(conf, "--adopt", "atrope", "--log-format", "json", "-v")
         assert again.returncode == 0, again.stderr
         # the adoption is an event of its target, with the image it is about
         records = [json.loads(line) for line in again.stderr.splitlines()]
