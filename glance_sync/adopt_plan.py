@@ -174,8 +174,8 @@ def _not_a_copy(
     elsewhere: Mapping[str, str],
 ) -> str | None:
     """Why the image is none of adoption's business, or None when it is a copy of ``want``."""
-    owner = image.get("owner")
-    if isinstance(owner, str) and owner != project and owner in elsewhere:
+    owner = str(image.get("owner"))
+    if owner != project and owner in elsewhere:
         return f"owned by project {owner}, target {elsewhere[owner]}'s: adopted there, not here"
     if image.get("owner") != project and image.get("visibility") == "community":
         # any project may publish a community image with the tool's marks: such an

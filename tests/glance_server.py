@@ -72,7 +72,7 @@ class GlanceServer:
         *,
         protections: bool = True,
         server: str | None = None,
-        processes: int = 1,
+        body_timeout: int | None = None,
     ) -> None:
         self.base = base
         self.etc = base / "etc"
@@ -81,11 +81,10 @@ class GlanceServer:
         self.protections = protections
         #: the WSGI server: uwsgi (as Glance is deployed), or gunicorn
         self.server = server or os.environ.get("VMTRUST_GLANCE_SERVER", "uwsgi")
-        #: uWSGI worker processes.  1 (the default): one request at a time, as sqlite
-        #: needs under writes.  More only for a test that must hold one request open (a
-        #: frozen client's upload) while others go on: Glance keeps no database
-        #: transaction open while it streams an upload, so its writes stay short.
-        self.processes = processes
+        #: seconds uWSGI waits for more of a request body before it drops the request
+        #: (``--socket-timeout``; None: uWSGI's default, 4).  Its one process is then free
+        #: again: a test whose client stops mid-upload (SIGSTOP) relies on it.
+        self.body_timeout = body_timeout
         self.process: subprocess.Popen | None = None
         self.log = base / "glance-api.log"
         self.access_log = base / "access.log"  #: one line per API request (benchmarks count them)
@@ -167,8 +166,7 @@ class GlanceServer:
         raise RuntimeError(f"Glance did not answer within 120 s: {self.tail()}")
 
     def _command(self) -> list[str]:
-        """The WSGI server's command line: one process serving one request at a time
-        (unless :attr:`processes` says otherwise).
+        """The WSGI server's command line: one process serving one request at a time.
 
         One at a time because sqlite under concurrent writers fails with "database is
         locked" (a site's Glance runs on MySQL).  uWSGI is how Glance is deployed
@@ -182,7 +180,7 @@ class GlanceServer:
                 "-b",
                 f"127.0.0.1:{self.port}",
                 "-w",
-                str(self.processes),
+                "1",
                 "--threads",
                 "1",
                 "--timeout",
@@ -197,7 +195,7 @@ class GlanceServer:
             f"127.0.0.1:{self.port}",
             "--master",
             "--processes",
-            str(self.processes),
+            "1",
             "--die-on-term",
             "--need-app",
             "--lazy-apps",
@@ -215,6 +213,7 @@ class GlanceServer:
             # One request a connection, as gunicorn's sync worker does (tests/tcpproxy.py).
             "--add-header",
             "Connection: close",
+            *(["--socket-timeout", str(self.body_timeout)] if self.body_timeout else []),
             "--http-timeout",
             "600",
             "--harakiri",

@@ -11,7 +11,8 @@ Each target is surveyed for atrope's images on its own and gets its own
 adoption plan, printed led by the target's name; the dead target fails alone in
 one line and the others are adopted; a target whose listing of atrope's images
 fails (HTTP 503 through ``tests/tcpproxy.py``) plans nothing while the other
-adopts, and adopts on the next run.
+adopts, and adopts on the next run; a local target beside a Glance one gets its
+normal plan, and a configuration without a Glance target is one line.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def test_a_target_whose_listing_fails_plans_nothing_and_the_other_is_adopted(
         assert in_south["img-old"][1] == "2"
 
         proxy.rules.clear()
-        again = sync(conf, "--adopt", "atrope", "--log-format", "json")
+        again = sync(conf, "--adopt", "atrope", "--log-format", "json", "-v")
         assert again.returncode == 0, again.stderr
         # the adoption is an event of its target, with the image it is about
         records = [json.loads(line) for line in again.stderr.splitlines()]
@@ -225,3 +226,35 @@ def test_a_target_whose_listing_fails_plans_nothing_and_the_other_is_adopted(
         )
         assert trusted(glance, north, key)["img-raw"] == (ids[north]["img-raw"], "1")
         assert trusted(glance, south, key) == in_south, "south: nothing more to do"
+
+
+def test_targets_of_other_stores_get_their_normal_plan_and_none_of_glance_is_one_line(
+    glance, site, pki, ca_dir, tmp_path
+):
+    """A local archive beside a Glance target: the archive holds nothing atrope made and
+    gets the normal plan; a configuration without a Glance target is refused in one line."""
+    project = "svc" + uuid.uuid4().hex[:10]
+    url = sign_list(site, pki, "/site.list", SITE_LIST, [appdb_entry("img-raw", RAW, site)], "1")
+    clouds = write_clouds_yaml(tmp_path / "clouds.yaml", glance.url,
+                               {"cloud": (project, SERVICE_ROLES)})  # fmt: skip
+    conf = _conf(tmp_path, ca_dir, pki, url, clouds, {"cloud": project})
+    text = conf.read_text().replace("targets = cloud\n", "targets = cloud, archive\n")
+    conf.write_text(text + f"[target:archive]\nstore = local\npath = {tmp_path}/archive\n")
+    dry = sync(conf, "--adopt", "atrope", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "target cloud: adopt    nothing: no atrope image of an approved list",
+        "target cloud: create  img-raw 1 (Example worker node) from example",
+        "target archive: create  img-raw 1 (Example worker node) from example",
+    ]
+    done = sync(conf, "--adopt", "atrope")
+    assert done.returncode == 0, done.stderr
+    assert len(project_images(glance, project)) == 1
+    conf.write_text(
+        text.replace("targets = cloud, archive\n", "targets = archive\n").split("[target:cloud]")[0]
+        + f"[target:archive]\nstore = local\npath = {tmp_path}/archive\n"
+    )
+    local = sync(conf, "--adopt", "atrope", "--dry-run")
+    assert (local.returncode, local.stderr) == (
+        4, "vmtrust-sync: --adopt atrope: needs [sync] store = glance (atrope wrote to Glance)\n"
+    )  # fmt: skip

@@ -12,25 +12,26 @@ The first worker starts alone, so both targets are its.  While its upload into
 ``plain`` is half done (the download is slowed, as in test_scaleout) it is
 stopped with SIGSTOP; the second worker starts, and once the frozen one's lease
 has lapsed it takes both targets over and stores each.  Then the frozen worker
-resumes where it stood: its open upload fails (its image was removed by the
-taker's clean-up, or uWSGI gave up the stalled body), and its converted
+resumes where it stood: its open upload fails (uWSGI gave up the stalled body
+and the taker's clean-up removed the image), and its converted
 upload, which it starts only now, reaches its commit and is refused by the
 fence.  It must commit nothing: one trusted image per target, the taker's; no
 seal on any image it uploaded; none of its uploads left; the shared state's
 outcome of each target the taker's success, not the stale worker's failure.
 
-**Glance with several processes.**  The test Glance serves one request at a
-time (uWSGI, one process; sqlite under concurrent writers fails).  The frozen
-worker's PUT stays open while it is stopped, and would hold that one process
-(until uWSGI's read of the body times out), so the taker could not reach
-Glance.  This test alone starts its own Glance with three uWSGI processes
-(``GlanceServer(processes=3)``): Glance holds no database transaction while it
-streams an upload, so the only long request holds no sqlite lock, and the
-others' writes are short (sqlite's busy timeout covers them).  The alternative,
-a loopback proxy that answers for the frozen connection, would test the proxy
-rather than Glance.
+**Glance's one process and the frozen upload.**  The test Glance serves one
+request at a time (uWSGI, one process: sqlite under concurrent writers fails).
+The frozen worker's PUT stays open while it is stopped; it holds that one
+process only until uWSGI stops waiting for the body (``--socket-timeout``,
+here 2 s, deployments keep uWSGI's 4 s), which answers 500 and leaves the
+image ``queued``: well before the lease (5 s) lets the taker in.  This test
+starts its own Glance so that the timeout is explicit (and uWSGI's, whatever
+``VMTRUST_GLANCE_SERVER`` says).  Rejected: several uWSGI processes (the option
+was tried: the taker's two commits, concurrent PATCHes, failed once in three
+runs with sqlite's "database is locked"); a proxy answering for the frozen
+connection (it would test the proxy, not Glance).
 
-Slow (about 40 s: two leases, two Glance start-ups), but part of ``make test``.
+Slow (about 40 s: a lease, a Glance start-up, two workers), but part of ``make test``.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def busy_glance(tmp_path_factory):
-    """A Glance of its own with three uWSGI processes (see the module's docstring)."""
+def frozen_glance(tmp_path_factory):
+    """A Glance of its own under uWSGI, dropping a stalled body after 2 s (see above)."""
     require_glance()
-    server = GlanceServer(tmp_path_factory.mktemp("glance-frozen"), processes=3).start()
+    base = tmp_path_factory.mktemp("glance-frozen")
+    server = GlanceServer(base, server="uwsgi", body_timeout=2).start()
     yield server
     server.stop()
 
@@ -138,9 +140,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 @needs_qemu_img
 def test_a_worker_frozen_mid_upload_past_its_lease_commits_nothing(
-    tmp_path, ca_dir, site, pki, busy_glance, etcd, pg_url
+    tmp_path, ca_dir, site, pki, frozen_glance, etcd, pg_url
 ):
-    glance = busy_glance
+    glance = frozen_glance
     projects = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in ("plain", "qcow2")}
     clouds = write_clouds_yaml(
         tmp_path / "clouds.yaml", glance.url, {n: (p, SERVICE_ROLES) for n, p in projects.items()}
