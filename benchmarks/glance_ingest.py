@@ -188,11 +188,14 @@ def upload_process(clouds: Path, name: str, image: Path) -> tuple[float, str]:
 
 
 def put_seconds(glance: GlanceServer, image_id: str) -> float:
-    """How long Glance took to take an image's bytes: its ``PUT …/file`` in the access log."""
-    for line in reversed(glance.access_log.read_text().splitlines()):
-        took = re.search(r"bytes in (\d+) msecs", line)  # uWSGI's request log
-        if f"PUT /v2/images/{image_id}/file" in line and took:
-            return int(took.group(1)) / 1000
+    """How long Glance took to take an image's bytes: its ``PUT …/file`` in the access log
+    (uWSGI writes the line just after its answer: waited for, a moment)."""
+    for _ in range(50):
+        for line in reversed(glance.access_log.read_text().splitlines()):
+            took = re.search(r"bytes in (\d+) msecs", line)  # uWSGI's request log
+            if f"PUT /v2/images/{image_id}/file" in line and took:
+                return int(took.group(1)) / 1000
+        time.sleep(0.1)
     return float("nan")
 
 
