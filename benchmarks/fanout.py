@@ -6,12 +6,15 @@ sqlite, file store, loopback; ``make venv-glance``) and serves one image of
 ``--mib`` MiB of random bytes and its signed EGI list from a separate
 ``python -m http.server`` process.  Then, in the same run, each in fresh projects:
 
-1. **vmtrust fan-out**: one ``vmtrust-sync`` pass with ``[sync] targets`` naming
+1. **vmtrust single target**: one ``vmtrust-sync`` pass into one cloud;
+2. **vmtrust fan-out**: one ``vmtrust-sync`` pass with ``[sync] targets`` naming
    every cloud — one download, streamed to all of them at once;
-2. **the loop**: one ``atrope dispatch`` per cloud, one after the other, each with
+3. **the loop**: one ``atrope dispatch`` per cloud, one after the other, each with
    its own cache (atrope 2.0.0 from ``.venv-atrope``, authenticating through the
-   Keystone stand-in the tests use) — what EGI's central sync runs today;
-3. **vmtrust single target**: one ``vmtrust-sync`` pass into one cloud.
+   Keystone stand-in the tests use) — what EGI's central sync runs today.
+
+Each run's images are checked, then deleted (and atrope's cached copies), so that no
+run pays for the files of the runs before it.
 
 Printed: the wall times, the ratios (targets: fan-out at least 3 times faster than
 the loop, at most 1.6 times the single target) and the peak resident memory of
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -150,8 +154,15 @@ def glance_cpu(glances: list[GlanceServer]) -> float:
 
 
 def trusted_in(glance: GlanceServer, project: str, sha: str) -> None:
-    reply = glance.api(project).get(f"{glance.url}/v2/images", timeout=60).json()["images"]
+    """Check that ``project`` holds the image, then remove it: each run starts with the
+    clouds' disks and the page cache as the first found them (1 GiB files left behind
+    by the runs before would make the kernel reclaim memory inside the next run's Glance)."""
+    api = glance.api(project)
+    reply = api.get(f"{glance.url}/v2/images", timeout=60).json()["images"]
     assert [i["os_hash_value"] for i in reply] == [sha], reply
+    for image in reply:
+        api.delete(f"{glance.url}/v2/images/{image['id']}", timeout=60).raise_for_status()
+    os.sync()
 
 
 def atrope_run(work: Path, keystone: Cloud, project: str, ca_dir: Path, url: str, pki) -> float:
@@ -209,7 +220,14 @@ def main() -> int:
                     f"{args.mib} MiB image"
                 )
                 os.sync()
-                # 1. fan-out
+                # 1. single target (first: no run before it to clean up after)
+                one = [(glances[0], "single")]
+                conf = vmtrust_conf(work / "single", one, ca_dir, url, pki)
+                before = glance_cpu(glances)
+                t_one, rss_one, _, cpu_one = timed([BIN / "vmtrust-sync", "--config-file", conf])
+                clouds_one = glance_cpu(glances) - before
+                trusted_in(glances[0], "single", sha)
+                # 2. fan-out
                 fan = [(g, f"fan{n}") for n, g in enumerate(glances)]
                 conf = vmtrust_conf(work / "fan", fan, ca_dir, url, pki)
                 before = glance_cpu(glances)
@@ -217,22 +235,14 @@ def main() -> int:
                 clouds_fan = glance_cpu(glances) - before
                 for g, project in fan:
                     trusted_in(g, project, sha)
-                os.sync()
-                # 2. the loop of atrope runs
+                # 3. the loop of atrope runs
                 t_loop = 0.0
                 for n, g in enumerate(glances):
                     with StandIn(Cloud(g.url, {"atrope": "secret"})) as keystone:
                         t_loop += atrope_run(work / f"atrope{n}", keystone, f"loop{n}", ca_dir,
                                              url, pki)  # fmt: skip
+                    shutil.rmtree(work / f"atrope{n}" / "cache")  # its copy, as vmtrust keeps none
                     trusted_in(g, f"loop{n}", sha)
-                    os.sync()
-                # 3. single target
-                one = [(glances[0], "single")]
-                conf = vmtrust_conf(work / "single", one, ca_dir, url, pki)
-                before = glance_cpu(glances)
-                t_one, rss_one, _, cpu_one = timed([BIN / "vmtrust-sync", "--config-file", conf])
-                clouds_one = glance_cpu(glances) - before
-                trusted_in(glances[0], "single", sha)
         finally:
             for g in glances:
                 g.stop()
