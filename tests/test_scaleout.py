@@ -66,19 +66,22 @@ def _images(glance, project: str) -> list[dict]:
 
 
 def _partial_upload(glance, projects: set[str]) -> tuple[str, str] | None:
-    """(project, image id) of an image whose bytes Glance is receiving now, if any.
+    """(project, image id) of an image the sync created and whose bytes Glance has not
+    all received yet (``queued`` before the upload starts, ``saving`` during it), if any.
 
     Read from Glance's own database and file store: its API answers one request at
-    a time (tests/glance_server.py), so it would answer only after the upload.
+    a time (tests/glance_server.py), so it would answer only after the upload.  Both
+    states count: on a loaded machine the bytes of a small image may all arrive between
+    two looks, and killing the worker before its upload ends is what is tested.
     """
     database = f"file:{glance.base / 'glance.sqlite'}?mode=ro"
     with contextlib.closing(sqlite3.connect(database, uri=True, timeout=5)) as conn:
         rows = conn.execute(
-            "SELECT id, owner FROM images WHERE status = 'saving' AND deleted = 0"
+            "SELECT id, owner FROM images WHERE status IN ('queued', 'saving') AND deleted = 0"
         ).fetchall()
     for image_id, owner in rows:
         data = glance.base / "images" / image_id
-        if owner in projects and data.exists() and 0 < data.stat().st_size < len(IMAGE):
+        if owner in projects and (not data.exists() or data.stat().st_size < len(IMAGE)):
             return owner, image_id
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def test_failures_of_a_real_pass(tmp_path, ca_dir, site, pki):
 
 def test_stale_by_option(good):
     run("vmtrust-sync", good)
+    time.sleep(0.5)  # older than 0.0001 h (0.36 s), however fast the sync and the probe start
     code, line = probe(good, "--stale-warning", "0.0001")
     assert code == WARNING and "example: last success 0.0 h ago" in line
 
