@@ -66,7 +66,14 @@ from glance_server import (  # noqa: E402
     token,
 )
 from openstack_standin import Cloud, StandIn  # noqa: E402
-from transfer import entry, make_image, publish, site_files, web_server  # noqa: E402
+from transfer import (  # noqa: E402
+    entry,
+    make_image,
+    publish,
+    run_sync,
+    site_files,
+    web_server,
+)
 
 from vmtrust import devpki  # noqa: E402
 
@@ -106,25 +113,7 @@ def site_config(work: Path, name: str, glance: GlanceServer, ca_dir: Path, list_
 
 
 USAGE: list[tuple[float, float]] = []  #: (CPU seconds, peak MiB) of measure()'s runs
-RUSAGE: list[float] = []  #: CPU seconds of each run_sync
-
-
-def run_sync(conf: Path) -> tuple[float, float, int, str]:
-    """One ``vmtrust-sync`` process: (seconds, peak MiB, status, stderr); its CPU seconds
-    appended to :data:`RUSAGE`."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [BIN / "vmtrust-sync", "--config-file", conf],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    stderr = process.stderr.read()
-    _, status, rusage = os.wait4(process.pid, 0)
-    RUSAGE.append(rusage.ru_utime + rusage.ru_stime)
-    code = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, rusage.ru_maxrss / 1024, code, stderr
+RUSAGE: list[float] = []  #: CPU seconds of each measured vmtrust-sync process
 
 
 def sync(conf: Path) -> float:
@@ -405,7 +394,7 @@ def measure(glance: GlanceServer, conf: Path) -> tuple[list[float], list[int]]:
     USAGE.clear()
     for _ in range(3):
         before = glance.access_log.read_text().count("\n")
-        seconds, mib, status, stderr = run_sync(conf)
+        seconds, mib, status, stderr = run_sync(conf, RUSAGE)
         assert status == 0, stderr[-2000:]
         times.append(seconds)
         calls.append(glance.access_log.read_text().count("\n") - before)

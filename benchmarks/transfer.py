@@ -148,8 +148,9 @@ def make_image(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def run_sync(conf: Path) -> tuple[float, float, int, str]:
-    """One ``vmtrust-sync`` pass: (seconds, peak RSS in MiB of that process, status, stderr)."""
+def run_sync(conf: Path, cpu: list[float] | None = None) -> tuple[float, float, int, str]:
+    """One ``vmtrust-sync`` pass: (seconds, peak RSS in MiB of that process, status, stderr);
+    the process's CPU seconds (user and system) appended to ``cpu`` when given."""
     start = time.perf_counter()
     process = subprocess.Popen(
         [BIN / "vmtrust-sync", "--config-file", conf],
@@ -161,6 +162,8 @@ def run_sync(conf: Path) -> tuple[float, float, int, str]:
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)  # this process's own peak, not all children's
     process.returncode = os.waitstatus_to_exitcode(status)
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     return time.perf_counter() - start, usage.ru_maxrss / 1024, process.returncode, stderr
 
 

@@ -6,7 +6,9 @@ allocations set off Python's cyclic collector, which scans the whole growing hea
 a fifth of a pass's start-up (0.2 s of about 1 s, measured on the project's machine).
 So the collector is off while :mod:`glance_sync.cli` loads, and what was loaded is then
 frozen (``gc.freeze``): it lives as long as the process, and no later collection scans
-it again.  The collector is back on for the pass itself.
+it again.  The collector is back on for the pass itself, and what the pass made is frozen
+when it ends, as :func:`vmtrust.cli.main.main` does, so that the interpreter's exit does not
+walk it either.
 """
 
 from __future__ import annotations
@@ -25,4 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         gc.freeze()
         gc.enable()
-    return cli.main(argv)
+    try:
+        return cli.main(argv)
+    finally:  # as vmtrust's own main: the exit's collections need not walk what the pass made
+        gc.freeze()

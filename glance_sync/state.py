@@ -163,8 +163,8 @@ class StateDB:
                 if self.upgraded_from not in (None, EMPTY):
                     LOG.info("state database %s: schema upgraded from %s to %s",
                              self.name, self.upgraded_from, HEAD)  # fmt: skip
-                if self.upgraded_from and self._engine.dialect.name == "sqlite":
-                    vacuum(self._engine)  # the tables the upgrade copied leave free pages
+                    if self._engine.dialect.name == "sqlite":
+                        vacuum(self._engine)  # the tables the upgrade copied leave free pages
         except StateError as exc:
             self.close()
             raise StateError(f"state database {self.name}: {exc}") from None

@@ -41,9 +41,23 @@ LEASE = 5
 IMAGE = bytes(range(256)) * 4096 * 4  # 4 MiB, served in 64 KiB chunks with a pause each
 
 
-def _conf(tmp_path: Path, n: str, member: str, *, ca_dir, clouds, names, etcd_url, db) -> Path:
+def _conf(
+    tmp_path: Path,
+    n: str,
+    member: str,
+    *,
+    ca_dir,
+    clouds,
+    names,
+    etcd_url,
+    db,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Worker ``n``'s vmtrust.conf: one Glance target per entry of ``names`` (target →
+    project), each with its ``extra`` lines, the state in ``db``, coordination in etcd."""
     targets = "".join(
         f"[target:{name}]\nstore = glance\ncloud = {name}\nproject_id = {project}\n"
+        + (extra or {}).get(name, "")
         for name, project in names.items()
     )
     path = tmp_path / f"worker-{n}.conf"
@@ -65,6 +79,13 @@ def _images(glance, project: str) -> list[dict]:
     return reply.json()["images"]
 
 
+def _glance_db(glance, query: str, *args) -> list[tuple]:
+    """Glance's own database, read-only: what it holds, deleted images included."""
+    database = f"file:{glance.base / 'glance.sqlite'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(database, uri=True, timeout=5)) as conn:
+        return conn.execute(query, args).fetchall()
+
+
 def _partial_upload(glance, projects: set[str]) -> tuple[str, str] | None:
     """(project, image id) of an image the sync created and whose bytes Glance has not
     all received yet (``queued`` before the upload starts, ``saving`` during it), if any.
@@ -74,11 +95,9 @@ def _partial_upload(glance, projects: set[str]) -> tuple[str, str] | None:
     states count: on a loaded machine the bytes of a small image may all arrive between
     two looks, and killing the worker before its upload ends is what is tested.
     """
-    database = f"file:{glance.base / 'glance.sqlite'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(database, uri=True, timeout=5)) as conn:
-        rows = conn.execute(
-            "SELECT id, owner FROM images WHERE status IN ('queued', 'saving') AND deleted = 0"
-        ).fetchall()
+    rows = _glance_db(
+        glance, "SELECT id, owner FROM images WHERE status IN ('queued', 'saving') AND deleted = 0"
+    )
     for image_id, owner in rows:
         data = glance.base / "images" / image_id
         if owner in projects and (not data.exists() or data.stat().st_size < len(IMAGE)):

@@ -36,16 +36,12 @@ Slow (about 40 s: a lease, a Glance start-up, two workers), but part of ``make t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from conftest import require_glance, write_clouds_yaml
@@ -54,14 +50,13 @@ from glance_server import SERVICE_ROLES, GlanceServer
 from hostile_images import needs_qemu_img
 from httpserve import Behaviour
 from pg_server import pg_url, postgres
+from test_scaleout import LEASE, _conf, _glance_db, _images, _start
 from test_sync_local import entry, publish
 
 from glance_sync.state import StateDB
 from vmtrust.glanceprops import MANAGED, SEAL, STATE, UPLOADING
 from vmtrust.record import generate_key_pair
 
-ROOT = Path(__file__).resolve().parent.parent
-LEASE = 5
 IMAGE = bytes(range(256)) * 4096 * 6  # 6 MiB, served in 64 KiB chunks with a pause each
 
 pytestmark = pytest.mark.slow
@@ -77,38 +72,6 @@ def frozen_glance(tmp_path_factory):
     server.stop()
 
 
-def _conf(tmp_path: Path, n: str, member: str, *, ca_dir, clouds, projects, etcd_url, db) -> Path:
-    path = tmp_path / f"worker-{n}.conf"
-    path.write_text(
-        f"[DEFAULT]\nstate_dir = {tmp_path}/state-{n}\n"
-        f"[trust]\nca_dir = {ca_dir}\nseal_key = {tmp_path}/seal.key\n"
-        f"[sync]\nsubscriptions_file = {tmp_path}/subs.yaml\ntargets = plain, qcow2\n"
-        f"state_connection = {db}\nhttp_retries = 1\n"
-        f"[store_glance]\nclouds_file = {clouds}\n"
-        f"[coordination]\nbackend_url = {etcd_url}\nmember_id = {member}\nlease = {LEASE}\n"
-        f"[target:plain]\nstore = glance\ncloud = plain\nproject_id = {projects['plain']}\n"
-        f"[target:qcow2]\nstore = glance\ncloud = qcow2\nproject_id = {projects['qcow2']}\n"
-        "disk_formats = qcow2\n"
-    )
-    return path
-
-
-def _start(conf: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen(
-        [sys.executable, "-m", "glance_sync", "--worker", "--config-file", str(conf),
-         "--interval", "3600", "-v"],
-        stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env,
-    )  # fmt: skip
-
-
-def _glance_db(glance, query: str, *args) -> list[tuple]:
-    """Glance's own database, read-only: what it holds, deleted images included."""
-    database = f"file:{glance.base / 'glance.sqlite'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(database, uri=True, timeout=5)) as conn:
-        return conn.execute(query, args).fetchall()
-
-
 def _uploading(glance, project: str) -> str | None:
     """The id of an image of ``project`` whose bytes Glance is receiving, half done."""
     for (image_id,) in _glance_db(
@@ -119,12 +82,6 @@ def _uploading(glance, project: str) -> str | None:
         if data.exists() and len(IMAGE) // 4 < data.stat().st_size < len(IMAGE) // 2:
             return image_id
     return None
-
-
-def _live(glance, project: str) -> list[dict]:
-    reply = glance.api(project).get(f"{glance.url}/v2/images", params={"owner": project})
-    reply.raise_for_status()
-    return reply.json()["images"]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -155,8 +112,8 @@ def test_a_worker_frozen_mid_upload_past_its_lease_commits_nothing(
     )
     publish(site, pki, [entry("wn", IMAGE, site)], "1")
     site.behaviour["/img/wn-1.img"] = Behaviour(stall=0.05)  # about 5 s a download
-    where = {"ca_dir": ca_dir, "clouds": clouds, "projects": projects,
-             "etcd_url": etcd.tooz_url, "db": pg_url}  # fmt: skip
+    where = {"ca_dir": ca_dir, "clouds": clouds, "names": projects, "etcd_url": etcd.tooz_url,
+             "db": pg_url, "extra": {"qcow2": "disk_formats = qcow2\n"}}  # fmt: skip
     tag = uuid.uuid4().hex[:6]
     logs = {"frozen": tmp_path / "frozen.log", "taker": tmp_path / "taker.log"}
     frozen = _start(_conf(tmp_path, "a", f"frozen-{tag}", **where), logs["frozen"])
@@ -177,7 +134,7 @@ def test_a_worker_frozen_mid_upload_past_its_lease_commits_nothing(
         deadline = stopped + LEASE + 90
         while True:
             assert taker.poll() is None, logs["taker"].read_text()[-3000:]
-            done = {n: _live(glance, p) for n, p in projects.items()}
+            done = {n: _images(glance, p) for n, p in projects.items()}
             if all(len(i) == 1 and i[0].get(STATE) == "trusted" for i in done.values()):
                 break
             assert time.monotonic() < deadline, (done, logs["taker"].read_text()[-3000:])
@@ -211,7 +168,7 @@ def test_a_worker_frozen_mid_upload_past_its_lease_commits_nothing(
 
     # one trusted image per target, the taker's, and nothing else live
     for name, project in projects.items():
-        (image,) = _live(glance, project)
+        (image,) = _images(glance, project)
         assert image["id"] == stored[name] and image["status"] == "active"
         assert image[STATE] == "trusted" and image[MANAGED] in (True, "true", "True")
     stores = re.findall(r"target (\w+): stored wn 1", logs["taker"].read_text())
